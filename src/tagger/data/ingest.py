@@ -1,0 +1,213 @@
+"""Ingest a ticket parquet file (schema in the README) into :class:`Tickets`.
+
+Scalar columns are read whole (they are small); the embeddings column is streamed in
+record batches and parsed row by row with orjson straight into a float32 file, so memory
+grows with the parsed vectors, not with the JSON text. Every problem row is quarantined and
+named in the :class:`ValidationReport`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from tagger.data.embeddings_json import EMBEDDING_DIM, EmbeddingError, is_empty, parse_embeddings
+from tagger.data.labels import canonical_labels, label_levels
+from tagger.data.validation import RowProblem, SchemaError, ValidationReport
+
+EMBEDDINGS = "email_sentence_embeddings"
+REQUIRED_COLUMNS = ("account_id", "ticket_id", "unix_timestamp", EMBEDDINGS)
+LABEL_COLUMN = "contact_reason"
+OPTIONAL_COLUMNS = ("channel", "raw_body", "processed_body")
+BATCH_ROWS = 4096
+
+
+def read_schema(path: str | os.PathLike, require_labels: bool = True) -> pa.Schema:
+    """The file's arrow schema; raises :class:`SchemaError` naming any missing required column."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"ticket file not found: {path}")
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise SchemaError(f"{path} is not a readable parquet file: {err}") from err
+    required = (*REQUIRED_COLUMNS, LABEL_COLUMN) if require_labels else REQUIRED_COLUMNS
+    missing = [c for c in required if c not in schema.names]
+    if missing:
+        raise SchemaError(
+            f"{path}: missing required column(s) {', '.join(missing)}; "
+            f"the file has {', '.join(schema.names)}"
+        )
+    return schema
+
+
+def _string_column(values: pd.Series, name: str) -> pd.Series:
+    """Strings as given; ints (``raw_body`` hashes, numeric ids) become their decimal text."""
+    if pd.api.types.is_float_dtype(values):
+        whole = values.dropna()
+        if (whole == np.floor(whole)).all():
+            values = values.astype("Int64")
+    out = values.astype("string")
+    out.name = name
+    return out
+
+
+def _timestamps(values: pd.Series, field: pa.Field) -> pd.Series:
+    """Seconds since 1970 as float64; an arrow timestamp column is converted, text is parsed."""
+    if pa.types.is_timestamp(field.type) or pa.types.is_date(field.type):
+        stamp = pd.to_datetime(values, utc=True)
+        return (stamp - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    return pd.to_numeric(values, errors="coerce").astype("float64")
+
+
+def _scalar_frame(
+    path: Path, schema: pa.Schema, require_labels: bool, problems: list[RowProblem]
+) -> pd.DataFrame:
+    columns = [c for c in (*REQUIRED_COLUMNS, LABEL_COLUMN, *OPTIONAL_COLUMNS) if c in schema.names]
+    columns.remove(EMBEDDINGS)
+    table = pq.read_table(path, columns=columns)
+    frame = pd.DataFrame({"row": np.arange(table.num_rows, dtype=np.int64)})
+    for name in columns:
+        values = table.column(name).to_pandas()
+        if name == "unix_timestamp":
+            frame[name] = _timestamps(values, schema.field(name))
+            frame["_raw_ts"] = values.astype("string")
+        else:
+            frame[name] = _string_column(values, name)
+    ids = frame["ticket_id"].fillna("<missing>").to_numpy()
+
+    def flag(mask: np.ndarray, field: str, problem: str, detail=None) -> None:
+        for r in np.flatnonzero(mask):
+            problems.append(RowProblem(int(r), str(ids[r]), field, problem, detail(r) if detail else ""))
+
+    flag(frame["ticket_id"].isna().to_numpy(), "ticket_id", "missing")
+    flag(frame["account_id"].isna().to_numpy(), "account_id", "missing")
+    ts = frame["unix_timestamp"].to_numpy()
+    flag(frame["_raw_ts"].isna().to_numpy(), "unix_timestamp", "missing")
+    flag(
+        (frame["_raw_ts"].notna() & ~np.isfinite(ts)).to_numpy(),
+        "unix_timestamp",
+        "not a number",
+        lambda r: f"value {frame['_raw_ts'].iat[r]!r}",
+    )
+    frame = frame.drop(columns="_raw_ts")
+    if LABEL_COLUMN in frame:
+        empty = frame[LABEL_COLUMN].isna() | (frame[LABEL_COLUMN].str.strip("\"' ") == "")
+        if require_labels:
+            flag(empty.to_numpy(), LABEL_COLUMN, "missing")
+    dup = frame["ticket_id"].notna() & frame["ticket_id"].duplicated(keep="first")
+    first_row = frame.drop_duplicates("ticket_id").set_index("ticket_id")["row"]
+    flag(
+        dup.to_numpy(),
+        "ticket_id",
+        "duplicate",
+        lambda r: f"first seen at row {first_row[ids[r]]}",
+    )
+    return frame
+
+
+def _embedding_batches(path: Path) -> Iterator[list]:
+    parquet = pq.ParquetFile(path)
+    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=[EMBEDDINGS]):
+        column = batch.column(0)
+        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+            column = column.cast(pa.large_string())
+        elif not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise SchemaError(
+                f"{path}: column {EMBEDDINGS} has type {column.type}; expected a JSON string per row"
+            )
+        yield column.to_pylist()
+
+
+def parse_file(
+    path: str | os.PathLike,
+    out_dir: Path,
+    require_labels: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Parse ``path`` into ``out_dir`` (the cache layout of :mod:`tagger.data.cache`).
+
+    Writes ``embeddings.f32`` (raw float32 rows), ``offsets.npy``, ``sentence_ids.npy``,
+    ``sentence_vocab.npy``, ``meta.parquet`` and ``quarantine.parquet``; returns the
+    report and counts for the manifest.
+    """
+    path = Path(path)
+    schema = read_schema(path, require_labels)
+    problems: list[RowProblem] = []
+    frame = _scalar_frame(path, schema, require_labels, problems)
+    n_rows = len(frame)
+    bad_rows = {p.row for p in problems}
+    ids = frame["ticket_id"].fillna("<missing>").to_numpy()
+
+    vocab: dict[str, int] = {}
+    offsets = [0]
+    sentence_ids: list[np.ndarray] = []
+    has_embeddings = np.zeros(n_rows, bool)
+    keep = np.ones(n_rows, bool)
+    n_sentences = 0
+    row = 0
+    with open(out_dir / "embeddings.f32", "wb") as sink, tqdm(
+        total=n_rows, desc=f"parse {path.name}", unit="ticket", disable=not progress, leave=False
+    ) as bar:
+        for texts in _embedding_batches(path):
+            for text in texts:
+                if row in bad_rows:
+                    keep[row] = False
+                elif is_empty(text):
+                    offsets.append(n_sentences)
+                else:
+                    try:
+                        keys, vectors = parse_embeddings(text)
+                    except EmbeddingError as err:
+                        problems.append(RowProblem(row, str(ids[row]), EMBEDDINGS, err.kind, err.detail))
+                        keep[row] = False
+                    else:
+                        sink.write(vectors.tobytes())
+                        sentence_ids.append(
+                            np.fromiter((vocab.setdefault(k, len(vocab)) for k in keys), np.int32, len(keys))
+                        )
+                        n_sentences += len(keys)
+                        offsets.append(n_sentences)
+                        has_embeddings[row] = len(keys) > 0
+                row += 1
+            bar.update(len(texts))
+
+    meta = frame[keep].reset_index(drop=True)
+    meta["has_embeddings"] = has_embeddings[keep]
+    meta["n_sentences"] = np.diff(np.asarray(offsets, np.int64)).astype(np.int32)
+    _add_labels(meta)
+    np.save(out_dir / "offsets.npy", np.asarray(offsets, np.int64))
+    np.save(
+        out_dir / "sentence_ids.npy",
+        np.concatenate(sentence_ids) if sentence_ids else np.empty(0, np.int32),
+    )
+    np.save(out_dir / "sentence_vocab.npy", np.asarray(list(vocab), dtype=str))
+    meta.to_parquet(out_dir / "meta.parquet", index=False)
+    report = ValidationReport(
+        n_rows=n_rows,
+        n_kept=int(keep.sum()),
+        n_no_embeddings=int((~meta["has_embeddings"]).sum()),
+        quarantined=sorted(problems, key=lambda p: p.row),
+    )
+    pd.DataFrame(report.rows(), columns=["row", "ticket_id", "field", "problem", "detail"]).to_parquet(
+        out_dir / "quarantine.parquet", index=False
+    )
+    return {"report": report, "n_tickets": len(meta), "n_sentences": n_sentences, "dim": EMBEDDING_DIM}
+
+
+def _add_labels(meta: pd.DataFrame) -> None:
+    """Canonical label, its parent (first level) and depth, when the file has labels."""
+    if LABEL_COLUMN not in meta or meta[LABEL_COLUMN].isna().all():
+        return
+    raw = meta[LABEL_COLUMN].fillna("")
+    meta["label"] = canonical_labels(meta["account_id"], raw).astype("string")
+    levels = {label: label_levels(label) for label in pd.unique(meta["label"])}
+    meta["parent"] = meta["label"].map(lambda v: levels[v][0] if levels[v] else v).astype("string")
+    meta["depth"] = meta["label"].map(lambda v: len(levels[v])).astype(np.int16)

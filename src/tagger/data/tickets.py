@@ -1,0 +1,64 @@
+"""Parsed tickets: per-ticket metadata plus a ragged float32 store of sentence embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tagger.data.validation import ValidationReport
+
+
+@dataclass
+class Tickets:
+    """Tickets of one parquet file, in file order (quarantined rows left out, see ``report``).
+
+    ``embeddings[offsets[i]:offsets[i + 1]]`` are ticket ``i``'s sentence vectors and
+    ``sentence_vocab[sentence_ids[offsets[i]:offsets[i + 1]]]`` their hashed sentence ids.
+    A ticket with no embeddings has an empty slice and ``meta.has_embeddings`` False.
+    """
+
+    meta: pd.DataFrame
+    embeddings: np.ndarray  # float32 [total_sentences, 384], often memory-mapped
+    offsets: np.ndarray  # int64 [n_tickets + 1]
+    sentence_ids: np.ndarray  # int32 [total_sentences], index into sentence_vocab
+    sentence_vocab: np.ndarray  # str [unique sentences]
+    report: ValidationReport
+    digest: str = ""
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def sentences(self, i: int) -> np.ndarray:
+        """Ticket ``i``'s sentence vectors, ``[n_sentences, 384]``."""
+        return self.embeddings[self.offsets[i] : self.offsets[i + 1]]
+
+    @property
+    def n_sentences(self) -> np.ndarray:
+        """Sentences per ticket."""
+        return np.diff(self.offsets)
+
+    def subset(self, index: np.ndarray) -> Tickets:
+        """The tickets at ``index`` (positions or a boolean mask), embeddings gathered into RAM."""
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        starts, ends = self.offsets[index], self.offsets[index + 1]
+        lengths = ends - starts
+        rows = (
+            np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)])
+            if len(index)
+            else np.empty(0, np.int64)
+        )
+        offsets = np.zeros(len(index) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return Tickets(
+            meta=self.meta.iloc[index].reset_index(drop=True),
+            embeddings=np.asarray(self.embeddings[rows]),
+            offsets=offsets,
+            sentence_ids=np.asarray(self.sentence_ids[rows]),
+            sentence_vocab=self.sentence_vocab,
+            report=self.report,
+            digest=self.digest,
+        )

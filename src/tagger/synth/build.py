@@ -1,0 +1,308 @@
+"""Build the built-in dataset: ``data/tickets.parquet`` in exactly the real ticket schema.
+
+Real customer-support utterances (Bitext, Banking77; see data/sources) become emails of
+simulated merchants (:mod:`tagger.synth.merchants`), with recurring boilerplate sentences,
+null embeddings, agent mis-tags and drift; every sentence is embedded by the real
+all-MiniLM-L6-v2. The same seed gives the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from tagger.embed import SentenceEmbedder
+from tagger.paths import PROJECT_ROOT
+from tagger.synth import boilerplate as bp
+from tagger.synth.catalogue import Intent, intents
+from tagger.synth.config import BuildConfig
+from tagger.synth.merchants import Label, Merchant, make_merchants
+
+SOURCES_DIR = PROJECT_ROOT / "data" / "sources"
+DAY = 86_400.0
+
+
+def load_corpus(sources_dir: str | os.PathLike = SOURCES_DIR) -> dict[str, list[str]]:
+    """Utterances of every intent of the public corpora, de-duplicated, in file order."""
+    sources_dir = Path(sources_dir)
+    frames = [
+        pd.read_csv(sources_dir / "bitext" / "bitext.csv").rename(columns={"intent": "label"}),
+        pd.read_csv(sources_dir / "banking77" / "train.csv"),
+        pd.read_csv(sources_dir / "banking77" / "test.csv"),
+    ]
+    corpus: dict[str, list[str]] = {}
+    for frame in frames:
+        for text, label in zip(frame["text"], frame["label"], strict=True):
+            corpus.setdefault(str(label), []).append(" ".join(str(text).split()))
+    return {k: list(dict.fromkeys(v)) for k, v in corpus.items()}
+
+
+def sentence_hash(text: str) -> str:
+    """The hashed sentence id: the same sentence has the same id in every ticket."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return str(int.from_bytes(digest, "big", signed=True))
+
+
+class _Writer:
+    """Draws utterances without repeats per (merchant, intent) until an intent's pool runs out."""
+
+    def __init__(self, corpus: dict[str, list[str]], rng: np.random.Generator):
+        self.corpus = corpus
+        self.rng = rng
+        self.order: dict[tuple[str, str], tuple[np.ndarray, int]] = {}
+
+    def utterance(self, account: str, intent: str) -> str:
+        key = (account, intent)
+        if key not in self.order:
+            self.order[key] = (self.rng.permutation(len(self.corpus[intent])), 0)
+        perm, i = self.order[key]
+        self.order[key] = (perm, i + 1)
+        return self.corpus[intent][perm[i % len(perm)]]
+
+
+def _n_extra(rng: np.random.Generator, cap: int) -> int:
+    """Extra sentences beyond the first: median 1 sentence, p75 2, p99 about 16, rare threads."""
+    u = rng.random()
+    if u < 0.55:
+        return 0
+    if u < 0.80:
+        return 1
+    if u < 0.90:
+        return 2
+    if u < 0.97:
+        return int(rng.integers(3, 7))
+    if u < 0.995:
+        return int(rng.integers(7, 21))
+    return int(min(rng.lognormal(np.log(30), 0.7), cap - 1))
+
+
+def _email(
+    merchant: Merchant,
+    intent: str | None,
+    writer: _Writer,
+    rng: np.random.Generator,
+    cfg: BuildConfig,
+    all_intents: list[str],
+) -> list[str]:
+    """One email's sentences; ``intent`` None gives a boilerplate-only message."""
+    body = [writer.utterance(merchant.account_id, intent)] if intent else []
+    n_extra = _n_extra(rng, cfg.max_sentences) if intent else int(rng.integers(1, 4))
+    head, tail = [], []
+    thread = n_extra > 6  # a long email quotes earlier messages of the thread
+    own = [i for label in merchant.labels for i in label.intents] or all_intents
+    for _ in range(n_extra):
+        r = rng.random()
+        if r < (0.3 if thread else 0.8) or not intent:
+            kind = rng.choice(
+                ["greeting", "thanks", "sign_off", "device", "footer", "form"],
+                p=[0.25, 0.25, 0.2, 0.1, 0.1, 0.1],
+            )
+            if kind == "form" and merchant.form_sentence and rng.random() < cfg.form_in_ticket:
+                tail.append(merchant.form_sentence)
+            elif kind == "greeting":
+                head.append(str(rng.choice(bp.GREETINGS)))
+            else:
+                pool = {
+                    "thanks": bp.THANKS,
+                    "sign_off": bp.SIGN_OFFS,
+                    "device": bp.DEVICES,
+                    "footer": bp.FOOTERS,
+                    "form": bp.THANKS,
+                }[kind]
+                tail.append(str(rng.choice(pool)))
+        elif r < (0.7 if thread else 0.92):
+            body.append(writer.utterance(merchant.account_id, str(rng.choice(own)) if thread else intent))
+        else:
+            body.append(writer.utterance(merchant.account_id, str(rng.choice(all_intents))))
+    return list(dict.fromkeys(head[:1] + body + tail))
+
+
+def _days(merchant: Merchant, n: int, rng: np.random.Generator, cfg: BuildConfig) -> np.ndarray:
+    """Ticket times in days since the start: weekdays busier, growth, business hours."""
+    first = int(np.floor(merchant.start_day))
+    days = np.arange(first, cfg.days)
+    weekday = (days + pd.Timestamp(cfg.start).dayofweek) % 7
+    weights = np.where(weekday >= 5, 0.55, 1.0) * (1 + 0.3 * days / cfg.days)
+    day = rng.choice(days, n, p=weights / weights.sum())
+    hours = np.where(rng.random(n) < 0.8, np.clip(rng.normal(14, 3.5, n), 0, 23.99), rng.uniform(0, 24, n))
+    return np.maximum(day + hours / 24, merchant.start_day)
+
+
+def _ticket_rows(
+    merchants: list[Merchant], corpus: dict[str, list[str]], rng: np.random.Generator, cfg: BuildConfig
+) -> pd.DataFrame:
+    writer = _Writer(corpus, rng)
+    all_intents = sorted(corpus)
+    rows = []
+    for merchant in tqdm(merchants, desc="simulate merchants", unit="merchant"):
+        labels = merchant.labels
+        weights = np.array([label.weight for label in labels])
+        catch = merchant.main_catch_all
+        for day in np.sort(_days(merchant, merchant.volume, rng, cfg)):
+            drawn: Label = labels[rng.choice(len(labels), p=weights / weights.sum())]
+            tagged = catch if (drawn.start_day > day and catch is not None) else drawn
+            if drawn.catch_all and not drawn.intents:
+                r = rng.random()
+                if r < 0.55:
+                    intent = str(rng.choice(merchant.uncovered or all_intents))
+                elif r < 0.75:
+                    own = [i for label in labels for i in label.intents]
+                    intent = str(rng.choice(own or all_intents))
+                else:
+                    intent = None
+            else:
+                intent = str(rng.choice(drawn.intents))
+            mistag = len(labels) > 1 and rng.random() < cfg.mistag_rate
+            if mistag:
+                tagged = labels[int(rng.choice([i for i, lab in enumerate(labels) if lab is not tagged]))]
+            raw = tagged.name_at(day)
+            if tagged.variants and rng.random() < tagged.variant_share:
+                raw = str(rng.choice(tagged.variants))
+            if merchant.quoted_export:
+                raw = f'"{raw}"'
+            rows.append(
+                {
+                    "account_id": merchant.account_id,
+                    "day": float(day),
+                    "contact_reason": raw,
+                    "intent": intent or "",
+                    "catch_all": tagged.catch_all,
+                    "mistag": mistag,
+                    "null_p": merchant.null_rate * (cfg.catch_all_null_boost if tagged.catch_all else 1.0),
+                    "sentences": _email(merchant, intent, writer, rng, cfg, all_intents),
+                }
+            )
+    frame = pd.DataFrame(rows)
+    p = frame["null_p"].to_numpy()
+    p = np.clip(p * cfg.null_share / p.mean(), 0, 0.75)
+    frame["null"] = rng.random(len(frame)) < p
+    # one very long thread, as the longest real email (225 sentences)
+    longest = int(rng.choice(np.flatnonzero(~frame["null"].to_numpy() & (frame["intent"] != "").to_numpy())))
+    quoted = [
+        writer.utterance(frame.at[longest, "account_id"], str(rng.choice(all_intents)))
+        for _ in range(3 * cfg.max_sentences)
+    ]
+    frame.at[longest, "sentences"] = list(dict.fromkeys(frame.at[longest, "sentences"] + quoted))[
+        : cfg.max_sentences
+    ]
+    return frame
+
+
+def _vector_json(vectors: np.ndarray) -> list[str]:
+    # float32 values written with float64 repr, as json.dumps(vector.tolist()) writes them
+    return [orjson.dumps(v.astype(np.float64).tolist()).decode().replace(",", ", ") for v in vectors]
+
+
+def build_dataset(
+    cfg: BuildConfig,
+    out_path: str | os.PathLike,
+    sources_dir: str | os.PathLike = SOURCES_DIR,
+    embedder: SentenceEmbedder | None = None,
+) -> Path:
+    """Write the dataset for ``cfg`` to ``out_path`` (atomically) and a ``.build.json`` beside it."""
+    out_path = Path(out_path)
+    rng = np.random.default_rng(cfg.seed)
+    corpus = load_corpus(sources_dir)
+    catalogue: list[Intent] = [i for i in intents() if i.name in corpus]
+    merchants = make_merchants(cfg, rng, catalogue)
+    frame = _ticket_rows(merchants, corpus, rng, cfg)
+
+    texts = sorted(
+        {
+            s
+            for sentences, null in zip(frame["sentences"], frame["null"], strict=True)
+            if not null
+            for s in sentences
+        }
+    )
+    vectors = (embedder or SentenceEmbedder()).embed(texts)
+    vector_json = dict(zip(texts, _vector_json(vectors), strict=True))
+    hashes = {t: sentence_hash(t) for t in texts}
+
+    embeddings = []
+    for sentences, null in tqdm(
+        zip(frame["sentences"], frame["null"], strict=True),
+        total=len(frame),
+        desc="write tickets",
+        unit="ticket",
+    ):
+        if null:
+            embeddings.append(None if rng.random() < 0.9 else "{}")
+        else:
+            embeddings.append("{" + ", ".join(f'"{hashes[s]}": {vector_json[s]}' for s in sentences) + "}")
+
+    start = pd.Timestamp(cfg.start, tz="UTC").timestamp()
+    ticket_ids = rng.choice(16**12, len(frame), replace=False)
+    table = pa.table(
+        {
+            "account_id": pa.array(frame["account_id"], pa.string()),
+            "ticket_id": pa.array([f"{t:012x}" for t in ticket_ids], pa.string()),
+            "raw_body": pa.array(rng.integers(1, 2**62, len(frame)), pa.int64()),
+            "channel": pa.array(["email"] * len(frame), pa.string()),
+            "unix_timestamp": pa.array(np.round(start + frame["day"].to_numpy() * DAY, 3), pa.float64()),
+            "contact_reason": pa.array(frame["contact_reason"], pa.string()),
+            "processed_body": pa.array(
+                np.where(frame["null"], 0, rng.integers(1, 2**62, len(frame))), pa.int64()
+            ),
+            "email_sentence_embeddings": pa.array(embeddings, pa.string()),
+        }
+    )
+    table = table.take(pa.array(np.argsort(table.column("unix_timestamp").to_numpy(), kind="stable")))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".parquet.tmp")
+    os.close(fd)
+    pq.write_table(table, tmp, compression="zstd", row_group_size=8192)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out_path)
+    _write_build_notes(out_path, cfg, merchants, frame)
+    return out_path
+
+
+def _write_build_notes(
+    out_path: Path, cfg: BuildConfig, merchants: list[Merchant], frame: pd.DataFrame
+) -> None:
+    """What the simulation did, for anyone who wants to know the ground truth behind the file."""
+    notes = {
+        "config": asdict(cfg),
+        "tickets": len(frame),
+        "null_share": float(frame["null"].mean()),
+        "mistag_share": float(frame["mistag"].mean()),
+        "merchants": [
+            {
+                "account_id": m.account_id,
+                "brand": m.brand,
+                "kind": m.kind,
+                "tickets": m.volume,
+                "start_day": round(m.start_day, 1),
+                "null_rate": round(m.null_rate, 3),
+                "labels": [
+                    {
+                        "name": label.name,
+                        "intents": label.intents,
+                        "catch_all": label.catch_all,
+                        **({"start_day": round(label.start_day, 1)} if label.start_day else {}),
+                        **(
+                            {"renamed_to": label.renamed_to, "rename_day": round(label.rename_day, 1)}
+                            if label.renamed_to
+                            else {}
+                        ),
+                        **({"raw_variants": label.variants} if label.variants else {}),
+                    }
+                    for label in m.labels
+                ],
+            }
+            for m in merchants
+        ],
+    }
+    Path(str(out_path) + ".build.json").write_text(json.dumps(notes, indent=1))

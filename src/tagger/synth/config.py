@@ -1,0 +1,55 @@
+"""Settings of the built-in dataset builder. Their values live in ``conf/data/default.yaml``
+(``build:``), the single source; this dataclass only names and types them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from omegaconf import OmegaConf
+
+from tagger.paths import PROJECT_ROOT
+
+DEFAULTS = PROJECT_ROOT / "conf" / "data" / "default.yaml"
+
+
+@dataclass
+class BuildConfig:
+    """Every knob of the simulation (see the comments in conf/data/default.yaml)."""
+
+    seed: int
+    n_accounts: int
+    n_tickets: int
+    start: str
+    days: int
+    volume_sigma: float
+    min_tickets_per_account: int
+    median_labels: float
+    zipf_low: float
+    zipf_high: float
+    max_labels: int
+    max_merge_ratio: float
+    n_single_label: int
+    n_few_label: int
+    null_share: float
+    base_null_rate: float
+    n_heavy_null_accounts: int
+    catch_all_null_boost: float
+    mistag_rate: float
+    late_join_share: float
+    new_label_share: float
+    n_renamed_labels: int
+    messy_label_share: float
+    quoted_export_share: float
+    form_share: float
+    form_in_ticket: float
+    max_sentences: int
+
+    @classmethod
+    def from_config(cls, build: dict | None = None, **overrides) -> BuildConfig:
+        """From a ``build:`` mapping (default: the one in conf/data/default.yaml), with overrides."""
+        values = dict(build) if build is not None else OmegaConf.to_container(OmegaConf.load(DEFAULTS).build)
+        values.update(overrides)
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown build setting(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
