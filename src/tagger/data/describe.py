@@ -20,8 +20,13 @@ def describe(tickets: Tickets, worst: int = 5) -> dict:
     meta = tickets.meta
     has_labels = "label" in meta
     no_emb = ~meta["has_embeddings"]
-    per_account_null = no_emb.groupby(meta["account_id"]).agg(["mean", "size"]).sort_values(
-        ["mean", "size"], ascending=False
+    per_account_null = (
+        no_emb.groupby(meta["account_id"])
+        .agg(["mean", "size"])
+        .rename_axis("account")
+        .reset_index()
+        .sort_values(["mean", "size", "account"], ascending=[False, False, True])
+        .set_index("account")
     )
     sentences = tickets.n_sentences[meta["has_embeddings"].to_numpy()]
     out: dict = {

@@ -34,21 +34,24 @@ def is_empty(text: object) -> bool:
         return True
     if isinstance(text, dict):
         return not text
-    return isinstance(text, str | bytes) and _strip(text).lower() in _EMPTY_TEXTS
+    if isinstance(text, str | bytes | memoryview):
+        # only a short field can be empty: never copy a long one to look at it
+        return len(text) <= 16 and _text(text).strip().lower() in _EMPTY_TEXTS
+    return False
 
 
-def _strip(text: str | bytes) -> str:
-    return (text.decode("utf-8", "replace") if isinstance(text, bytes) else text).strip()
+def _text(text: str | bytes | memoryview) -> str:
+    return text if isinstance(text, str) else bytes(text).decode("utf-8", "replace")
 
 
-def _load_object(text: str | bytes | dict) -> dict:
+def _load_object(text: str | bytes | memoryview | dict) -> dict:
     if isinstance(text, dict):
         return text
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError as err:
         fast_error = err
-    raw = _strip(text)
+    raw = _text(text).strip()
     try:  # the standard library accepts NaN and Infinity, which we report by name below
         return json.loads(raw)
     except json.JSONDecodeError:
@@ -60,7 +63,7 @@ def _load_object(text: str | bytes | dict) -> dict:
     return value
 
 
-def parse_embeddings(text: str | bytes | dict) -> tuple[list[str], np.ndarray]:
+def parse_embeddings(text: str | bytes | memoryview | dict) -> tuple[list[str], np.ndarray]:
     """Sentence ids and a float32 ``[n_sentences, 384]`` array; raises :class:`EmbeddingError`."""
     obj = _load_object(text)
     if not isinstance(obj, dict):

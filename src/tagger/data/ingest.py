@@ -9,6 +9,8 @@ named in the :class:`ValidationReport`.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,17 +115,49 @@ def _scalar_frame(
     return frame
 
 
+def _prefetched(items: Iterator, depth: int = 2) -> Iterator:
+    """``items`` produced by a background thread: parquet decompression (which releases the GIL)
+    overlaps the JSON parsing on another core."""
+    done = object()
+    slots: queue.Queue = queue.Queue(depth)
+
+    def produce() -> None:
+        try:
+            for item in items:
+                slots.put(item)
+        except BaseException as err:  # handed to the consumer, raised there
+            slots.put(err)
+        slots.put(done)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := slots.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
 def _embedding_batches(path: Path) -> Iterator[list]:
+    """Rows of the embeddings column, batch by batch, as zero-copy byte views (None for null)."""
     parquet = pq.ParquetFile(path)
-    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=[EMBEDDINGS]):
+    batches = parquet.iter_batches(batch_size=BATCH_ROWS, columns=[EMBEDDINGS])
+    for batch in _prefetched(batches):
         column = batch.column(0)
-        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
-            column = column.cast(pa.large_string())
-        elif not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        if pa.types.is_string(column.type) or pa.types.is_binary(column.type):
+            offset_type = np.int32
+        elif pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type):
+            offset_type = np.int64
+        else:
             raise SchemaError(
                 f"{path}: column {EMBEDDINGS} has type {column.type}; expected a JSON string per row"
             )
-        yield column.to_pylist()
+        _, offsets_buffer, data_buffer = column.buffers()
+        offsets = np.frombuffer(offsets_buffer, offset_type)[column.offset : column.offset + len(column) + 1]
+        data = memoryview(data_buffer) if data_buffer is not None else memoryview(b"")
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        yield [
+            data[start:end] if ok else None
+            for start, end, ok in zip(offsets[:-1].tolist(), offsets[1:].tolist(), valid.tolist(), strict=True)
+        ]
 
 
 def parse_file(

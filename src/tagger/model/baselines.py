@@ -1,0 +1,151 @@
+"""Honest per-account baselines on mean-pooled embeddings, behind the same fit / predict interface.
+
+Each account gets its own classifier over its own labels, as the public solutions do. Tickets
+without embeddings get the same account-prior fallback the shared model uses.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+
+from tagger.data.tickets import Tickets
+from tagger.model.base import AccountPrior, Estimator, Predictions, mean_pool, top_k
+from tagger.model.label_table import LabelTable
+
+
+class PerAccountEstimator(Estimator):
+    """Fits one small model per account on mean-pooled embeddings of labelled tickets."""
+
+    def __init__(self, abstain_without_embeddings: bool = False):
+        self.abstain_without_embeddings = abstain_without_embeddings
+        self.models: dict[str, object] = {}
+
+    def fit(self, train: Tickets, val: Tickets | None = None) -> PerAccountEstimator:
+        self.table = LabelTable.from_meta(train.meta)
+        self.prior = AccountPrior(self.table, train.meta)
+        x = mean_pool(train)
+        rows = self.table.rows(train.meta["account_id"], train.meta["label"])
+        has = train.meta["has_embeddings"].to_numpy()
+        accounts = train.meta["account_id"].astype(str).to_numpy()
+        for account, (start, end) in self.table.account_slices.items():
+            sel = has & (accounts == account)
+            self.models[account] = self._fit_account(x[sel], rows[sel] - start, end - start)
+        return self
+
+    def predict(self, tickets: Tickets, k: int = 5) -> Predictions:
+        account_index = self.table.account_ids(tickets.meta["account_id"])
+        has = tickets.meta["has_embeddings"].to_numpy()
+        probs = self.prior.dense(account_index)
+        x = mean_pool(tickets)
+        for a, (account, (start, end)) in enumerate(self.table.account_slices.items()):
+            sel = has & (account_index == a)
+            if sel.any():
+                probs[sel, start:end] = self._proba_account(self.models[account], x[sel], end - start)
+        return top_k(probs, account_index, k, ~has, self.abstain_without_embeddings, self.table)
+
+    def _fit_account(self, x: np.ndarray, y: np.ndarray, n_labels: int) -> object:
+        raise NotImplementedError
+
+    def _proba_account(self, model: object, x: np.ndarray, n_labels: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _constant(y: np.ndarray, n_labels: int) -> np.ndarray:
+    counts = np.bincount(y, minlength=n_labels).astype(float) if len(y) else np.ones(n_labels)
+    return counts / counts.sum()
+
+
+def _expand(model, proba: np.ndarray, n_labels: int) -> np.ndarray:
+    out = np.zeros((len(proba), n_labels), np.float32)
+    out[:, model.classes_] = proba
+    return out
+
+
+class Majority(PerAccountEstimator):
+    """The account's most frequent labels, in order of frequency."""
+
+    name = "majority"
+
+    def _fit_account(self, x, y, n_labels):
+        return _constant(y, n_labels)
+
+    def _proba_account(self, model, x, n_labels):
+        return np.broadcast_to(model, (len(x), n_labels)).astype(np.float32)
+
+
+class LogReg(PerAccountEstimator):
+    """Multinomial logistic regression per account (a constant where it has one label)."""
+
+    name = "logreg"
+
+    def __init__(self, C: float = 1.0, max_iter: int = 1000, class_weight: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.C, self.max_iter, self.class_weight = C, max_iter, class_weight
+
+    def _fit_account(self, x, y, n_labels):
+        if len(np.unique(y)) < 2:
+            return _constant(y, n_labels)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight).fit(
+                x, y
+            )
+
+    def _proba_account(self, model, x, n_labels):
+        if isinstance(model, np.ndarray):
+            return np.broadcast_to(model, (len(x), n_labels)).astype(np.float32)
+        return _expand(model, model.predict_proba(x), n_labels)
+
+
+class NearestCentroid(PerAccountEstimator):
+    """Cosine similarity to each label's mean embedding, softmax with a fixed temperature."""
+
+    name = "centroid"
+
+    def __init__(self, temperature: float = 0.05, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = temperature
+
+    def _fit_account(self, x, y, n_labels):
+        centroids = np.zeros((n_labels, x.shape[1] if x.ndim == 2 else 384), np.float32)
+        present = np.zeros(n_labels, bool)
+        for label in np.unique(y):
+            c = x[y == label].mean(axis=0)
+            centroids[label] = c / max(np.linalg.norm(c), 1e-12)
+            present[label] = True
+        return centroids, present, _constant(y, n_labels)
+
+    def _proba_account(self, model, x, n_labels):
+        centroids, present, prior = model
+        if not present.any():
+            return np.broadcast_to(prior, (len(x), n_labels)).astype(np.float32)
+        logits = np.where(present, x @ centroids.T / self.temperature, -np.inf)
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class KNN(PerAccountEstimator):
+    """k nearest training tickets of the account by cosine distance, weighted by closeness."""
+
+    name = "knn"
+
+    def __init__(self, n_neighbors: int = 10, **kwargs):
+        super().__init__(**kwargs)
+        self.n_neighbors = n_neighbors
+
+    def _fit_account(self, x, y, n_labels):
+        if len(np.unique(y)) < 2:
+            return _constant(y, n_labels)
+        k = min(self.n_neighbors, len(y))
+        return KNeighborsClassifier(n_neighbors=k, weights="distance", metric="cosine").fit(x, y)
+
+    def _proba_account(self, model, x, n_labels):
+        if isinstance(model, np.ndarray):
+            return np.broadcast_to(model, (len(x), n_labels)).astype(np.float32)
+        return _expand(model, model.predict_proba(x), n_labels)

@@ -1,0 +1,87 @@
+"""The label inventory of a fitted model: every (account, label) pair seen in training.
+
+Every model (shared or baseline) scores a ticket against the rows of its own account only;
+the table says which rows those are, and maps labels to and from row indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tagger.data.labels import label_text
+
+
+@dataclass
+class LabelTable:
+    """``frame``: one row per (account_id, label), grouped by account, with ``text`` (the name as
+    words) and ``n_train``. ``account_slices`` maps an account to its contiguous row range."""
+
+    frame: pd.DataFrame
+
+    def __post_init__(self) -> None:
+        self.frame = self.frame.reset_index(drop=True)
+        accounts = self.frame["account_id"].to_numpy()
+        starts = np.r_[0, np.flatnonzero(accounts[1:] != accounts[:-1]) + 1]
+        ends = np.r_[starts[1:], len(accounts)]
+        self.account_slices = {str(accounts[s]): (int(s), int(e)) for s, e in zip(starts, ends, strict=True)}
+        self.accounts = list(self.account_slices)
+        self.account_index = {a: i for i, a in enumerate(self.accounts)}
+        self._row = {
+            (a, lab): i for i, (a, lab) in enumerate(zip(accounts, self.frame["label"], strict=True))
+        }
+
+    @classmethod
+    def from_meta(cls, meta: pd.DataFrame) -> LabelTable:
+        """Every (account, label) pair of ``meta`` with its ticket count, sorted by account then label."""
+        counts = meta.groupby(["account_id", "label"], observed=True).size().rename("n_train").reset_index()
+        counts["account_id"] = counts["account_id"].astype(str)
+        counts["label"] = counts["label"].astype(str)
+        counts["text"] = counts["label"].map(label_text)
+        return cls(counts.sort_values(["account_id", "label"]).reset_index(drop=True))
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def n_accounts(self) -> int:
+        return len(self.accounts)
+
+    def rows_of(self, account_id: str) -> range:
+        """Row indices of an account's labels (empty for an unknown account)."""
+        start, end = self.account_slices.get(str(account_id), (0, 0))
+        return range(start, end)
+
+    def row(self, account_id: str, label: str) -> int:
+        """Row of (account, label), or -1 when that label was never seen for the account."""
+        return self._row.get((str(account_id), str(label)), -1)
+
+    def rows(self, accounts: pd.Series, labels: pd.Series) -> np.ndarray:
+        """Rows of many (account, label) pairs; -1 where unseen."""
+        return np.fromiter(
+            (self._row.get((str(a), str(b)), -1) for a, b in zip(accounts, labels, strict=True)),
+            np.int64,
+            len(accounts),
+        )
+
+    def account_ids(self, accounts: pd.Series) -> np.ndarray:
+        """Account index of each ticket; -1 for an account with no labels in the table."""
+        return np.fromiter((self.account_index.get(str(a), -1) for a in accounts), np.int64, len(accounts))
+
+    def account_of_row(self) -> np.ndarray:
+        """Account index of every row."""
+        return np.asarray([self.account_index[a] for a in self.frame["account_id"]], np.int64)
+
+    def mask(self) -> np.ndarray:
+        """``[n_accounts, n_labels]`` bool: which rows belong to which account."""
+        out = np.zeros((self.n_accounts, len(self)), bool)
+        out[self.account_of_row(), np.arange(len(self))] = True
+        return out
+
+    def log_prior(self) -> np.ndarray:
+        """log of each label's share of its account's training tickets."""
+        n = self.frame["n_train"].to_numpy(float)
+        totals = self.frame.groupby("account_id", sort=False)["n_train"].transform("sum").to_numpy(float)
+        return np.log(np.maximum(n, 1e-9) / np.maximum(totals, 1e-9))

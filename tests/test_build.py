@@ -1,0 +1,113 @@
+"""The built-in dataset builder on a small seed: schema, statistics, determinism, real embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from tagger.data import load_tickets
+from tagger.data.describe import describe
+from tagger.embed import SentenceEmbedder
+from tagger.synth.build import build_dataset, load_corpus, sentence_hash
+from tagger.synth.config import BuildConfig
+
+SMALL = {"n_accounts": 10, "n_tickets": 1500, "n_single_label": 1, "n_few_label": 1, "max_labels": 40}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("build")
+    embedder = SentenceEmbedder(root / "sentences")
+    path = build_dataset(BuildConfig.from_config(**SMALL), root / "tickets.parquet", embedder=embedder)
+    return path, embedder, root
+
+
+def test_schema_is_exactly_the_ticket_schema(built):
+    path, _, _ = built
+    schema = pq.read_schema(path)
+    assert schema.names == [
+        "account_id",
+        "ticket_id",
+        "raw_body",
+        "channel",
+        "unix_timestamp",
+        "contact_reason",
+        "processed_body",
+        "email_sentence_embeddings",
+    ]
+    frame = pd.read_parquet(path)
+    assert frame["ticket_id"].is_unique
+    assert (frame["channel"] == "email").all()
+    assert frame["unix_timestamp"].is_monotonic_increasing
+    # processed_body is 0 exactly where the cleaned body is empty (no embeddings)
+    no_emb = frame["email_sentence_embeddings"].isna() | (frame["email_sentence_embeddings"] == "{}")
+    assert ((frame["processed_body"] == 0) == no_emb).all()
+
+
+def test_statistics_look_like_the_real_data(built):
+    path, _, root = built
+    tickets = load_tickets(path, cache_dir=root / "cache", progress=False)
+    stats = describe(tickets)
+    assert stats["validation"]["quarantined"] == 0
+    assert stats["accounts"] == 10
+    assert 0.05 < stats["null_embeddings"]["share"] < 0.16
+    s = stats["sentences_per_email"]
+    assert s["median"] == 1 and s["p75"] <= 3 and 1.6 < s["mean"] < 3.2 and s["max"] == 225
+    lab = stats["labels"]
+    assert lab["single_label_accounts"] >= 1
+    assert lab["labels_per_account"]["max"] >= 30
+    assert lab["raw"] > lab["normalised"]  # messy raw spellings exist and merge
+    assert lab["tickets_per_label"]["median"] < lab["tickets_per_label"]["mean"]  # long tail
+    assert lab["max_depth"] >= 2
+    meta = tickets.meta
+    assert (
+        meta["label"]
+        .isin(["Other", "N/A", "Spam", "Misc", "General Inquiry", "Other::Other", "No Action Req::Others"])
+        .mean()
+        > 0.05
+    )
+    # null embeddings lean towards catch-all labels
+    catch = meta["label"].str.contains("Other|N/A|Spam|Misc|General|Support|Inbound|Email|Customer")
+    assert (~meta["has_embeddings"])[catch].mean() > (~meta["has_embeddings"])[~catch].mean()
+
+
+def test_boilerplate_sentences_recur_with_stable_hashes(built):
+    path, _, root = built
+    tickets = load_tickets(path, cache_dir=root / "cache", progress=False)
+    counts = np.bincount(tickets.sentence_ids, minlength=len(tickets.sentence_vocab))
+    assert sentence_hash("Thanks in advance.") in set(tickets.sentence_vocab[counts >= 5])
+    assert sentence_hash("Thanks in advance.") == sentence_hash("Thanks in advance.")
+
+
+def test_vectors_are_the_real_minilm_embeddings(built):
+    path, embedder, root = built
+    tickets = load_tickets(path, cache_dir=root / "cache", progress=False)
+    norms = np.linalg.norm(tickets.embeddings, axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-4)
+    i = int(np.flatnonzero(tickets.sentence_vocab == sentence_hash("Kind regards,"))[0])
+    row = int(np.flatnonzero(tickets.sentence_ids == i)[0])
+    np.testing.assert_allclose(tickets.embeddings[row], embedder.embed(["Kind regards,"])[0], atol=1e-6)
+    # semantically close sentences are close in the space
+    a, b, c = embedder.embed(["Where is my order?", "I want to track my package", "Reset my password"])
+    assert a @ b > a @ c
+
+
+def test_same_seed_same_file_other_seed_other_file(built):
+    path, embedder, root = built
+    again = build_dataset(BuildConfig.from_config(**SMALL), root / "again.parquet", embedder=embedder)
+    assert pq.read_table(path).equals(pq.read_table(again))
+    other = build_dataset(BuildConfig.from_config(**SMALL, seed=1), root / "other.parquet", embedder=embedder)
+    assert not pq.read_table(path).equals(pq.read_table(other))
+
+
+def test_corpus_is_bundled_with_every_intent():
+    corpus = load_corpus()
+    assert len(corpus) == 27 + 77
+    assert sum(len(v) for v in corpus.values()) > 30_000
+
+
+def test_unknown_build_setting_is_refused():
+    with pytest.raises(ValueError, match="n_merchants"):
+        BuildConfig.from_config(n_merchants=3)
