@@ -1,6 +1,11 @@
-"""Train the shared contact-reason model: ``python train.py [hydra overrides]``.
+"""Train the shared contact-reason model and compare it with the baselines.
 
-The model itself lands with issue 3; until then this prepares and describes the data.
+    python train.py                                   # built-in dataset, default config
+    python train.py model.encoder.pooling=mean trainer.max_epochs=3 data.path=/x.parquet
+    python train.py -m model.labels.label_init=name,random     # Hydra multirun
+    python train.py model=logreg compare_with=[]      # one baseline alone
+
+Writes results/train/metrics.json (output_dir=...) and models/shared-<time>/ (models_dir=...).
 """
 
 import hydra
@@ -9,12 +14,9 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from tagger.data.dataset import load_dataset
-    from tagger.data.describe import describe, format_description
+    from tagger.training import run
 
-    tickets = load_dataset(cfg.data)
-    print(format_description(describe(tickets), title=f"dataset: {cfg.data.path}"))
-    print("\nmodel training is not built yet (issue 3: the shared model); the data is ready.")
+    run(cfg)
 
 
 if __name__ == "__main__":

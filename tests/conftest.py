@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +56,98 @@ def write_tickets(path: Path, rows: list[dict], **column_overrides) -> Path:
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
+
+
+def make_tickets(rows: list[tuple], start: float = 1_683_000_000.0):
+    """In-memory Tickets from ``(account, label, vectors or None)`` rows, one minute apart."""
+    from tagger.data.tickets import Tickets
+    from tagger.data.validation import ValidationReport
+
+    meta = pd.DataFrame(
+        {
+            "account_id": [r[0] for r in rows],
+            "ticket_id": [f"t{i}" for i in range(len(rows))],
+            "unix_timestamp": start + 60.0 * np.arange(len(rows)),
+            "label": [r[1] for r in rows],
+            "has_embeddings": [r[2] is not None and len(r[2]) > 0 for r in rows],
+        }
+    )
+    vectors = [
+        np.asarray(r[2], np.float32).reshape(-1, DIM) if r[2] is not None else np.zeros((0, DIM), np.float32)
+        for r in rows
+    ]
+    lengths = np.array([len(v) for v in vectors], np.int64)
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    meta["n_sentences"] = lengths.astype(np.int32)
+    embeddings = np.concatenate(vectors) if len(rows) else np.zeros((0, DIM), np.float32)
+    return Tickets(
+        meta,
+        embeddings,
+        offsets,
+        np.arange(len(embeddings), dtype=np.int32),
+        np.asarray([str(i) for i in range(len(embeddings))]),
+        ValidationReport(len(rows), len(rows)),
+    )
+
+
+class FakeEmbedder:
+    """Stands in for all-MiniLM-L6-v2 on label names: a fixed random unit vector per text."""
+
+    def embed(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        out = []
+        for text in texts:
+            rng = np.random.default_rng(zlib.crc32(text.encode()))
+            v = rng.normal(size=DIM).astype(np.float32)
+            out.append(v / np.linalg.norm(v))
+        return np.stack(out) if out else np.zeros((0, DIM), np.float32)
+
+
+def toy_problem(n_per_label: int = 40, seed: int = 0, accounts: dict | None = None):
+    """Separable tickets: each (account, label) has its own direction; boilerplate sentences are shared."""
+    rng = np.random.default_rng(seed)
+    accounts = accounts or {
+        "a": ["Shipping::Tracking", "Refund", "Other"],
+        "b": ["Billing", "Other"],
+        "c": ["General"],
+    }
+    boiler = unit_vectors(3, seed=99)
+    centres = {
+        (a, lab): unit_vectors(1, seed=zlib.crc32(f"{a}|{lab}".encode()))[0]
+        for a, labs in accounts.items()
+        for lab in labs
+    }
+    rows = []
+    for _ in range(n_per_label):
+        for (a, lab), c in centres.items():
+            v = c + 0.3 * rng.normal(size=DIM) / np.sqrt(DIM)
+            sentences = [v / np.linalg.norm(v)] + [boiler[i] for i in range(rng.integers(0, 3))]
+            rows.append((a, lab, np.stack(sentences)))
+    order = rng.permutation(len(rows))
+    return make_tickets([rows[i] for i in order])
+
+
+TEST_TRAINER = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "max_epochs": 12,
+    "deterministic": True,
+    "enable_progress_bar": False,
+    "num_sanity_val_steps": 0,
+    "log_every_n_steps": 5,
+    "patience": 4,
+}
+TEST_MODEL = {
+    "name": "shared",
+    "encoder": {
+        "pooling": "attention",
+        "heads": 2,
+        "key_dim": 16,
+        "max_sentences": 64,
+        "sentence_dropout": 0.0,
+    },
+    "projection": {"hidden": 64, "out_dim": 32, "dropout": 0.0},
+    "labels": {"label_init": "name", "tie_label_tower": True},
+    "imbalance": {"method": "none"},
+    "optim": {"lr": 0.01, "batch_size": 32},
+    "confidence": {"fit_temperature": True, "null_fallback": "prior"},
+}

@@ -93,6 +93,13 @@ class AccountPrior:
             blended = null[start:end] + strength * base
             self.probs[start:end] = blended / blended.sum()
 
+    @classmethod
+    def from_probs(cls, table: LabelTable, probs: np.ndarray) -> AccountPrior:
+        """A prior saved with a model."""
+        prior = cls.__new__(cls)
+        prior.table, prior.probs = table, np.asarray(probs, float)
+        return prior
+
     def dense(self, account_index: np.ndarray) -> np.ndarray:
         """``[n, n_labels]`` prior probabilities of each ticket's account (zeros for unknown)."""
         out = np.zeros((len(account_index), len(self.table)), np.float32)

@@ -1,0 +1,140 @@
+"""A trained shared model on disk: one directory, written atomically, checked when loaded.
+
+weights.pt       model state dict
+labels.parquet   account_id, label, text, n_train, prior, vector (label vectors: prototypes x dim)
+name_vectors.npy all-MiniLM-L6-v2 embeddings of the label names
+model.json       architecture, temperature, fallback, accounts
+config.yaml      the resolved Hydra config of the run
+data.json        fingerprint of the training data (file hash, windows, counts)
+metrics.json     validation metrics
+manifest.json    creation time and the SHA-256 of every file above (written last)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tagger.model.base import AccountPrior
+from tagger.model.label_table import LabelTable
+from tagger.model.shared import SharedConfig, SharedModel
+from tagger.model.shared_estimator import SharedEstimator
+
+FILES = (
+    "weights.pt",
+    "labels.parquet",
+    "name_vectors.npy",
+    "model.json",
+    "config.yaml",
+    "data.json",
+    "metrics.json",
+)
+
+
+class ArtifactError(RuntimeError):
+    """A model directory that is missing, incomplete or altered."""
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def save_shared(
+    estimator: SharedEstimator, out_dir: str | os.PathLike, config_yaml: str, data: dict, metrics: dict
+) -> Path:
+    """Write the model directory ``out_dir`` (built beside it, then renamed into place)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        model = estimator.model
+        torch.save(model.state_dict(), tmp / "weights.pt")
+        labels = estimator.table.frame.copy()
+        labels["prior"] = estimator.prior.probs
+        with torch.no_grad():
+            vectors = model.label_vectors().numpy().astype(np.float32)
+        labels["vector"] = list(vectors.reshape(len(vectors), -1))  # prototypes x dim, flattened
+        labels.to_parquet(tmp / "labels.parquet", index=False)
+        np.save(tmp / "name_vectors.npy", np.asarray(estimator.name_vectors, np.float32))
+        info = {
+            "architecture": asdict(model.cfg),
+            "temperature": estimator.temperature,
+            "null_fallback": estimator.cfg.get("confidence", {}).get("null_fallback", "prior"),
+            "max_sentences": estimator.cfg.get("encoder", {}).get("max_sentences", 64),
+            "n_accounts": estimator.table.n_accounts,
+            "n_labels": len(estimator.table),
+            "fit": estimator.fit_info,
+        }
+        (tmp / "model.json").write_text(json.dumps(info, indent=2))
+        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / "data.json").write_text(json.dumps(data, indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        manifest = {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "files": {name: _sha256(tmp / name) for name in FILES},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if out_dir.exists():
+            raise ArtifactError(f"{out_dir} already exists")
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def verify(model_dir: str | os.PathLike) -> dict:
+    """The manifest of a complete, unaltered model directory; :class:`ArtifactError` otherwise."""
+    model_dir = Path(model_dir)
+    manifest_path = model_dir / "manifest.json"
+    if not manifest_path.exists():
+        raise ArtifactError(f"{model_dir}: no manifest.json: not a complete model directory")
+    manifest = json.loads(manifest_path.read_text())
+    for name in FILES:
+        path = model_dir / name
+        if not path.exists():
+            raise ArtifactError(f"{model_dir}: missing {name}")
+        if _sha256(path) != manifest["files"].get(name):
+            raise ArtifactError(f"{model_dir}: {name} does not match its checksum in manifest.json")
+    return manifest
+
+
+def load_shared(model_dir: str | os.PathLike) -> SharedEstimator:
+    """A :class:`SharedEstimator` ready to predict, from a directory written by :func:`save_shared`."""
+    model_dir = Path(model_dir)
+    verify(model_dir)
+    info = json.loads((model_dir / "model.json").read_text())
+    labels = pd.read_parquet(model_dir / "labels.parquet")
+    table = LabelTable(labels[["account_id", "label", "text", "n_train"]])
+    name_vectors = np.load(model_dir / "name_vectors.npy")
+    estimator = SharedEstimator(
+        {
+            "confidence": {"null_fallback": info["null_fallback"]},
+            "encoder": {"max_sentences": info["max_sentences"]},
+        },
+        trainer={},
+    )
+    estimator.table = table
+    estimator.name_vectors = name_vectors
+    estimator.prior = AccountPrior.from_probs(table, labels["prior"].to_numpy())
+    estimator.temperature = float(info["temperature"])
+    estimator.fit_info = info.get("fit", {})
+    model = SharedModel(
+        SharedConfig(**info["architecture"]),
+        torch.from_numpy(name_vectors),
+        torch.from_numpy(table.account_of_row()),
+        table.n_accounts,
+    )
+    model.load_state_dict(torch.load(model_dir / "weights.pt", map_location="cpu", weights_only=True))
+    estimator.model = model.eval()
+    return estimator

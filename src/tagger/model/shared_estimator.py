@@ -1,0 +1,241 @@
+"""The shared model behind the fit / predict interface: Lightning training, temperature, fallback."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from tagger.data.tickets import Tickets
+from tagger.model.base import AccountPrior, Estimator, Predictions, top_k
+from tagger.model.batches import TicketBatches
+from tagger.model.label_table import LabelTable
+from tagger.model.lit import LitShared
+from tagger.model.shared import SharedConfig, SharedModel
+
+
+class SharedEstimator(Estimator):
+    """One model for every account. ``cfg`` is the ``model`` config (conf/model/shared.yaml),
+    ``trainer`` the ``trainer`` config (conf/trainer/default.yaml)."""
+
+    name = "shared"
+
+    def __init__(
+        self, cfg: dict, trainer: dict, seed: int = 0, log_dir: str | Path | None = None, embedder=None
+    ):
+        self.cfg, self.trainer_cfg, self.seed = cfg, trainer, seed
+        self.log_dir = log_dir
+        self.embedder = embedder
+        self.temperature = 1.0
+        self.fit_info: dict = {}
+
+    # ---- construction -------------------------------------------------------------------------
+    def _architecture(self) -> SharedConfig:
+        flat = {
+            **self.cfg.get("encoder", {}),
+            **self.cfg.get("projection", {}),
+            **self.cfg.get("labels", {}),
+            **self.cfg.get("score", {}),
+        }
+        known = {f.name for f in fields(SharedConfig)}
+        return SharedConfig(**{k: v for k, v in flat.items() if k in known})
+
+    def _build(self, table: LabelTable, name_vectors: np.ndarray) -> SharedModel:
+        return SharedModel(
+            self._architecture(),
+            torch.from_numpy(np.asarray(name_vectors, np.float32)),
+            torch.from_numpy(table.account_of_row()),
+            table.n_accounts,
+        )
+
+    def _name_vectors(self, table: LabelTable) -> np.ndarray:
+        if self.embedder is None:
+            from tagger.embed import SentenceEmbedder
+
+            self.embedder = SentenceEmbedder()
+        return self.embedder.embed(table.frame["text"].tolist(), progress=False)
+
+    def _batches(self, tickets: Tickets, train: bool = False) -> TicketBatches:
+        enc = self.cfg.get("encoder", {})
+        account = self.table.account_ids(tickets.meta["account_id"])
+        account = np.where(account < 0, self.table.n_accounts, account)
+        target = (
+            self.table.rows(tickets.meta["account_id"], tickets.meta["label"])
+            if "label" in tickets.meta
+            else None
+        )
+        return TicketBatches(
+            tickets,
+            account,
+            target,
+            max_sentences=enc.get("max_sentences", 64),
+            sentence_dropout=enc.get("sentence_dropout", 0.0) if train else 0.0,
+        )
+
+    # ---- fit ----------------------------------------------------------------------------------
+    def fit(self, train: Tickets, val: Tickets | None = None) -> SharedEstimator:
+        L.seed_everything(self.seed, workers=True, verbose=False)
+        self.table = LabelTable.from_meta(train.meta)
+        self.prior = AccountPrior(self.table, train.meta)
+        self.name_vectors = self._name_vectors(self.table)
+        self.model = self._build(self.table, self.name_vectors)
+        opt = self.cfg.get("optim", {})
+        imb = self.cfg.get("imbalance", {})
+        lit = LitShared(
+            self.model,
+            torch.from_numpy(self.table.log_prior()),
+            imbalance=imb.get("method", "logit_adjust"),
+            tau=imb.get("tau", 1.0),
+            label_smoothing=opt.get("label_smoothing", 0.0),
+            lr=opt.get("lr", 1e-3),
+            weight_decay=opt.get("weight_decay", 1e-4),
+        )
+        has = train.meta["has_embeddings"].to_numpy()
+        train_data = self._batches(train.subset(has), train=True)
+        batch_size = opt.get("batch_size", 128)
+        train_loader = DataLoader(
+            train_data,
+            batch_size=batch_size,
+            shuffle=True,
+            collate_fn=train_data.collate,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        val_loader = None
+        if val is not None and val.meta["has_embeddings"].any():
+            val_data = self._batches(val.subset(val.meta["has_embeddings"].to_numpy()))
+            val_loader = DataLoader(val_data, batch_size=512, collate_fn=val_data.collate)
+        tcfg = dict(self.trainer_cfg)
+        patience = tcfg.pop("patience", 4)
+        monitor = tcfg.pop("monitor", "val_macro_f1")
+        log_dir = Path(self.log_dir or tempfile.mkdtemp(prefix="tagger-logs-"))
+        callbacks = []
+        checkpoint = None
+        if val_loader is not None:
+            checkpoint = ModelCheckpoint(
+                dirpath=log_dir / "checkpoints",
+                monitor=monitor,
+                mode="max",
+                save_top_k=1,
+                filename="best-{epoch}",
+            )
+            callbacks += [EarlyStopping(monitor=monitor, mode="max", patience=patience), checkpoint]
+        trainer = L.Trainer(
+            logger=CSVLogger(log_dir, name="shared"), callbacks=callbacks, enable_model_summary=False, **tcfg
+        )
+        t0 = time.perf_counter()
+        trainer.fit(lit, train_loader, val_loader)
+        seconds = time.perf_counter() - t0
+        if checkpoint is not None and checkpoint.best_model_path:
+            state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)[
+                "state_dict"
+            ]
+            lit.load_state_dict(state)
+        self.model = lit.model.eval()
+        self.fit_info = {
+            "epochs": trainer.current_epoch,
+            "best_epoch": _epoch_of(checkpoint.best_model_path) if checkpoint else None,
+            "best_score": float(checkpoint.best_model_score)
+            if checkpoint and checkpoint.best_model_score is not None
+            else None,
+            "train_seconds": seconds,
+            "train_tickets": len(train_data),
+            "tickets_per_second": len(train_data) * max(trainer.current_epoch, 1) / max(seconds, 1e-9),
+            "is_global_zero": trainer.is_global_zero,
+        }
+        if self.cfg.get("confidence", {}).get("fit_temperature", True) and val_loader is not None:
+            self.temperature = self._fit_temperature(val_loader)
+        return self
+
+    @torch.no_grad()
+    def _collect_logits(self, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+        self.model.eval()
+        labels = self.model.label_vectors()
+        logits, targets = [], []
+        for batch in loader:
+            logits.append(self.model(batch["x"], batch["mask"], batch["account"], labels))
+            targets.append(batch["target"])
+        return torch.cat(logits), torch.cat(targets)
+
+    def _fit_temperature(self, loader: DataLoader) -> float:
+        """The temperature that minimises validation NLL (Guo et al., 2017); seen labels only."""
+        logits, target = self._collect_logits(loader)
+        keep = target >= 0
+        if keep.sum() < 10:
+            return 1.0
+        logits, target = logits[keep], target[keep]
+        log_t = torch.zeros((), requires_grad=True)
+        optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+
+        def closure():
+            optimiser.zero_grad()
+            loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), target)
+            loss.backward()
+            return loss
+
+        optimiser.step(closure)
+        t = float(log_t.detach().exp())
+        return t if math.isfinite(t) and 0.05 < t < 20 else 1.0
+
+    # ---- predict ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def logits(self, tickets: Tickets, batch_size: int = 1024) -> np.ndarray:
+        """Raw logits ``[n, L]`` (the scores before temperature and softmax)."""
+        data = self._batches(tickets)
+        self.model.eval()
+        labels = self.model.label_vectors()
+        out = []
+        for start in range(0, len(data), batch_size):
+            batch = data.collate(torch.arange(start, min(start + batch_size, len(data))))
+            out.append(self.model(batch["x"], batch["mask"], batch["account"], labels).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.table)), np.float32)
+
+    def predict(self, tickets: Tickets, k: int = 5) -> Predictions:
+        return predictions_from_logits(
+            self.logits(tickets),
+            tickets,
+            self.table,
+            self.prior,
+            self.temperature,
+            k,
+            self.cfg.get("confidence", {}).get("null_fallback", "prior") == "abstain",
+        )
+
+
+def predictions_from_logits(
+    logits: np.ndarray,
+    tickets: Tickets,
+    table: LabelTable,
+    prior: AccountPrior,
+    temperature: float,
+    k: int,
+    abstain_fallback: bool,
+) -> Predictions:
+    """Calibrated probabilities over each ticket's account's labels; the prior where no embeddings.
+
+    The one place that turns shared-model scores into predictions, whichever runtime made them.
+    """
+    account = table.account_ids(tickets.meta["account_id"])
+    has = tickets.meta["has_embeddings"].to_numpy()
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    probs = np.exp(z) * table.mask()[np.maximum(account, 0)]
+    probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-30)
+    probs[~has] = prior.dense(account[~has])
+    probs[account < 0] = 0.0
+    return top_k(probs.astype(np.float32), account, k, ~has, abstain_fallback, table)
+
+
+def _epoch_of(path: str) -> int | None:
+    try:
+        return int(Path(path).stem.split("epoch=")[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None

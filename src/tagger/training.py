@@ -1,0 +1,157 @@
+"""What ``python train.py`` does: split by time, fit the main model and the baselines, compare, save."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from tagger.data.dataset import load_dataset
+from tagger.data.tickets import Tickets
+from tagger.metrics import classification_metrics
+from tagger.model.base import Estimator, Predictions
+from tagger.model.baselines import KNN, LogReg, Majority, NearestCentroid
+from tagger.paths import PROJECT_ROOT, resolve
+
+BASELINES = {"majority": Majority, "logreg": LogReg, "centroid": NearestCentroid, "knn": KNN}
+SMALL_MERCHANT = 200  # training tickets
+
+
+def time_split(tickets: Tickets, val_days: float) -> tuple[Tickets, Tickets, dict]:
+    """Training = everything before the last ``val_days``; validation = the last ``val_days``."""
+    ts = tickets.meta["unix_timestamp"].to_numpy()
+    cutoff = ts.max() - val_days * 86_400
+    train, val = ts < cutoff, ts >= cutoff
+    info = {
+        "val_days": val_days,
+        "cutoff": pd.to_datetime(cutoff, unit="s", utc=True).isoformat(),
+        "train_tickets": int(train.sum()),
+        "val_tickets": int(val.sum()),
+    }
+    return tickets.subset(train), tickets.subset(val), info
+
+
+def make_estimator(model_cfg: dict, cfg: DictConfig, log_dir: Path | None = None) -> Estimator:
+    """The estimator a ``model`` config names."""
+    params = {k: v for k, v in model_cfg.items() if k != "name"}
+    name = model_cfg["name"]
+    if name == "shared":
+        from tagger.embed import SentenceEmbedder
+        from tagger.model.shared_estimator import SharedEstimator
+
+        trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+        embedder = SentenceEmbedder(resolve(cfg.data.sentence_cache_dir))
+        return SharedEstimator(model_cfg, trainer, seed=cfg.seed, log_dir=log_dir, embedder=embedder)
+    if name not in BASELINES:
+        raise ValueError(f"unknown model {name!r}: shared, {', '.join(BASELINES)}")
+    return BASELINES[name](**params)
+
+
+def model_configs(cfg: DictConfig) -> list[dict]:
+    """The main model's config, then each baseline of ``compare_with`` from conf/model/NAME.yaml."""
+    configs = [OmegaConf.to_container(cfg.model, resolve=True)]
+    for name in cfg.get("compare_with") or []:
+        if name != cfg.model.name:
+            configs.append(
+                OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "model" / f"{name}.yaml"))
+            )
+    return configs
+
+
+def evaluate(pred: Predictions, val: Tickets, train: Tickets) -> dict:
+    """Overall metrics and those of merchants with fewer than 200 training tickets."""
+    sizes = train.meta["account_id"].value_counts()
+    small = val.meta["account_id"].map(sizes).fillna(0).to_numpy() < SMALL_MERCHANT
+    return {
+        "overall": classification_metrics(pred, val.meta),
+        "small_merchants": classification_metrics(_rows(pred, small), val.meta[small]),
+        "with_embeddings": classification_metrics(
+            _rows(pred, val.meta["has_embeddings"].to_numpy()), val.meta[val.meta["has_embeddings"]]
+        ),
+    }
+
+
+def _rows(pred: Predictions, keep: np.ndarray) -> Predictions:
+    return Predictions(
+        pred.table, pred.top_rows[keep], pred.top_probs[keep], pred.fallback[keep], pred.abstained[keep]
+    )
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train and compare every configured model; returns (and writes) the metrics."""
+    tickets = load_dataset(cfg.data)
+    train, val, split = time_split(tickets, cfg.data.val_days)
+    print(
+        f"split: {split['train_tickets']:,} training tickets before {split['cutoff'][:16]}, "
+        f"{split['val_tickets']:,} validation tickets after"
+    )
+    output_dir = resolve(cfg.output_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    results: dict = {}
+    saved = None
+    for model_cfg in model_configs(cfg):
+        name = model_cfg["name"]
+        print(f"\n== {name} ==")
+        estimator = make_estimator(model_cfg, cfg, log_dir=output_dir / "logs")
+        started = time.perf_counter()
+        estimator.fit(train, val)
+        fit_seconds = time.perf_counter() - started
+        if not getattr(estimator, "fit_info", {}).get("is_global_zero", True):
+            return {}  # a DDP worker: rank 0 evaluates and saves
+        started = time.perf_counter()
+        pred = estimator.predict(val)
+        predict_seconds = time.perf_counter() - started
+        results[name] = {
+            **evaluate(pred, val, train),
+            "fit_seconds": fit_seconds,
+            "predict_seconds": predict_seconds,
+            **({"fit": estimator.fit_info} if hasattr(estimator, "fit_info") else {}),
+        }
+        if name == "shared" and cfg.save_model:
+            from tagger.model.artifacts import save_shared
+
+            data = {"file": str(resolve(cfg.data.path)), "sha256": tickets.digest, "split": split}
+            saved = save_shared(
+                estimator,
+                resolve(cfg.models_dir) / f"shared-{stamp}",
+                OmegaConf.to_yaml(cfg, resolve=True),
+                data,
+                results[name],
+            )
+            print(f"saved {saved}")
+    out = {
+        "models": results,
+        "split": split,
+        "data": {"file": str(resolve(cfg.data.path)), "sha256": tickets.digest},
+        "model_dir": str(saved) if saved else None,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(out, indent=2, default=str))
+    print("\n" + format_table(results))
+    print(f"\nwrote {output_dir / 'metrics.json'}")
+    return out
+
+
+def format_table(results: dict) -> str:
+    """The validation table: one row per model."""
+    head = (
+        f"{'model':<10} {'accuracy':>8} {'macro-F1':>8} {'top-3':>7} {'acc <200':>8} {'F1 <200':>8} "
+        f"{'fit s':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    for name, r in results.items():
+        o, s = r["overall"], r["small_merchants"]
+        lines.append(
+            f"{name:<10} {o['accuracy']:>8.3f} {o['macro_f1']:>8.3f} {o['top3_accuracy']:>7.3f} "
+            f"{s.get('accuracy', float('nan')):>8.3f} {s.get('macro_f1', float('nan')):>8.3f} "
+            f"{r['fit_seconds']:>7.1f}"
+        )
+    lines.append(
+        "(validation = the latest slice of time; <200 = merchants with fewer than 200 training tickets)"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""The shared model and the baselines: masking, padding, shapes, learning, artifacts, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TEST_MODEL, TEST_TRAINER, FakeEmbedder, make_tickets, toy_problem, unit_vectors
+
+from tagger.metrics import classification_metrics
+from tagger.model.artifacts import ArtifactError, load_shared, save_shared
+from tagger.model.baselines import KNN, LogReg, Majority, NearestCentroid
+from tagger.model.label_table import LabelTable
+from tagger.model.shared import SharedConfig, SharedModel
+from tagger.model.shared_estimator import SharedEstimator
+
+
+def _model(pooling: str = "attention", n_accounts: int = 3, seed: int = 0) -> tuple[SharedModel, LabelTable]:
+    torch.manual_seed(seed)
+    table = LabelTable.from_meta(toy_problem(n_per_label=1).meta)
+    names = torch.from_numpy(FakeEmbedder().embed(table.frame["text"].tolist()))
+    cfg = SharedConfig(pooling=pooling, heads=2, key_dim=8, hidden=32, out_dim=16, dropout=0.0, prototypes=2)
+    return SharedModel(cfg, names, torch.from_numpy(table.account_of_row()), table.n_accounts).eval(), table
+
+
+@pytest.mark.parametrize("pooling", ["attention", "mean", "max"])
+def test_a_ticket_only_scores_its_own_accounts_labels(pooling):
+    model, table = _model(pooling)
+    x = torch.from_numpy(unit_vectors(6)).view(3, 2, 384)
+    mask = torch.ones(3, 2, dtype=torch.bool)
+    account = torch.tensor([0, 1, 2])
+    probs = torch.softmax(model(x, mask, account), dim=-1)
+    allowed = torch.from_numpy(table.mask())
+    assert torch.all(probs[~allowed[account]] == 0)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(3))
+    # the unknown-account row (index n_accounts) allows nothing
+    assert not model.account_mask[table.n_accounts].any()
+
+
+@pytest.mark.parametrize("pooling", ["attention", "mean", "max"])
+def test_padding_sentences_change_nothing(pooling):
+    model, _ = _model(pooling)
+    x = torch.from_numpy(unit_vectors(3)).view(1, 3, 384)
+    padded = torch.cat([x, torch.randn(1, 5, 384)], dim=1)  # garbage in the padding
+    mask = torch.tensor([[True] * 3 + [False] * 5])
+    account = torch.tensor([0])
+    torch.testing.assert_close(model(x, mask[:, :3], account), model(padded, mask, account))
+
+
+@pytest.mark.parametrize("n_sentences", [1, 225])
+def test_shapes(n_sentences):
+    model, table = _model()
+    x = torch.from_numpy(unit_vectors(2 * n_sentences)).view(2, n_sentences, 384)
+    logits = model(x, torch.ones(2, n_sentences, dtype=torch.bool), torch.tensor([0, 1]))
+    assert logits.shape == (2, len(table))
+    assert torch.isfinite(logits).all()
+
+
+def test_a_ticket_without_sentences_gives_finite_scores():
+    model, _ = _model()
+    logits = model(torch.zeros(1, 1, 384), torch.zeros(1, 1, dtype=torch.bool), torch.tensor([0]))
+    assert torch.isfinite(logits).all()
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    data = toy_problem(n_per_label=40)
+    n = len(data)
+    train, val = data.subset(np.arange(n) < 0.7 * n), data.subset(np.arange(n) >= 0.7 * n)
+    est = SharedEstimator(
+        TEST_MODEL, TEST_TRAINER, seed=0, log_dir=tmp_path_factory.mktemp("logs"), embedder=FakeEmbedder()
+    ).fit(train, val)
+    return est, train, val
+
+
+def test_learns_a_separable_toy_problem(fitted):
+    est, _, val = fitted
+    metrics = classification_metrics(est.predict(val), val.meta)
+    assert metrics["accuracy"] > 0.95
+    assert metrics["macro_f1"] > 0.95
+    assert 0.05 < est.temperature < 20
+
+
+def test_predictions_stay_inside_the_account(fitted):
+    est, _, val = fitted
+    pred = est.predict(val, k=5)
+    accounts = est.table.frame["account_id"].to_numpy()
+    for i, account in enumerate(val.meta["account_id"]):
+        rows = pred.top_rows[i][pred.top_rows[i] >= 0]
+        assert (accounts[rows] == account).all()
+    # the single-label account always gets its one label, with certainty
+    single = (val.meta["account_id"] == "c").to_numpy()
+    assert (pred.labels()[single] == "General").all()
+    np.testing.assert_allclose(pred.confidence[single], 1.0, atol=1e-6)
+
+
+def test_tickets_without_embeddings_fall_back_to_the_prior(fitted):
+    est, _, _ = fitted
+    tickets = make_tickets([("a", "Refund", None), ("b", "Billing", None), ("zz", "Other", unit_vectors(1))])
+    pred = est.predict(tickets)
+    assert pred.fallback.tolist() == [True, True, False]
+    assert pred.abstained.tolist() == [False, False, True]  # an account never seen in training
+    np.testing.assert_allclose(pred.top_probs[:2].sum(axis=1), 1.0, atol=1e-5)
+    assert pred.labels()[2] is None
+
+
+def test_abstain_instead_of_fallback(fitted):
+    est, _, _ = fitted
+    est.cfg = {**est.cfg, "confidence": {"null_fallback": "abstain"}}
+    try:
+        pred = est.predict(make_tickets([("a", "Refund", None)]))
+        assert pred.abstained.tolist() == [True] and pred.confidence.tolist() == [0.0]
+    finally:
+        est.cfg = {**est.cfg, "confidence": {"null_fallback": "prior"}}
+
+
+def test_artifact_round_trip_and_checks(fitted, tmp_path):
+    est, _, val = fitted
+    out = save_shared(est, tmp_path / "m", "seed: 0\n", {"sha256": "x"}, {"overall": {}})
+    loaded = load_shared(out)
+    np.testing.assert_allclose(loaded.logits(val), est.logits(val), atol=1e-6)
+    assert loaded.temperature == est.temperature
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-written directory left
+    (out / "weights.pt").write_bytes(b"tampered")
+    with pytest.raises(ArtifactError, match="checksum"):
+        load_shared(out)
+    (out / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match="manifest"):
+        load_shared(out)
+
+
+def test_same_seed_same_model(fitted, tmp_path):
+    est, train, val = fitted
+    again = SharedEstimator(TEST_MODEL, TEST_TRAINER, seed=0, log_dir=tmp_path, embedder=FakeEmbedder()).fit(
+        train, val
+    )
+    np.testing.assert_array_equal(again.logits(val), est.logits(val))
+
+
+@pytest.mark.parametrize("cls", [Majority, LogReg, NearestCentroid, KNN])
+def test_baselines_fit_and_predict(cls):
+    data = toy_problem(n_per_label=20)
+    n = len(data)
+    train, val = data.subset(np.arange(n) < 0.7 * n), data.subset(np.arange(n) >= 0.7 * n)
+    est = cls().fit(train)
+    pred = est.predict(val)
+    metrics = classification_metrics(pred, val.meta)
+    assert metrics["accuracy"] > (0.3 if cls is Majority else 0.95)
+    accounts = est.table.frame["account_id"].to_numpy()
+    top = pred.top_rows[:, 0]
+    assert (accounts[top] == val.meta["account_id"].to_numpy()).all()
