@@ -8,8 +8,12 @@
 Writes results/train/metrics.json (output_dir=...) and models/shared-<time>/ (models_dir=...).
 """
 
+import warnings
+
 import hydra
 from omegaconf import DictConfig
+
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # a deprecation inside Lightning itself
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

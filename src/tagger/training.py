@@ -133,6 +133,13 @@ def run(cfg: DictConfig) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(out, indent=2, default=str))
     print("\n" + format_table(results))
+    for name, r in results.items():
+        if "fit" in r:
+            f = r["fit"]
+            print(
+                f"{name}: {f['epochs']} epochs (best {f['best_epoch']}), "
+                f"{f['tickets_per_second']:,.0f} training tickets/s, temperature {r.get('temperature', 1.0):.2f}"
+            )
     print(f"\nwrote {output_dir / 'metrics.json'}")
     return out
 

@@ -43,14 +43,13 @@ class LitShared(L.LightningModule):
         log_prior: torch.Tensor,
         imbalance: str = "logit_adjust",
         tau: float = 1.0,
-        label_smoothing: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
     ):
         super().__init__()
         self.model = model
         self.register_buffer("log_prior", log_prior.float())
-        self.imbalance, self.tau, self.label_smoothing = imbalance, tau, label_smoothing
+        self.imbalance, self.tau = imbalance, tau
         self.lr, self.weight_decay = lr, weight_decay
         n = len(log_prior) + 1
         self.val_metrics = MetricCollection(
@@ -78,7 +77,7 @@ class LitShared(L.LightningModule):
             raise ValueError(
                 f"unknown imbalance method {self.imbalance!r}: logit_adjust, class_balanced, none"
             )
-        loss = F.cross_entropy(logits, batch["target"], weight=weight, label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(logits, batch["target"], weight=weight)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
 

@@ -95,7 +95,6 @@ class SharedEstimator(Estimator):
             torch.from_numpy(self.table.log_prior()),
             imbalance=imb.get("method", "logit_adjust"),
             tau=imb.get("tau", 1.0),
-            label_smoothing=opt.get("label_smoothing", 0.0),
             lr=opt.get("lr", 1e-3),
             weight_decay=opt.get("weight_decay", 1e-4),
         )

@@ -1,0 +1,65 @@
+"""train.py end to end on a tiny ticket file: split by time, fit, compare, save, write metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from conftest import embeddings_json, ticket, toy_problem, write_tickets
+from hydra import compose, initialize_config_dir
+
+from tagger.model.artifacts import load_shared
+from tagger.paths import PROJECT_ROOT
+from tagger.training import format_table, run, time_split
+
+
+def _toy_parquet(path):
+    toy = toy_problem(n_per_label=30)
+    rows = []
+    for i in range(len(toy)):
+        m = toy.meta.iloc[i]
+        emb = embeddings_json(toy.sentences(i)) if i % 10 else None  # every tenth ticket has none
+        rows.append(ticket(i, emb, account=m["account_id"], label=m["label"]))
+    return write_tickets(path, rows)
+
+
+def test_time_split_puts_the_latest_days_in_validation():
+    toy = toy_problem(n_per_label=10)  # one minute apart
+    train, val, info = time_split(toy, val_days=20 / 1440)  # the last 20 minutes
+    assert len(val) == 21 and len(train) == len(toy) - 21
+    assert train.meta["unix_timestamp"].max() < val.meta["unix_timestamp"].min()
+    assert info["train_tickets"] == len(train)
+
+
+def test_train_end_to_end(tmp_path):
+    data = _toy_parquet(tmp_path / "tickets.parquet")
+    overrides = [
+        f"data.path={data}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"data.sentence_cache_dir={tmp_path / 'sentences'}",
+        "data.val_days=0.05",
+        f"output_dir={tmp_path / 'out'}",
+        f"models_dir={tmp_path / 'models'}",
+        "trainer.max_epochs=3",
+        "trainer.enable_progress_bar=false",
+        "model.projection.hidden=64",
+        "model.projection.out_dim=32",
+        "compare_with=[majority,logreg]",
+    ]
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    out = run(cfg)
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(written["models"]) == {"shared", "majority", "logreg"}
+    shared = written["models"]["shared"]["overall"]
+    assert shared["n"] == written["split"]["val_tickets"]  # every validation ticket is scored
+    assert shared["n_no_embeddings"] > 0
+    assert shared["accuracy"] > 0.8
+    assert written["models"]["shared"]["fit"]["tickets_per_second"] > 0
+    model = load_shared(out["model_dir"])
+    assert (tmp_path / "models").iterdir().__next__().name.startswith("shared-")
+    assert len(model.table) == 6
+    names = model.table.frame["label"].tolist()
+    assert "Shipping::Tracking" in names
+    assert np.isfinite(model.name_vectors).all()
+    assert "shared" in format_table(written["models"])
