@@ -138,7 +138,8 @@ def run(cfg: DictConfig) -> dict:
             f = r["fit"]
             print(
                 f"{name}: {f['epochs']} epochs (best {f['best_epoch']}), "
-                f"{f['tickets_per_second']:,.0f} training tickets/s, temperature {r.get('temperature', 1.0):.2f}"
+                f"{f['tickets_per_second']:,.0f} training tickets/s, "
+                f"temperature {r.get('temperature', 1.0):.2f}"
             )
     print(f"\nwrote {output_dir / 'metrics.json'}")
     return out
