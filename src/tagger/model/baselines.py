@@ -66,6 +66,10 @@ def _expand(model, proba: np.ndarray, n_labels: int) -> np.ndarray:
     return out
 
 
+def _broadcast(prior: np.ndarray, n: int) -> np.ndarray:
+    return np.broadcast_to(prior, (n, len(prior))).astype(np.float32)
+
+
 class Majority(PerAccountEstimator):
     """The account's most frequent labels, in order of frequency."""
 
@@ -75,11 +79,30 @@ class Majority(PerAccountEstimator):
         return _constant(y, n_labels)
 
     def _proba_account(self, model, x, n_labels):
-        return np.broadcast_to(model, (len(x), n_labels)).astype(np.float32)
+        return _broadcast(model, len(x))
 
 
-class LogReg(PerAccountEstimator):
-    """Multinomial logistic regression per account (a constant where it has one label)."""
+class _SklearnPerAccount(PerAccountEstimator):
+    """A scikit-learn classifier per account; a constant where the account has one label."""
+
+    def _classifier(self, n_samples: int):
+        raise NotImplementedError
+
+    def _fit_account(self, x, y, n_labels):
+        if len(np.unique(y)) < 2:
+            return _constant(y, n_labels)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return self._classifier(len(y)).fit(x, y)
+
+    def _proba_account(self, model, x, n_labels):
+        if isinstance(model, np.ndarray):
+            return _broadcast(model, len(x))
+        return _expand(model, model.predict_proba(x), n_labels)
+
+
+class LogReg(_SklearnPerAccount):
+    """Multinomial logistic regression per account."""
 
     name = "logreg"
 
@@ -87,19 +110,8 @@ class LogReg(PerAccountEstimator):
         super().__init__(**kwargs)
         self.C, self.max_iter, self.class_weight = C, max_iter, class_weight
 
-    def _fit_account(self, x, y, n_labels):
-        if len(np.unique(y)) < 2:
-            return _constant(y, n_labels)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            return LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight).fit(
-                x, y
-            )
-
-    def _proba_account(self, model, x, n_labels):
-        if isinstance(model, np.ndarray):
-            return np.broadcast_to(model, (len(x), n_labels)).astype(np.float32)
-        return _expand(model, model.predict_proba(x), n_labels)
+    def _classifier(self, n_samples):
+        return LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight)
 
 
 class NearestCentroid(PerAccountEstimator):
@@ -112,7 +124,7 @@ class NearestCentroid(PerAccountEstimator):
         self.temperature = temperature
 
     def _fit_account(self, x, y, n_labels):
-        centroids = np.zeros((n_labels, x.shape[1] if x.ndim == 2 else 384), np.float32)
+        centroids = np.zeros((n_labels, x.shape[1]), np.float32)
         present = np.zeros(n_labels, bool)
         for label in np.unique(y):
             c = x[y == label].mean(axis=0)
@@ -123,14 +135,14 @@ class NearestCentroid(PerAccountEstimator):
     def _proba_account(self, model, x, n_labels):
         centroids, present, prior = model
         if not present.any():
-            return np.broadcast_to(prior, (len(x), n_labels)).astype(np.float32)
+            return _broadcast(prior, len(x))
         logits = np.where(present, x @ centroids.T / self.temperature, -np.inf)
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-class KNN(PerAccountEstimator):
+class KNN(_SklearnPerAccount):
     """k nearest training tickets of the account by cosine distance, weighted by closeness."""
 
     name = "knn"
@@ -139,13 +151,7 @@ class KNN(PerAccountEstimator):
         super().__init__(**kwargs)
         self.n_neighbors = n_neighbors
 
-    def _fit_account(self, x, y, n_labels):
-        if len(np.unique(y)) < 2:
-            return _constant(y, n_labels)
-        k = min(self.n_neighbors, len(y))
-        return KNeighborsClassifier(n_neighbors=k, weights="distance", metric="cosine").fit(x, y)
-
-    def _proba_account(self, model, x, n_labels):
-        if isinstance(model, np.ndarray):
-            return np.broadcast_to(model, (len(x), n_labels)).astype(np.float32)
-        return _expand(model, model.predict_proba(x), n_labels)
+    def _classifier(self, n_samples):
+        return KNeighborsClassifier(
+            n_neighbors=min(self.n_neighbors, n_samples), weights="distance", metric="cosine"
+        )
