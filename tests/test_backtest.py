@@ -1,0 +1,179 @@
+"""backtest: fold boundaries, no leakage, hand-checked metrics, thresholds from validation, the report."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import embeddings_json, make_tickets, ticket, toy_problem, unit_vectors, write_tickets
+from hydra import compose, initialize_config_dir
+
+from tagger.backtest.folds import DAY, rolling_folds
+from tagger.backtest.run import run_backtest
+from tagger.backtest.scoring import Thresholds, choose_threshold, outcomes, summary
+from tagger.model.baselines import LogReg
+from tagger.paths import PROJECT_ROOT
+
+
+def test_fold_boundaries_expanding_and_sliding():
+    ts = np.arange(0, 100 * DAY, 3600.0)
+    folds = rolling_folds(ts, n_folds=3, test_days=10)
+    assert [round((f.test_end - f.test_start) / DAY) for f in folds] == [10, 10, 10]
+    assert folds[-1].test_end == ts.max()
+    for a, b in itertools.pairwise(folds):
+        assert a.test_end == b.test_start
+    for f in folds:
+        assert f.train_start == 0 and f.train_end == f.test_start
+        train, test = f.masks(ts, last=f is folds[-1])
+        assert ts[train].max() < ts[test].min()
+    # every ticket of the test span is in exactly one fold
+    tested = sum(f.masks(ts, last=f is folds[-1])[1].astype(int) for f in folds)
+    assert tested[ts >= folds[0].test_start].tolist() == [1] * int((ts >= folds[0].test_start).sum())
+    sliding = rolling_folds(ts, n_folds=2, test_days=10, window="sliding", train_days=30, gap_days=2)
+    for f in sliding:
+        assert f.test_start - f.train_end == 2 * DAY and f.train_end - f.train_start == 30 * DAY
+    with pytest.raises(ValueError, match="no training data"):
+        rolling_folds(ts, n_folds=20, test_days=10)
+
+
+def test_a_label_absent_from_training_cannot_be_predicted():
+    train = toy_problem(n_per_label=20, accounts={"a": ["Refund", "Other"]})
+    v = unit_vectors(1)
+    test = make_tickets([("a", "Brand New Label", v), ("a", "Refund", v), ("b", "Other", v)])
+    model = LogReg().fit(train)
+    out = outcomes(model.predict(test), test, train.meta)
+    assert out["new_label"].tolist() == [True, False, True]
+    assert out["new_account"].tolist() == [False, False, True]
+    assert not out.loc[0, "correct"] and "Brand New Label" not in set(out["predicted"].dropna())
+    assert out.loc[2, "abstained"] and pd.isna(out.loc[2, "predicted"])
+
+
+def _frame(rows):
+    return pd.DataFrame(rows, columns=["account_id", "label", "predicted", "confidence", "top3_hit"]).assign(
+        correct=lambda f: f["predicted"] == f["label"],
+        parent_correct=lambda f: f["predicted"].str.split("::").str[0] == f["label"].str.split("::").str[0],
+        abstained=lambda f: f["predicted"].isna(),
+    )
+
+
+def test_metrics_on_a_hand_checked_case():
+    frame = _frame(
+        [
+            ("a", "X::1", "X::1", 0.9, True),
+            ("a", "X::1", "X::2", 0.6, True),
+            ("a", "Y", "Y", 0.8, True),
+            ("b", "X::1", "X::1", 0.95, True),
+            ("b", "Z", None, 0.0, False),
+        ]
+    )
+    s = summary(frame, {0.9: np.full(5, 0.85)})
+    assert s["accuracy"] == pytest.approx(3 / 5)
+    assert s["top3_accuracy"] == pytest.approx(4 / 5)
+    assert s["parent_accuracy"] == pytest.approx(4 / 5)
+    # classes (account, label): a/X::1 F1 2/3, a/X::2 F1 0, a/Y 1, b/X::1 1, b/Z 0 -> mean 0.5333
+    assert s["macro_f1"] == pytest.approx((2 / 3 + 0 + 1 + 1 + 0) / 5)
+    # per account: a -> (2/3 + 0 + 1) / 3, b -> (1 + 0) / 2
+    assert s["macro_f1_account_mean"] == pytest.approx(((2 / 3 + 1) / 3 + 0.5) / 2)
+    # auto-tagged at 0.85: the 0.9 and 0.95 tickets, both right
+    assert s["coverage_at_90_precision"] == pytest.approx(2 / 5)
+    assert s["precision_at_90_target"] == 1.0
+    assert 0 <= s["ece"] <= 1
+
+
+def test_threshold_is_chosen_on_validation_only():
+    conf = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
+    hits = np.array([1, 1, 1, 0, 1, 0])
+    assert choose_threshold(conf, hits, 0.95, min_support=1) == 0.9
+    assert choose_threshold(conf, hits, 0.75, min_support=1) == 0.7
+    assert choose_threshold(conf, hits, 0.95, min_support=4) == float("inf")
+    val = _frame([("a", "X", "X", c, True) for c in conf]).assign(correct=hits.astype(bool))
+    th = Thresholds(val, [0.95], min_account=100)
+    test = _frame([("a", "X", "Y", 0.99, False)])  # a wrong test ticket does not move the threshold
+    assert th.of(test)[0.95].tolist() == [th.global_[0.95]]
+
+
+def _toy_parquet(path, days: float = 8.0):
+    toy = toy_problem(n_per_label=40)
+    n = len(toy)
+    rows = []
+    for i in range(n):
+        m = toy.meta.iloc[i]
+        emb = embeddings_json(toy.sentences(i)) if i % 12 else None
+        rows.append(
+            ticket(
+                i,
+                emb,
+                account=m["account_id"],
+                label=m["label"],
+                unix_timestamp=1_683_000_000.0 + i * days * DAY / n,
+            )
+        )
+    rows.append(
+        ticket(
+            n,
+            embeddings_json(unit_vectors(1)),
+            account="late",
+            label="Other",
+            unix_timestamp=1_683_000_000.0 + days * DAY,
+        )
+    )
+    return write_tickets(path, rows)
+
+
+def test_backtest_end_to_end_and_report(tmp_path):
+    data = _toy_parquet(tmp_path / "tickets.parquet")
+    overrides = [
+        f"data.path={data}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"data.sentence_cache_dir={tmp_path / 's'}",
+        "data.val_days=1",
+        f"output_dir={tmp_path / 'out'}",
+        "backtest.n_folds=2",
+        "backtest.test_days=2",
+        "backtest.bootstrap=20",
+        "trainer.max_epochs=3",
+        "trainer.enable_progress_bar=false",
+        "model.projection.hidden=64",
+        "model.projection.out_dim=32",
+        "backtest.models=[shared,majority,logreg]",
+    ]
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("backtest", overrides=overrides)
+    result = run_backtest(cfg)
+    out = tmp_path / "out"
+    for name in (
+        "report.md",
+        "metrics.json",
+        "folds.csv",
+        "per_merchant.csv",
+        "outcomes.parquet",
+        "coverage_precision.png",
+        "reliability.png",
+        "per_fold.png",
+        "per_merchant.png",
+    ):
+        assert (out / name).exists(), name
+    written = json.loads((out / "metrics.json").read_text())
+    assert set(written["models"]) == {"shared", "majority", "logreg"}
+    overall = written["models"]["shared"]["overall"]
+    for key in (
+        "accuracy",
+        "macro_f1",
+        "top3_accuracy",
+        "coverage_at_95_precision",
+        "ece",
+        "parent_accuracy",
+    ):
+        assert key in overall
+    outcomes_frame = pd.read_parquet(out / "outcomes.parquet")
+    tested = outcomes_frame[outcomes_frame["model"] == "shared"]
+    assert tested["ticket_id"].is_unique  # each test ticket once per model
+    assert tested["no_embeddings"].any() and tested["new_account"].any()  # nothing dropped
+    assert written["paired_bootstrap"]["baseline"] in ("majority", "logreg")
+    assert len(written["models"]["shared"]["folds"]) == 2
+    report = (out / "report.md").read_text()
+    assert "## Overall" in report and "| shared |" in report and "## Slices" in report
+    assert result["models"]["shared"]["ci95"]["accuracy"][0] <= overall["accuracy"]
