@@ -136,6 +136,8 @@ def _conclusions(result: dict) -> list[str]:
         shared = models["shared"]
         for column, values in shared["slices"].items():
             for value, s in values.items():
+                if value == "False":  # the complement of a yes/no slice says nothing new
+                    continue
                 base = models[b]["slices"][column].get(value, {})
                 if (
                     s.get("n", 0) >= 30
