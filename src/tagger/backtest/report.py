@@ -124,6 +124,9 @@ def _conclusions(result: dict) -> list[str]:
         b = comparison["baseline"]
         for metric, label in (("macro_f1", "macro-F1"), ("accuracy", "accuracy"), ("top3_accuracy", "top-3")):
             c = comparison[metric]
+            if abs(c["difference"]) < 0.0005:
+                out.append(f"- The shared model and {b} are level in {label}.")
+                continue
             verdict = "better" if c["difference"] > 0 else "worse"
             sure = (
                 " (the interval excludes zero)"
