@@ -112,8 +112,12 @@ def run(cfg: DictConfig) -> dict:
             **({"fit": estimator.fit_info} if hasattr(estimator, "fit_info") else {}),
         }
         if name == "shared" and cfg.save_model:
+            from tagger.backtest.scoring import Thresholds, outcomes
             from tagger.model.artifacts import save_shared
 
+            thresholds = Thresholds(
+                outcomes(pred, val, train.meta), list(cfg.precision_targets), cfg.min_account_val
+            )
             data = {"file": str(resolve(cfg.data.path)), "sha256": tickets.digest, "split": split}
             saved = save_shared(
                 estimator,
@@ -121,6 +125,7 @@ def run(cfg: DictConfig) -> dict:
                 OmegaConf.to_yaml(cfg, resolve=True),
                 data,
                 results[name],
+                thresholds.to_dict(),
             )
             print(f"saved {saved}")
     out = {

@@ -156,6 +156,19 @@ class Thresholds:
                 if len(g) >= min_account
             }
 
+    def to_dict(self) -> dict:
+        """JSON-ready: ``{"targets": [...], "global": {target: t}, "per_account": {target: {account: t}}}``
+        (an infinite threshold, tag nothing, is written as null)."""
+
+        def clean(t: float) -> float | None:
+            return None if not np.isfinite(t) else float(t)
+
+        return {
+            "targets": self.targets,
+            "global": {str(t): clean(v) for t, v in self.global_.items()},
+            "per_account": {str(t): {a: clean(v) for a, v in d.items()} for t, d in self.per_account.items()},
+        }
+
     def of(self, frame: pd.DataFrame) -> dict[float, np.ndarray]:
         """Each row's threshold for each target."""
         return {

@@ -31,6 +31,7 @@ from tagger.model.shared import SharedConfig, SharedModel
 from tagger.model.shared_estimator import SharedEstimator
 
 FILES = (
+    "thresholds.json",
     "weights.pt",
     "labels.parquet",
     "name_vectors.npy",
@@ -51,7 +52,12 @@ def _sha256(path: Path) -> str:
 
 
 def save_shared(
-    estimator: SharedEstimator, out_dir: str | os.PathLike, config_yaml: str, data: dict, metrics: dict
+    estimator: SharedEstimator,
+    out_dir: str | os.PathLike,
+    config_yaml: str,
+    data: dict,
+    metrics: dict,
+    thresholds: dict | None = None,
 ) -> Path:
     """Write the model directory ``out_dir`` (built beside it, then renamed into place)."""
     out_dir = Path(out_dir)
@@ -80,6 +86,7 @@ def save_shared(
         (tmp / "config.yaml").write_text(config_yaml)
         (tmp / "data.json").write_text(json.dumps(data, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (tmp / "thresholds.json").write_text(json.dumps(thresholds or {}, indent=2))
         manifest = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "files": {name: _sha256(tmp / name) for name in FILES},
