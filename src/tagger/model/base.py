@@ -140,3 +140,27 @@ def top_k(
     return Predictions(
         table, rows, np.where(valid, top_probs, 0.0).astype(np.float32), fallback & ~unknown, abstained
     )
+
+
+def predictions_from_logits(
+    logits: np.ndarray,
+    tickets: Tickets,
+    table: LabelTable,
+    prior: AccountPrior,
+    temperature: float,
+    k: int,
+    abstain_fallback: bool,
+) -> Predictions:
+    """Calibrated probabilities over each ticket's account's labels; the prior where no embeddings.
+
+    The one place that turns shared-model scores into predictions, whichever runtime made them.
+    """
+    account = table.account_ids(tickets.meta["account_id"])
+    has = tickets.meta["has_embeddings"].to_numpy()
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    probs = np.exp(z) * table.mask()[np.maximum(account, 0)]
+    probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-30)
+    probs[~has] = prior.dense(account[~has])
+    probs[account < 0] = 0.0
+    return top_k(probs.astype(np.float32), account, k, ~has, abstain_fallback, table)

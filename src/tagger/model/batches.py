@@ -1,36 +1,62 @@
-"""Padded batches from the ragged sentence store: ``x [B, S, 384]``, ``mask [B, S]``, accounts, targets."""
+"""Padded batches from the ragged sentence store: ``x [B, S, 384]``, ``mask [B, S]``, accounts, targets.
+
+:func:`pad_sentences` (numpy only) is the one padding used everywhere: training batches here,
+and the ONNX Runtime predictor, which must not need torch.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from tagger.data.tickets import Tickets
+
+def pad_sentences(
+    embeddings: np.ndarray, offsets: np.ndarray, indices: np.ndarray, max_sentences: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``max_sentences`` sentences of tickets ``indices``, zero-padded, and their mask.
+
+    A long email keeps its first sentences (the newest message; quoted history follows it).
+    """
+    indices = np.asarray(indices, np.int64)
+    starts = offsets[indices]
+    lengths = np.minimum(offsets[indices + 1] - starts, max_sentences)
+    width = max(int(lengths.max()) if len(indices) else 0, 1)
+    pos = np.arange(width)
+    mask = pos[None, :] < lengths[:, None]
+    dim = embeddings.shape[1] if embeddings.ndim == 2 else 384
+    x = np.zeros((len(indices), width, dim), np.float32)
+    if mask.any():
+        x[mask] = embeddings[(starts[:, None] + pos[None, :])[mask]]
+    return x, mask
+
+
+try:
+    import torch
+    from torch.utils.data import Dataset
+except ImportError:  # the ONNX serving path runs without torch
+    torch = None
+    Dataset = object
 
 
 class TicketBatches(Dataset):
-    """Tickets held as one flat tensor of sentences plus offsets; batches are gathered in one go.
+    """Training and scoring batches of a set of tickets for the PyTorch model.
 
-    ``max_sentences`` keeps the first sentences of a long email (the newest message; quoted
-    history follows it). ``sentence_dropout`` hides random sentences while training (never all).
+    ``sentence_dropout`` hides random sentences while training (never all of a ticket's).
     """
 
     def __init__(
         self,
-        tickets: Tickets,
+        tickets,
         account: np.ndarray,
         target: np.ndarray | None = None,
         max_sentences: int = 64,
         sentence_dropout: float = 0.0,
     ):
-        self.embeddings = torch.from_numpy(np.ascontiguousarray(tickets.embeddings, dtype=np.float32))
-        self.starts = torch.from_numpy(tickets.offsets[:-1].astype(np.int64))
-        self.lengths = torch.from_numpy(np.minimum(tickets.n_sentences, max_sentences).astype(np.int64))
+        self.embeddings = np.ascontiguousarray(tickets.embeddings, dtype=np.float32)
+        self.offsets = np.asarray(tickets.offsets, np.int64)
+        self.max_sentences = max_sentences
         self.account = torch.from_numpy(np.asarray(account, np.int64))
         self.target = None if target is None else torch.from_numpy(np.asarray(target, np.int64))
         self.sentence_dropout = sentence_dropout
-        self.generator: torch.Generator | None = None
 
     def __len__(self) -> int:
         return len(self.account)
@@ -38,23 +64,17 @@ class TicketBatches(Dataset):
     def __getitem__(self, i: int) -> int:
         return i
 
-    def collate(self, indices: list[int] | torch.Tensor) -> dict[str, torch.Tensor]:
+    def collate(self, indices) -> dict:
         """The padded batch of tickets ``indices``."""
-        idx = torch.as_tensor(indices, dtype=torch.int64)
-        lengths = self.lengths[idx]
-        width = max(int(lengths.max()) if len(idx) else 0, 1)
-        pos = torch.arange(width)
-        mask = pos[None, :] < lengths[:, None]
-        rows = (self.starts[idx][:, None] + pos[None, :]).clamp(max=max(len(self.embeddings) - 1, 0))
-        x = self.embeddings[rows] if len(self.embeddings) else torch.zeros(len(idx), width, 384)
+        idx = np.asarray(indices, np.int64)
+        x, mask = pad_sentences(self.embeddings, self.offsets, idx, self.max_sentences)
+        x, mask = torch.from_numpy(x), torch.from_numpy(mask)
         if self.sentence_dropout > 0:
-            keep = torch.rand(mask.shape, generator=self.generator) >= self.sentence_dropout
+            keep = (torch.rand(mask.shape) >= self.sentence_dropout) & mask
             first = torch.zeros_like(mask)
             first[:, 0] = True
-            keep = keep & mask
-            keep = torch.where(keep.any(1, keepdim=True), keep, first & mask)
-            mask = keep
-        x = x * mask[..., None]
+            mask = torch.where(keep.any(1, keepdim=True), keep, first & mask)
+            x = x * mask[..., None]
         batch = {"x": x, "mask": mask, "account": self.account[idx]}
         if self.target is not None:
             batch["target"] = self.target[idx]

@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from tagger.data.tickets import Tickets
-from tagger.model.base import AccountPrior, Estimator, Predictions, top_k
+from tagger.model.base import AccountPrior, Estimator, Predictions, predictions_from_logits
 from tagger.model.batches import TicketBatches
 from tagger.model.label_table import LabelTable
 from tagger.model.lit import LitShared
@@ -193,7 +193,7 @@ class SharedEstimator(Estimator):
         labels = self.model.label_vectors()
         out = []
         for start in range(0, len(data), batch_size):
-            batch = data.collate(torch.arange(start, min(start + batch_size, len(data))))
+            batch = data.collate(np.arange(start, min(start + batch_size, len(data))))
             out.append(self.model(batch["x"], batch["mask"], batch["account"], labels).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.table)), np.float32)
 
@@ -207,30 +207,6 @@ class SharedEstimator(Estimator):
             k,
             self.cfg.get("confidence", {}).get("null_fallback", "prior") == "abstain",
         )
-
-
-def predictions_from_logits(
-    logits: np.ndarray,
-    tickets: Tickets,
-    table: LabelTable,
-    prior: AccountPrior,
-    temperature: float,
-    k: int,
-    abstain_fallback: bool,
-) -> Predictions:
-    """Calibrated probabilities over each ticket's account's labels; the prior where no embeddings.
-
-    The one place that turns shared-model scores into predictions, whichever runtime made them.
-    """
-    account = table.account_ids(tickets.meta["account_id"])
-    has = tickets.meta["has_embeddings"].to_numpy()
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    probs = np.exp(z) * table.mask()[np.maximum(account, 0)]
-    probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-30)
-    probs[~has] = prior.dense(account[~has])
-    probs[account < 0] = 0.0
-    return top_k(probs.astype(np.float32), account, k, ~has, abstain_fallback, table)
 
 
 def _epoch_of(path: str) -> int | None:
