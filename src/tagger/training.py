@@ -118,7 +118,12 @@ def run(cfg: DictConfig) -> dict:
             thresholds = Thresholds(
                 outcomes(pred, val, train.meta), list(cfg.precision_targets), cfg.min_account_val
             )
-            data = {"file": str(resolve(cfg.data.path)), "sha256": tickets.digest, "split": split}
+            data = {
+                "file": str(resolve(cfg.data.path)),
+                "sha256": tickets.digest,
+                "split": split,
+                "cache_dir": str(resolve(cfg.data.cache_dir)),
+            }
             saved = save_shared(
                 estimator,
                 resolve(cfg.models_dir) / f"shared-{stamp}",

@@ -12,12 +12,10 @@ manifest.json    creation time and the SHA-256 of every file above (written last
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tagger.manifest import ArtifactError, verify, write_manifest
 from tagger.model.base import AccountPrior
 from tagger.model.label_table import LabelTable
 from tagger.model.shared import SharedConfig, SharedModel
@@ -40,15 +39,6 @@ FILES = (
     "data.json",
     "metrics.json",
 )
-
-
-class ArtifactError(RuntimeError):
-    """A model directory that is missing, incomplete or altered."""
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def save_shared(
@@ -87,11 +77,7 @@ def save_shared(
         (tmp / "data.json").write_text(json.dumps(data, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (tmp / "thresholds.json").write_text(json.dumps(thresholds or {}, indent=2))
-        manifest = {
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "files": {name: _sha256(tmp / name) for name in FILES},
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        write_manifest(tmp, FILES)
         if out_dir.exists():
             raise ArtifactError(f"{out_dir} already exists")
         os.replace(tmp, out_dir)
@@ -100,26 +86,10 @@ def save_shared(
     return out_dir
 
 
-def verify(model_dir: str | os.PathLike) -> dict:
-    """The manifest of a complete, unaltered model directory; :class:`ArtifactError` otherwise."""
-    model_dir = Path(model_dir)
-    manifest_path = model_dir / "manifest.json"
-    if not manifest_path.exists():
-        raise ArtifactError(f"{model_dir}: no manifest.json: not a complete model directory")
-    manifest = json.loads(manifest_path.read_text())
-    for name in FILES:
-        path = model_dir / name
-        if not path.exists():
-            raise ArtifactError(f"{model_dir}: missing {name}")
-        if _sha256(path) != manifest["files"].get(name):
-            raise ArtifactError(f"{model_dir}: {name} does not match its checksum in manifest.json")
-    return manifest
-
-
 def load_shared(model_dir: str | os.PathLike) -> SharedEstimator:
     """A :class:`SharedEstimator` ready to predict, from a directory written by :func:`save_shared`."""
     model_dir = Path(model_dir)
-    verify(model_dir)
+    verify(model_dir, FILES)
     info = json.loads((model_dir / "model.json").read_text())
     labels = pd.read_parquet(model_dir / "labels.parquet")
     table = LabelTable(labels[["account_id", "label", "text", "n_train"]])

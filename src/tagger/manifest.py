@@ -1,0 +1,47 @@
+"""Manifests: a directory is complete and unaltered when every file matches its SHA-256 in
+``manifest.json``, which is written last. No torch needed (the ONNX serving path uses it)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+
+class ArtifactError(RuntimeError):
+    """A model or export directory that is missing, incomplete or altered."""
+
+
+def sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def write_manifest(directory: Path, files: tuple[str, ...], **extra) -> dict:
+    """Write ``manifest.json``: the creation time and the SHA-256 of each of ``files``."""
+    manifest = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": {name: sha256(directory / name) for name in files},
+        **extra,
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def verify(directory: str | os.PathLike, files: tuple[str, ...]) -> dict:
+    """The manifest of a complete, unaltered directory; :class:`ArtifactError` otherwise."""
+    directory = Path(directory)
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.exists():
+        raise ArtifactError(f"{directory}: no manifest.json: not a complete model directory")
+    manifest = json.loads(manifest_path.read_text())
+    for name in files:
+        path = directory / name
+        if not path.exists():
+            raise ArtifactError(f"{directory}: missing {name}")
+        if sha256(path) != manifest["files"].get(name):
+            raise ArtifactError(f"{directory}: {name} does not match its checksum in manifest.json")
+    return manifest

@@ -1,0 +1,163 @@
+"""Export a trained shared model to ONNX, with everything ONNX Runtime needs beside it, and prove
+parity with PyTorch on real held-out tickets before the export directory appears.
+
+    model.onnx     inputs sentences [batch, n_sentences, 384] float32, mask [batch, n_sentences] bool,
+                   account [batch] int64 (the account's index in labels.json; n_accounts = unknown);
+                   output logits [batch, n_labels]
+    labels.json    accounts (index, label rows) and labels (account_id, label, text, n_train, prior)
+    serving.json   model version, temperature, thresholds, max_sentences, fallback, opset, parity
+    manifest.json  SHA-256 of each file (written last)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from tagger.data.cache import load_tickets
+from tagger.data.tickets import Tickets
+from tagger.manifest import sha256, write_manifest
+from tagger.model.artifacts import load_shared
+from tagger.model.shared import SharedModel
+from tagger.serving.onnx_predictor import EXPORT_FILES, OnnxPredictor
+
+
+class ExportError(RuntimeError):
+    """The export failed a check (ONNX checker or parity with PyTorch); nothing was written."""
+
+
+class _Scoring(nn.Module):
+    """The model with its label vectors computed once and stored as a constant."""
+
+    def __init__(self, model: SharedModel):
+        super().__init__()
+        self.model = model
+        with torch.no_grad():
+            self.register_buffer("labels", model.label_vectors())
+
+    def forward(self, sentences: torch.Tensor, mask: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
+        return self.model(sentences, mask, account, self.labels)
+
+
+def held_out_tickets(model_dir: Path, n: int, seed: int = 0) -> Tickets:
+    """Up to ``n`` real tickets with embeddings from after the model's training cutoff."""
+    data = json.loads((model_dir / "data.json").read_text())
+    tickets = load_tickets(data["file"], cache_dir=data.get("cache_dir"), progress=False)
+    cutoff = np.datetime64(data["split"]["cutoff"][:19]).astype("datetime64[s]").astype(float)
+    eligible = np.flatnonzero(
+        (tickets.meta["unix_timestamp"].to_numpy() >= cutoff) & tickets.meta["has_embeddings"].to_numpy()
+    )
+    rng = np.random.default_rng(seed)
+    return tickets.subset(np.sort(rng.choice(eligible, min(n, len(eligible)), replace=False)))
+
+
+def export_model(
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    opset: int = 17,
+    parity_tickets: int = 2000,
+    atol: float = 1e-4,
+) -> dict:
+    """Write the export directory ``out_dir``; returns serving.json. Raises :class:`ExportError`."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    estimator = load_shared(model_dir)
+    scoring = _Scoring(estimator.model.eval()).eval()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        example = (
+            torch.zeros(2, 3, 384),
+            torch.ones(2, 3, dtype=torch.bool),
+            torch.zeros(2, dtype=torch.long),
+        )
+        torch.onnx.export(
+            scoring,
+            example,
+            str(tmp / "model.onnx"),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["sentences", "mask", "account"],
+            output_names=["logits"],
+            dynamic_axes={
+                "sentences": {0: "batch", 1: "n_sentences"},
+                "mask": {0: "batch", 1: "n_sentences"},
+                "account": {0: "batch"},
+                "logits": {0: "batch"},
+            },
+        )
+        try:
+            onnx.checker.check_model(onnx.load(str(tmp / "model.onnx")), full_check=True)
+        except onnx.checker.ValidationError as err:
+            raise ExportError(f"onnx.checker rejected the model: {err}") from err
+        table = estimator.table.frame
+        labels = {
+            "accounts": {
+                a: {"index": i, "rows": list(estimator.table.account_slices[a])}
+                for i, a in enumerate(estimator.table.accounts)
+            },
+            "labels": [
+                {
+                    "account_id": r.account_id,
+                    "label": r.label,
+                    "text": r.text,
+                    "n_train": int(r.n_train),
+                    "prior": float(p),
+                }
+                for r, p in zip(table.itertuples(), estimator.prior.probs, strict=True)
+            ],
+        }
+        (tmp / "labels.json").write_text(json.dumps(labels))
+        model_manifest = json.loads((model_dir / "manifest.json").read_text())
+        serving = {
+            "model_version": f"{model_dir.name}+{sha256(tmp / 'model.onnx')[:12]}",
+            "model_dir": str(model_dir.resolve()),
+            "trained": model_manifest["created"],
+            "temperature": estimator.temperature,
+            "thresholds": json.loads((model_dir / "thresholds.json").read_text()),
+            "max_sentences": int(json.loads((model_dir / "model.json").read_text())["max_sentences"]),
+            "null_fallback": estimator.cfg.get("confidence", {}).get("null_fallback", "prior"),
+            "embedding_dim": 384,
+            "opset": opset,
+            "inputs": {
+                "sentences": "float32 [batch, n_sentences, 384]",
+                "mask": "bool [batch, n_sentences]",
+                "account": "int64 [batch]: labels.json accounts[...].index, n_accounts for unknown",
+            },
+            "outputs": {"logits": "float32 [batch, n_labels]: other accounts' labels are -1e9"},
+        }
+        (tmp / "serving.json").write_text(json.dumps(serving, indent=2))
+        write_manifest(tmp, ("model.onnx", "labels.json", "serving.json"))
+        serving["parity"] = parity = check_parity(
+            estimator, OnnxPredictor(tmp), held_out_tickets(model_dir, parity_tickets)
+        )
+        if parity["max_abs_diff"] > atol or parity["top1_disagreements"]:
+            raise ExportError(f"ONNX and PyTorch disagree: {parity}")
+        (tmp / "serving.json").write_text(json.dumps(serving, indent=2))
+        write_manifest(tmp, EXPORT_FILES)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return serving
+
+
+def check_parity(estimator, predictor: OnnxPredictor, tickets: Tickets) -> dict:
+    """Max |logit difference| over each ticket's own labels, and top-1 agreement, PyTorch vs ONNX."""
+    torch_logits = estimator.logits(tickets)
+    onnx_logits = predictor.logits(tickets)
+    own = estimator.table.mask()[np.maximum(estimator.table.account_ids(tickets.meta["account_id"]), 0)]
+    diff = np.abs(torch_logits - onnx_logits)[own]
+    return {
+        "tickets": len(tickets),
+        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+        "top1_disagreements": int((torch_logits.argmax(1) != onnx_logits.argmax(1)).sum()),
+    }

@@ -1,0 +1,76 @@
+"""ONNX export: parity with PyTorch on held-out tickets, the one predictor, refusal of bad exports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from test_train import _toy_parquet
+
+from tagger.data import load_tickets
+from tagger.manifest import ArtifactError
+from tagger.model.artifacts import load_shared
+from tagger.paths import PROJECT_ROOT
+from tagger.serving import onnx_export
+from tagger.serving.onnx_export import ExportError, export_model
+from tagger.serving.onnx_predictor import OnnxPredictor
+from tagger.training import run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    data = _toy_parquet(tmp / "tickets.parquet")
+    overrides = [
+        f"data.path={data}",
+        f"data.cache_dir={tmp / 'cache'}",
+        f"data.sentence_cache_dir={tmp / 's'}",
+        "data.val_days=0.05",
+        f"output_dir={tmp / 'out'}",
+        f"models_dir={tmp / 'models'}",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        "model.projection.hidden=64",
+        "model.projection.out_dim=32",
+        "compare_with=[]",
+    ]
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        out = run(compose("config", overrides=overrides))
+    return out["model_dir"], data, tmp
+
+
+def test_export_parity_and_one_predictor(trained):
+    model_dir, data, tmp = trained
+    serving = export_model(model_dir, tmp / "onnx", parity_tickets=500)
+    assert serving["parity"]["tickets"] > 0
+    assert serving["parity"]["max_abs_diff"] < 1e-4 and serving["parity"]["top1_disagreements"] == 0
+    for name in ("model.onnx", "labels.json", "serving.json", "manifest.json"):
+        assert (tmp / "onnx" / name).exists()
+    predictor = OnnxPredictor(tmp / "onnx")
+    estimator = load_shared(model_dir)
+    tickets = load_tickets(data, cache_dir=tmp / "cache", progress=False)  # embeddings and none
+    a, b = predictor.predict(tickets), estimator.predict(tickets)
+    assert (a.top_rows == b.top_rows).all() and a.fallback.any()
+    np.testing.assert_allclose(a.top_probs, b.top_probs, atol=1e-5)
+    assert json.loads((tmp / "onnx" / "serving.json").read_text())["model_version"].startswith("shared-")
+
+
+def test_a_parity_failure_writes_nothing(trained, monkeypatch):
+    model_dir, _, tmp = trained
+    monkeypatch.setattr(
+        onnx_export, "check_parity", lambda *a: {"tickets": 1, "max_abs_diff": 1.0, "top1_disagreements": 1}
+    )
+    with pytest.raises(ExportError, match="disagree"):
+        export_model(model_dir, tmp / "bad", parity_tickets=50)
+    assert not (tmp / "bad").exists()
+    assert not [p for p in tmp.iterdir() if p.name.startswith(".bad")]
+
+
+def test_an_altered_export_is_refused(trained):
+    model_dir, _, tmp = trained
+    export_model(model_dir, tmp / "onnx2", parity_tickets=50)
+    (tmp / "onnx2" / "labels.json").write_text("{}")
+    with pytest.raises(ArtifactError, match=r"labels\.json"):
+        OnnxPredictor(tmp / "onnx2")
