@@ -177,3 +177,35 @@ def test_backtest_end_to_end_and_report(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Overall" in report and "| shared |" in report and "## Slices" in report
     assert result["models"]["shared"]["ci95"]["accuracy"][0] <= overall["accuracy"]
+
+
+def test_backtest_with_the_onnx_runtime_agrees_with_torch(tmp_path):
+    data = _toy_parquet(tmp_path / "tickets.parquet")
+    common = [
+        f"data.path={data}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"data.sentence_cache_dir={tmp_path / 's'}",
+        "data.val_days=1",
+        "backtest.n_folds=1",
+        "backtest.test_days=2",
+        "backtest.bootstrap=0",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        "model.projection.hidden=64",
+        "model.projection.out_dim=32",
+        "backtest.models=[shared]",
+    ]
+    results = {}
+    for runtime in ("torch", "onnx"):
+        with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+            cfg = compose(
+                "backtest",
+                overrides=[*common, f"backtest.runtime={runtime}", f"output_dir={tmp_path / runtime}"],
+            )
+        results[runtime] = run_backtest(cfg)["models"]["shared"]
+    assert results["onnx"]["folds"][0]["onnx_parity_top1_disagreements"] == 0
+    assert results["onnx"]["folds"][0]["onnx_parity_max_abs_diff"] < 1e-4
+    a = pd.read_parquet(tmp_path / "torch" / "outcomes.parquet")
+    b = pd.read_parquet(tmp_path / "onnx" / "outcomes.parquet")
+    assert (a["predicted"].fillna("") == b["predicted"].fillna("")).all()
+    np.testing.assert_allclose(a["confidence"], b["confidence"], atol=1e-5)

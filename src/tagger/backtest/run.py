@@ -89,12 +89,15 @@ def run_backtest(cfg: DictConfig) -> dict:
             if not getattr(estimator, "fit_info", {}).get("is_global_zero", True):
                 return {}
             fit_seconds = time.perf_counter() - t0
+            predictor, parity = _runtime(
+                estimator, bt.runtime, inner_val, output_dir / "onnx" / f"fold{fold.index}"
+            )
             thresholds = Thresholds(
-                outcomes(estimator.predict(inner_val), inner_val, inner_train.meta),
+                outcomes(predictor.predict(inner_val), inner_val, inner_train.meta),
                 targets,
                 bt.min_account_val,
             )
-            test_out = outcomes(estimator.predict(test), test, inner_train.meta)
+            test_out = outcomes(predictor.predict(test), test, inner_train.meta)
             test_out.insert(0, "fold", fold.index)
             for target, values in thresholds.of(test_out).items():
                 test_out[f"threshold_{round(target * 100)}"] = values
@@ -104,6 +107,7 @@ def run_backtest(cfg: DictConfig) -> dict:
                     "model": name,
                     "fold": fold.index,
                     "fit_seconds": fit_seconds,
+                    **parity,
                     **summary(test_out, _row_thresholds(test_out, targets)),
                 }
             )
@@ -166,6 +170,21 @@ def run_backtest(cfg: DictConfig) -> dict:
         f"\nwrote {output_dir}/report.md, metrics.json, folds.csv, per_merchant.csv, outcomes.parquet, plots"
     )
     return result
+
+
+def _runtime(estimator, runtime: str, val, export_dir: Path):
+    """The predictor to score with: the estimator itself, or (``runtime=onnx``, shared models only)
+    its ONNX export run by ONNX Runtime, checked against PyTorch on the validation slice."""
+    if runtime == "torch" or not hasattr(estimator, "model"):
+        return estimator, {}
+    if runtime != "onnx":
+        raise ValueError(f"backtest.runtime must be torch or onnx, not {runtime!r}")
+    from tagger.serving.onnx_export import export_estimator
+    from tagger.serving.onnx_predictor import OnnxPredictor
+
+    with_embeddings = val.subset(val.meta["has_embeddings"].to_numpy())
+    serving = export_estimator(estimator, export_dir, with_embeddings, {"model_version": export_dir.name})
+    return OnnxPredictor(export_dir), {f"onnx_parity_{k}": v for k, v in serving["parity"].items()}
 
 
 def _row_thresholds(frame: pd.DataFrame, targets: list[float]) -> dict[float, np.ndarray]:

@@ -66,9 +66,31 @@ def export_model(
     parity_tickets: int = 2000,
     atol: float = 1e-4,
 ) -> dict:
-    """Write the export directory ``out_dir``; returns serving.json. Raises :class:`ExportError`."""
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    estimator = load_shared(model_dir)
+    """Export the trained model directory ``model_dir`` to ``out_dir``; returns serving.json."""
+    model_dir = Path(model_dir)
+    model_manifest = json.loads((model_dir / "manifest.json").read_text())
+    info = {
+        "model_version": model_dir.name,
+        "model_dir": str(model_dir.resolve()),
+        "trained": model_manifest["created"],
+        "thresholds": json.loads((model_dir / "thresholds.json").read_text()),
+    }
+    return export_estimator(
+        load_shared(model_dir), out_dir, held_out_tickets(model_dir, parity_tickets), info, opset, atol
+    )
+
+
+def export_estimator(
+    estimator,
+    out_dir: str | os.PathLike,
+    parity_tickets: Tickets,
+    info: dict,
+    opset: int = 17,
+    atol: float = 1e-4,
+) -> dict:
+    """Write the export directory of a fitted :class:`SharedEstimator` (atomically) after checking it
+    with onnx.checker and against PyTorch on ``parity_tickets``; raises :class:`ExportError`."""
+    out_dir = Path(out_dir)
     scoring = _Scoring(estimator.model.eval()).eval()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
@@ -115,14 +137,11 @@ def export_model(
             ],
         }
         (tmp / "labels.json").write_text(json.dumps(labels))
-        model_manifest = json.loads((model_dir / "manifest.json").read_text())
         serving = {
-            "model_version": f"{model_dir.name}+{sha256(tmp / 'model.onnx')[:12]}",
-            "model_dir": str(model_dir.resolve()),
-            "trained": model_manifest["created"],
+            **info,
+            "model_version": f"{info.get('model_version', 'shared')}+{sha256(tmp / 'model.onnx')[:12]}",
             "temperature": estimator.temperature,
-            "thresholds": json.loads((model_dir / "thresholds.json").read_text()),
-            "max_sentences": int(json.loads((model_dir / "model.json").read_text())["max_sentences"]),
+            "max_sentences": int(estimator.cfg.get("encoder", {}).get("max_sentences", 64)),
             "null_fallback": estimator.cfg.get("confidence", {}).get("null_fallback", "prior"),
             "embedding_dim": 384,
             "opset": opset,
@@ -134,10 +153,8 @@ def export_model(
             "outputs": {"logits": "float32 [batch, n_labels]: other accounts' labels are -1e9"},
         }
         (tmp / "serving.json").write_text(json.dumps(serving, indent=2))
-        write_manifest(tmp, ("model.onnx", "labels.json", "serving.json"))
-        serving["parity"] = parity = check_parity(
-            estimator, OnnxPredictor(tmp), held_out_tickets(model_dir, parity_tickets)
-        )
+        write_manifest(tmp, EXPORT_FILES)
+        serving["parity"] = parity = check_parity(estimator, OnnxPredictor(tmp), parity_tickets)
         if parity["max_abs_diff"] > atol or parity["top1_disagreements"]:
             raise ExportError(f"ONNX and PyTorch disagree: {parity}")
         (tmp / "serving.json").write_text(json.dumps(serving, indent=2))
