@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 from hydra import compose, initialize_config_dir
 
@@ -38,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", nargs="*", choices=list(VARIANTS), help="run these variants only")
     parser.add_argument("--out", default="results/ablations")
+    parser.add_argument("--resume", action="store_true", help="reuse variants that already have results")
     parser.add_argument("overrides", nargs="*", help="hydra overrides applied to every variant")
     args = parser.parse_args(argv)
     out_dir = PROJECT_ROOT / args.out
@@ -53,21 +53,27 @@ def main(argv: list[str] | None = None) -> int:
         ]
         with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
-        started = time.perf_counter()
-        result = run(cfg)["models"]["shared"]
-        rows[name] = {
-            "overrides": VARIANTS[name],
-            "overall": result["overall"],
-            "small_merchants": result["small_merchants"],
-            "best_epoch": result["fit"]["best_epoch"],
-            "epochs": result["fit"]["epochs"],
-            "seconds": time.perf_counter() - started,
-        }
+        rows[name] = _row(name, run(cfg)["models"]["shared"])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ablations.json").write_text(json.dumps(rows, indent=2))
     (out_dir / "ablations.md").write_text(_markdown(rows))
     print(_markdown(rows))
     return 0
+
+
+def _row(name: str, result: dict) -> dict:
+    return {
+        "overrides": VARIANTS[name],
+        "overall": result["overall"],
+        "small_merchants": result["small_merchants"],
+        "best_epoch": result["fit"]["best_epoch"],
+        "epochs": result["fit"]["epochs"],
+        "fit_seconds": result["fit_seconds"],
+    }
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
 def _markdown(rows: dict) -> str:
