@@ -29,16 +29,9 @@ def pad_sentences(
     return x, mask
 
 
-try:
-    import torch
-    from torch.utils.data import Dataset
-except ImportError:  # the ONNX serving path runs without torch
-    torch = None
-    Dataset = object
-
-
-class TicketBatches(Dataset):
-    """Training and scoring batches of a set of tickets for the PyTorch model.
+class TicketBatches:
+    """Training and scoring batches of a set of tickets for the PyTorch model (a map-style dataset:
+    item ``i`` is index ``i``; :meth:`collate` builds the batch).
 
     ``sentence_dropout`` hides random sentences while training (never all of a ticket's).
     """
@@ -51,6 +44,8 @@ class TicketBatches(Dataset):
         max_sentences: int = 64,
         sentence_dropout: float = 0.0,
     ):
+        import torch  # here, not at the top: the ONNX serving path imports this module without torch
+
         self.embeddings = np.ascontiguousarray(tickets.embeddings, dtype=np.float32)
         self.offsets = np.asarray(tickets.offsets, np.int64)
         self.max_sentences = max_sentences
@@ -66,6 +61,8 @@ class TicketBatches(Dataset):
 
     def collate(self, indices) -> dict:
         """The padded batch of tickets ``indices``."""
+        import torch
+
         idx = np.asarray(indices, np.int64)
         x, mask = pad_sentences(self.embeddings, self.offsets, idx, self.max_sentences)
         x, mask = torch.from_numpy(x), torch.from_numpy(mask)
