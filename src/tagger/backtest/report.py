@@ -57,18 +57,20 @@ def write_report(
     if comparison:
         lines += [
             "",
-            f"## Shared model against the best baseline ({comparison['baseline']}), paired bootstrap",
+            "## Shared model against each baseline, paired bootstrap "
+            f"(best baseline by macro-F1: {comparison['baseline']})",
             "",
-            "| metric | difference | 95% interval | excludes zero |",
-            "|---|---:|---|---|",
+            "| baseline | metric | shared minus baseline | 95% interval | excludes zero |",
+            "|---|---|---:|---|---|",
         ]
-        for metric in ("accuracy", "macro_f1", "top3_accuracy"):
-            c = comparison[metric]
-            ci = c.get("ci95")
-            lines.append(
-                f"| {metric} | {c['difference']:+.3f} | "
-                f"{f'[{ci[0]:+.3f}, {ci[1]:+.3f}]' if ci else 'n/a'} | {c.get('excludes_zero', 'n/a')} |"
-            )
+        for baseline, paired in comparison.get("against", {comparison["baseline"]: comparison}).items():
+            for metric in ("accuracy", "macro_f1", "top3_accuracy"):
+                c = paired[metric]
+                ci = c.get("ci95")
+                lines.append(
+                    f"| {baseline} | {metric} | {c['difference']:+.3f} | "
+                    f"{f'[{ci[0]:+.3f}, {ci[1]:+.3f}]' if ci else 'n/a'} | {c.get('excludes_zero', 'n/a')} |"
+                )
     lines += [
         "",
         "## Conclusions",
@@ -137,20 +139,21 @@ def _conclusions(result: dict) -> list[str]:
                 f"- The shared model is {abs(c['difference']):.3f} {verdict} than {b} in {label}{sure}."
             )
         shared = models["shared"]
-        for column, values in shared["slices"].items():
-            for value, s in values.items():
-                if value == "False":  # the complement of a yes/no slice says nothing new
-                    continue
-                base = models[b]["slices"][column].get(value, {})
-                if (
-                    s.get("n", 0) >= 30
-                    and base.get("accuracy") is not None
-                    and s["accuracy"] < base["accuracy"] - 0.01
-                ):
-                    out.append(
-                        f"- Where the shared model loses: {column} = {value} "
-                        f"(accuracy {s['accuracy']:.3f} vs {base['accuracy']:.3f} for {b}, n={s['n']:,})."
-                    )
+        for other in comparison.get("against", {b: None}):
+            for column, values in shared["slices"].items():
+                for value, s in values.items():
+                    if value == "False":  # the complement of a yes/no slice says nothing new
+                        continue
+                    base = models[other]["slices"][column].get(value, {})
+                    if (
+                        s.get("n", 0) >= 30
+                        and base.get("accuracy") is not None
+                        and (s["accuracy"] < base["accuracy"] - 0.01)
+                    ):
+                        out.append(
+                            f"- Where the shared model loses: {column} = {value} "
+                            f"(accuracy {s['accuracy']:.3f} vs {base['accuracy']:.3f} for {other}, n={s['n']:,})."
+                        )
         cov = shared["overall"].get("coverage_at_95_precision")
         if cov is not None:
             out.append(

@@ -119,7 +119,11 @@ def run_backtest(cfg: DictConfig) -> dict:
     models = {}
     for name, frame in pooled.items():
         overall = summary(frame, _row_thresholds(frame, targets))
-        ci = {m: interval(samples[name][:, i]) for i, m in enumerate(BOOTSTRAP_METRICS)} if samples else {}
+        ci = (
+            {m: interval(samples[name][:, i], overall[m]) for i, m in enumerate(BOOTSTRAP_METRICS)}
+            if samples
+            else {}
+        )
         models[name] = {
             "overall": overall,
             "ci95": ci,
@@ -136,14 +140,8 @@ def run_backtest(cfg: DictConfig) -> dict:
     comparison = None
     if "shared" in pooled and baselines:
         best = max(baselines, key=lambda n: models[n]["overall"]["macro_f1"])
-        comparison = {"baseline": best}
-        for i, metric in enumerate(BOOTSTRAP_METRICS):
-            diff = models["shared"]["overall"][metric] - models[best]["overall"][metric]
-            entry = {"difference": diff}
-            if samples:
-                lo, hi = interval(samples["shared"][:, i] - samples[best][:, i])
-                entry.update({"ci95": [lo, hi], "excludes_zero": bool(lo > 0 or hi < 0)})
-            comparison[metric] = entry
+        against = {b: _paired(models, samples, b) for b in baselines}
+        comparison = {"baseline": best, **against[best], "against": against}
     per_merchant = _per_merchant(pooled, targets)
     result = {
         "models": models,
@@ -185,6 +183,19 @@ def _runtime(estimator, runtime: str, val, export_dir: Path):
     with_embeddings = val.subset(val.meta["has_embeddings"].to_numpy())
     serving = export_estimator(estimator, export_dir, with_embeddings, {"model_version": export_dir.name})
     return OnnxPredictor(export_dir), {f"onnx_parity_{k}": v for k, v in serving["parity"].items()}
+
+
+def _paired(models: dict, samples: dict, baseline: str) -> dict:
+    """The shared model minus ``baseline`` on each bootstrap metric, with its paired 95% interval."""
+    out = {}
+    for i, metric in enumerate(BOOTSTRAP_METRICS):
+        diff = models["shared"]["overall"][metric] - models[baseline]["overall"][metric]
+        entry = {"difference": diff}
+        if samples:
+            lo, hi = interval(samples["shared"][:, i] - samples[baseline][:, i], diff)
+            entry.update({"ci95": [lo, hi], "excludes_zero": bool(lo > 0 or hi < 0)})
+        out[metric] = entry
+    return out
 
 
 def _row_thresholds(frame: pd.DataFrame, targets: list[float]) -> dict[float, np.ndarray]:
