@@ -152,7 +152,8 @@ def _conclusions(result: dict) -> list[str]:
                     ):
                         out.append(
                             f"- Where the shared model loses: {column} = {value} "
-                            f"(accuracy {s['accuracy']:.3f} vs {base['accuracy']:.3f} for {other}, n={s['n']:,})."
+                            f"(accuracy {s['accuracy']:.3f} vs {base['accuracy']:.3f} for {other}, "
+                            f"n={s['n']:,})."
                         )
         cov = shared["overall"].get("coverage_at_95_precision")
         if cov is not None:
