@@ -151,3 +151,45 @@ TEST_MODEL = {
     "optim": {"lr": 0.01, "batch_size": 32},
     "confidence": {"fit_temperature": True, "null_fallback": "prior"},
 }
+
+
+def toy_parquet(
+    path: Path, n_per_label: int = 30, days: float | None = None, late_account: bool = False
+) -> Path:
+    """The toy problem as a ticket parquet: every tenth ticket without embeddings; one minute apart,
+    or spread over ``days``; optionally one more ticket of an account that appears last."""
+    toy = toy_problem(n_per_label=n_per_label)
+    n = len(toy)
+    step = days * 86_400 / n if days else 60.0
+    rows = []
+    for i in range(n):
+        m = toy.meta.iloc[i]
+        emb = embeddings_json(toy.sentences(i)) if i % 10 else None
+        rows.append(
+            ticket(
+                i, emb, account=m["account_id"], label=m["label"], unix_timestamp=1_683_000_000.0 + i * step
+            )
+        )
+    if late_account:
+        rows.append(
+            ticket(
+                n,
+                embeddings_json(unit_vectors(1)),
+                account="late",
+                label="Other",
+                unix_timestamp=1_683_000_000.0 + n * step,
+            )
+        )
+    return write_tickets(path, rows)
+
+
+def tiny_run(tmp: Path, data: Path) -> list[str]:
+    """Hydra overrides for a quick run on a toy file, everything written under ``tmp``."""
+    return [
+        f"data.path={data}",
+        f"data.cache_dir={tmp / 'cache'}",
+        f"data.sentence_cache_dir={tmp / 's'}",
+        "trainer.enable_progress_bar=false",
+        "model.projection.hidden=64",
+        "model.projection.out_dim=32",
+    ]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import embeddings_json, make_tickets, ticket, toy_problem, unit_vectors, write_tickets
+from conftest import make_tickets, tiny_run, toy_parquet, toy_problem, unit_vectors
 from hydra import compose, initialize_config_dir
 
 from tagger.backtest.folds import DAY, rolling_folds
@@ -95,49 +95,16 @@ def test_threshold_is_chosen_on_validation_only():
     assert th.of(test)[0.95].tolist() == [th.global_[0.95]]
 
 
-def _toy_parquet(path, days: float = 8.0):
-    toy = toy_problem(n_per_label=40)
-    n = len(toy)
-    rows = []
-    for i in range(n):
-        m = toy.meta.iloc[i]
-        emb = embeddings_json(toy.sentences(i)) if i % 12 else None
-        rows.append(
-            ticket(
-                i,
-                emb,
-                account=m["account_id"],
-                label=m["label"],
-                unix_timestamp=1_683_000_000.0 + i * days * DAY / n,
-            )
-        )
-    rows.append(
-        ticket(
-            n,
-            embeddings_json(unit_vectors(1)),
-            account="late",
-            label="Other",
-            unix_timestamp=1_683_000_000.0 + days * DAY,
-        )
-    )
-    return write_tickets(path, rows)
-
-
 def test_backtest_end_to_end_and_report(tmp_path):
-    data = _toy_parquet(tmp_path / "tickets.parquet")
+    data = toy_parquet(tmp_path / "tickets.parquet", n_per_label=40, days=8, late_account=True)
     overrides = [
-        f"data.path={data}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"data.sentence_cache_dir={tmp_path / 's'}",
+        *tiny_run(tmp_path, data),
         "data.val_days=1",
         f"output_dir={tmp_path / 'out'}",
         "backtest.n_folds=2",
         "backtest.test_days=2",
         "backtest.bootstrap=20",
         "trainer.max_epochs=3",
-        "trainer.enable_progress_bar=false",
-        "model.projection.hidden=64",
-        "model.projection.out_dim=32",
         "backtest.models=[shared,majority,logreg]",
     ]
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
@@ -180,19 +147,14 @@ def test_backtest_end_to_end_and_report(tmp_path):
 
 
 def test_backtest_with_the_onnx_runtime_agrees_with_torch(tmp_path):
-    data = _toy_parquet(tmp_path / "tickets.parquet")
+    data = toy_parquet(tmp_path / "tickets.parquet", n_per_label=40, days=8, late_account=True)
     common = [
-        f"data.path={data}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"data.sentence_cache_dir={tmp_path / 's'}",
+        *tiny_run(tmp_path, data),
         "data.val_days=1",
         "backtest.n_folds=1",
         "backtest.test_days=2",
         "backtest.bootstrap=0",
         "trainer.max_epochs=2",
-        "trainer.enable_progress_bar=false",
-        "model.projection.hidden=64",
-        "model.projection.out_dim=32",
         "backtest.models=[shared]",
     ]
     results = {}

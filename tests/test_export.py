@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from conftest import tiny_run, toy_parquet
 from hydra import compose, initialize_config_dir
-from test_train import _toy_parquet
 
 from tagger.data import load_tickets
 from tagger.manifest import ArtifactError
@@ -22,18 +22,13 @@ from tagger.training import run
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
-    data = _toy_parquet(tmp / "tickets.parquet")
+    data = toy_parquet(tmp / "tickets.parquet")
     overrides = [
-        f"data.path={data}",
-        f"data.cache_dir={tmp / 'cache'}",
-        f"data.sentence_cache_dir={tmp / 's'}",
+        *tiny_run(tmp, data),
         "data.val_days=0.05",
         f"output_dir={tmp / 'out'}",
         f"models_dir={tmp / 'models'}",
         "trainer.max_epochs=2",
-        "trainer.enable_progress_bar=false",
-        "model.projection.hidden=64",
-        "model.projection.out_dim=32",
         "compare_with=[]",
     ]
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):

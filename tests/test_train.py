@@ -5,22 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import embeddings_json, ticket, toy_problem, write_tickets
+from conftest import tiny_run, toy_parquet, toy_problem
 from hydra import compose, initialize_config_dir
 
 from tagger.model.artifacts import load_shared
 from tagger.paths import PROJECT_ROOT
 from tagger.training import format_table, run, time_split
-
-
-def _toy_parquet(path):
-    toy = toy_problem(n_per_label=30)
-    rows = []
-    for i in range(len(toy)):
-        m = toy.meta.iloc[i]
-        emb = embeddings_json(toy.sentences(i)) if i % 10 else None  # every tenth ticket has none
-        rows.append(ticket(i, emb, account=m["account_id"], label=m["label"]))
-    return write_tickets(path, rows)
 
 
 def test_time_split_puts_the_latest_days_in_validation():
@@ -32,18 +22,13 @@ def test_time_split_puts_the_latest_days_in_validation():
 
 
 def test_train_end_to_end(tmp_path):
-    data = _toy_parquet(tmp_path / "tickets.parquet")
+    data = toy_parquet(tmp_path / "tickets.parquet")
     overrides = [
-        f"data.path={data}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"data.sentence_cache_dir={tmp_path / 'sentences'}",
+        *tiny_run(tmp_path, data),
         "data.val_days=0.05",
         f"output_dir={tmp_path / 'out'}",
         f"models_dir={tmp_path / 'models'}",
         "trainer.max_epochs=3",
-        "trainer.enable_progress_bar=false",
-        "model.projection.hidden=64",
-        "model.projection.out_dim=32",
         "compare_with=[majority,logreg]",
     ]
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
