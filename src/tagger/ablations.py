@@ -43,12 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = PROJECT_ROOT / args.out
     rows = {}
     for name in args.only or list(VARIANTS):
+        run_dir = f"{args.out}/{_slug(name)}"
+        done = PROJECT_ROOT / run_dir / "metrics.json"
+        if args.resume and done.exists():
+            rows[name] = _row(name, json.loads(done.read_text())["models"]["shared"])
+            continue
         overrides = [
             *args.overrides,
             *VARIANTS[name],
             "compare_with=[]",
             "save_model=false",
-            f"output_dir={args.out}/{name.replace(' ', '_')}",
+            f"output_dir={run_dir}",
             "trainer.enable_progress_bar=false",
         ]
         with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
