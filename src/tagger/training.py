@@ -109,7 +109,11 @@ def run(cfg: DictConfig) -> dict:
             **evaluate(pred, val, train),
             "fit_seconds": fit_seconds,
             "predict_seconds": predict_seconds,
-            **({"fit": estimator.fit_info} if hasattr(estimator, "fit_info") else {}),
+            **(
+                {"fit": estimator.fit_info, "temperature": estimator.temperature}
+                if hasattr(estimator, "fit_info")
+                else {}
+            ),
         }
         if name == "shared" and cfg.save_model:
             from tagger.backtest.scoring import Thresholds, outcomes
