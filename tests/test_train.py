@@ -41,6 +41,7 @@ def test_train_end_to_end(tmp_path):
     assert shared["n_no_embeddings"] > 0
     assert shared["accuracy"] > 0.8
     assert written["models"]["shared"]["fit"]["tickets_per_second"] > 0
+    assert 0.05 < written["models"]["shared"]["temperature"] < 20
     model = load_shared(out["model_dir"])
     assert (tmp_path / "models").iterdir().__next__().name.startswith("shared-")
     assert len(model.table) == 6
