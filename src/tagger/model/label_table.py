@@ -29,6 +29,7 @@ class LabelTable:
         self.account_slices = {str(accounts[s]): (int(s), int(e)) for s, e in zip(starts, ends, strict=True)}
         self.accounts = list(self.account_slices)
         self.account_index = {a: i for i, a in enumerate(self.accounts)}
+        self._mask: np.ndarray | None = None
         self._row = {
             (a, lab): i for i, (a, lab) in enumerate(zip(accounts, self.frame["label"], strict=True))
         }
@@ -75,10 +76,12 @@ class LabelTable:
         return np.asarray([self.account_index[a] for a in self.frame["account_id"]], np.int64)
 
     def mask(self) -> np.ndarray:
-        """``[n_accounts, n_labels]`` bool: which rows belong to which account."""
-        out = np.zeros((self.n_accounts, len(self)), bool)
-        out[self.account_of_row(), np.arange(len(self))] = True
-        return out
+        """``[n_accounts, n_labels]`` bool: which rows belong to which account (built once; read-only)."""
+        if self._mask is None:
+            self._mask = np.zeros((self.n_accounts, len(self)), bool)
+            self._mask[self.account_of_row(), np.arange(len(self))] = True
+            self._mask.flags.writeable = False
+        return self._mask
 
     def log_prior(self) -> np.ndarray:
         """log of each label's share of its account's training tickets."""
