@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import TEST_MODEL, TEST_TRAINER, FakeEmbedder, make_tickets, toy_problem, unit_vectors
 
-from tagger.metrics import classification_metrics
+from tagger.metrics import outcomes, summary
 from tagger.model.artifacts import ArtifactError, load_shared, save_shared
 from tagger.model.baselines import KNN, LogReg, Majority, NearestCentroid
 from tagger.model.label_table import LabelTable
@@ -74,8 +74,8 @@ def fitted(tmp_path_factory):
 
 
 def test_learns_a_separable_toy_problem(fitted):
-    est, _, val = fitted
-    metrics = classification_metrics(est.predict(val), val.meta)
+    est, train, val = fitted
+    metrics = summary(outcomes(est.predict(val), val, train.meta))
     assert metrics["accuracy"] > 0.95
     assert metrics["macro_f1"] > 0.95
     assert 0.05 < est.temperature < 20
@@ -144,7 +144,7 @@ def test_baselines_fit_and_predict(cls):
     train, val = data.subset(np.arange(n) < 0.7 * n), data.subset(np.arange(n) >= 0.7 * n)
     est = cls().fit(train)
     pred = est.predict(val)
-    metrics = classification_metrics(pred, val.meta)
+    metrics = summary(outcomes(pred, val, train.meta))
     assert metrics["accuracy"] > (0.3 if cls is Majority else 0.95)
     accounts = est.table.frame["account_id"].to_numpy()
     top = pred.top_rows[:, 0]

@@ -38,7 +38,7 @@ def test_train_end_to_end(tmp_path):
     assert set(written["models"]) == {"shared", "majority", "logreg"}
     shared = written["models"]["shared"]["overall"]
     assert shared["n"] == written["split"]["val_tickets"]  # every validation ticket is scored
-    assert shared["n_no_embeddings"] > 0
+    assert shared["n_no_embeddings"] > 0 and "ece" in shared and "parent_accuracy" in shared
     assert shared["accuracy"] > 0.8
     assert written["models"]["shared"]["fit"]["tickets_per_second"] > 0
     assert 0.05 < written["models"]["shared"]["temperature"] < 20

@@ -1,65 +1,129 @@
-"""Classification metrics of predictions against the tickets' true labels (scikit-learn).
+"""Metrics of predictions against the tickets' true labels (scikit-learn and torchmetrics).
 
-Every ticket counts: one whose label (or account) the model never saw in training is a miss,
-and one the model abstained on is a miss for accuracy and a false negative for F1.
+One row of outcomes per ticket (every ticket included: one whose label or account the model
+never saw in training is a miss, an abstention is a miss), and every metric computed from those
+rows, for train.py's validation and the backtest alike. Labels are compared as (account, label)
+keys, so tickets pool across folds whose label tables differ.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.metrics import accuracy_score, f1_score
+from torchmetrics.functional.classification import binary_calibration_error
 
+from tagger.data.labels import parent_label
+from tagger.data.tickets import Tickets
 from tagger.model.base import Predictions
 
-ABSTAIN = -1
+MERCHANT_BUCKETS = [(0, 50, "<50"), (50, 200, "50-199"), (200, 1000, "200-999"), (1000, np.inf, ">=1000")]
+LABEL_BUCKETS = [
+    (0, 1, "0 (new)"),
+    (1, 6, "1-5"),
+    (6, 21, "6-20"),
+    (21, 101, "21-100"),
+    (101, np.inf, ">100"),
+]
 
 
-def class_ids(pred: Predictions, meta: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """True and predicted class ids over (account, label) pairs.
-
-    Seen pairs are label-table rows; each unseen pair gets its own id past the table; an
-    abstention is ``ABSTAIN`` (which no F1 average counts as a class).
-    """
-    table = pred.table
-    true = table.rows(meta["account_id"], meta["label"])
-    unseen = true < 0
-    if unseen.any():
-        keys = pd.Series(meta["account_id"].astype(str) + "\x1f" + meta["label"].astype(str))[unseen]
-        codes = pd.factorize(keys)[0]
-        true = true.copy()
-        true[unseen] = len(table) + codes
-    predicted = np.where(pred.abstained, ABSTAIN, pred.top_rows[:, 0])
-    predicted = np.where(predicted < 0, ABSTAIN, predicted)
-    return true, predicted
+def _bucket(values: np.ndarray, buckets: list) -> np.ndarray:
+    out = np.empty(len(values), object)
+    for low, high, name in buckets:
+        out[(values >= low) & (values < high)] = name
+    return out
 
 
-def _f1(true: np.ndarray, predicted: np.ndarray, average: str) -> float:
-    labels = np.setdiff1d(np.union1d(true, predicted), [ABSTAIN])
-    if len(labels) == 0:
-        return float("nan")
-    return float(f1_score(true, predicted, labels=labels, average=average, zero_division=0))
-
-
-def classification_metrics(pred: Predictions, meta: pd.DataFrame) -> dict:
-    """accuracy, macro-F1 over (account, label) pairs, macro-F1 averaged per account, weighted F1,
-    top-3 accuracy and counts of the tickets the model could not have got right."""
-    meta = meta.reset_index(drop=True)
-    if len(meta) == 0:
-        return {"n": 0}
-    true, predicted = class_ids(pred, meta)
-    top3 = (pred.top_rows[:, :3] == true[:, None]).any(axis=1) & ~pred.abstained
+def outcomes(pred: Predictions, test: Tickets, train_meta: pd.DataFrame) -> pd.DataFrame:
+    """One row per test ticket: truth, prediction, confidence and the slices it belongs to."""
+    meta = test.meta.reset_index(drop=True)
     accounts = meta["account_id"].astype(str).to_numpy()
-    per_account = [_f1(true[accounts == a], predicted[accounts == a], "macro") for a in np.unique(accounts)]
-    return {
-        "n": len(meta),
-        "accuracy": float(accuracy_score(true, predicted)),
-        "macro_f1": _f1(true, predicted, "macro"),
+    truth = meta["label"].astype(str).to_numpy()
+    predicted = pred.labels(0)
+    predicted = np.where(pred.abstained, None, predicted)
+    names = pred.table.frame["label"].to_numpy(object)
+    top3 = np.array([[names[r] if r >= 0 else None for r in row[:3]] for row in pred.top_rows], dtype=object)
+    top3_hit = (top3 == truth[:, None]).any(axis=1) & ~pred.abstained
+    account_size = train_meta["account_id"].astype(str).value_counts()
+    label_size = train_meta.groupby([train_meta["account_id"].astype(str), "label"]).size()
+    n_account = pd.Series(accounts).map(account_size).fillna(0).to_numpy()
+    n_label = np.array([label_size.get((a, lab), 0) for a, lab in zip(accounts, truth, strict=True)])
+    return pd.DataFrame(
+        {
+            "ticket_id": meta["ticket_id"].astype(str).to_numpy(),
+            "account_id": accounts,
+            "label": truth,
+            "predicted": predicted,
+            "correct": predicted == truth,
+            "top3_hit": top3_hit,
+            "parent_correct": [
+                p is not None and parent_label(p) == parent_label(t)
+                for p, t in zip(predicted, truth, strict=True)
+            ],
+            "confidence": pred.confidence.astype(float),
+            "abstained": pred.abstained,
+            "no_embeddings": ~meta["has_embeddings"].to_numpy(),
+            "account_train_tickets": n_account,
+            "new_account": n_account == 0,
+            "new_label": n_label == 0,
+            "merchant_size": _bucket(n_account, MERCHANT_BUCKETS),
+            "label_frequency": _bucket(n_label, LABEL_BUCKETS),
+        }
+    )
+
+
+def class_codes(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """True and predicted (account, label) codes of outcome rows; an abstention is -1."""
+    true_keys = frame["account_id"] + "\x1f" + frame["label"]
+    pred_keys = frame["account_id"] + "\x1f" + frame["predicted"].fillna("\x00")
+    codes, _ = pd.factorize(pd.concat([true_keys, pred_keys], ignore_index=True))
+    true, pred = codes[: len(frame)], codes[len(frame) :].copy()
+    pred[frame["predicted"].isna().to_numpy()] = -1
+    return true, pred
+
+
+def macro_f1_score(true: np.ndarray, pred: np.ndarray, average: str = "macro") -> float:
+    """F1 averaged over the classes seen in truth or prediction (abstentions are no class)."""
+    labels = np.setdiff1d(np.union1d(true, pred), [-1])
+    return (
+        float(f1_score(true, pred, labels=labels, average=average, zero_division=0))
+        if len(labels)
+        else np.nan
+    )
+
+
+def summary(frame: pd.DataFrame, thresholds: dict[float, np.ndarray] | None = None) -> dict:
+    """The metrics of a set of outcomes; ``thresholds`` maps a precision target to each row's
+    confidence threshold (chosen on validation) for the coverage figures."""
+    if len(frame) == 0:
+        return {"n": 0}
+    true, pred = class_codes(frame)
+    accounts = frame["account_id"].to_numpy()
+    per_account = [macro_f1_score(true[accounts == a], pred[accounts == a]) for a in np.unique(accounts)]
+    correct = frame["correct"].to_numpy()
+    out = {
+        "n": len(frame),
+        "accuracy": float(accuracy_score(true, pred)),
+        "macro_f1": macro_f1_score(true, pred),
         "macro_f1_account_mean": float(np.nanmean(per_account)),
-        "weighted_f1": _f1(true, predicted, "weighted"),
-        "top3_accuracy": float(top3.mean()),
-        "n_unseen_label": int((true >= len(pred.table)).sum()),
-        "n_unknown_account": int((pred.table.account_ids(meta["account_id"]) < 0).sum()),
-        "n_no_embeddings": int(pred.fallback.sum()),
-        "n_abstained": int(pred.abstained.sum()),
+        "weighted_f1": macro_f1_score(true, pred, "weighted"),
+        "top3_accuracy": float(frame["top3_hit"].mean()),
+        "parent_accuracy": float(frame["parent_correct"].mean()),
+        "ece": float(
+            binary_calibration_error(
+                torch.tensor(frame["confidence"].to_numpy(), dtype=torch.float32),
+                torch.tensor(correct, dtype=torch.long),
+                n_bins=15,
+            )
+        ),
     }
+    for column in ("new_label", "new_account", "no_embeddings", "abstained"):
+        if column in frame:  # tickets no model could get right, and those scored from the prior
+            out[f"n_{column}"] = int(frame[column].sum())
+    for target, threshold in (thresholds or {}).items():
+        auto = (frame["confidence"].to_numpy() >= threshold) & ~frame["abstained"].to_numpy()
+        key = f"{round(target * 100)}"
+        out[f"coverage_at_{key}_precision"] = float(auto.mean())
+        out[f"precision_at_{key}_target"] = float(correct[auto].mean()) if auto.any() else float("nan")
+    return out

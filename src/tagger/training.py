@@ -6,13 +6,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from tagger.data.dataset import load_dataset
 from tagger.data.tickets import Tickets
-from tagger.metrics import classification_metrics
+from tagger.metrics import outcomes, summary
 from tagger.model.base import Estimator, Predictions
 from tagger.model.baselines import KNN, LogReg, Majority, NearestCentroid
 from tagger.paths import PROJECT_ROOT, resolve
@@ -62,23 +61,16 @@ def model_configs(cfg: DictConfig) -> list[dict]:
     return configs
 
 
-def evaluate(pred: Predictions, val: Tickets, train: Tickets) -> dict:
-    """Overall metrics and those of merchants with fewer than 200 training tickets."""
-    sizes = train.meta["account_id"].value_counts()
-    small = val.meta["account_id"].map(sizes).fillna(0).to_numpy() < SMALL_MERCHANT
+def evaluate(pred: Predictions, val: Tickets, train: Tickets) -> tuple[dict, pd.DataFrame]:
+    """Metrics overall, on merchants with fewer than 200 training tickets and on tickets with
+    embeddings; and the per-ticket outcomes they come from."""
+    out = outcomes(pred, val, train.meta)
+    small = out["account_train_tickets"].to_numpy() < SMALL_MERCHANT
     return {
-        "overall": classification_metrics(pred, val.meta),
-        "small_merchants": classification_metrics(_rows(pred, small), val.meta[small]),
-        "with_embeddings": classification_metrics(
-            _rows(pred, val.meta["has_embeddings"].to_numpy()), val.meta[val.meta["has_embeddings"]]
-        ),
-    }
-
-
-def _rows(pred: Predictions, keep: np.ndarray) -> Predictions:
-    return Predictions(
-        pred.table, pred.top_rows[keep], pred.top_probs[keep], pred.fallback[keep], pred.abstained[keep]
-    )
+        "overall": summary(out),
+        "small_merchants": summary(out[small]),
+        "with_embeddings": summary(out[~out["no_embeddings"].to_numpy()]),
+    }, out
 
 
 def run(cfg: DictConfig) -> dict:
@@ -105,8 +97,9 @@ def run(cfg: DictConfig) -> dict:
         started = time.perf_counter()
         pred = estimator.predict(val)
         predict_seconds = time.perf_counter() - started
+        metrics, val_outcomes = evaluate(pred, val, train)
         results[name] = {
-            **evaluate(pred, val, train),
+            **metrics,
             "fit_seconds": fit_seconds,
             "predict_seconds": predict_seconds,
             **(
@@ -116,12 +109,10 @@ def run(cfg: DictConfig) -> dict:
             ),
         }
         if name == "shared" and cfg.save_model:
-            from tagger.backtest.scoring import Thresholds, outcomes
+            from tagger.backtest.scoring import Thresholds
             from tagger.model.artifacts import save_shared
 
-            thresholds = Thresholds(
-                outcomes(pred, val, train.meta), list(cfg.precision_targets), cfg.min_account_val
-            )
+            thresholds = Thresholds(val_outcomes, list(cfg.precision_targets), cfg.min_account_val)
             data = {
                 "file": str(resolve(cfg.data.path)),
                 "sha256": tickets.digest,

@@ -19,15 +19,9 @@ from tqdm.auto import tqdm
 from tagger.ablations import VARIANTS
 from tagger.backtest.folds import rolling_folds
 from tagger.backtest.report import write_report
-from tagger.backtest.scoring import (
-    BOOTSTRAP_METRICS,
-    Thresholds,
-    bootstrap,
-    interval,
-    outcomes,
-    summary,
-)
+from tagger.backtest.scoring import BOOTSTRAP_METRICS, Thresholds, bootstrap, interval
 from tagger.data.dataset import load_dataset
+from tagger.metrics import outcomes, summary
 from tagger.paths import PROJECT_ROOT, resolve
 from tagger.training import make_estimator, time_split
 
