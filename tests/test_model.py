@@ -92,6 +92,9 @@ def test_predictions_stay_inside_the_account(fitted):
     single = (val.meta["account_id"] == "c").to_numpy()
     assert (pred.labels()[single] == "General").all()
     np.testing.assert_allclose(pred.confidence[single], 1.0, atol=1e-6)
+    frame = pred.to_frame(k=3)
+    assert list(frame.columns[:4]) == ["label", "confidence", "fallback", "abstained"]
+    assert (frame["label"] == frame["top1"]).all() and len(frame) == len(val)
 
 
 def test_tickets_without_embeddings_fall_back_to_the_prior(fitted):
