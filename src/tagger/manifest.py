@@ -14,7 +14,7 @@ class ArtifactError(RuntimeError):
     """A model or export directory that is missing, incomplete or altered."""
 
 
-def sha256(path: Path) -> str:
+def sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()

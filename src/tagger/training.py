@@ -50,14 +50,22 @@ def make_estimator(model_cfg: dict, cfg: DictConfig, log_dir: Path | None = None
     return BASELINES[name](**params)
 
 
+def load_model_config(name: str) -> dict:
+    """The model config ``conf/model/NAME.yaml`` (a baseline compared beside the main model)."""
+    return OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "model" / f"{name}.yaml"))
+
+
+def cutoff_seconds(split: dict) -> float:
+    """The training cutoff of a :func:`time_split` record, in seconds since 1970."""
+    return pd.Timestamp(split["cutoff"]).timestamp()
+
+
 def model_configs(cfg: DictConfig) -> list[dict]:
     """The main model's config, then each baseline of ``compare_with`` from conf/model/NAME.yaml."""
     configs = [OmegaConf.to_container(cfg.model, resolve=True)]
     for name in cfg.get("compare_with") or []:
         if name != cfg.model.name:
-            configs.append(
-                OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "model" / f"{name}.yaml"))
-            )
+            configs.append(load_model_config(name))
     return configs
 
 

@@ -22,8 +22,8 @@ from tagger.backtest.report import write_report
 from tagger.backtest.scoring import BOOTSTRAP_METRICS, Thresholds, bootstrap, interval
 from tagger.data.dataset import load_dataset
 from tagger.metrics import outcomes, summary
-from tagger.paths import PROJECT_ROOT, resolve
-from tagger.training import make_estimator, time_split
+from tagger.paths import resolve
+from tagger.training import load_model_config, make_estimator, time_split
 
 SLICES = ("no_embeddings", "new_label", "new_account", "merchant_size", "label_frequency")
 
@@ -37,9 +37,7 @@ def model_configs(cfg: DictConfig) -> dict[str, dict]:
             if out[name]["name"] != "shared":
                 raise ValueError("backtest.models names 'shared' but model= selects another model")
         else:
-            out[name] = OmegaConf.to_container(
-                OmegaConf.load(PROJECT_ROOT / "conf" / "model" / f"{name}.yaml")
-            )
+            out[name] = load_model_config(name)
     for variant in cfg.backtest.get("ablations") or []:
         if variant not in VARIANTS:
             raise ValueError(f"unknown ablation {variant!r}: {', '.join(VARIANTS)}")

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from tagger.bench.machine import machine_description
 from tagger.paths import PROJECT_ROOT
+from tagger.training import cutoff_seconds
 
 
 def _latest_export() -> Path:
@@ -39,7 +40,7 @@ def _requests(export_dir: Path, n: int, seed: int = 0) -> list[dict]:
     serving = json.loads((export_dir / "serving.json").read_text())
     data = json.loads((Path(serving["model_dir"]) / "data.json").read_text())
     table = pq.read_table(data["file"], columns=["account_id", "unix_timestamp", "email_sentence_embeddings"])
-    cutoff = np.datetime64(data["split"]["cutoff"][:19]).astype("datetime64[s]").astype(float)
+    cutoff = cutoff_seconds(data["split"])
     rows = np.flatnonzero(table.column("unix_timestamp").to_numpy() >= cutoff)
     known = set(json.loads((export_dir / "labels.json").read_text())["accounts"])
     accounts = table.column("account_id").to_pylist()
@@ -69,7 +70,11 @@ def in_process(export_dir: Path, bodies: list[dict], repeats: int = 500) -> dict
     from tagger.serving.onnx_predictor import OnnxPredictor
 
     predictor = OnnxPredictor(export_dir)
-    tickets = [_one(b, _parse(TicketIn(**b), "", _Limits(max_sentences=10_000))) for b in bodies]
+    from tagger.data.tickets import Tickets
+
+    accounts = [b["account_id"] for b in bodies]
+    vectors = [_parse(TicketIn(**b), "", _Limits(max_sentences=10_000)) for b in bodies]
+    tickets = [Tickets.from_vectors([a], [v]) for a, v in zip(accounts, vectors, strict=True)]
     out = {}
 
     def timed(fn, items) -> dict:
@@ -82,7 +87,10 @@ def in_process(export_dir: Path, bodies: list[dict], repeats: int = 500) -> dict
         return {**_percentiles(ms), "mean": statistics.mean(ms)}
 
     batches = {
-        size: [_concat(tickets[i : i + size]) for i in range(0, len(tickets) - size + 1, size)]
+        size: [
+            Tickets.from_vectors(accounts[i : i + size], vectors[i : i + size])
+            for i in range(0, len(tickets) - size + 1, size)
+        ]
         for size in (32, 256)
         if len(tickets) >= size
     }
@@ -101,41 +109,6 @@ def in_process(export_dir: Path, bodies: list[dict], repeats: int = 500) -> dict
             estimator.predict, items[: max(1, repeats // size)] or items
         )
     return out
-
-
-def _one(body: dict, vectors: np.ndarray):
-    import pandas as pd
-
-    from tagger.data.tickets import Tickets
-    from tagger.data.validation import ValidationReport
-
-    meta = pd.DataFrame({"account_id": [body["account_id"]], "has_embeddings": [len(vectors) > 0]})
-    return Tickets(
-        meta,
-        vectors,
-        np.array([0, len(vectors)], np.int64),
-        np.zeros(len(vectors), np.int32),
-        np.array([], str),
-        ValidationReport(),
-    )
-
-
-def _concat(items: list):
-    import pandas as pd
-
-    from tagger.data.tickets import Tickets
-
-    meta = pd.concat([t.meta for t in items], ignore_index=True)
-    lengths = np.array([len(t.embeddings) for t in items])
-    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
-    return Tickets(
-        meta,
-        np.concatenate([t.embeddings for t in items]),
-        offsets,
-        np.zeros(offsets[-1], np.int32),
-        np.array([], str),
-        items[0].report,
-    )
 
 
 def _load(url: str, bodies: list[dict], rate: float | None, seconds: float, threads: int, queue) -> None:

@@ -7,7 +7,6 @@ built in a temporary directory and renamed into place, so a reader never sees ha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,16 +21,11 @@ from tagger.data.embeddings_json import EMBEDDING_DIM
 from tagger.data.ingest import parse_file
 from tagger.data.tickets import Tickets
 from tagger.data.validation import RowProblem, ValidationReport
+from tagger.manifest import sha256
 from tagger.paths import PROJECT_ROOT
 
 PARSER_VERSION = 1
 DEFAULT_CACHE_DIR = PROJECT_ROOT / "data" / "cache" / "tickets"
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of the file's bytes."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def load_tickets(
@@ -49,7 +43,7 @@ def load_tickets(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"ticket file not found: {path}")
-    digest = file_digest(path)
+    digest = sha256(path)
     if not use_cache:
         with tempfile.TemporaryDirectory() as tmp:
             parse_file(path, Path(tmp), require_labels, progress)

@@ -27,6 +27,16 @@ class Tickets:
     report: ValidationReport
     digest: str = ""
 
+    @classmethod
+    def from_vectors(cls, account_ids: list[str], vectors: list[np.ndarray]) -> Tickets:
+        """Unlabelled tickets built in memory (an API request): one ``[n_i, 384]`` array each."""
+        lengths = np.array([len(v) for v in vectors], np.int64)
+        offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+        meta = pd.DataFrame({"account_id": list(account_ids), "has_embeddings": lengths > 0})
+        embeddings = np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, 384), np.float32)
+        return cls(meta, embeddings, offsets, np.zeros(int(offsets[-1]), np.int32), np.array([], str),
+                   ValidationReport(len(meta), len(meta), int((lengths == 0).sum())))
+
     def __len__(self) -> int:
         return len(self.meta)
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -21,7 +20,6 @@ from pydantic import BaseModel, Field
 
 from tagger.data.embeddings_json import EMBEDDING_DIM, EmbeddingError, is_empty, parse_embeddings
 from tagger.data.tickets import Tickets
-from tagger.data.validation import ValidationReport
 from tagger.serving.onnx_predictor import OnnxPredictor
 
 
@@ -130,17 +128,7 @@ def create_app(export_dir: str | os.PathLike, limits: Limits = Limits()) -> Fast
             if t.account_id not in predictor.table.account_slices:
                 raise ApiError(404, f"{where}account_id", f"unknown account {t.account_id!r}")
             vectors.append(_parse(t, where, limits))
-        lengths = np.array([len(v) for v in vectors], np.int64)
-        offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
-        meta = pd.DataFrame({"account_id": [t.account_id for t in tickets], "has_embeddings": lengths > 0})
-        batch = Tickets(
-            meta,
-            np.concatenate(vectors) if len(vectors) else np.zeros((0, EMBEDDING_DIM), np.float32),
-            offsets,
-            np.zeros(int(offsets[-1]), np.int32),
-            np.array([], str),
-            ValidationReport(),
-        )
+        batch = Tickets.from_vectors([t.account_id for t in tickets], vectors)
         pred = predictor.predict(batch, k=limits.top_k)
         names = predictor.table.frame["label"].to_numpy(object)
         out = []

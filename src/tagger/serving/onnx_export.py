@@ -28,6 +28,7 @@ from tagger.manifest import sha256, write_manifest
 from tagger.model.artifacts import load_shared
 from tagger.model.shared import SharedModel
 from tagger.serving.onnx_predictor import EXPORT_FILES, OnnxPredictor
+from tagger.training import cutoff_seconds
 
 
 class ExportError(RuntimeError):
@@ -51,7 +52,7 @@ def held_out_tickets(model_dir: Path, n: int, seed: int = 0) -> Tickets:
     """Up to ``n`` real tickets with embeddings from after the model's training cutoff."""
     data = json.loads((model_dir / "data.json").read_text())
     tickets = load_tickets(data["file"], cache_dir=data.get("cache_dir"), progress=False)
-    cutoff = np.datetime64(data["split"]["cutoff"][:19]).astype("datetime64[s]").astype(float)
+    cutoff = cutoff_seconds(data["split"])
     eligible = np.flatnonzero(
         (tickets.meta["unix_timestamp"].to_numpy() >= cutoff) & tickets.meta["has_embeddings"].to_numpy()
     )
