@@ -41,7 +41,7 @@ def test_export_parity_and_one_predictor(trained):
     serving = export_model(model_dir, tmp / "onnx", parity_tickets=500)
     assert serving["parity"]["tickets"] > 0
     assert serving["parity"]["max_abs_diff"] < 1e-4 and serving["parity"]["top1_disagreements"] == 0
-    for name in ("model.onnx", "labels.json", "serving.json", "manifest.json"):
+    for name in ("model.onnx", "label_tower.onnx", "serving.json", "manifest.json", "labels/CURRENT"):
         assert (tmp / "onnx" / name).exists()
     predictor = OnnxPredictor(tmp / "onnx")
     estimator = load_shared(model_dir)
@@ -55,7 +55,9 @@ def test_export_parity_and_one_predictor(trained):
 def test_a_parity_failure_writes_nothing(trained, monkeypatch):
     model_dir, _, tmp = trained
     monkeypatch.setattr(
-        onnx_export, "check_parity", lambda *a: {"tickets": 1, "max_abs_diff": 1.0, "top1_disagreements": 1}
+        onnx_export,
+        "check_parity",
+        lambda *a: {"tickets": 1, "max_abs_diff": 1.0, "top1_disagreements": 1, "label_tower_max_abs_diff": 0},
     )
     with pytest.raises(ExportError, match="disagree"):
         export_model(model_dir, tmp / "bad", parity_tickets=50)
@@ -66,6 +68,11 @@ def test_a_parity_failure_writes_nothing(trained, monkeypatch):
 def test_an_altered_export_is_refused(trained):
     model_dir, _, tmp = trained
     export_model(model_dir, tmp / "onnx2", parity_tickets=50)
-    (tmp / "onnx2" / "labels.json").write_text("{}")
-    with pytest.raises(ArtifactError, match=r"labels\.json"):
+    (tmp / "onnx2" / "label_tower.onnx").write_bytes(b"x")
+    with pytest.raises(ArtifactError, match=r"label_tower\.onnx"):
         OnnxPredictor(tmp / "onnx2")
+    export_model(model_dir, tmp / "onnx3", parity_tickets=50)
+    generation = next((tmp / "onnx3" / "labels").glob("g*"))
+    (generation / "labels.json").write_text("{}")
+    with pytest.raises(ArtifactError, match=r"labels\.json"):
+        OnnxPredictor(tmp / "onnx3")

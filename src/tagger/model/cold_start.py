@@ -1,8 +1,9 @@
-"""Labels with no training example, scored from their names alone (issue 6, first part).
+"""Label updates on a trained PyTorch shared model: new labels and accounts from their names alone,
+renames, retirements and few-shot examples, without retraining the encoder.
 
-A label's vector is the shared projection of the all-MiniLM-L6-v2 embedding of its name plus a
-learned residual; a new label gets the projection of its name and a zero residual, so a merchant
-can add a label, or join with only its label names, without retraining the encoder.
+The edit itself is :func:`tagger.model.label_update.apply_update` (numpy, shared with the ONNX
+serving process); this module gives it the model's encoders and turns the edited label state back
+into a :class:`SharedEstimator` whose ``label_vectors()`` are exactly the edited vectors.
 """
 
 from __future__ import annotations
@@ -10,91 +11,114 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-import pandas as pd
 import torch
 
-from tagger.data.labels import label_text, normalise_label
+from tagger.data.labels import normalise_label
 from tagger.model.base import AccountPrior
-from tagger.model.label_table import LabelTable
+from tagger.model.batches import pad_sentences
+from tagger.model.label_update import LabelState, LabelUpdate, apply_update
 from tagger.model.shared import SharedModel
 from tagger.model.shared_estimator import SharedEstimator
 
 
-def with_labels(
-    estimator: SharedEstimator, additions: dict[str, list[str]], embedder=None
+def name_weight(estimator: SharedEstimator) -> float:
+    """Pseudo-examples a label's name (or its training tickets) count for when examples fold in."""
+    return float(estimator.cfg.get("cold_start", {}).get("name_weight", 2.0))
+
+
+def label_state(estimator: SharedEstimator) -> LabelState:
+    """The label side of a fitted shared model."""
+    model = estimator.model.eval()
+    pool = model.pool
+    queries = None
+    if pool is not None and pool.account_query is not None:
+        queries = pool.account_query.weight.detach().numpy().copy()
+    with torch.no_grad():
+        vectors = model.label_vectors().numpy().copy()
+    return LabelState(
+        table=estimator.table,
+        vectors=vectors,
+        prior=np.asarray(estimator.prior.probs, float),
+        names=np.asarray(estimator.name_vectors, np.float32),
+        queries=queries,
+    )
+
+
+def update_labels(
+    estimator: SharedEstimator, updates: list[LabelUpdate], embedder=None
 ) -> SharedEstimator:
-    """A copy of ``estimator`` that also scores ``additions`` (account -> label names).
-
-    Names already known for the account (case-insensitively) are skipped. A new account gets a
-    uniform prior over its labels for tickets without embeddings; an existing account keeps its
-    prior (new labels have none until they have tickets).
-    """
-    old = estimator.table.frame
-    known = {(a, str(lab).casefold()) for a, lab in zip(old["account_id"], old["label"], strict=True)}
-    new_rows = []
-    for account, names in additions.items():
-        for name in names:
-            label = normalise_label(name)
-            if not label:
-                raise ValueError(f"account {account!r}: empty label name")
-            if (str(account), label.casefold()) not in known:
-                known.add((str(account), label.casefold()))
-                new_rows.append(
-                    {"account_id": str(account), "label": label, "text": label_text(label), "n_train": 0}
-                )
-    if not new_rows:
-        return estimator
-    frame = pd.concat(
-        [old.assign(old_row=np.arange(len(old))), pd.DataFrame(new_rows).assign(old_row=-1)],
-        ignore_index=True,
-    ).sort_values(["account_id", "label"], kind="stable")
-    old_row = frame["old_row"].to_numpy()
-    table = LabelTable(frame.drop(columns="old_row").reset_index(drop=True))
-    is_old = old_row >= 0
-
+    """A copy of ``estimator`` with ``updates`` applied in order (the original is unchanged)."""
+    if estimator.model.label_bias is not None:
+        raise ValueError("label updates need score.label_bias: false (a bias has no value for a new label)")
     embedder = embedder or estimator.embedder
     if embedder is None:
         from tagger.embed import SentenceEmbedder
 
         embedder = SentenceEmbedder()
-    names = np.zeros((len(table), estimator.name_vectors.shape[1]), np.float32)
-    names[is_old] = estimator.name_vectors[old_row[is_old]]
-    names[~is_old] = embedder.embed(table.frame["text"][~is_old].tolist(), progress=False)
+    model = estimator.model.eval()
+    max_sentences = int(estimator.cfg.get("encoder", {}).get("max_sentences", 64))
 
-    model = SharedModel(
-        estimator.model.cfg,
-        torch.from_numpy(names),
-        torch.from_numpy(table.account_of_row()),
-        table.n_accounts,
-    )
-    state = estimator.model.state_dict()
-    new_state = model.state_dict()
-    for key, value in state.items():
-        if key in ("label_names", "account_mask"):
-            continue
-        if key == "label_residual" or key == "label_bias":
-            value_new = torch.zeros_like(new_state[key])
-            value_new[torch.from_numpy(is_old)] = value[torch.from_numpy(old_row[is_old])]
-            new_state[key] = value_new
-        elif key == "pool.account_query.weight":
-            value_new = torch.zeros_like(new_state[key])
-            old_index = estimator.table.account_index
-            for a, i in table.account_index.items():
-                if a in old_index:
-                    value_new[i] = value[old_index[a]]
-            new_state[key] = value_new
-        else:
-            new_state[key] = value
-    model.load_state_dict(new_state)
+    @torch.no_grad()
+    def encode_names(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        emb = np.asarray(embedder.embed(texts, progress=False), np.float32)
+        return emb, model.name_vectors(torch.from_numpy(emb)).numpy()
 
-    prior = np.zeros(len(table))
-    prior[is_old] = estimator.prior.probs[old_row[is_old]]
-    for start, end in table.account_slices.values():
-        if prior[start:end].sum() == 0:
-            prior[start:end] = 1.0 / (end - start)
+    @torch.no_grad()
+    def encode_tickets(state: LabelState, account: str, tickets: list[np.ndarray]) -> np.ndarray:
+        embeddings = np.concatenate(tickets).astype(np.float32)
+        offsets = np.r_[0, np.cumsum([len(t) for t in tickets])]
+        x, mask = pad_sentences(embeddings, offsets, np.arange(len(tickets)), max_sentences)
+        index = torch.full((len(tickets),), state.table.account_index[account], dtype=torch.long)
+        queries = None if state.queries is None else torch.from_numpy(state.queries)
+        return model.ticket_vectors(torch.from_numpy(x), torch.from_numpy(mask), index, queries).numpy()
 
-    out = copy.copy(estimator)
-    out.table, out.name_vectors, out.model = table, names, model.eval()
-    out.prior = AccountPrior.from_probs(table, prior)
+    state = label_state(estimator)
+    for update in updates:
+        state = apply_update(state, update, encode_names, encode_tickets, name_weight(estimator))
+    out = with_state(estimator, state)
     out.embedder = embedder
     return out
+
+
+def with_state(estimator: SharedEstimator, state: LabelState) -> SharedEstimator:
+    """A copy of ``estimator`` scoring the labels of ``state``."""
+    old = estimator.model
+    model = SharedModel(
+        old.cfg,
+        torch.from_numpy(state.names),
+        torch.from_numpy(state.label_account()),
+        state.table.n_accounts,
+    )
+    new_state = {k: v for k, v in old.state_dict().items() if k not in ("label_names", "account_mask")}
+    vectors = torch.from_numpy(state.vectors)
+    with torch.no_grad():
+        if old.cfg.label_init == "random":
+            new_state["label_residual"] = vectors
+        else:  # the residual that makes label_vectors() give exactly the state's unit vectors
+            tower = old.project if old.label_tower is None else old.label_tower
+            new_state["label_residual"] = vectors - tower(torch.from_numpy(state.names))[:, None, :]
+    if state.queries is not None:
+        new_state["pool.account_query.weight"] = torch.from_numpy(state.queries)
+    model.load_state_dict(new_state, strict=False)
+    out = copy.copy(estimator)
+    out.table, out.name_vectors, out.model = state.table, state.names, model.eval()
+    out.prior = AccountPrior.from_probs(state.table, state.prior)
+    return out
+
+
+def with_labels(
+    estimator: SharedEstimator, additions: dict[str, list[str]], embedder=None
+) -> SharedEstimator:
+    """A copy of ``estimator`` that also scores ``additions`` (account -> label names) from their names.
+
+    Names already known for the account (case-insensitively) are skipped; an account not in the
+    table is created with a uniform prior over its labels (for tickets without embeddings).
+    """
+    updates = []
+    for account, names in additions.items():
+        rows = estimator.table.rows_of(account)
+        known = {str(lab).casefold() for lab in estimator.table.frame["label"].iloc[rows.start : rows.stop]}
+        new = list(dict.fromkeys(n for n in map(normalise_label, names) if n.casefold() not in known))
+        if new:
+            updates.append(LabelUpdate(str(account), add=new, create_account=not len(rows)))
+    return update_labels(estimator, updates, embedder) if updates else estimator

@@ -55,13 +55,15 @@ class AttentionPool(nn.Module):
         self.head_mix = nn.Parameter(torch.zeros(heads))
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, account: torch.Tensor
+        self, x: torch.Tensor, mask: torch.Tensor, account: torch.Tensor, queries: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``queries`` replaces the learned per-account query shifts (a label update adds accounts)."""
         b, s, _ = x.shape
         k = self.keys(x).view(b, s, self.heads, self.key_dim)
         q = self.query.expand(b, -1, -1)
         if self.account_query is not None:
-            q = q + self.account_query(account).view(b, self.heads, self.key_dim)
+            shift = self.account_query(account) if queries is None else queries[account]
+            q = q + shift.view(b, self.heads, self.key_dim)
         scores = torch.einsum("bshd,bhd->bhs", k, q) / math.sqrt(self.key_dim)
         weights = torch.softmax(scores.masked_fill(~mask[:, None, :], MASKED), dim=-1)
         weights = weights * mask[:, None, :]  # a ticket without sentences pools to zeros
@@ -101,10 +103,12 @@ class SharedModel(nn.Module):
         account_mask[label_account, torch.arange(n_labels)] = True
         self.register_buffer("account_mask", account_mask)
 
-    def pool_sentences(self, x: torch.Tensor, mask: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
+    def pool_sentences(
+        self, x: torch.Tensor, mask: torch.Tensor, account: torch.Tensor, queries: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One 384-d vector per email."""
         if self.pool is not None:
-            return self.pool(x, mask, account)[0]
+            return self.pool(x, mask, account, queries)[0]
         m = mask[..., None].to(x.dtype)
         if self.cfg.pooling == "mean":
             return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
@@ -121,9 +125,27 @@ class SharedModel(nn.Module):
             vectors = tower(self.label_names)[:, None, :] + self.label_residual
         return F.normalize(vectors, dim=-1)
 
-    def ticket_vectors(self, x: torch.Tensor, mask: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
+    def name_vectors(self, names: torch.Tensor) -> torch.Tensor:
+        """``[n, d]`` unit vectors of label-name embeddings through the label tower (a new label's vector)."""
+        tower = self.project if self.label_tower is None else self.label_tower
+        return F.normalize(tower(names), dim=-1)
+
+    def ticket_vectors(
+        self, x: torch.Tensor, mask: torch.Tensor, account: torch.Tensor, queries: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``[B, d]`` unit vectors of the tickets."""
-        return F.normalize(self.project(self.pool_sentences(x, mask, account)), dim=-1)
+        return F.normalize(self.project(self.pool_sentences(x, mask, account, queries)), dim=-1)
+
+    def score(self, tickets: torch.Tensor, labels: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, L]`` of unit ticket vectors against ``labels [L, K, d]``; ``own [B, L]`` says
+        which labels are the ticket's account's: the others get a large negative value."""
+        n_labels, k, d = labels.shape
+        cosine = (tickets @ labels.reshape(n_labels * k, d).T).view(-1, n_labels, k)
+        # a soft maximum over a label's prototypes (exactly the cosine when there is one)
+        logits = torch.logsumexp(self.log_scale.exp() * cosine, dim=-1) - math.log(k)
+        if self.label_bias is not None:
+            logits = logits + self.label_bias
+        return logits.masked_fill(~own, MASKED)
 
     def forward(
         self,
@@ -134,15 +156,7 @@ class SharedModel(nn.Module):
     ) -> torch.Tensor:
         """Logits ``[B, L]``; labels of other accounts get a large negative value."""
         labels = self.label_vectors() if label_vectors is None else label_vectors
-        n_labels, k, d = labels.shape
-        cosine = (self.ticket_vectors(x, mask, account) @ labels.reshape(n_labels * k, d).T).view(
-            -1, n_labels, k
-        )
-        # a soft maximum over a label's prototypes (exactly the cosine when there is one)
-        logits = torch.logsumexp(self.log_scale.exp() * cosine, dim=-1) - math.log(k)
-        if self.label_bias is not None:
-            logits = logits + self.label_bias
-        return logits.masked_fill(~self.account_mask[account], MASKED)
+        return self.score(self.ticket_vectors(x, mask, account), labels, self.account_mask[account])
 
 
 def _mlp(dim: int, hidden: int, out: int, dropout: float) -> nn.Sequential:

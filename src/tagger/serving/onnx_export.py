@@ -1,12 +1,16 @@
 """Export a trained shared model to ONNX, with everything ONNX Runtime needs beside it, and prove
 parity with PyTorch on real held-out tickets before the export directory appears.
 
-    model.onnx     inputs sentences [batch, n_sentences, 384] float32, mask [batch, n_sentences] bool,
-                   account [batch] int64 (the account's index in labels.json; n_accounts = unknown);
-                   output logits [batch, n_labels]
-    labels.json    accounts (index, label rows) and labels (account_id, label, text, n_train, prior)
-    serving.json   model version, temperature, thresholds, max_sentences, fallback, opset, parity
-    manifest.json  SHA-256 of each file (written last)
+    model.onnx        inputs  sentences [batch, n_sentences, 384] float32, mask [batch, n_sentences] bool,
+                              account [batch] int64 (index in labels.json; n_accounts = unknown),
+                              label_vectors [n_labels, K, d] float32, label_account [n_labels] int64,
+                              account_queries [n_accounts + 1, q] float32 (attention pooling per account)
+                      outputs logits [batch, n_labels], ticket_vectors [batch, d]
+    label_tower.onnx  names [n, 384] (label-name embeddings) -> label_vectors [n, d] (a new label)
+    serving.json      model version, temperature, thresholds, max_sentences, fallback, opset, parity
+    manifest.json     SHA-256 of each file (written last)
+    labels/           the label side, in generations (tagger.serving.label_store): updated without
+                      touching model.onnx
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from tagger.data.cache import load_tickets
 from tagger.data.tickets import Tickets
 from tagger.manifest import sha256, write_manifest
 from tagger.model.artifacts import load_shared
+from tagger.model.cold_start import label_state, name_weight
 from tagger.model.shared import SharedModel
+from tagger.serving.label_store import write_generation
 from tagger.serving.onnx_predictor import EXPORT_FILES, OnnxPredictor
 from tagger.training import cutoff_seconds
 
@@ -36,16 +42,25 @@ class ExportError(RuntimeError):
 
 
 class _Scoring(nn.Module):
-    """The model with its label vectors computed once and stored as a constant."""
+    """The model with its label side as inputs: a label update changes inputs, not the graph."""
 
     def __init__(self, model: SharedModel):
         super().__init__()
         self.model = model
-        with torch.no_grad():
-            self.register_buffer("labels", model.label_vectors())
 
-    def forward(self, sentences: torch.Tensor, mask: torch.Tensor, account: torch.Tensor) -> torch.Tensor:
-        return self.model(sentences, mask, account, self.labels)
+    def forward(self, sentences, mask, account, label_vectors, label_account, account_queries=None):
+        tickets = self.model.ticket_vectors(sentences, mask, account, account_queries)
+        own = label_account[None, :] == account[:, None]
+        return self.model.score(tickets, label_vectors, own), tickets
+
+
+class _LabelTower(nn.Module):
+    def __init__(self, model: SharedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, names: torch.Tensor) -> torch.Tensor:
+        return self.model.name_vectors(names)
 
 
 def held_out_tickets(model_dir: Path, n: int, seed: int = 0) -> Tickets:
@@ -92,52 +107,60 @@ def export_estimator(
     """Write the export directory of a fitted :class:`SharedEstimator` (atomically) after checking it
     with onnx.checker and against PyTorch on ``parity_tickets``; raises :class:`ExportError`."""
     out_dir = Path(out_dir)
+    if estimator.model.label_bias is not None:
+        raise ExportError("export needs score.label_bias: false (label vectors are inputs; a bias is not)")
     scoring = _Scoring(estimator.model.eval()).eval()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        example = (
+        state = label_state(estimator)
+        inputs = ["sentences", "mask", "account", "label_vectors", "label_account"]
+        example = [
             torch.zeros(2, 3, 384),
             torch.ones(2, 3, dtype=torch.bool),
             torch.zeros(2, dtype=torch.long),
-        )
+            torch.from_numpy(state.vectors),
+            torch.from_numpy(state.label_account()),
+        ]
+        if state.queries is not None:
+            inputs.append("account_queries")
+            example.append(torch.from_numpy(state.queries))
+        labels_axis = {0: "n_labels"}
         torch.onnx.export(
             scoring,
-            example,
+            tuple(example),
             str(tmp / "model.onnx"),
             dynamo=False,
             opset_version=opset,
-            input_names=["sentences", "mask", "account"],
-            output_names=["logits"],
+            input_names=inputs,
+            output_names=["logits", "ticket_vectors"],
             dynamic_axes={
                 "sentences": {0: "batch", 1: "n_sentences"},
                 "mask": {0: "batch", 1: "n_sentences"},
                 "account": {0: "batch"},
-                "logits": {0: "batch"},
+                "label_vectors": labels_axis,
+                "label_account": labels_axis,
+                **({"account_queries": {0: "n_accounts_1"}} if state.queries is not None else {}),
+                "logits": {0: "batch", 1: "n_labels"},
+                "ticket_vectors": {0: "batch"},
             },
         )
+        torch.onnx.export(
+            _LabelTower(estimator.model.eval()).eval(),
+            (torch.zeros(2, 384),),
+            str(tmp / "label_tower.onnx"),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["names"],
+            output_names=["label_vectors"],
+            dynamic_axes={"names": {0: "n"}, "label_vectors": {0: "n"}},
+        )
         try:
-            onnx.checker.check_model(onnx.load(str(tmp / "model.onnx")), full_check=True)
+            for name in ("model.onnx", "label_tower.onnx"):
+                onnx.checker.check_model(onnx.load(str(tmp / name)), full_check=True)
         except onnx.checker.ValidationError as err:
             raise ExportError(f"onnx.checker rejected the model: {err}") from err
-        table = estimator.table.frame
-        labels = {
-            "accounts": {
-                a: {"index": i, "rows": list(estimator.table.account_slices[a])}
-                for i, a in enumerate(estimator.table.accounts)
-            },
-            "labels": [
-                {
-                    "account_id": r.account_id,
-                    "label": r.label,
-                    "text": r.text,
-                    "n_train": int(r.n_train),
-                    "prior": float(p),
-                }
-                for r, p in zip(table.itertuples(), estimator.prior.probs, strict=True)
-            ],
-        }
-        (tmp / "labels.json").write_text(json.dumps(labels))
+        write_generation(tmp, state, {"kind": "export", "model_version": info.get("model_version")})
         serving = {
             **info,
             "model_version": f"{info.get('model_version', 'shared')}+{sha256(tmp / 'model.onnx')[:12]}",
@@ -146,17 +169,28 @@ def export_estimator(
             "null_fallback": estimator.cfg.get("confidence", {}).get("null_fallback", "prior"),
             "embedding_dim": 384,
             "opset": opset,
+            "cold_start": {"name_weight": name_weight(estimator)},
             "inputs": {
                 "sentences": "float32 [batch, n_sentences, 384]",
                 "mask": "bool [batch, n_sentences]",
-                "account": "int64 [batch]: labels.json accounts[...].index, n_accounts for unknown",
+                "account": "int64 [batch]: labels/<generation>/labels.json accounts[...].index, "
+                "n_accounts for unknown",
+                "label_vectors": "float32 [n_labels, K, d]: labels/<generation>/label_vectors.npy",
+                "label_account": "int64 [n_labels]: the account index of each label row",
+                "account_queries": "float32 [n_accounts + 1, q]: labels/<generation>/account_queries.npy",
             },
-            "outputs": {"logits": "float32 [batch, n_labels]: other accounts' labels are -1e9"},
+            "outputs": {
+                "logits": "float32 [batch, n_labels]: other accounts' labels are -1e9",
+                "ticket_vectors": "float32 [batch, d]: unit ticket vectors",
+            },
         }
         (tmp / "serving.json").write_text(json.dumps(serving, indent=2))
         write_manifest(tmp, EXPORT_FILES)
         serving["parity"] = parity = check_parity(estimator, OnnxPredictor(tmp), parity_tickets)
-        if parity["max_abs_diff"] > atol or parity["top1_disagreements"]:
+        if (
+            max(parity["max_abs_diff"], parity["label_tower_max_abs_diff"]) > atol
+            or parity["top1_disagreements"]
+        ):
             raise ExportError(f"ONNX and PyTorch disagree: {parity}")
         (tmp / "serving.json").write_text(json.dumps(serving, indent=2))
         write_manifest(tmp, EXPORT_FILES)
@@ -174,8 +208,12 @@ def check_parity(estimator, predictor: OnnxPredictor, tickets: Tickets) -> dict:
     onnx_logits = predictor.logits(tickets)
     own = estimator.table.mask()[np.maximum(estimator.table.account_ids(tickets.meta["account_id"]), 0)]
     diff = np.abs(torch_logits - onnx_logits)[own]
+    with torch.no_grad():
+        names = estimator.name_vectors[:256]
+        tower = estimator.model.name_vectors(torch.from_numpy(np.asarray(names, np.float32))).numpy()
     return {
         "tickets": len(tickets),
         "max_abs_diff": float(diff.max()) if diff.size else 0.0,
         "top1_disagreements": int((torch_logits.argmax(1) != onnx_logits.argmax(1)).sum()),
+        "label_tower_max_abs_diff": float(np.abs(tower - predictor.name_vectors(names)).max()),
     }
