@@ -7,7 +7,8 @@ import pytest
 from conftest import DIM, TEST_MODEL, TEST_TRAINER, FakeEmbedder, make_tickets
 
 from tagger.data.labels import label_text
-from tagger.model.cold_start import with_labels
+from tagger.model.cold_start import label_state, update_labels, with_labels, with_state
+from tagger.model.label_update import LabelUpdate, UpdateError
 from tagger.model.shared_estimator import SharedEstimator
 
 
@@ -69,3 +70,40 @@ def test_a_new_account_from_its_label_names_only(trained):
 def test_an_empty_name_is_refused(trained):
     with pytest.raises(ValueError, match="empty label name"):
         with_labels(trained, {"a": ["  "]})
+
+
+def test_the_label_state_round_trips(trained):
+    tickets = make_tickets(_near_names({"a": ["Topic 2"], "b": ["Subject 4"]}, 10, seed=4))
+    same = with_state(trained, label_state(trained))
+    np.testing.assert_allclose(same.logits(tickets), trained.logits(tickets), atol=1e-5)
+
+
+def test_examples_fold_into_a_label_whose_name_says_little(trained):
+    """Tickets of 'Misc Code 7' look like 'Topic 3' tickets, not like its name; five examples fix that."""
+    rng = np.random.default_rng(7)
+    centre = FakeEmbedder().embed([label_text("Topic 3")])[0] + 3.0 * rng.normal(size=DIM) / np.sqrt(DIM)
+    vectors = [centre + 0.2 * rng.normal(size=DIM) / np.sqrt(DIM) for _ in range(25)]
+    rows = [("a", "Misc Code 7", (v / np.linalg.norm(v))[None, :]) for v in vectors]
+    examples, test = [r[2] for r in rows[:5]], make_tickets(rows[5:])
+
+    def hits(estimator) -> float:
+        return float((estimator.predict(test).labels() == "Misc Code 7").mean())
+
+    zero = update_labels(trained, [LabelUpdate("a", add=["Misc Code 7"])])
+    five = update_labels(trained, [LabelUpdate("a", add=["Misc Code 7"], examples={"Misc Code 7": examples})])
+    assert hits(zero) < 0.5 and hits(five) >= 0.8
+    assert int(five.table.frame.query("label == 'Misc Code 7'")["n_train"].iloc[0]) == 5
+
+
+def test_rename_keeps_the_vector_and_retire_removes_the_row(trained):
+    renamed = update_labels(trained, [LabelUpdate("a", rename={"Topic 1": "Topic One"}, retire=["Topic 2"])])
+    old, new = label_state(trained), label_state(renamed)
+    assert len(renamed.table) == len(trained.table) - 1
+    np.testing.assert_allclose(
+        new.vectors[renamed.table.row("a", "Topic One")],
+        old.vectors[trained.table.row("a", "Topic 1")],
+        atol=1e-5,
+    )
+    assert renamed.table.row("a", "Topic 2") == -1 and renamed.table.row("b", "Subject 0") >= 0
+    with pytest.raises(UpdateError, match="unknown account"):
+        update_labels(trained, [LabelUpdate("zz", add=["X"])])

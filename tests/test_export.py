@@ -57,7 +57,12 @@ def test_a_parity_failure_writes_nothing(trained, monkeypatch):
     monkeypatch.setattr(
         onnx_export,
         "check_parity",
-        lambda *a: {"tickets": 1, "max_abs_diff": 1.0, "top1_disagreements": 1, "label_tower_max_abs_diff": 0},
+        lambda *a: {
+            "tickets": 1,
+            "max_abs_diff": 1.0,
+            "top1_disagreements": 1,
+            "label_tower_max_abs_diff": 0.0,
+        },
     )
     with pytest.raises(ExportError, match="disagree"):
         export_model(model_dir, tmp / "bad", parity_tickets=50)

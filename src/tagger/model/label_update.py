@@ -123,7 +123,9 @@ def apply_update(
     examples: dict[str, list[np.ndarray]] = {}
     for raw, tickets in update.examples.items():
         name = known(raw, f"examples.{raw}")
-        examples[name] = [_example(t, f"examples.{raw}[{j}]", state.names.shape[1]) for j, t in enumerate(tickets)]
+        examples[name] = [
+            _example(t, f"examples.{raw}[{j}]", state.names.shape[1]) for j, t in enumerate(tickets)
+        ]
     if not labels:
         raise UpdateError("retire", f"account {account!r} would have no label left")
     if not (update.add or update.rename or update.retire or any(examples.values()) or update.create_account):
@@ -186,7 +188,9 @@ def apply_update(
 def _example(ticket, where: str, dim: int) -> np.ndarray:
     x = np.asarray(ticket, np.float32)
     if x.ndim != 2 or x.shape[1] != dim or len(x) == 0:
-        raise UpdateError(where, f"an example needs [n_sentences >= 1, {dim}] embeddings, got {list(x.shape)}")
+        raise UpdateError(
+            where, f"an example needs [n_sentences >= 1, {dim}] embeddings, got {list(x.shape)}"
+        )
     if not np.isfinite(x).all():
         raise UpdateError(where, "an example has NaN or infinite values")
     return x

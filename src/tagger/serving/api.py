@@ -2,24 +2,34 @@
 
     TAGGER_EXPORT_DIR=models/shared-.../onnx uvicorn tagger.serving.api:app --host 127.0.0.1 --port 8000
 
-POST /predict, POST /predict/batch, GET /health, GET /accounts/{account_id}/labels, docs at /docs.
+POST /predict, POST /predict/batch, GET /health, GET /accounts/{account_id}/labels, docs at /docs;
+POST /admin/labels (``Authorization: Bearer $TAGGER_ADMIN_TOKEN``) adds, renames or retires a
+merchant's labels without a restart. Every process serving the same export directory picks up a
+new label generation within ``reload_interval`` seconds; one that fails its checks is refused and
+the previous one keeps serving.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from tagger.data.embeddings_json import EMBEDDING_DIM, EmbeddingError, is_empty, parse_embeddings
 from tagger.data.tickets import Tickets
+from tagger.model.label_update import LabelUpdate, UpdateError
+from tagger.serving.admin import TextEmbedder, default_embedder, update_export
 from tagger.serving.onnx_predictor import OnnxPredictor
 
 
@@ -61,6 +71,32 @@ class PredictionOut(BaseModel):
     model_version: str
 
 
+class ExampleIn(BaseModel):
+    """A labelled ticket to fold into its label's vector."""
+
+    label: str = Field(..., min_length=1)
+    email_sentence_embeddings: str | dict[str, Any]
+
+
+class LabelUpdateIn(BaseModel):
+    """One merchant's label change; applied whole or not at all."""
+
+    account_id: str = Field(..., min_length=1)
+    add: list[str] = Field([], description="new label names (scored from their names at once)")
+    rename: dict[str, str] = Field({}, description="old name -> new name (the label keeps its vector)")
+    retire: list[str] = Field([], description="labels no longer predicted")
+    examples: list[ExampleIn] = Field([], description="labelled tickets blended into their labels' vectors")
+    create_account: bool = Field(False, description="the account is new (it needs labels in add)")
+
+
+class LabelUpdateOut(BaseModel):
+    generation: str
+    previous: str
+    model_version: str
+    labels: list[str]
+    seconds: float
+
+
 class ApiError(Exception):
     def __init__(self, status: int, field: str, message: str):
         self.status, self.field, self.message = status, field, message
@@ -83,9 +119,29 @@ def _parse(ticket: TicketIn, where: str, limits: Limits) -> np.ndarray:
     return vectors
 
 
-def create_app(export_dir: str | os.PathLike, limits: Limits = Limits()) -> FastAPI:
-    """The API serving the export directory ``export_dir``."""
+def create_app(
+    export_dir: str | os.PathLike,
+    limits: Limits = Limits(),
+    admin_token: str | None = None,
+    embed: TextEmbedder | None = None,
+    reload_interval: float = 0.25,
+) -> FastAPI:
+    """The API serving the export directory ``export_dir``. ``admin_token`` enables
+    ``POST /admin/labels``; ``embed`` embeds label names (default all-MiniLM-L6-v2, loaded in the
+    background when the admin endpoint is enabled)."""
     predictor = OnnxPredictor(export_dir)
+    embedder: dict[str, TextEmbedder] = {}
+    embedder_ready = threading.Event()
+
+    def load_embedder() -> None:
+        try:
+            embedder["embed"] = embed or default_embedder()
+        finally:
+            embedder_ready.set()
+
+    if admin_token:
+        threading.Thread(target=load_embedder, name="label-embedder", daemon=True).start()
+    last_refresh = [time.monotonic()]
     thresholds = predictor.serving.get("thresholds", {})
     global_threshold = (thresholds.get("global") or {}).get(limits.precision_target)
     per_account = (thresholds.get("per_account") or {}).get(limits.precision_target, {})
@@ -97,6 +153,10 @@ def create_app(export_dir: str | os.PathLike, limits: Limits = Limits()) -> Fast
 
     @app.middleware("http")
     async def body_limit(request: Request, call_next):
+        now = time.monotonic()
+        if now - last_refresh[0] >= reload_interval:  # another process may have updated the labels
+            last_refresh[0] = now
+            await run_in_threadpool(predictor.refresh)
         size = request.headers.get("content-length")
         if size and size.isdigit() and int(size) > limits.max_body_bytes:
             return JSONResponse(
@@ -122,15 +182,17 @@ def create_app(export_dir: str | os.PathLike, limits: Limits = Limits()) -> Fast
         return JSONResponse({"detail": {"field": None, "message": "internal error"}}, status_code=500)
 
     def score(tickets: list[TicketIn], prefix: bool) -> list[PredictionOut]:
+        view = predictor.view  # one label generation for the whole request
         vectors = []
         for i, t in enumerate(tickets):
             where = f"tickets[{i}]." if prefix else ""
-            if t.account_id not in predictor.table.account_slices:
+            if t.account_id not in view.table.account_slices:
                 raise ApiError(404, f"{where}account_id", f"unknown account {t.account_id!r}")
             vectors.append(_parse(t, where, limits))
         batch = Tickets.from_vectors([t.account_id for t in tickets], vectors)
-        pred = predictor.predict(batch, k=limits.top_k)
-        names = predictor.table.frame["label"].to_numpy(object)
+        pred = predictor.predict(batch, k=limits.top_k, view=view)
+        version = f"{predictor.serving['model_version']}/{view.generation}"
+        names = view.table.frame["label"].to_numpy(object)
         out = []
         for i, t in enumerate(tickets):
             conf = float(pred.confidence[i])
@@ -148,7 +210,7 @@ def create_app(export_dir: str | os.PathLike, limits: Limits = Limits()) -> Fast
                     top_k=top,
                     abstained=bool(pred.abstained[i] or below),
                     fallback=bool(pred.fallback[i]),
-                    model_version=predictor.version,
+                    model_version=version,
                 )
             )
         return out
@@ -169,34 +231,81 @@ def create_app(export_dir: str | os.PathLike, limits: Limits = Limits()) -> Fast
 
     @app.get("/health")
     def health() -> dict:
+        view = predictor.view
         return {
             "status": "ok",
-            "model_version": predictor.version,
-            "accounts": predictor.table.n_accounts,
-            "labels": len(predictor.table),
+            "model_version": f"{predictor.serving['model_version']}/{view.generation}",
+            "label_generation": view.generation,
+            "last_reload_error": predictor.last_reload_error,
+            "accounts": view.table.n_accounts,
+            "labels": len(view.table),
         }
 
     @app.get("/accounts/{account_id}/labels")
     def account_labels(account_id: str) -> dict:
-        rows = predictor.table.rows_of(account_id)
+        view = predictor.view
+        rows = view.table.rows_of(account_id)
         if not len(rows):
             raise ApiError(404, "account_id", f"unknown account {account_id!r}")
-        frame = predictor.table.frame.iloc[rows.start : rows.stop]
+        frame = view.table.frame.iloc[rows.start : rows.stop]
         return {
             "account_id": account_id,
+            "label_generation": view.generation,
             "threshold": per_account.get(account_id, global_threshold),
             "labels": [
-                {"label": r.label, "n_train": int(r.n_train), "prior": float(predictor.prior.probs[i])}
+                {"label": r.label, "n_train": int(r.n_train), "prior": float(view.prior.probs[i])}
                 for i, r in zip(rows, frame.itertuples(), strict=True)
             ],
         }
+
+    @app.post(
+        "/admin/labels",
+        response_model=LabelUpdateOut,
+        responses={401: {"description": "missing or wrong token"}, 403: {"description": "admin disabled"}},
+    )
+    def update_labels(body: LabelUpdateIn, authorization: str | None = Header(None)) -> LabelUpdateOut:
+        """Add, rename or retire one merchant's labels, folding in examples; live at once, no restart."""
+        if not admin_token:
+            raise ApiError(403, "authorization", "the admin endpoint is disabled (no TAGGER_ADMIN_TOKEN)")
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), admin_token.encode()):
+            raise ApiError(401, "authorization", "missing or wrong bearer token")
+        if len(body.examples) > limits.max_batch:
+            raise ApiError(413, "examples", f"{len(body.examples)} examples; at most {limits.max_batch}")
+        examples: dict[str, list[np.ndarray]] = {}
+        for i, ex in enumerate(body.examples):
+            vectors = _parse(
+                TicketIn(account_id=body.account_id, email_sentence_embeddings=ex.email_sentence_embeddings),
+                f"examples[{i}].",
+                limits,
+            )
+            if not len(vectors):
+                raise ApiError(422, f"examples[{i}].email_sentence_embeddings", "an example needs sentences")
+            examples.setdefault(ex.label, []).append(vectors)
+        update = LabelUpdate(
+            body.account_id, body.add, body.rename, body.retire, examples, body.create_account
+        )
+        if not embedder_ready.wait(timeout=120) or "embed" not in embedder:
+            raise ApiError(503, "add", "the label-name embedder could not be loaded")
+        try:
+            result = update_export(predictor, [update], embedder["embed"], by="api")
+        except UpdateError as err:
+            raise ApiError(err.status, err.field, err.message) from None
+        return LabelUpdateOut(
+            generation=result["generation"],
+            previous=result["previous"],
+            model_version=result["model_version"],
+            labels=result["accounts"][update.account_id],
+            seconds=result["seconds"],
+        )
 
     return app
 
 
 def _app_from_env() -> FastAPI | None:
     export_dir = os.environ.get("TAGGER_EXPORT_DIR")
-    return create_app(Path(export_dir)) if export_dir else None
+    token = os.environ.get("TAGGER_ADMIN_TOKEN") or None
+    return create_app(Path(export_dir), admin_token=token) if export_dir else None
 
 
 app = _app_from_env()

@@ -1,0 +1,165 @@
+"""Onboarding without retraining: add, rename or retire a merchant's labels in an export directory,
+optionally folding in a few labelled tickets, and make the change live for running APIs.
+
+    python -m tagger.serving.admin ACCOUNT --add "Billing::Invoice copy" --rename "Refund=Refunds" \\
+        --retire "Old label" [--examples tickets.parquet] [--create-account] [--export-dir DIR]
+
+The same :func:`update_export` serves the API's ``POST /admin/labels``. The label names are embedded
+with all-MiniLM-L6-v2 (loaded on first use: the only torch in the serving process) and go through
+``label_tower.onnx``; examples go through ``model.onnx``. The change is a new label generation,
+checked before it is made live (:mod:`tagger.serving.label_store`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from tagger.data.tickets import Tickets
+from tagger.model.label_update import LabelState, LabelUpdate, UpdateError, apply_update
+from tagger.serving.label_store import lock, read_generation, write_generation
+from tagger.serving.onnx_predictor import LabelView, OnnxPredictor
+
+TextEmbedder = Callable[[list[str]], np.ndarray]
+
+
+def default_embedder() -> TextEmbedder:
+    """all-MiniLM-L6-v2, the model that embedded the emails' sentences."""
+    from tagger.embed import SentenceEmbedder
+
+    embedder = SentenceEmbedder()
+    return lambda texts: embedder.embed(texts, progress=False)
+
+
+def update_export(
+    predictor: OnnxPredictor, updates: list[LabelUpdate], embed: TextEmbedder, by: str = "admin"
+) -> dict:
+    """Apply ``updates`` (all or none) to the live generation of ``predictor``'s export directory,
+    write the result as a new live generation and serve it in ``predictor``; returns a summary.
+    Raises :class:`UpdateError` for a refused update (nothing is written)."""
+    started = time.perf_counter()
+    weight = float(predictor.serving.get("cold_start", {}).get("name_weight", 2.0))
+
+    def encode_names(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        emb = np.asarray(embed(texts), np.float32)
+        return emb, predictor.name_vectors(emb)
+
+    def encode_tickets(state: LabelState, account: str, tickets: list[np.ndarray]) -> np.ndarray:
+        batch = Tickets.from_vectors([account] * len(tickets), tickets)
+        return predictor.ticket_vectors(batch, view=LabelView.of("pending", state, {}))
+
+    with lock(predictor.export_dir):
+        name, state, _ = read_generation(predictor.export_dir)  # the latest, whoever wrote it
+        for update in updates:
+            state = apply_update(state, update, encode_names, encode_tickets, weight)
+        change = {"by": by, "from": name, "updates": [_describe(u) for u in updates]}
+        generation = write_generation(predictor.export_dir, state, change)
+        # checked from disk, as every other server process will read it
+        predictor.use(LabelView.of(*read_generation(predictor.export_dir, generation)))
+    return {
+        "generation": generation,
+        "previous": name,
+        "model_version": predictor.version,
+        "accounts": {u.account_id: _labels_of(state, u.account_id) for u in updates},
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+
+
+def _describe(update: LabelUpdate) -> dict:
+    return {
+        "account_id": update.account_id,
+        "add": list(update.add),
+        "rename": dict(update.rename),
+        "retire": list(update.retire),
+        "examples": {k: len(v) for k, v in update.examples.items()},
+        "create_account": update.create_account,
+    }
+
+
+def _labels_of(state: LabelState, account: str) -> list[str]:
+    rows = state.table.rows_of(account)
+    return state.table.frame["label"].iloc[rows.start : rows.stop].tolist()
+
+
+def examples_from_parquet(path: str | Path, account: str) -> dict[str, list[np.ndarray]]:
+    """An account's labelled tickets with embeddings from a parquet of the product's schema."""
+    import tempfile
+
+    from tagger.data.cache import load_tickets
+
+    with tempfile.TemporaryDirectory() as cache:
+        tickets = load_tickets(path, cache_dir=cache, progress=False)
+        if tickets.report.n_quarantined:
+            print(tickets.report.summary(), file=sys.stderr)
+        meta = tickets.meta
+        mine = (meta["account_id"].astype(str) == account).to_numpy() & (tickets.n_sentences > 0)
+        out: dict[str, list[np.ndarray]] = {}
+        for i in np.flatnonzero(mine):
+            out.setdefault(str(meta["label"].iat[i]), []).append(np.array(tickets.sentences(i)))
+    return out
+
+
+def _latest_export() -> Path:
+    from tagger.paths import resolve
+
+    exports = sorted(resolve("models").glob("shared-*/onnx"))
+    if not exports:
+        raise SystemExit("no export under models/: run `python export.py` first, or pass --export-dir")
+    return exports[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tagger.serving.admin",
+        description="Add, rename or retire one merchant's labels in an ONNX export (no retraining); "
+        "running APIs pick the change up within a second.",
+    )
+    parser.add_argument("account", help="the merchant's account_id")
+    parser.add_argument("--add", action="append", default=[], metavar="LABEL", help="a new label name")
+    parser.add_argument(
+        "--rename", action="append", default=[], metavar="OLD=NEW", help="rename a label (keeps its vector)"
+    )
+    parser.add_argument(
+        "--retire", action="append", default=[], metavar="LABEL", help="stop predicting a label"
+    )
+    parser.add_argument(
+        "--examples",
+        type=Path,
+        metavar="PARQUET",
+        help="labelled tickets (product schema) of this account to fold into their labels",
+    )
+    parser.add_argument("--create-account", action="store_true", help="the account is new")
+    parser.add_argument(
+        "--export-dir", type=Path, help="export directory (default: the latest under models/)"
+    )
+    args = parser.parse_args(argv)
+    rename = {}
+    for pair in args.rename:
+        old, sep, new = pair.partition("=")
+        if not sep:
+            parser.error(f"--rename {pair!r}: expected OLD=NEW")
+        rename[old] = new
+    examples = examples_from_parquet(args.examples, args.account) if args.examples else {}
+    update = LabelUpdate(args.account, args.add, rename, args.retire, examples, args.create_account)
+    predictor = OnnxPredictor(args.export_dir or _latest_export())
+    try:
+        result = update_export(predictor, [update], default_embedder(), by="cli")
+    except UpdateError as err:
+        print(f"refused, nothing changed: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"{predictor.export_dir}: generation {result['previous']} -> {result['generation']} "
+        f"in {result['seconds']:.2f} s"
+    )
+    for account, labels in result["accounts"].items():
+        print(f"  {account}: {len(labels)} labels: {', '.join(labels)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

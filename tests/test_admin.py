@@ -1,0 +1,206 @@
+"""Label updates on a served export: the admin endpoint, the command, refusals, hot reload under load."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import FakeEmbedder, embeddings_json, unit_vectors
+from fastapi.testclient import TestClient
+from test_export import trained  # noqa: F401  (the module-scoped trained model)
+
+from tagger.serving import admin
+from tagger.serving.api import create_app
+from tagger.serving.label_store import current_generation, labels_dir
+from tagger.serving.onnx_export import export_model
+from tagger.serving.onnx_predictor import OnnxPredictor
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _embed(texts: list[str]) -> np.ndarray:
+    return FakeEmbedder().embed(texts)
+
+
+@pytest.fixture()
+def export_dir(trained, tmp_path):  # noqa: F811
+    model_dir, _, tmp = trained
+    base = tmp / "admin-onnx"
+    if not base.exists():
+        export_model(model_dir, base, parity_tickets=50)
+    shutil.copytree(base, tmp_path / "onnx")
+    return tmp_path / "onnx"
+
+
+@pytest.fixture()
+def client(export_dir):
+    app = create_app(export_dir, admin_token=TOKEN, embed=_embed, reload_interval=0.0)
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def _labels(client, account: str) -> dict[str, int]:
+    return {x["label"]: x["n_train"] for x in client.get(f"/accounts/{account}/labels").json()["labels"]}
+
+
+def test_update_round_trip_through_the_endpoint(client):
+    before = client.get("/health").json()
+    example = {
+        "label": "Warranty Claim",
+        "email_sentence_embeddings": embeddings_json(unit_vectors(2, seed=5)),
+    }
+    r = client.post(
+        "/admin/labels",
+        json={"account_id": "a", "add": ["Warranty Claim"], "examples": [example]},
+        headers=AUTH,
+    )
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert "Warranty Claim" in out["labels"] and out["previous"] == before["label_generation"]
+    assert _labels(client, "a")["Warranty Claim"] == 1
+    health = client.get("/health").json()
+    assert health["labels"] == before["labels"] + 1 and health["model_version"] != before["model_version"]
+    # the new label can be predicted: its example's own sentences score it first
+    pred = client.post(
+        "/predict",
+        json={"account_id": "a", "email_sentence_embeddings": example["email_sentence_embeddings"]},
+    ).json()
+    assert pred["top_k"][0]["label"] == "Warranty Claim" and pred["model_version"] == out["model_version"]
+
+    r = client.post("/admin/labels", json={"account_id": "a", "rename": {"refund": "Refunds"}}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    labels = _labels(client, "a")
+    assert "Refunds" in labels and "Refund" not in labels
+    r = client.post("/admin/labels", json={"account_id": "a", "retire": ["Refunds"]}, headers=AUTH)
+    assert r.status_code == 200 and "Refunds" not in _labels(client, "a")
+    # other accounts are untouched
+    assert set(_labels(client, "b")) == {"Billing", "Other"}
+
+
+def test_a_new_account_from_its_label_names(client):
+    body = {"account_id": "newco", "create_account": True, "add": ["Order Status", "Returns"]}
+    assert client.post("/admin/labels", json=body, headers=AUTH).status_code == 200
+    pred = client.post("/predict", json={"account_id": "newco", "email_sentence_embeddings": None}).json()
+    assert pred["fallback"] and pred["contact_reason"] in {"Order Status", "Returns"}
+    vec = embeddings_json(unit_vectors(1))
+    pred = client.post("/predict", json={"account_id": "newco", "email_sentence_embeddings": vec}).json()
+    assert {t["label"] for t in pred["top_k"]} == {"Order Status", "Returns"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "field"),
+    [
+        ({}, {"account_id": "a", "add": ["X"]}, 401, "authorization"),
+        ({"Authorization": "Bearer wrong"}, {"account_id": "a", "add": ["X"]}, 401, "authorization"),
+        ({"Authorization": TOKEN}, {"account_id": "a", "add": ["X"]}, 401, "authorization"),
+        (AUTH, {"account_id": "nobody", "add": ["X"]}, 404, "account_id"),
+        (AUTH, {"account_id": "a", "add": ["  "]}, 422, "add[0]"),
+        (AUTH, {"account_id": "a", "add": ["refund"]}, 422, "add[0]"),
+        (AUTH, {"account_id": "a", "retire": ["No Such"]}, 422, "retire[0]"),
+        (AUTH, {"account_id": "c", "retire": ["General"]}, 422, "retire"),
+        (AUTH, {"account_id": "a", "rename": {"Refund": "Other"}}, 422, "rename.Refund"),
+        (AUTH, {"account_id": "a"}, 422, "body"),
+        (AUTH, {"account_id": "a", "create_account": True, "add": ["X"]}, 422, "account_id"),
+        (
+            AUTH,
+            {"account_id": "a", "examples": [{"label": "Refund", "email_sentence_embeddings": "{"}]},
+            422,
+            "examples[0].email_sentence_embeddings",
+        ),
+        (
+            AUTH,
+            {
+                "account_id": "a",
+                "examples": [
+                    {"label": "Nope", "email_sentence_embeddings": embeddings_json(unit_vectors(1))}
+                ],
+            },
+            422,
+            "examples.Nope",
+        ),
+        (AUTH, {"add": ["X"]}, 422, "account_id"),
+    ],
+)
+def test_a_bad_update_is_refused_and_nothing_changes(client, export_dir, headers, body, status, field):
+    generation = current_generation(export_dir)
+    r = client.post("/admin/labels", json=body, headers=headers)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    fields = [d["field"] for d in detail] if isinstance(detail, list) else [detail["field"]]
+    assert field in fields, fields
+    assert current_generation(export_dir) == generation
+    assert client.get("/health").json()["label_generation"] == generation
+
+
+def test_the_admin_endpoint_is_off_without_a_token(export_dir):
+    client = TestClient(create_app(export_dir, embed=_embed), raise_server_exceptions=False)
+    r = client.post("/admin/labels", json={"account_id": "a", "add": ["X"]}, headers=AUTH)
+    assert r.status_code == 403
+
+
+def test_hot_reload_under_concurrent_requests(export_dir):
+    """A second server process on the same export sees a label update within 1 s; no request fails."""
+    serving = TestClient(create_app(export_dir, reload_interval=0.05), raise_server_exceptions=False)
+    before = serving.get("/health").json()["label_generation"]
+    bodies = [
+        {"account_id": a, "email_sentence_embeddings": embeddings_json(unit_vectors(2, seed=i))}
+        for i, a in enumerate("abc")
+    ]
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        client = TestClient(serving.app, raise_server_exceptions=False)
+        i = 0
+        while not stop.is_set():
+            statuses.append(client.post("/predict", json=bodies[i % 3]).status_code)
+            i += 1
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.3)
+        writer = OnnxPredictor(export_dir)  # the command's path: another process writing the update
+        update = admin.LabelUpdate("b", add=["Chargeback"], rename={"Billing": "Billing::Invoices"})
+        result = admin.update_export(writer, [update], _embed, by="test")
+        written = time.perf_counter()
+        while serving.get("/health").json()["label_generation"] != result["generation"]:
+            assert time.perf_counter() - written < 1.0, "the update was not live within 1 s"
+            time.sleep(0.01)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert result["generation"] != before
+    assert len(statuses) > 20 and set(statuses) == {200}
+    labels = {x["label"] for x in serving.get("/accounts/b/labels").json()["labels"]}
+    assert labels == {"Billing::Invoices", "Chargeback", "Other"}
+
+
+def test_a_broken_generation_is_refused_and_the_last_good_one_keeps_serving(client, export_dir):
+    good = current_generation(export_dir)
+    broken = labels_dir(export_dir) / "g999999"
+    shutil.copytree(labels_dir(export_dir) / good, broken)
+    (broken / "label_vectors.npy").write_bytes(b"truncated")
+    (labels_dir(export_dir) / "CURRENT").write_text("g999999\n")
+    health = client.get("/health").json()
+    assert health["label_generation"] == good and "g999999" in health["last_reload_error"]
+    r = client.post("/predict", json={"account_id": "a", "email_sentence_embeddings": None})
+    assert r.status_code == 200
+
+
+def test_the_command(export_dir, monkeypatch, capsys):
+    monkeypatch.setattr(admin, "default_embedder", lambda: _embed)
+    code = admin.main(
+        ["a", "--add", "Damaged Item", "--rename", "Other=Something Else", "--export-dir", str(export_dir)]
+    )
+    assert code == 0, capsys.readouterr().err
+    labels = OnnxPredictor(export_dir).table.frame.query("account_id == 'a'")["label"].tolist()
+    assert set(labels) == {"Damaged Item", "Refund", "Shipping::Tracking", "Something Else"}
+    assert admin.main(["a", "--retire", "Nope", "--export-dir", str(export_dir)]) == 2
+    assert "no label 'Nope'" in capsys.readouterr().err
