@@ -107,6 +107,10 @@ def test_backtest_end_to_end_and_report(tmp_path):
         "backtest.bootstrap=20",
         "trainer.max_epochs=3",
         "backtest.models=[shared,majority,logreg]",
+        "backtest.cold_start.learning_curve.shots=[0,1,5]",
+        "backtest.cold_start.learning_curve.labels=1",
+        "backtest.cold_start.learning_curve.min_test=1",
+        "backtest.cold_start.learning_curve.models=[logreg]",
     ]
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
         cfg = compose("backtest", overrides=overrides)
@@ -122,6 +126,8 @@ def test_backtest_end_to_end_and_report(tmp_path):
         "reliability.png",
         "per_fold.png",
         "per_merchant.png",
+        "learning_curve.png",
+        "learning_curve.csv",
     ):
         assert (out / name).exists(), name
     written = json.loads((out / "metrics.json").read_text())
@@ -145,6 +151,15 @@ def test_backtest_end_to_end_and_report(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Overall" in report and "| shared |" in report and "## Slices" in report
     assert result["models"]["shared"]["ci95"]["accuracy"][0] <= overall["accuracy"]
+    # cold start: the late merchant is scored from its label names; the curve covers every model and shot
+    zero = written["cold_start"]["zero_shot"]["new_merchants"]
+    assert zero["tickets"] >= 1 and zero["chance_accuracy"] == 1.0  # "late" declares one label
+    curve = pd.DataFrame(written["cold_start"]["learning_curve"])
+    assert set(curve["model"]) == {"shared", "shared[examples only]", "logreg"}
+    assert set(curve[curve["model"] == "logreg"]["shots"]) == {0, 1, 5}
+    assert curve[(curve["model"] == "logreg") & (curve["shots"] == 0)]["accuracy"].iloc[0] == 0.0
+    assert "## Cold start" in report and "### Learning curve" in report
+    assert (outcomes_frame["model"] == "shared+names").sum() == len(tested)
 
 
 def test_backtest_with_the_onnx_runtime_agrees_with_torch(tmp_path):

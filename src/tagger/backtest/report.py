@@ -71,6 +71,7 @@ def write_report(
                     f"| {baseline} | {metric} | {c['difference']:+.3f} | "
                     f"{f'[{ci[0]:+.3f}, {ci[1]:+.3f}]' if ci else 'n/a'} | {c.get('excludes_zero', 'n/a')} |"
                 )
+    lines += _cold_start_section(result.get("cold_start") or {})
     lines += [
         "",
         "## Conclusions",
@@ -113,9 +114,88 @@ def write_report(
         "![reliability](reliability.png)",
         "![per fold](per_fold.png)",
         "![per merchant](per_merchant.png)",
+        *(
+            ["![learning curve](learning_curve.png)"]
+            if (result.get("cold_start") or {}).get("learning_curve")
+            else []
+        ),
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     _plots(result, pooled, per_merchant, out)
+
+
+def _cold_start_section(cold: dict) -> list[str]:
+    if not cold:
+        return []
+    lines = ["", "## Cold start: labels and merchants the training window never saw", ""]
+    zero = cold.get("zero_shot")
+    if zero:
+        lines += [
+            '"shared+names" is the fitted shared model given, by name only, every label first seen in the '
+            "test window (a merchant declares its labels when it creates them) and every new merchant's "
+            "label names; no retraining. Chance: one over the merchant's label count (top-3: three over it). "
+            "Every model fit before a label appeared scores 0 on it.",
+            "",
+            "| slice | tickets | merchants | accuracy | top-3 | chance acc. | chance top-3 "
+            "| labels per merchant | shared without names |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for key, title in (
+            ("new_labels", "new labels of known merchants"),
+            ("new_merchants", "new merchants"),
+        ):
+            z = zero[key]
+            lines.append(
+                f"| {title} | {z['tickets']:,} | {z['accounts']} | {_f(z['accuracy'])} "
+                f"| {_f(z['top3_accuracy'])} | {_f(z['chance_accuracy'])} | {_f(z['chance_top3'])} "
+                f"| {z['mean_labels']:.1f} | {_f(z['without_names_accuracy'])} |"
+            )
+        e = zero.get("new_labels_with_embeddings")
+        if e:
+            lines += [
+                "",
+                f"New labels of known merchants, tickets with embeddings only ({e['tickets']:,}): top-3 "
+                f"{_f(e['top3_accuracy'])} (a ticket without embeddings is scored from the label prior, "
+                "which a new label does not have yet).",
+            ]
+        o = cold.get("overall")
+        if o:
+            lines += [
+                "",
+                f"All test tickets with the declared names: accuracy {_f(o['accuracy'])}, macro-F1 "
+                f"{_f(o['macro_f1'])}, top-3 {_f(o['top3_accuracy'])}.",
+            ]
+    curve = pd.DataFrame(cold.get("learning_curve") or [])
+    if len(curve):
+        lines += [
+            "",
+            f"### Learning curve (last fold, {int(curve['held_out_labels'].iloc[0])} held-out labels)",
+            "",
+            "Each held-out (merchant, label) pair is removed from the training window; the shared model is "
+            "refit once without them, then gets each label back by name plus N of its training tickets "
+            "(no retraining; `shared[examples only]` ignores the name). Baselines are refit with the same "
+            "tickets. Accuracy / top-3 on the held-out labels' test tickets with embeddings; "
+            '"other" = accuracy on the same merchants\' other test tickets.',
+            "",
+        ]
+        models = list(dict.fromkeys(curve["model"]))
+        shots = sorted(curve["shots"].unique())
+        lines += [
+            "| model | " + " | ".join(f"{n} examples" for n in shots) + " |",
+            "|---|" + "---:|" * len(shots),
+        ]
+        for model in models:
+            cells = []
+            for n in shots:
+                row = curve[(curve["model"] == model) & (curve["shots"] == n)]
+                cells.append(
+                    f"{_f(row['accuracy'].iloc[0])} / {_f(row['top3_accuracy'].iloc[0])} "
+                    f"(other {_f(row['other_accuracy'].iloc[0])})"
+                    if len(row)
+                    else "-"
+                )
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _conclusions(result: dict) -> list[str]:
@@ -212,6 +292,26 @@ def _plots(result: dict, pooled: dict[str, pd.DataFrame], per_merchant: pd.DataF
     fig.tight_layout()
     fig.savefig(out / "per_fold.png", dpi=110)
     plt.close(fig)
+
+    curve = pd.DataFrame((result.get("cold_start") or {}).get("learning_curve") or [])
+    if len(curve):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        shots = sorted(curve["shots"].unique())
+        position = {n: i for i, n in enumerate(shots)}
+        for metric, ax in zip(("accuracy", "top3_accuracy"), axes, strict=True):
+            for model, part in curve.groupby("model", sort=False):
+                ax.plot(part["shots"].map(position), part[metric], marker="o", label=model)
+            ax.set_xticks(range(len(shots)), [str(n) for n in shots])
+            ax.set(
+                xlabel="examples per held-out label",
+                ylabel=metric,
+                ylim=(0, 1),
+                title=f"{metric}, held-out labels",
+            )
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "learning_curve.png", dpi=110)
+        plt.close(fig)
 
     comparison = result.get("paired_bootstrap")
     if comparison:

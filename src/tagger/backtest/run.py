@@ -17,6 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from tagger.ablations import VARIANTS
+from tagger.backtest.cold_start import (
+    account_label_counts,
+    learning_curve,
+    with_declared_labels,
+    zero_shot_summary,
+)
 from tagger.backtest.folds import rolling_folds
 from tagger.backtest.report import write_report
 from tagger.backtest.scoring import BOOTSTRAP_METRICS, Thresholds, bootstrap, interval
@@ -60,6 +66,8 @@ def run_backtest(cfg: DictConfig) -> dict:
     output_dir = resolve(cfg.output_dir)
     frames: dict[str, list[pd.DataFrame]] = {name: [] for name in configs}
     fold_rows, fold_info = [], []
+    cold = bt.get("cold_start") or {}
+    named_frames: list[pd.DataFrame] = []
     progress = tqdm(total=len(folds) * len(configs), desc="backtest", unit="fit")
     for fold in folds:
         train_mask, test_mask = fold.masks(ts, last=fold.index == len(folds) - 1)
@@ -94,6 +102,14 @@ def run_backtest(cfg: DictConfig) -> dict:
             for target, values in thresholds.of(test_out).items():
                 test_out[f"threshold_{round(target * 100)}"] = values
             frames[name].append(test_out)
+            if name == "shared" and cold.get("declare_names"):
+                named = with_declared_labels(estimator, test)  # PyTorch: label updates need the model
+                named_out = outcomes(named.predict(test), test, inner_train.meta)
+                named_out.insert(0, "fold", fold.index)
+                for target, values in thresholds.of(named_out).items():
+                    named_out[f"threshold_{round(target * 100)}"] = values
+                named_out["n_account_labels"] = account_label_counts(named_out, named.table)
+                named_frames.append(named_out)
             fold_rows.append(
                 {
                     "model": name,
@@ -105,6 +121,17 @@ def run_backtest(cfg: DictConfig) -> dict:
             )
             progress.update()
     progress.close()
+    cold_start = {}
+    if named_frames:
+        named_all = pd.concat(named_frames, ignore_index=True)
+        cold_start = {
+            "overall": summary(named_all, _row_thresholds(named_all, targets)),
+            "zero_shot": zero_shot_summary(named_all, pd.concat(frames["shared"], ignore_index=True)),
+        }
+    curve = pd.DataFrame()
+    if cold.get("learning_curve") and cold.learning_curve.labels and "shared" in configs:
+        curve = learning_curve(cfg, window, test, configs, output_dir / "logs" / "learning_curve")
+        cold_start["learning_curve"] = curve.to_dict(orient="records")
 
     pooled = {name: pd.concat(parts, ignore_index=True) for name, parts in frames.items()}
     samples = bootstrap(pooled, bt.bootstrap, cfg.seed) if bt.bootstrap else {}
@@ -138,6 +165,7 @@ def run_backtest(cfg: DictConfig) -> dict:
     result = {
         "models": models,
         "paired_bootstrap": comparison,
+        "cold_start": cold_start,
         "folds": fold_info,
         "per_merchant_coverage_at_95_precision": {
             name: dict(zip(g["account_id"], g["coverage_at_95_precision"], strict=True))
@@ -151,9 +179,12 @@ def run_backtest(cfg: DictConfig) -> dict:
     (output_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
     pd.DataFrame(fold_rows).to_csv(output_dir / "folds.csv", index=False)
     per_merchant.to_csv(output_dir / "per_merchant.csv", index=False)
-    pd.concat([f.assign(model=n) for n, f in pooled.items()]).to_parquet(
+    named_part = [named_all.assign(model="shared+names")] if named_frames else []
+    pd.concat([*(f.assign(model=n) for n, f in pooled.items()), *named_part]).to_parquet(
         output_dir / "outcomes.parquet", index=False
     )
+    if len(curve):
+        curve.to_csv(output_dir / "learning_curve.csv", index=False)
     write_report(result, pooled, per_merchant, output_dir)
     print((output_dir / "report.md").read_text().split("\n## ", 2)[1][:4000])
     print(

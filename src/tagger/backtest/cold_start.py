@@ -1,0 +1,183 @@
+"""The backtest's cold-start measurements: zero-shot labels and merchants, and few-shot learning curves.
+
+Zero-shot: in each fold the fitted shared model is also given, by name only, every label that first
+appears in the test window (a merchant declares its labels when it creates them; the data only
+shows them when used), and new merchants with their label names. That model is "shared+names".
+
+Learning curves (last fold): a sample of well-populated (account, label) pairs is held out of the
+training window entirely; the shared model is refit once without them and then gets each held-out
+label back by name plus 0, 1, 5, 10 or 50 of its training tickets (no retraining); the baselines are
+refit with the same tickets. Scored on the held-out labels' test tickets (with embeddings).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from tagger.data.tickets import Tickets
+from tagger.metrics import outcomes, summary
+from tagger.model.cold_start import update_labels, with_labels
+from tagger.model.label_table import LabelTable
+from tagger.model.label_update import LabelUpdate
+from tagger.training import load_model_config, make_estimator, time_split
+
+
+def declared_labels(test: Tickets, table: LabelTable) -> dict[str, list[str]]:
+    """``{account: labels}`` of the test window that ``table`` does not have."""
+    meta = test.meta
+    pairs = meta[["account_id", "label"]].astype(str).drop_duplicates()
+    new = table.rows(pairs["account_id"], pairs["label"]) < 0
+    return {a: sorted(g["label"]) for a, g in pairs[new].groupby("account_id")}
+
+
+def with_declared_labels(estimator, test: Tickets):
+    """The fitted shared model scoring, from their names, the labels first seen in ``test``."""
+    return with_labels(estimator, declared_labels(test, estimator.table))
+
+
+def account_label_counts(frame: pd.DataFrame, table: LabelTable) -> np.ndarray:
+    """How many labels each outcome row's account has in ``table`` (the chance level is 1 / that)."""
+    sizes = {a: e - s for a, (s, e) in table.account_slices.items()}
+    return frame["account_id"].map(sizes).fillna(0).to_numpy(int)
+
+
+def zero_shot_summary(named: pd.DataFrame, plain: pd.DataFrame) -> dict:
+    """Accuracy and top-3 of "shared+names" (``named``) on new labels of known merchants and on new
+    merchants, against the shared model without names (``plain``) and against chance."""
+    out = {}
+    slices = {
+        "new_labels": named["new_label"] & ~named["new_account"],
+        "new_merchants": named["new_account"],
+    }
+    for name, rows in slices.items():
+        part = named[rows.to_numpy()]
+        n_labels = part["n_account_labels"].to_numpy(float)
+        out[name] = {
+            "tickets": len(part),
+            "accounts": int(part["account_id"].nunique()),
+            "accuracy": float(part["correct"].mean()) if len(part) else float("nan"),
+            "top3_accuracy": float(part["top3_hit"].mean()) if len(part) else float("nan"),
+            "chance_accuracy": float(np.mean(1 / n_labels)) if len(part) else float("nan"),
+            "chance_top3": float(np.mean(np.minimum(3, n_labels) / n_labels)) if len(part) else float("nan"),
+            "mean_labels": float(n_labels.mean()) if len(part) else float("nan"),
+            "without_names_accuracy": float(plain[rows.to_numpy()]["correct"].mean())
+            if len(part)
+            else float("nan"),
+        }
+    with_embeddings = ~named["no_embeddings"]
+    out["new_labels_with_embeddings"] = {
+        "tickets": int((slices["new_labels"] & with_embeddings).sum()),
+        "top3_accuracy": float(named[(slices["new_labels"] & with_embeddings).to_numpy()]["top3_hit"].mean()),
+    }
+    return out
+
+
+def learning_curve(
+    cfg: DictConfig, window: Tickets, test: Tickets, configs: dict[str, dict], log_dir
+) -> pd.DataFrame:
+    """One row per (model, shots): accuracy and top-3 on held-out labels' test tickets, and accuracy
+    on the other test tickets of the same merchants (does the new label steal from the old ones?)."""
+    lc = cfg.backtest.cold_start.learning_curve
+    shots = sorted(int(s) for s in lc.shots)
+    rng = np.random.default_rng(cfg.seed)
+    train, val, _ = time_split(window, cfg.data.val_days)
+    held = _held_out_pairs(train, test, max(shots), int(lc.min_test), int(lc.labels), rng)
+    if not held:
+        return pd.DataFrame()
+    is_held = _pair_mask(train.meta, held)
+    train_wo = train.subset(~is_held)
+    val_wo = val.subset(~_pair_mask(val.meta, held))
+    accounts = {a for a, _ in held}
+    scored = (
+        test.meta["account_id"].astype(str).isin(accounts).to_numpy() & test.meta["has_embeddings"].to_numpy()
+    )
+    eval_tickets = test.subset(scored)
+    target = _pair_mask(eval_tickets.meta, held)
+    # the examples: each held-out label's training tickets with embeddings, in a fixed random order
+    pool = {
+        pair: rng.permutation(
+            np.flatnonzero(_pair_mask(train.meta, {pair}) & train.meta["has_embeddings"].to_numpy())
+        )
+        for pair in held
+    }
+
+    def score(estimator) -> dict:
+        frame = outcomes(estimator.predict(eval_tickets), eval_tickets, train_wo.meta)
+        mine, rest = frame[target], frame[~target]
+        return {
+            "held_out_tickets": len(mine),
+            "accuracy": float(mine["correct"].mean()),
+            "top3_accuracy": float(mine["top3_hit"].mean()),
+            "macro_f1_held_out": summary(mine)["macro_f1"],
+            "other_tickets": len(rest),
+            "other_accuracy": float(rest["correct"].mean()) if len(rest) else float("nan"),
+        }
+
+    rows = []
+    models = ["shared", *lc.models]
+    progress = tqdm(total=len(models), desc="learning curve", unit="model")
+    shared = make_estimator(configs["shared"], cfg, log_dir=log_dir).fit(train_wo, val_wo)
+    no_name = copy.copy(shared)
+    no_name.cfg = {**shared.cfg, "cold_start": {**shared.cfg.get("cold_start", {}), "name_weight": 0.0}}
+    for n in shots:
+        for name, base in (("shared", shared), ("shared[examples only]", no_name)):
+            if name != "shared" and n == 0:
+                continue
+            updates = [
+                LabelUpdate(a, add=[lab], examples={lab: _examples(train, pool[(a, lab)][:n])} if n else {})
+                for a, lab in held
+            ]
+            rows.append({"model": name, "shots": n, **score(update_labels(base, updates))})
+    progress.update()
+    # per-account baselines only need the affected merchants' tickets
+    affected = train.meta["account_id"].astype(str).isin(accounts).to_numpy() & ~is_held
+    affected_val = val_wo.subset(val_wo.meta["account_id"].astype(str).isin(accounts).to_numpy())
+    for name in lc.models:
+        for n in shots:
+            rows_n = affected.copy()
+            for pair in held:
+                rows_n[pool[pair][:n]] = True
+            estimator = make_estimator(configs.get(name) or load_model_config(name), cfg, log_dir=log_dir)
+            rows.append(
+                {"model": name, "shots": n, **score(estimator.fit(train.subset(rows_n), affected_val))}
+            )
+        progress.update()
+    progress.close()
+    return pd.DataFrame(rows).assign(held_out_labels=len(held))
+
+
+def _held_out_pairs(
+    train: Tickets, test: Tickets, min_train: int, min_test: int, n: int, rng: np.random.Generator
+) -> list[tuple[str, str]]:
+    """Up to ``n`` (account, label) pairs, one per account, with enough training and test tickets,
+    from accounts that keep at least two other labels."""
+    has = train.meta["has_embeddings"].to_numpy()
+    counts = (
+        train.meta[has].groupby([train.meta["account_id"].astype(str)[has], "label"], observed=True).size()
+    )
+    test_counts = test.meta.groupby([test.meta["account_id"].astype(str), "label"], observed=True).size()
+    labels_per_account = counts.groupby(level=0).size()
+    candidates = [
+        (a, str(lab))
+        for (a, lab), c in counts.items()
+        if c >= min_train and test_counts.get((a, lab), 0) >= min_test and labels_per_account[a] >= 3
+    ]
+    picked: dict[str, tuple[str, str]] = {}
+    for i in rng.permutation(len(candidates)):
+        picked.setdefault(candidates[i][0], candidates[i])
+    pairs = list(picked.values())
+    return sorted(pairs[i] for i in rng.permutation(len(pairs))[:n])
+
+
+def _pair_mask(meta: pd.DataFrame, pairs) -> np.ndarray:
+    keys = meta["account_id"].astype(str) + "\x1f" + meta["label"].astype(str)
+    return keys.isin({f"{a}\x1f{lab}" for a, lab in pairs}).to_numpy()
+
+
+def _examples(tickets: Tickets, rows: np.ndarray) -> list[np.ndarray]:
+    return [np.asarray(tickets.sentences(int(i))) for i in rows]
