@@ -12,3 +12,11 @@ def resolve(path: str | os.PathLike) -> Path:
     """``path`` as given if absolute, else relative to the project root."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def latest_export(models_dir: str | os.PathLike = "models") -> Path:
+    """The newest ``models/shared-*/onnx`` export; SystemExit with what to run if there is none."""
+    exports = sorted(resolve(models_dir).glob("shared-*/onnx"))
+    if not exports:
+        raise SystemExit(f"no export under {resolve(models_dir)}/shared-*/onnx: run `python export.py` first")
+    return exports[-1]

@@ -18,21 +18,16 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from tagger.bench.machine import machine_description
-from tagger.paths import PROJECT_ROOT
+from tagger.paths import PROJECT_ROOT, latest_export
+from tagger.serving.label_store import read_generation
 from tagger.training import cutoff_seconds
-
-
-def _latest_export() -> Path:
-    candidates = sorted((PROJECT_ROOT / "models").glob("shared-*/onnx"))
-    if not candidates:
-        raise SystemExit("no export under models/shared-*/onnx: run `python train.py` and `python export.py`")
-    return candidates[-1]
 
 
 def _requests(export_dir: Path, n: int, seed: int = 0) -> list[dict]:
@@ -42,7 +37,7 @@ def _requests(export_dir: Path, n: int, seed: int = 0) -> list[dict]:
     table = pq.read_table(data["file"], columns=["account_id", "unix_timestamp", "email_sentence_embeddings"])
     cutoff = cutoff_seconds(data["split"])
     rows = np.flatnonzero(table.column("unix_timestamp").to_numpy() >= cutoff)
-    known = set(json.loads((export_dir / "labels.json").read_text())["accounts"])
+    known = set(read_generation(export_dir)[1].table.account_slices)
     accounts = table.column("account_id").to_pylist()
     rows = [r for r in rows if accounts[r] in known]
     pick = np.random.default_rng(seed).choice(rows, min(n, len(rows)), replace=False)
@@ -166,12 +161,12 @@ def _rss_mb(pid: int) -> float:
     return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
-def http(export_dir: Path, bodies: list[dict], rates: list[float], seconds: float) -> dict:
-    """Start the API with uvicorn, drive it from another process, stop it."""
+@contextmanager
+def api_server(export_dir: Path, **env):
+    """The API under uvicorn on a free loopback port, as a separate process; yields (process, url)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "TAGGER_EXPORT_DIR": str(export_dir)}
     server = subprocess.Popen(
         [
             sys.executable,
@@ -185,13 +180,13 @@ def http(export_dir: Path, bodies: list[dict], rates: list[float], seconds: floa
             "--log-level",
             "warning",
         ],
-        env=env,
+        env={**os.environ, "TAGGER_EXPORT_DIR": str(export_dir), **env},
     )
     url = f"http://127.0.0.1:{port}"
     try:
         import httpx
 
-        for _ in range(200):
+        for _ in range(600):
             try:
                 if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                     break
@@ -199,28 +194,45 @@ def http(export_dir: Path, bodies: list[dict], rates: list[float], seconds: floa
                 time.sleep(0.1)
         else:
             raise RuntimeError("the API did not start")
-        results = {"rss_mb_start": _rss_mb(server.pid)}
-        ctx = mp.get_context("spawn")
-        for rate in [*rates, None]:
-            queue = ctx.Queue()
-            threads = max(4, min(32, int((rate or 0) / 20) + 4)) if rate else 8
-            proc = ctx.Process(target=_load, args=(f"{url}/predict", bodies, rate, seconds, threads, queue))
-            proc.start()
-            got = queue.get()
-            proc.join()
-            name = f"{rate:g} req/s" if rate else "max throughput (8 connections)"
-            results[name] = {
-                **_percentiles(got["latencies"]),
-                "requests": len(got["latencies"]),
-                "throughput": len(got["latencies"]) / got["seconds"],
-                "errors": got["errors"],
-                "statuses": {str(k): v for k, v in got["statuses"].items()},
-            }
-        results["rss_mb_end"] = _rss_mb(server.pid)
-        return results
+        yield server, url
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def start_load(url: str, bodies: list[dict], rate: float | None, seconds: float, threads: int):
+    """A load process driving ``url``; returns (process, queue): ``queue.get()`` gives its figures."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_load, args=(url, bodies, rate, seconds, threads, queue))
+    proc.start()
+    return proc, queue
+
+
+def http(export_dir: Path, bodies: list[dict], rates: list[float], seconds: float) -> dict:
+    """Start the API with uvicorn, drive it from another process, stop it."""
+    with api_server(export_dir) as (server, url):
+        results = {"rss_mb_start": _rss_mb(server.pid)}
+        for rate in [*rates, None]:
+            threads = max(4, min(32, int((rate or 0) / 20) + 4)) if rate else 8
+            proc, queue = start_load(f"{url}/predict", bodies, rate, seconds, threads)
+            got = queue.get()
+            proc.join()
+            name = f"{rate:g} req/s" if rate else "max throughput (8 connections)"
+            results[name] = summarise_load(got)
+        results["rss_mb_end"] = _rss_mb(server.pid)
+        return results
+
+
+def summarise_load(got: dict) -> dict:
+    """Percentiles, counts and statuses of one load run."""
+    return {
+        **_percentiles(got["latencies"]),
+        "requests": len(got["latencies"]),
+        "throughput": len(got["latencies"]) / got["seconds"],
+        "errors": got["errors"],
+        "statuses": {str(k): v for k, v in got["statuses"].items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", type=float, nargs="*", default=[10, 100, 300])
     parser.add_argument("--out-dir", type=Path, default=PROJECT_ROOT / "results" / "benchmarks")
     args = parser.parse_args(argv)
-    export_dir = args.export_dir or _latest_export()
+    export_dir = args.export_dir or latest_export()
     bodies = _requests(export_dir, args.tickets)
     figures = {
         "export_dir": str(export_dir),

@@ -142,7 +142,7 @@ class SharedModel(nn.Module):
         n_labels, k, d = labels.shape
         cosine = (tickets @ labels.reshape(n_labels * k, d).T).view(-1, n_labels, k)
         # a soft maximum over a label's prototypes (exactly the cosine when there is one)
-        logits = torch.logsumexp(self.log_scale.exp() * cosine, dim=-1) - math.log(k)
+        logits = torch.logsumexp(self.log_scale.exp() * cosine, dim=-1) - math.log(self.cfg.prototypes)
         if self.label_bias is not None:
             logits = logits + self.label_bias
         return logits.masked_fill(~own, MASKED)

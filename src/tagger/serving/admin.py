@@ -22,6 +22,7 @@ import numpy as np
 
 from tagger.data.tickets import Tickets
 from tagger.model.label_update import LabelState, LabelUpdate, UpdateError, apply_update
+from tagger.paths import latest_export
 from tagger.serving.label_store import lock, read_generation, write_generation
 from tagger.serving.onnx_predictor import LabelView, OnnxPredictor
 
@@ -104,15 +105,6 @@ def examples_from_parquet(path: str | Path, account: str) -> dict[str, list[np.n
     return out
 
 
-def _latest_export() -> Path:
-    from tagger.paths import resolve
-
-    exports = sorted(resolve("models").glob("shared-*/onnx"))
-    if not exports:
-        raise SystemExit("no export under models/: run `python export.py` first, or pass --export-dir")
-    return exports[-1]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tagger.serving.admin",
@@ -146,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         rename[old] = new
     examples = examples_from_parquet(args.examples, args.account) if args.examples else {}
     update = LabelUpdate(args.account, args.add, rename, args.retire, examples, args.create_account)
-    predictor = OnnxPredictor(args.export_dir or _latest_export())
+    predictor = OnnxPredictor(args.export_dir or latest_export())
     try:
         result = update_export(predictor, [update], default_embedder(), by="cli")
     except UpdateError as err:
