@@ -46,6 +46,20 @@ def account_label_counts(frame: pd.DataFrame, table: LabelTable) -> np.ndarray:
     return frame["account_id"].map(sizes).fillna(0).to_numpy(int)
 
 
+def name_seen_elsewhere(frame: pd.DataFrame, train_meta: pd.DataFrame) -> np.ndarray:
+    """Whether each outcome row's label name (case-insensitively) is a label of another merchant in
+    the training data: the encoder may have learned that reason there, under that name."""
+    names = train_meta["label"].astype(str).str.casefold()
+    accounts = train_meta["account_id"].astype(str)
+    owners = accounts.groupby(names.to_numpy()).agg(set)
+    return np.array(
+        [
+            bool(owners.get(lab.casefold(), set()) - {a})
+            for a, lab in zip(frame["account_id"], frame["label"], strict=True)
+        ]
+    )
+
+
 def zero_shot_summary(named: pd.DataFrame, plain: pd.DataFrame) -> dict:
     """Accuracy and top-3 of "shared+names" (``named``) on new labels of known merchants and on new
     merchants, against the shared model without names (``plain``) and against chance."""
@@ -54,6 +68,12 @@ def zero_shot_summary(named: pd.DataFrame, plain: pd.DataFrame) -> dict:
         "new_labels": named["new_label"] & ~named["new_account"],
         "new_merchants": named["new_account"],
     }
+    slices.update(
+        {
+            "new_labels_name_unseen": slices["new_labels"] & ~named["name_seen_elsewhere"],
+            "new_merchants_names_unseen": slices["new_merchants"] & ~named["name_seen_elsewhere"],
+        }
+    )
     for name, rows in slices.items():
         part = named[rows.to_numpy()]
         n_labels = part["n_account_labels"].to_numpy(float)
@@ -148,7 +168,8 @@ def learning_curve(
             )
         progress.update()
     progress.close()
-    return pd.DataFrame(rows).assign(held_out_labels=len(held))
+    seen = name_seen_elsewhere(pd.DataFrame(held, columns=["account_id", "label"]), train_wo.meta)
+    return pd.DataFrame(rows).assign(held_out_labels=len(held), held_out_names_seen_elsewhere=int(seen.sum()))
 
 
 def _held_out_pairs(

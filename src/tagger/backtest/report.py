@@ -142,9 +142,13 @@ def _cold_start_section(cold: dict) -> list[str]:
         ]
         for key, title in (
             ("new_labels", "new labels of known merchants"),
+            ("new_labels_name_unseen", "... whose name no other merchant uses"),
             ("new_merchants", "new merchants"),
+            ("new_merchants_names_unseen", "... labels whose name no other merchant uses"),
         ):
-            z = zero[key]
+            z = zero.get(key)
+            if not z or not z["tickets"]:
+                continue
             lines.append(
                 f"| {title} | {z['tickets']:,} | {z['accounts']} | {_f(z['accuracy'])} "
                 f"| {_f(z['top3_accuracy'])} | {_f(z['chance_accuracy'])} | {_f(z['chance_top3'])} "
@@ -169,7 +173,8 @@ def _cold_start_section(cold: dict) -> list[str]:
     if len(curve):
         lines += [
             "",
-            f"### Learning curve (last fold, {int(curve['held_out_labels'].iloc[0])} held-out labels)",
+            f"### Learning curve (last fold, {int(curve['held_out_labels'].iloc[0])} held-out labels, "
+            f"{int(curve['held_out_names_seen_elsewhere'].iloc[0])} of them named as another merchant's label)",
             "",
             "Each held-out (merchant, label) pair is removed from the training window; the shared model is "
             "refit once without them, then gets each label back by name plus N of its training tickets "

@@ -20,6 +20,7 @@ from tagger.ablations import VARIANTS
 from tagger.backtest.cold_start import (
     account_label_counts,
     learning_curve,
+    name_seen_elsewhere,
     with_declared_labels,
     zero_shot_summary,
 )
@@ -109,6 +110,7 @@ def run_backtest(cfg: DictConfig) -> dict:
                 for target, values in thresholds.of(named_out).items():
                     named_out[f"threshold_{round(target * 100)}"] = values
                 named_out["n_account_labels"] = account_label_counts(named_out, named.table)
+                named_out["name_seen_elsewhere"] = name_seen_elsewhere(named_out, inner_train.meta)
                 named_frames.append(named_out)
             fold_rows.append(
                 {

@@ -75,8 +75,9 @@ def parse_embeddings(text: str | bytes | memoryview | dict) -> tuple[list[str], 
     keys = [str(k) for k in obj]
     values = list(obj.values())
     try:
-        array = np.array(values, dtype=np.float32)
-    except (ValueError, TypeError):
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: reported just below
+            array = np.array(values, dtype=np.float32)
+    except (ValueError, TypeError, OverflowError):
         array = None
     if array is None or array.ndim != 2 or array.shape[1] != EMBEDDING_DIM:
         raise EmbeddingError(*_diagnose(keys, values))

@@ -29,11 +29,16 @@ from tagger.serving.onnx_predictor import LabelView, OnnxPredictor
 TextEmbedder = Callable[[list[str]], np.ndarray]
 
 
-def default_embedder() -> TextEmbedder:
-    """all-MiniLM-L6-v2, the model that embedded the emails' sentences."""
+def default_embedder(threads: int = 1) -> TextEmbedder:
+    """all-MiniLM-L6-v2, the model that embedded the emails' sentences, warmed up. One thread by
+    default: a few label names need no more, and a server's predictions need the other cores."""
+    import torch
+
     from tagger.embed import SentenceEmbedder
 
-    embedder = SentenceEmbedder()
+    torch.set_num_threads(threads)
+    embedder = SentenceEmbedder(cache_dir=None)
+    embedder.embed(["warm up"], progress=False)
     return lambda texts: embedder.embed(texts, progress=False)
 
 

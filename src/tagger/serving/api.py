@@ -237,6 +237,7 @@ def create_app(
             "model_version": f"{predictor.serving['model_version']}/{view.generation}",
             "label_generation": view.generation,
             "last_reload_error": predictor.last_reload_error,
+            "admin": "disabled" if not admin_token else "ready" if "embed" in embedder else "loading",
             "accounts": view.table.n_accounts,
             "labels": len(view.table),
         }
