@@ -174,7 +174,7 @@ def _cold_start_section(cold: dict) -> list[str]:
         lines += [
             "",
             f"### Learning curve (last fold, {int(curve['held_out_labels'].iloc[0])} held-out labels, "
-            f"{int(curve['held_out_names_seen_elsewhere'].iloc[0])} of them named as another merchant's label)",
+            f"{int(curve['held_out_names_seen_elsewhere'].iloc[0])} named as another merchant's label)",
             "",
             "Each held-out (merchant, label) pair is removed from the training window; the shared model is "
             "refit once without them, then gets each label back by name plus N of its training tickets "
