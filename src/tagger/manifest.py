@@ -34,6 +34,8 @@ def write_manifest(directory: Path, files: tuple[str, ...], **extra) -> dict:
 def verify(directory: str | os.PathLike, files: tuple[str, ...]) -> dict:
     """The manifest of a complete, unaltered directory; :class:`ArtifactError` otherwise."""
     directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory}: no such directory")
     manifest_path = directory / "manifest.json"
     if not manifest_path.exists():
         raise ArtifactError(f"{directory}: no manifest.json: not a complete model directory")

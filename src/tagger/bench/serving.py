@@ -110,7 +110,7 @@ def _load(url: str, bodies: list[dict], rate: float | None, seconds: float, thre
     """Runs in its own process: an open loop at ``rate`` requests/s (None: closed loop, at full speed)."""
     import httpx
 
-    latencies, errors, statuses = [], 0, {}
+    latencies, sent, codes, errors, statuses = [], [], [], 0, {}
     lock = threading.Lock()
     start = time.perf_counter() + 0.2
     counter = iter(range(10**9))
@@ -137,6 +137,8 @@ def _load(url: str, bodies: list[dict], rate: float | None, seconds: float, thre
                 ms = (time.perf_counter() - (due if rate else t0)) * 1000
                 with lock:
                     latencies.append(ms)
+                    sent.append((due if rate else t0) - start)
+                    codes.append(code)
                     statuses[code] = statuses.get(code, 0) + 1
                     if code != 200:
                         errors += 1
@@ -149,6 +151,8 @@ def _load(url: str, bodies: list[dict], rate: float | None, seconds: float, thre
     queue.put(
         {
             "latencies": latencies,
+            "sent": sent,  # seconds from the start at which each request was due
+            "codes": codes,
             "errors": errors,
             "statuses": statuses,
             "seconds": time.perf_counter() - start,
@@ -163,24 +167,14 @@ def _rss_mb(pid: int) -> float:
 
 @contextmanager
 def api_server(export_dir: Path, **env):
-    """The API under uvicorn on a free loopback port, as a separate process; yields (process, url)."""
+    """The API (``python -m tagger.serving``) on a free loopback port, as a separate process;
+    yields (process, url)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "tagger.serving.api:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env={**os.environ, "TAGGER_EXPORT_DIR": str(export_dir), **env},
+        [sys.executable, "-m", "tagger.serving", f"export_dir={export_dir}", f"port={port}"],
+        env={**os.environ, **env},
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -11,6 +11,7 @@ the previous one keeps serving.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
 import threading
@@ -35,13 +36,61 @@ from tagger.serving.onnx_predictor import OnnxPredictor
 
 @dataclass(frozen=True)
 class Limits:
-    """Request caps (413 above them)."""
+    """Request caps (413 above them) and the request timeout (503); conf/serve.yaml ``limits``."""
 
     max_sentences: int = 256
     max_batch: int = 256
     max_body_bytes: int = 8_000_000
+    max_label_name: int = 200
+    max_label_changes: int = 256
+    request_timeout_s: float = 10.0
     top_k: int = 3
     precision_target: str = "0.95"
+
+    @classmethod
+    def from_config(cls, cfg) -> Limits:
+        """From a mapping such as conf/serve.yaml's ``limits`` (unknown keys are an error)."""
+        values = dict(cfg or {})
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown serving limits: {sorted(unknown)}")
+        return cls(**{k: (str(v) if k == "precision_target" else v) for k, v in values.items()})
+
+
+class BodyLimit:
+    """ASGI middleware: reads the body (chunked or not) and answers 413 past ``max_bytes`` before the
+    application sees it; a Content-Length over the cap is refused without reading."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        too_big = declared.isdigit() and int(declared) > self.max_bytes
+        chunks, size = [], 0
+        while not too_big:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message], receive), send)
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            too_big = size > self.max_bytes
+            if not message.get("more_body"):
+                break
+        if too_big:
+            detail = {"detail": {"field": "body", "message": f"over {self.max_bytes} bytes"}}
+            return await JSONResponse(detail, status_code=413)(scope, receive, send)
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([body], receive), send)
+
+
+def _replay(messages: list[dict], receive):
+    async def replayed():
+        return messages.pop(0) if messages else await receive()
+
+    return replayed
 
 
 class TicketIn(BaseModel):
@@ -152,18 +201,18 @@ def create_app(
     )
 
     @app.middleware("http")
-    async def body_limit(request: Request, call_next):
+    async def reload_and_timeout(request: Request, call_next):
         now = time.monotonic()
         if now - last_refresh[0] >= reload_interval:  # another process may have updated the labels
             last_refresh[0] = now
             await run_in_threadpool(predictor.refresh)
-        size = request.headers.get("content-length")
-        if size and size.isdigit() and int(size) > limits.max_body_bytes:
-            return JSONResponse(
-                {"detail": {"field": "body", "message": f"over {limits.max_body_bytes} bytes"}},
-                status_code=413,
-            )
-        return await call_next(request)
+        try:
+            return await asyncio.wait_for(call_next(request), limits.request_timeout_s)
+        except TimeoutError:
+            message = f"no answer within {limits.request_timeout_s:g} s"
+            return JSONResponse({"detail": {"field": None, "message": message}}, status_code=503)
+
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):
@@ -273,6 +322,15 @@ def create_app(
             raise ApiError(401, "authorization", "missing or wrong bearer token")
         if len(body.examples) > limits.max_batch:
             raise ApiError(413, "examples", f"{len(body.examples)} examples; at most {limits.max_batch}")
+        changes = len(body.add) + len(body.rename) + len(body.retire)
+        if changes > limits.max_label_changes:
+            raise ApiError(413, "body", f"{changes} label changes; at most {limits.max_label_changes}")
+        names = [("add", n) for n in body.add] + [(f"rename.{k}", v) for k, v in body.rename.items()]
+        for where, name in names:
+            if len(name) > limits.max_label_name:
+                raise ApiError(
+                    422, where, f"a label name of {len(name)} characters; at most {limits.max_label_name}"
+                )
         examples: dict[str, list[np.ndarray]] = {}
         for i, ex in enumerate(body.examples):
             vectors = _parse(
@@ -303,10 +361,36 @@ def create_app(
     return app
 
 
+def serve_config(overrides: list[str] | None = None):
+    """conf/serve.yaml with ``key=value`` overrides applied."""
+    from omegaconf import OmegaConf
+
+    from tagger.paths import PROJECT_ROOT
+
+    cfg = OmegaConf.load(PROJECT_ROOT / "conf" / "serve.yaml")
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides or []))
+
+
+def app_from_config(cfg, export_dir: str | os.PathLike) -> FastAPI:
+    """The API for ``export_dir`` as conf/serve.yaml (``cfg``) and $TAGGER_ADMIN_TOKEN say; a bad export
+    refuses to start with one clear line (SystemExit), not a traceback."""
+    from tagger.manifest import ArtifactError
+
+    token = os.environ.get("TAGGER_ADMIN_TOKEN") or None
+    try:
+        return create_app(
+            Path(export_dir),
+            Limits.from_config(cfg.limits),
+            admin_token=token,
+            reload_interval=float(cfg.reload_interval),
+        )
+    except (ArtifactError, OSError, ValueError, KeyError) as err:
+        raise SystemExit(f"tagger API refuses to start: {export_dir}: {type(err).__name__}: {err}") from None
+
+
 def _app_from_env() -> FastAPI | None:
     export_dir = os.environ.get("TAGGER_EXPORT_DIR")
-    token = os.environ.get("TAGGER_ADMIN_TOKEN") or None
-    return create_app(Path(export_dir), admin_token=token) if export_dir else None
+    return app_from_config(serve_config(), export_dir) if export_dir else None
 
 
 app = _app_from_env()

@@ -79,6 +79,7 @@ class OnnxPredictor:
         self._lock = threading.Lock()
         self.view = LabelView.of(*read_generation(self.export_dir))
         self.last_reload_error: str | None = None
+        self._refused: str | None = None
 
     # ---- the live label generation ----------------------------------------------------------
     @property
@@ -101,14 +102,15 @@ class OnnxPredictor:
         except OSError as err:
             self.last_reload_error = f"labels/CURRENT: {err}"
             return False
-        if name == self.view.generation:
+        if name in (self.view.generation, self._refused):  # generations never change once written
             return False
         with self._lock:
-            if name == self.view.generation:
+            if name in (self.view.generation, self._refused):
                 return False
             try:
                 self.use(LabelView.of(*read_generation(self.export_dir, name)))
             except Exception as err:  # a bad generation must never take the service down
+                self._refused = name
                 self.last_reload_error = f"generation {name} refused: {err}"
                 log.error("label reload refused, still serving %s: %s", self.view.generation, err)
                 return False

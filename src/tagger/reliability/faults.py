@@ -1,0 +1,296 @@
+"""Fault cases, each run for real and recorded: broken exports at start-up, broken label generations
+on a hot reload, corrupt ticket files, and a model save that fails half-way.
+
+Expectations: a server never starts on a broken export (one clear line, no traceback); a running
+server keeps serving its last good label generation and says why it refused the new one; a corrupt
+parquet gives a clear error or a quarantine report; a failed save leaves no model directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tagger.data.cache import load_tickets
+from tagger.data.validation import SchemaError
+from tagger.model.label_update import LabelState
+from tagger.serving.api import app_from_config, serve_config
+from tagger.serving.label_store import current_generation, labels_dir, read_generation, write_generation
+
+
+def _case(name: str, expectation: str, run: Callable[[], str]) -> dict:
+    """Run one fault case: ``run`` returns what happened, raises AssertionError if it went wrong."""
+    try:
+        outcome, ok = run(), True
+    except AssertionError as err:
+        outcome, ok = f"FAILED: {err}", False
+    except Exception as err:  # a crash is a failed case, recorded with its type
+        outcome, ok = f"CRASHED: {type(err).__name__}: {err} {traceback.format_exc(limit=2)}", False
+    return {"case": name, "expectation": expectation, "outcome": outcome, "ok": ok}
+
+
+# ---- start-up ------------------------------------------------------------------------------------
+def _refuses_to_start(export_dir: Path) -> str:
+    try:
+        app_from_config(serve_config(), export_dir)
+    except SystemExit as exit_:
+        message = str(exit_.code)
+        assert "refuses to start" in message and "Traceback" not in message, message
+        return message
+    raise AssertionError("the server started")
+
+
+def _broken_exports(export_dir: Path, tmp: Path) -> list[tuple[str, Callable[[Path], None]]]:
+    generation = labels_dir(export_dir) / current_generation(export_dir)
+    rel = generation.relative_to(export_dir)
+
+    def truncate(name: str) -> Callable[[Path], None]:
+        def go(d: Path) -> None:
+            data = (d / name).read_bytes()
+            (d / name).write_bytes(data[: len(data) // 2])
+
+        return go
+
+    def remove(name: str) -> Callable[[Path], None]:
+        return lambda d: (d / name).unlink()
+
+    def write(name: str, text: str) -> Callable[[Path], None]:
+        return lambda d: (d / name).write_text(text)
+
+    return [
+        ("model.onnx missing", remove("model.onnx")),
+        ("model.onnx truncated", truncate("model.onnx")),
+        ("label_tower.onnx truncated", truncate("label_tower.onnx")),
+        ("serving.json altered", write("serving.json", "{}")),
+        ("manifest.json missing", remove("manifest.json")),
+        ("model.onnx from another export (manifest mismatch)", write("model.onnx", "not this model")),
+        ("labels/CURRENT missing", remove("labels/CURRENT")),
+        ("labels/CURRENT names a missing generation", write("labels/CURRENT", "g999999\n")),
+        ("labels/CURRENT names a path outside labels/", write("labels/CURRENT", "../../etc\n")),
+        ("label_vectors.npy truncated", truncate(f"{rel}/label_vectors.npy")),
+        ("labels.json altered", write(f"{rel}/labels.json", "{}")),
+        ("generation manifest missing", remove(f"{rel}/manifest.json")),
+        ("export directory missing", lambda d: shutil.rmtree(d)),
+    ]
+
+
+def startup_cases(export_dir: Path, tmp: Path) -> list[dict]:
+    """The server refuses each broken copy of ``export_dir``."""
+    out = []
+    for i, (name, breaker) in enumerate(_broken_exports(export_dir, tmp)):
+        copy = tmp / f"startup-{i}"
+        shutil.copytree(export_dir, copy)
+        breaker(copy)
+        out.append(
+            _case(
+                f"start-up: {name}",
+                "refuses to start with a clear message",
+                lambda c=copy: _refuses_to_start(c),
+            )
+        )
+    return out
+
+
+# ---- hot reload -----------------------------------------------------------------------------------
+def reload_cases(export_dir: Path, tmp: Path) -> list[dict]:
+    """A running server offered each broken generation keeps serving the last good one."""
+    from fastapi.testclient import TestClient
+
+    from tagger.serving.api import create_app
+
+    served = tmp / "reload"
+    shutil.copytree(export_dir, served)
+    client = TestClient(create_app(served, reload_interval=0.0), raise_server_exceptions=False)
+    good = client.get("/health").json()["label_generation"]
+    account = read_generation(served)[1].table.accounts[0]
+    body = {"account_id": account, "email_sentence_embeddings": None}
+    root = labels_dir(served)
+
+    def offer(name: str, make: Callable[[], str]) -> str:
+        pointer = make()
+        (root / "CURRENT").write_text(pointer + "\n")
+        try:
+            health = client.get("/health").json()
+            r = client.post("/predict", json=body)
+            assert r.status_code == 200, f"/predict answered {r.status_code}"
+            assert health["label_generation"] == good, f"now serving {health['label_generation']}"
+            assert health["last_reload_error"], "no reload error reported"
+            return f"kept serving {good}; /health says: {health['last_reload_error'][:160]}"
+        finally:
+            (root / "CURRENT").write_text(good + "\n")
+            client.get("/health")
+
+    def broken_copy(breaker: Callable[[Path], None]) -> Callable[[], str]:
+        def make() -> str:
+            name = f"g{900000 + len(list(root.iterdir())):06d}"
+            shutil.copytree(root / good, root / name)
+            breaker(root / name)
+            return name
+
+        return make
+
+    def wrong_dimension() -> str:
+        _, state, _ = read_generation(served, good)
+        bad = LabelState(state.table, state.vectors[..., :10].copy(), state.prior, state.names, state.queries)
+        name = write_generation(served, bad, {"kind": "fault case"})
+        return name
+
+    def half(name: str) -> Callable[[Path], None]:
+        def go(d: Path) -> None:
+            data = (d / name).read_bytes()
+            (d / name).write_bytes(data[: len(data) // 2])
+
+        return go
+
+    cases = [
+        ("label_vectors.npy truncated", broken_copy(half("label_vectors.npy"))),
+        ("labels.json altered", broken_copy(lambda d: (d / "labels.json").write_text("{}"))),
+        (
+            "manifest missing (a half-written generation)",
+            broken_copy(lambda d: (d / "manifest.json").unlink()),
+        ),
+        ("vectors of another model (wrong dimension, valid manifest)", wrong_dimension),
+        ("CURRENT names a missing generation", lambda: "g999998"),
+        ("CURRENT names a path outside labels/", lambda: "../../etc"),
+    ]
+    return [
+        _case(
+            f"hot reload: {name}",
+            "keeps serving the last good generation",
+            lambda n=name, m=make: offer(n, m),
+        )
+        for name, make in cases
+    ]
+
+
+# ---- data ----------------------------------------------------------------------------------------
+def data_cases(parquet: Path, tmp: Path) -> list[dict]:
+    """Corrupt ticket files give a clear error or a quarantine report."""
+    table = pq.read_table(parquet).slice(0, 500)
+    good = tmp / "good.parquet"
+    pq.write_table(table, good)
+    raw = good.read_bytes()
+
+    def clear_error(path: Path) -> str:
+        try:
+            load_tickets(path, cache_dir=tmp / "cache", progress=False)
+        except SchemaError as err:
+            assert str(err) and "Traceback" not in str(err)
+            return f"SchemaError: {str(err)[:160]}"
+        raise AssertionError("loaded without an error")
+
+    def quarantined(path: Path, expect: str) -> str:
+        tickets = load_tickets(path, cache_dir=tmp / "cache", progress=False)
+        counts = tickets.report.counts()
+        assert any(expect in k for k in counts), counts
+        kept = len(tickets)
+        return f"{kept} tickets kept, {tickets.report.n_quarantined} quarantined: {counts}"
+
+    truncated = tmp / "truncated.parquet"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    empty = tmp / "empty.parquet"
+    empty.write_bytes(b"")
+    wrong_types = tmp / "wrong_types.parquet"
+    pq.write_table(
+        table.set_column(
+            table.schema.get_field_index("unix_timestamp"),
+            "unix_timestamp",
+            pa.array(["yesterday"] * len(table)),
+        ),
+        wrong_types,
+    )
+    bad_json = tmp / "bad_json.parquet"
+    texts = table.column("email_sentence_embeddings").to_pylist()
+    broken = [t[: len(t) // 2] if t and i % 3 == 0 else t for i, t in enumerate(texts)]
+    pq.write_table(
+        table.set_column(
+            table.schema.get_field_index("email_sentence_embeddings"),
+            "email_sentence_embeddings",
+            pa.array(broken),
+        ),
+        bad_json,
+    )
+    no_column = tmp / "no_column.parquet"
+    pq.write_table(table.drop_columns(["contact_reason"]), no_column)
+    return [
+        _case("parquet truncated half-way", "a clear error", lambda: clear_error(truncated)),
+        _case("parquet empty (0 bytes)", "a clear error", lambda: clear_error(empty)),
+        _case("a required column missing", "a clear error", lambda: clear_error(no_column)),
+        _case(
+            "timestamps of the wrong type (text)",
+            "every row quarantined and named",
+            lambda: quarantined(wrong_types, "unix_timestamp"),
+        ),
+        _case(
+            "a third of the embeddings truncated JSON",
+            "those rows quarantined, the rest kept",
+            lambda: quarantined(bad_json, "malformed JSON"),
+        ),
+    ]
+
+
+# ---- model save ----------------------------------------------------------------------------------
+def save_cases(model_dir: Path, tmp: Path) -> list[dict]:
+    """A save that fails half-way (disk full after the weights) leaves no model directory behind."""
+    from unittest import mock
+
+    from tagger.model.artifacts import load_shared, save_shared
+
+    estimator = load_shared(model_dir)
+    data = json.loads((model_dir / "data.json").read_text())
+    out = tmp / "models"
+    out.mkdir()
+
+    def run() -> str:
+        with mock.patch("numpy.save", side_effect=OSError(28, "No space left on device")):
+            try:
+                save_shared(estimator, out / "shared-partial", data=data, metrics={}, config_yaml="")
+            except OSError as err:
+                left = sorted(p.name for p in out.iterdir())
+                assert not left, f"left behind: {left}"
+                return f"save failed ({err}); {out} is empty"
+        raise AssertionError("the save did not fail")
+
+    return [_case("model save fails after the weights are written", "no partial model directory", run)]
+
+
+def run_faults(export_dir: Path, model_dir: Path | None, parquet: Path | None) -> dict:
+    """Every fault case; returns {"cases": [...], "ok": n, "failed": n}."""
+    tmp = Path(tempfile.mkdtemp(prefix="tagger-faults-"))
+    export_dir = Path(export_dir)
+    try:
+        cases = startup_cases(export_dir, tmp) + reload_cases(export_dir, tmp)
+        if parquet is not None:
+            cases += data_cases(Path(parquet), tmp)
+        if model_dir is not None:
+            cases += save_cases(Path(model_dir), tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ok = sum(c["ok"] for c in cases)
+    return {"cases": cases, "ok": ok, "failed": len(cases) - ok}
+
+
+def markdown(result: dict) -> list[str]:
+    lines = [
+        f"{len(result['cases'])} fault cases: **{result['ok']} behaved as expected, "
+        f"{result['failed']} did not**.",
+        "",
+        "| case | expected | what happened |",
+        "|---|---|---|",
+    ]
+    for c in result["cases"]:
+        outcome = c["outcome"].replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {c['case']} | {c['expectation']} | {'ok' if c['ok'] else '**FAILED**'}: {outcome} |")
+    return lines
+
+
+def save(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "faults.json").write_text(json.dumps(result, indent=2, default=str))

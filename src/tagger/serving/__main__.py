@@ -1,0 +1,47 @@
+"""Run the HTTP API: ``python -m tagger.serving [key=value ...]`` (keys of conf/serve.yaml).
+
+    python -m tagger.serving                                  # latest export, 127.0.0.1:8000
+    python -m tagger.serving export_dir=models/X/onnx port=9000 limits.max_batch=64
+    TAGGER_ADMIN_TOKEN=... python -m tagger.serving           # enables POST /admin/labels
+
+Binds to loopback unless ``host=`` says otherwise. A missing, truncated or altered export refuses
+to start with one line saying which file is wrong (exit status 1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from tagger.paths import latest_export
+from tagger.serving.api import app_from_config, serve_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        print(f"expected key=value overrides of conf/serve.yaml, got {bad}", file=sys.stderr)
+        return 2
+    cfg = serve_config(argv)
+    export_dir = cfg.export_dir or os.environ.get("TAGGER_EXPORT_DIR") or latest_export()
+    app = app_from_config(cfg, export_dir)
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: the API listens on {cfg.host}, not only on loopback", file=sys.stderr)
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host=cfg.host,
+        port=int(cfg.port),
+        timeout_keep_alive=int(cfg.timeout_keep_alive),
+        log_level="warning",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

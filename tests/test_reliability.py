@@ -1,0 +1,134 @@
+"""Issue 7 on the toy export: schemathesis finds no 5xx, every fault case behaves, security measures hold."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from conftest import FakeEmbedder, embeddings_json, unit_vectors
+from fastapi.testclient import TestClient
+from test_export import trained  # noqa: F401  (the module-scoped trained model)
+
+import tagger.serving.__main__ as launcher
+from tagger.reliability.faults import run_faults
+from tagger.reliability.fuzz import fuzz_app
+from tagger.serving.api import Limits, create_app
+from tagger.serving.onnx_export import export_model
+
+TOKEN = "t0ken"
+
+
+@pytest.fixture(scope="module")
+def export_dir(trained):  # noqa: F811
+    model_dir, _, tmp = trained
+    out = tmp / "rel-onnx"
+    if not out.exists():
+        export_model(model_dir, out, parity_tickets=50)
+    return out
+
+
+@pytest.fixture()
+def fresh(export_dir, tmp_path):
+    shutil.copytree(export_dir, tmp_path / "onnx")
+    return tmp_path / "onnx"
+
+
+def test_schemathesis_finds_no_server_error(fresh):
+    app = create_app(
+        fresh, Limits(max_sentences=10, max_batch=3), admin_token=TOKEN, embed=FakeEmbedder().embed
+    )
+    result = fuzz_app(app, max_examples=25, token=TOKEN, accounts=["a", "b", "c"])
+    assert result["requests"] > 200
+    assert result["server_errors"] == 0 and not result["failures"], result["failures"]
+    ok = sum(s.get("200", 0) for s in result["by_operation"].values())
+    assert ok > 10  # the fuzzing reaches past validation
+
+
+def test_every_fault_case_behaves(trained, export_dir):  # noqa: F811
+    model_dir, data, _ = trained
+    result = run_faults(export_dir, model_dir, data)
+    failed = [c for c in result["cases"] if not c["ok"]]
+    assert not failed, failed
+    assert len(result["cases"]) >= 20
+
+
+@pytest.fixture()
+def client(fresh):
+    app = create_app(
+        fresh,
+        Limits(max_body_bytes=5_000, request_timeout_s=0.2),
+        admin_token=TOKEN,
+        embed=FakeEmbedder().embed,
+    )
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_a_chunked_body_over_the_cap_is_refused(client):
+    def chunks():
+        for _ in range(10):
+            yield b" " * 1000
+
+    r = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["detail"]["field"] == "body"
+    small = client.post(
+        "/predict",
+        json={"account_id": "a", "email_sentence_embeddings": embeddings_json(unit_vectors(1))[:10]},
+    )
+    assert small.status_code == 422  # under the cap: parsed and validated as usual
+
+
+def test_a_slow_request_times_out_with_503(client, monkeypatch):
+    import tagger.serving.onnx_predictor as op
+
+    original = op.OnnxPredictor.predict
+
+    def slow(self, *args, **kwargs):
+        import time
+
+        time.sleep(0.5)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(op.OnnxPredictor, "predict", slow)
+    r = client.post("/predict", json={"account_id": "a", "email_sentence_embeddings": None})
+    assert r.status_code == 503 and "0.2 s" in r.json()["detail"]["message"]
+    assert "Traceback" not in r.text
+
+
+def test_update_caps(client):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    r = client.post("/admin/labels", json={"account_id": "a", "add": ["x" * 201]}, headers=auth)
+    assert r.status_code == 422 and r.json()["detail"]["field"] == "add"
+
+
+def test_the_token_is_compared_in_constant_time(client, monkeypatch):
+    import hmac
+
+    calls = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+    client.post(
+        "/admin/labels", json={"account_id": "a", "add": ["Y"]}, headers={"Authorization": "Bearer nope"}
+    )
+    assert calls and calls[0] == (b"nope", TOKEN.encode())
+
+
+def test_no_stack_trace_on_an_unexpected_error(client, monkeypatch):
+    import tagger.serving.onnx_predictor as op
+
+    monkeypatch.setattr(op.OnnxPredictor, "predict", lambda *a, **k: 1 / 0)
+    r = client.post("/predict", json={"account_id": "a", "email_sentence_embeddings": None})
+    assert r.status_code == 500 and r.json() == {"detail": {"field": None, "message": "internal error"}}
+
+
+def test_the_launcher_binds_to_loopback_and_refuses_a_broken_export(fresh, monkeypatch):
+    calls = {}
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.update(kw))
+    assert launcher.main([f"export_dir={fresh}", "port=9123"]) == 0
+    assert calls["host"] == "127.0.0.1" and calls["port"] == 9123
+    (fresh / "model.onnx").write_bytes(b"broken")
+    with pytest.raises(SystemExit, match=r"refuses to start.*model\.onnx does not match"):
+        launcher.main([f"export_dir={fresh}"])
+    assert launcher.main(["not-a-key-value"]) == 2
+
