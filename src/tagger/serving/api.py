@@ -146,6 +146,16 @@ class LabelUpdateOut(BaseModel):
     seconds: float
 
 
+def _refuse_admin(authorization: str | None, admin_token: str | None) -> tuple[int, str] | None:
+    """(status, message) when the admin call must be refused; the token is compared in constant time."""
+    if not admin_token:
+        return 403, "the admin endpoint is disabled (no TAGGER_ADMIN_TOKEN)"
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), admin_token.encode()):
+        return 401, "missing or wrong bearer token"
+    return None
+
+
 class ApiError(Exception):
     def __init__(self, status: int, field: str, message: str):
         self.status, self.field, self.message = status, field, message
@@ -202,6 +212,12 @@ def create_app(
 
     @app.middleware("http")
     async def reload_and_timeout(request: Request, call_next):
+        if request.url.path.startswith("/admin/"):  # the token first: nothing about the body before it
+            refused = _refuse_admin(request.headers.get("authorization"), admin_token)
+            if refused:
+                return JSONResponse(
+                    {"detail": {"field": "authorization", "message": refused[1]}}, status_code=refused[0]
+                )
         now = time.monotonic()
         if now - last_refresh[0] >= reload_interval:  # another process may have updated the labels
             last_refresh[0] = now
@@ -313,13 +329,11 @@ def create_app(
         response_model=LabelUpdateOut,
         responses={401: {"description": "missing or wrong token"}, 403: {"description": "admin disabled"}},
     )
-    def update_labels(body: LabelUpdateIn, authorization: str | None = Header(None)) -> LabelUpdateOut:
+    def update_labels(
+        body: LabelUpdateIn,
+        authorization: str | None = Header(None, description="Bearer TOKEN (checked before the body)"),
+    ) -> LabelUpdateOut:
         """Add, rename or retire one merchant's labels, folding in examples; live at once, no restart."""
-        if not admin_token:
-            raise ApiError(403, "authorization", "the admin endpoint is disabled (no TAGGER_ADMIN_TOKEN)")
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), admin_token.encode()):
-            raise ApiError(401, "authorization", "missing or wrong bearer token")
         if len(body.examples) > limits.max_batch:
             raise ApiError(413, "examples", f"{len(body.examples)} examples; at most {limits.max_batch}")
         changes = len(body.add) + len(body.rename) + len(body.retire)
