@@ -31,14 +31,18 @@ def main(cfg: DictConfig) -> None:
         model_dir = candidates[-1]
     out_dir = resolve(cfg.out_dir) if cfg.out_dir else model_dir / "onnx"
     try:
-        serving = export_model(model_dir, out_dir, cfg.opset, cfg.parity.tickets, cfg.parity.atol)
+        serving = export_model(
+            model_dir, out_dir, cfg.opset, cfg.parity.tickets, cfg.parity.atol, cfg.name_encoder_cache
+        )
     except ExportError as err:
         sys.exit(f"export failed: {err}")
     p = serving["parity"]
     print(f"exported {model_dir.name} -> {out_dir}")
     print(
         f"model version {serving['model_version']}; parity on {p['tickets']:,} held-out tickets: "
-        f"max |logit diff| {p['max_abs_diff']:.2e}, top-1 disagreements {p['top1_disagreements']}"
+        f"max |logit diff| {p['max_abs_diff']:.2e}, top-1 disagreements {p['top1_disagreements']}; "
+        f"label tower {p['label_tower_max_abs_diff']:.2e}, name encoder vs sentence-transformers "
+        f"{p['name_encoder_max_abs_diff']:.2e}"
     )
     print(f"files: {', '.join(sorted(f.name for f in Path(out_dir).iterdir()))}")
 

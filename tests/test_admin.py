@@ -194,8 +194,7 @@ def test_a_broken_generation_is_refused_and_the_last_good_one_keeps_serving(clie
     assert r.status_code == 200
 
 
-def test_the_command(export_dir, monkeypatch, capsys):
-    monkeypatch.setattr(admin, "default_embedder", lambda: _embed)
+def test_the_command(export_dir, capsys):  # the real all-MiniLM-L6-v2 of the export, in ONNX Runtime
     code = admin.main(
         ["a", "--add", "Damaged Item", "--rename", "Other=Something Else", "--export-dir", str(export_dir)]
     )

@@ -41,6 +41,8 @@ def test_export_parity_and_one_predictor(trained):
     serving = export_model(model_dir, tmp / "onnx", parity_tickets=500)
     assert serving["parity"]["tickets"] > 0
     assert serving["parity"]["max_abs_diff"] < 1e-4 and serving["parity"]["top1_disagreements"] == 0
+    assert serving["parity"]["label_tower_max_abs_diff"] < 1e-4
+    assert serving["parity"]["name_encoder_max_abs_diff"] < 1e-4  # vs sentence-transformers
     for name in ("model.onnx", "label_tower.onnx", "serving.json", "manifest.json", "labels/CURRENT"):
         assert (tmp / "onnx" / name).exists()
     predictor = OnnxPredictor(tmp / "onnx")
@@ -62,6 +64,7 @@ def test_a_parity_failure_writes_nothing(trained, monkeypatch):
             "max_abs_diff": 1.0,
             "top1_disagreements": 1,
             "label_tower_max_abs_diff": 0.0,
+            "name_encoder_max_abs_diff": 0.0,
         },
     )
     with pytest.raises(ExportError, match="disagree"):

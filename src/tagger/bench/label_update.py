@@ -30,7 +30,8 @@ from tagger.bench.machine import machine_description
 from tagger.bench.serving import _requests, api_server, start_load, summarise_load
 from tagger.model.label_update import LabelUpdate
 from tagger.paths import PROJECT_ROOT, latest_export
-from tagger.serving.admin import default_embedder, update_export
+from tagger.serving.admin import update_export
+from tagger.serving.name_encoder import NameEncoder
 from tagger.serving.onnx_predictor import OnnxPredictor
 
 
@@ -55,7 +56,7 @@ def run(export_dir: Path, n_updates: int, rate: float, tickets: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="tagger-label-update-"))
     served = work / "onnx"
     shutil.copytree(export_dir, served)
-    embed = default_embedder()
+    embed = NameEncoder(served).embed
     writer = OnnxPredictor(served)
     accounts = sorted({b["account_id"] for b in bodies})
     rng = np.random.default_rng(0)

@@ -24,7 +24,6 @@ OUT = PROJECT_ROOT / "results" / "reliability"
 
 
 def _fuzz(args) -> None:
-    from tagger.serving.admin import default_embedder
     from tagger.serving.api import Limits, create_app
     from tagger.serving.onnx_predictor import OnnxPredictor
 
@@ -32,7 +31,7 @@ def _fuzz(args) -> None:
     shutil.copytree(args.export_dir, work)  # admin updates change the copy only
     try:
         token = "fuzz-token"
-        app = create_app(work, Limits(), admin_token=token, embed=default_embedder())
+        app = create_app(work, Limits(), admin_token=token)
         accounts = OnnxPredictor(work).table.accounts[:20]
         result = fuzz.fuzz_app(app, args.examples, token=token, accounts=accounts)
     finally:

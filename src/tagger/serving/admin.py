@@ -5,7 +5,7 @@ optionally folding in a few labelled tickets, and make the change live for runni
         --retire "Old label" [--examples tickets.parquet] [--create-account] [--export-dir DIR]
 
 The same :func:`update_export` serves the API's ``POST /admin/labels``. The label names are embedded
-with all-MiniLM-L6-v2 (loaded on first use: the only torch in the serving process) and go through
+with all-MiniLM-L6-v2 in ONNX Runtime (``name_encoder.onnx``, no torch) and go through
 ``label_tower.onnx``; examples go through ``model.onnx``. The change is a new label generation,
 checked before it is made live (:mod:`tagger.serving.label_store`).
 """
@@ -24,22 +24,10 @@ from tagger.data.tickets import Tickets
 from tagger.model.label_update import LabelState, LabelUpdate, UpdateError, apply_update
 from tagger.paths import latest_export
 from tagger.serving.label_store import lock, read_generation, write_generation
+from tagger.serving.name_encoder import NameEncoder
 from tagger.serving.onnx_predictor import LabelView, OnnxPredictor
 
 TextEmbedder = Callable[[list[str]], np.ndarray]
-
-
-def default_embedder(threads: int = 1) -> TextEmbedder:
-    """all-MiniLM-L6-v2, the model that embedded the emails' sentences, warmed up. One thread by
-    default: a few label names need no more, and a server's predictions need the other cores."""
-    import torch
-
-    from tagger.embed import SentenceEmbedder
-
-    torch.set_num_threads(threads)
-    embedder = SentenceEmbedder(cache_dir=None)
-    embedder.embed(["warm up"], progress=False)
-    return lambda texts: embedder.embed(texts, progress=False)
 
 
 def update_export(
@@ -145,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     update = LabelUpdate(args.account, args.add, rename, args.retire, examples, args.create_account)
     predictor = OnnxPredictor(args.export_dir or latest_export())
     try:
-        result = update_export(predictor, [update], default_embedder(), by="cli")
+        result = update_export(predictor, [update], NameEncoder(predictor.export_dir).embed, by="cli")
     except UpdateError as err:
         print(f"refused, nothing changed: {err}", file=sys.stderr)
         return 2

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,8 @@ from starlette.concurrency import run_in_threadpool
 from tagger.data.embeddings_json import EMBEDDING_DIM, EmbeddingError, is_empty, parse_embeddings
 from tagger.data.tickets import Tickets
 from tagger.model.label_update import LabelUpdate, UpdateError
-from tagger.serving.admin import TextEmbedder, default_embedder, update_export
+from tagger.serving.admin import TextEmbedder, update_export
+from tagger.serving.name_encoder import NameEncoder
 from tagger.serving.onnx_predictor import OnnxPredictor
 
 
@@ -186,20 +186,11 @@ def create_app(
     reload_interval: float = 0.25,
 ) -> FastAPI:
     """The API serving the export directory ``export_dir``. ``admin_token`` enables
-    ``POST /admin/labels``; ``embed`` embeds label names (default all-MiniLM-L6-v2, loaded in the
-    background when the admin endpoint is enabled)."""
+    ``POST /admin/labels``; ``embed`` embeds label names (default: the export's all-MiniLM-L6-v2
+    in ONNX Runtime, loaded only when the admin endpoint is enabled)."""
     predictor = OnnxPredictor(export_dir)
-    embedder: dict[str, TextEmbedder] = {}
-    embedder_ready = threading.Event()
-
-    def load_embedder() -> None:
-        try:
-            embedder["embed"] = embed or default_embedder()
-        finally:
-            embedder_ready.set()
-
-    if admin_token:
-        threading.Thread(target=load_embedder, name="label-embedder", daemon=True).start()
+    if admin_token and embed is None:
+        embed = NameEncoder(export_dir).embed
     last_refresh = [time.monotonic()]
     thresholds = predictor.serving.get("thresholds", {})
     global_threshold = (thresholds.get("global") or {}).get(limits.precision_target)
@@ -302,7 +293,7 @@ def create_app(
             "model_version": f"{predictor.serving['model_version']}/{view.generation}",
             "label_generation": view.generation,
             "last_reload_error": predictor.last_reload_error,
-            "admin": "disabled" if not admin_token else "ready" if "embed" in embedder else "loading",
+            "admin": "ready" if admin_token else "disabled",
             "accounts": view.table.n_accounts,
             "labels": len(view.table),
         }
@@ -358,10 +349,8 @@ def create_app(
         update = LabelUpdate(
             body.account_id, body.add, body.rename, body.retire, examples, body.create_account
         )
-        if not embedder_ready.wait(timeout=120) or "embed" not in embedder:
-            raise ApiError(503, "add", "the label-name embedder could not be loaded")
         try:
-            result = update_export(predictor, [update], embedder["embed"], by="api")
+            result = update_export(predictor, [update], embed, by="api")
         except UpdateError as err:
             raise ApiError(err.status, err.field, err.message) from None
         return LabelUpdateOut(

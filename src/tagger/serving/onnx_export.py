@@ -7,6 +7,8 @@ parity with PyTorch on real held-out tickets before the export directory appears
                               account_queries [n_accounts + 1, q] float32 (attention pooling per account)
                       outputs logits [batch, n_labels], ticket_vectors [batch, d]
     label_tower.onnx  names [n, 384] (label-name embeddings) -> label_vectors [n, d] (a new label)
+    name_encoder.onnx all-MiniLM-L6-v2 (input_ids, attention_mask -> unit embeddings [n, 384]) and
+    tokenizer.json    its tokenizer: a label name is embedded without torch
     serving.json      model version, temperature, thresholds, max_sentences, fallback, opset, parity
     manifest.json     SHA-256 of each file (written last)
     labels/           the label side, in generations (tagger.serving.label_store): updated without
@@ -32,7 +34,10 @@ from tagger.manifest import sha256, write_manifest
 from tagger.model.artifacts import load_shared
 from tagger.model.cold_start import label_state, name_weight
 from tagger.model.shared import SharedModel
+from tagger.paths import resolve
+from tagger.serving import name_encoder
 from tagger.serving.label_store import write_generation
+from tagger.serving.name_encoder import NameEncoder
 from tagger.serving.onnx_predictor import EXPORT_FILES, OnnxPredictor
 from tagger.training import cutoff_seconds
 
@@ -81,6 +86,7 @@ def export_model(
     opset: int = 17,
     parity_tickets: int = 2000,
     atol: float = 1e-4,
+    name_encoder_cache: str | os.PathLike = "data/cache/name_encoder",
 ) -> dict:
     """Export the trained model directory ``model_dir`` to ``out_dir``; returns serving.json."""
     model_dir = Path(model_dir)
@@ -92,7 +98,13 @@ def export_model(
         "thresholds": json.loads((model_dir / "thresholds.json").read_text()),
     }
     return export_estimator(
-        load_shared(model_dir), out_dir, held_out_tickets(model_dir, parity_tickets), info, opset, atol
+        load_shared(model_dir),
+        out_dir,
+        held_out_tickets(model_dir, parity_tickets),
+        info,
+        opset,
+        atol,
+        name_encoder_cache,
     )
 
 
@@ -103,6 +115,7 @@ def export_estimator(
     info: dict,
     opset: int = 17,
     atol: float = 1e-4,
+    name_encoder_cache: str | os.PathLike = "data/cache/name_encoder",
 ) -> dict:
     """Write the export directory of a fitted :class:`SharedEstimator` (atomically) after checking it
     with onnx.checker and against PyTorch on ``parity_tickets``; raises :class:`ExportError`."""
@@ -155,8 +168,11 @@ def export_estimator(
             output_names=["label_vectors"],
             dynamic_axes={"names": {0: "n"}, "label_vectors": {0: "n"}},
         )
+        encoder_dir = name_encoder.cached(resolve(name_encoder_cache), opset)
+        for name in name_encoder.FILES:
+            shutil.copyfile(encoder_dir / name, tmp / name)
         try:
-            for name in ("model.onnx", "label_tower.onnx"):
+            for name in ("model.onnx", "label_tower.onnx", "name_encoder.onnx"):
                 onnx.checker.check_model(onnx.load(str(tmp / name)), full_check=True)
         except onnx.checker.ValidationError as err:
             raise ExportError(f"onnx.checker rejected the model: {err}") from err
@@ -187,10 +203,10 @@ def export_estimator(
         (tmp / "serving.json").write_text(json.dumps(serving, indent=2))
         write_manifest(tmp, EXPORT_FILES)
         serving["parity"] = parity = check_parity(estimator, OnnxPredictor(tmp), parity_tickets)
-        if (
-            max(parity["max_abs_diff"], parity["label_tower_max_abs_diff"]) > atol
-            or parity["top1_disagreements"]
-        ):
+        worst = max(
+            parity["max_abs_diff"], parity["label_tower_max_abs_diff"], parity["name_encoder_max_abs_diff"]
+        )
+        if worst > atol or parity["top1_disagreements"]:
             raise ExportError(f"ONNX and PyTorch disagree: {parity}")
         (tmp / "serving.json").write_text(json.dumps(serving, indent=2))
         write_manifest(tmp, EXPORT_FILES)
@@ -216,4 +232,16 @@ def check_parity(estimator, predictor: OnnxPredictor, tickets: Tickets) -> dict:
         "max_abs_diff": float(diff.max()) if diff.size else 0.0,
         "top1_disagreements": int((torch_logits.argmax(1) != onnx_logits.argmax(1)).sum()),
         "label_tower_max_abs_diff": float(np.abs(tower - predictor.name_vectors(names)).max()),
+        "name_encoder_max_abs_diff": _name_encoder_parity(
+            predictor.export_dir, estimator.table.frame["text"]
+        ),
     }
+
+
+def _name_encoder_parity(export_dir: Path, texts) -> float:
+    """Max |difference| of name_encoder.onnx from sentence-transformers on label names and a long text."""
+    from tagger.embed import SentenceEmbedder
+
+    sample = [*list(dict.fromkeys(texts))[:64], "refund " * 400]
+    reference = SentenceEmbedder(cache_dir=None).embed(sample, progress=False)
+    return float(np.abs(NameEncoder(export_dir).embed(sample) - reference).max())

@@ -27,7 +27,7 @@ from tagger.model.label_table import LabelTable
 from tagger.model.label_update import LabelState
 from tagger.serving.label_store import current_generation, read_generation
 
-EXPORT_FILES = ("model.onnx", "label_tower.onnx", "serving.json")
+EXPORT_FILES = ("model.onnx", "label_tower.onnx", "name_encoder.onnx", "tokenizer.json", "serving.json")
 log = logging.getLogger(__name__)
 
 
