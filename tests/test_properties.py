@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
-import pytest
-from conftest import embeddings_json, unit_vectors
-from fastapi.testclient import TestClient
+from conftest import embeddings_json, ticket, unit_vectors, write_tickets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_api import client  # noqa: F401  (the API on the toy export)
 from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
+from tagger.data.cache import load_tickets
 from tagger.data.embeddings_json import EMBEDDING_DIM, EmbeddingError, is_empty, parse_embeddings
-from tagger.serving.api import Limits, create_app
-from tagger.serving.onnx_export import export_model
 
 FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32)
 JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
@@ -96,15 +96,23 @@ def test_valid_objects_round_trip(n, data):
     np.testing.assert_array_equal(got, vectors)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.one_of(st.none(), st.text(max_size=300), NEAR_VALID.map(json.dumps)), min_size=1, max_size=8)
+)
+def test_ingest_keeps_or_quarantines_every_row(texts):
+    """Whole files through the streaming ingest: every row is kept or quarantined with a reason."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_tickets(Path(tmp) / "t.parquet", [ticket(i, t) for i, t in enumerate(texts)])
+        tickets = load_tickets(path, cache_dir=Path(tmp) / "cache", progress=False)
+        assert len(tickets) + tickets.report.n_quarantined == len(texts)
+        assert sum(tickets.report.counts().values()) == tickets.report.n_quarantined
+        assert np.isfinite(np.asarray(tickets.embeddings)).all()
+        for i in range(len(tickets)):
+            assert tickets.sentences(i).shape[1] == EMBEDDING_DIM
+
+
 # ---- the request validation of the API ---------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def client(trained):  # noqa: F811
-    model_dir, _, tmp = trained
-    export_model(model_dir, tmp / "prop-onnx", parity_tickets=50)
-    app = create_app(tmp / "prop-onnx", Limits(max_sentences=10, max_batch=3, max_body_bytes=200_000))
-    return TestClient(app, raise_server_exceptions=False)
 
 
 EMBEDDINGS_FIELD = st.one_of(
@@ -137,7 +145,7 @@ def _assert_answer(r, status_ok=(200,)) -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(BODIES)
-def test_predict_never_fails_on_any_body(client, body):
+def test_predict_never_fails_on_any_body(client, body):  # noqa: F811
     r = client.post(
         "/predict", content=json.dumps(body, allow_nan=True), headers={"content-type": "application/json"}
     )
@@ -149,7 +157,7 @@ def test_predict_never_fails_on_any_body(client, body):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(BODIES, max_size=5))
-def test_batch_never_fails_on_any_body(client, tickets):
+def test_batch_never_fails_on_any_body(client, tickets):  # noqa: F811
     r = client.post(
         "/predict/batch",
         content=json.dumps({"tickets": tickets}),
@@ -160,6 +168,6 @@ def test_batch_never_fails_on_any_body(client, tickets):
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=500))
-def test_predict_never_fails_on_any_bytes(client, raw):
+def test_predict_never_fails_on_any_bytes(client, raw):  # noqa: F811
     r = client.post("/predict", content=raw, headers={"content-type": "application/json"})
     assert r.status_code < 500, r.text

@@ -6,7 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -47,3 +51,21 @@ def verify(directory: str | os.PathLike, files: tuple[str, ...]) -> dict:
         if sha256(path) != manifest["files"].get(name):
             raise ArtifactError(f"{directory}: {name} does not match its checksum in manifest.json")
     return manifest
+
+
+@contextmanager
+def atomic_directory(out_dir: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """Yield a scratch directory beside ``out_dir``, moved into place only if the block succeeds
+    (a failure leaves nothing behind). ``replace=False``: refuse to overwrite an existing ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        yield tmp
+        if out_dir.exists():
+            if not replace:
+                raise ArtifactError(f"{out_dir} already exists")
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

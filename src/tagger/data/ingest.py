@@ -142,6 +142,9 @@ def _embedding_batches(path: Path) -> Iterator[list]:
     batches = parquet.iter_batches(batch_size=BATCH_ROWS, columns=[EMBEDDINGS])
     for batch in _prefetched(batches):
         column = batch.column(0)
+        if pa.types.is_null(column.type):  # every row null (a writer could not infer a type): no sentences
+            yield [None] * len(column)
+            continue
         if pa.types.is_string(column.type) or pa.types.is_binary(column.type):
             offset_type = np.int32
         elif pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type):

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tagger.manifest import ArtifactError, verify, write_manifest
+from tagger.manifest import atomic_directory, verify, write_manifest
 from tagger.model.base import AccountPrior
 from tagger.model.label_table import LabelTable
 from tagger.model.shared import SharedConfig, SharedModel
@@ -51,9 +49,7 @@ def save_shared(
 ) -> Path:
     """Write the model directory ``out_dir`` (built beside it, then renamed into place)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir, replace=False) as tmp:
         model = estimator.model
         torch.save(model.state_dict(), tmp / "weights.pt")
         labels = estimator.table.frame.copy()
@@ -78,11 +74,6 @@ def save_shared(
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (tmp / "thresholds.json").write_text(json.dumps(thresholds or {}, indent=2))
         write_manifest(tmp, FILES)
-        if out_dir.exists():
-            raise ArtifactError(f"{out_dir} already exists")
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

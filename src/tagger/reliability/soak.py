@@ -72,7 +72,7 @@ def soak(
             i = 0
             while time.monotonic() - started < seconds - update_every_s / 2:
                 time.sleep(max(0.0, started + (i + 1) * update_every_s - time.monotonic()))
-                account = accounts[i % len(accounts)]
+                account = accounts[(i // 2) % len(accounts)]  # add a label, then retire it
                 if account in added:  # retire what was added last time: the table stays the same size
                     body = {"account_id": account, "retire": [added.pop(account)]}
                 else:

@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,6 @@ from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from tagger.data.embeddings_json import EMBEDDING_DIM, EmbeddingError, is_empty, parse_embeddings
 from tagger.data.tickets import Tickets
@@ -191,6 +191,13 @@ def create_app(
     predictor = OnnxPredictor(export_dir)
     if admin_token and embed is None:
         embed = NameEncoder(export_dir).embed
+    # Label updates and reloads allocate megabytes; one thread for them keeps that memory in one
+    # malloc arena (spread over the request threads, the server's memory grew with every update).
+    label_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labels")
+
+    async def in_label_thread(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(label_thread, fn, *args)
+
     last_refresh = [time.monotonic()]
     thresholds = predictor.serving.get("thresholds", {})
     global_threshold = (thresholds.get("global") or {}).get(limits.precision_target)
@@ -212,7 +219,7 @@ def create_app(
         now = time.monotonic()
         if now - last_refresh[0] >= reload_interval:  # another process may have updated the labels
             last_refresh[0] = now
-            await run_in_threadpool(predictor.refresh)
+            await in_label_thread(predictor.refresh)
         try:
             return await asyncio.wait_for(call_next(request), limits.request_timeout_s)
         except TimeoutError:
@@ -320,11 +327,14 @@ def create_app(
         response_model=LabelUpdateOut,
         responses={401: {"description": "missing or wrong token"}, 403: {"description": "admin disabled"}},
     )
-    def update_labels(
+    async def update_labels(
         body: LabelUpdateIn,
         authorization: str | None = Header(None, description="Bearer TOKEN (checked before the body)"),
     ) -> LabelUpdateOut:
         """Add, rename or retire one merchant's labels, folding in examples; live at once, no restart."""
+        return await in_label_thread(apply_update_request, body)
+
+    def apply_update_request(body: LabelUpdateIn) -> LabelUpdateOut:
         if len(body.examples) > limits.max_batch:
             raise ApiError(413, "examples", f"{len(body.examples)} examples; at most {limits.max_batch}")
         changes = len(body.add) + len(body.rename) + len(body.retire)

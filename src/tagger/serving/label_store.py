@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tagger.manifest import verify, write_manifest
+from tagger.manifest import atomic_directory, verify, write_manifest
 from tagger.model.label_table import LabelTable
 from tagger.model.label_update import LabelState
 
@@ -77,8 +76,7 @@ def write_generation(export_dir: str | os.PathLike, state: LabelState, change: d
     root.mkdir(parents=True, exist_ok=True)
     numbers = [int(m.group(1)) for p in root.iterdir() if (m := _NAME.match(p.name))]
     name = f"g{max(numbers, default=0) + 1:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
+    with atomic_directory(root / name, replace=False) as tmp:
         frame = state.table.frame
         labels = {
             "generation": name,
@@ -105,9 +103,6 @@ def write_generation(export_dir: str | os.PathLike, state: LabelState, change: d
         queries = state.queries if state.queries is not None else np.zeros((state.table.n_accounts + 1, 0))
         np.save(tmp / "account_queries.npy", np.ascontiguousarray(queries, np.float32))
         write_manifest(tmp, GENERATION_FILES)
-        os.replace(tmp, root / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     pointer = root / f".CURRENT-{os.getpid()}"
     pointer.write_text(name + "\n")
     os.replace(pointer, root / "CURRENT")

@@ -90,19 +90,10 @@ def build(out_dir: Path, opset: int = 17) -> None:
 
 def cached(cache_dir: Path, opset: int = 17) -> Path:
     """A directory holding the two files, built once per cache (they are the same for every export)."""
-    import shutil
-    import tempfile
+    from tagger.manifest import atomic_directory
 
     target = cache_dir / f"name_encoder-opset{opset}"
-    if all((target / f).exists() for f in FILES):
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".name_encoder-", dir=cache_dir))
-    try:
-        build(tmp, opset)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not all((target / f).exists() for f in FILES):
+        with atomic_directory(target) as tmp:
+            build(tmp, opset)
     return target

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from torch import nn
 
 from tagger.data.cache import load_tickets
 from tagger.data.tickets import Tickets
-from tagger.manifest import sha256, write_manifest
+from tagger.manifest import atomic_directory, sha256, write_manifest
 from tagger.model.artifacts import load_shared
 from tagger.model.cold_start import label_state, name_weight
 from tagger.model.shared import SharedModel
@@ -123,9 +122,7 @@ def export_estimator(
     if estimator.model.label_bias is not None:
         raise ExportError("export needs score.label_bias: false (label vectors are inputs; a bias is not)")
     scoring = _Scoring(estimator.model.eval()).eval()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         state = label_state(estimator)
         inputs = ["sentences", "mask", "account", "label_vectors", "label_account"]
         example = [
@@ -210,11 +207,6 @@ def export_estimator(
             raise ExportError(f"ONNX and PyTorch disagree: {parity}")
         (tmp / "serving.json").write_text(json.dumps(serving, indent=2))
         write_manifest(tmp, EXPORT_FILES)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return serving
 
 
