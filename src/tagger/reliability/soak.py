@@ -24,7 +24,7 @@ def soak(
     minutes: float = 10.0,
     rate: float = 100.0,
     update_every_s: float = 20.0,
-    warmup_s: float = 30.0,
+    warmup_s: float = 60.0,
     window_s: float = 30.0,
     tickets: int = 2000,
 ) -> dict:

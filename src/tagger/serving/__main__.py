@@ -4,7 +4,8 @@
     python -m tagger.serving export_dir=models/X/onnx port=9000 limits.max_batch=64
     TAGGER_ADMIN_TOKEN=... python -m tagger.serving           # enables POST /admin/labels
 
-Binds to loopback unless ``host=`` says otherwise. A missing, truncated or altered export refuses
+Binds to loopback unless ``host=`` says otherwise; runs with ``MALLOC_ARENA_MAX`` set (conf/serve.yaml
+``malloc_arena_max``) unless the environment already sets it. A missing, truncated or altered export refuses
 to start with one line saying which file is wrong (exit status 1).
 """
 
@@ -17,7 +18,8 @@ from tagger.paths import latest_export
 from tagger.serving.api import app_from_config, serve_config
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, reexec: bool = False) -> int:
+    """Entry point; ``reexec``: the command line itself, which may run again with MALLOC_ARENA_MAX set."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
@@ -27,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"expected key=value overrides of conf/serve.yaml, got {bad}", file=sys.stderr)
         return 2
     cfg = serve_config(argv)
+    arenas = str(cfg.malloc_arena_max)
+    if reexec and arenas != "0" and os.environ.get("MALLOC_ARENA_MAX") is None:
+        # glibc reads MALLOC_ARENA_MAX at start-up only: run again with it set. One arena per
+        # request thread let the resident memory creep up under a long load with label updates.
+        os.environ["MALLOC_ARENA_MAX"] = arenas
+        os.execv(sys.executable, [sys.executable, "-m", "tagger.serving", *argv])
     export_dir = cfg.export_dir or os.environ.get("TAGGER_EXPORT_DIR") or latest_export()
     app = app_from_config(cfg, export_dir)
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
@@ -44,4 +52,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(reexec=True))

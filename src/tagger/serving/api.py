@@ -146,6 +146,17 @@ class LabelUpdateOut(BaseModel):
     seconds: float
 
 
+def _release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps it otherwise, and the server's memory
+    grew with every label update); a no-op where malloc_trim does not exist."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _refuse_admin(authorization: str | None, admin_token: str | None) -> tuple[int, str] | None:
     """(status, message) when the admin call must be refused; the token is compared in constant time."""
     if not admin_token:
@@ -196,7 +207,14 @@ def create_app(
     label_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labels")
 
     async def in_label_thread(fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(label_thread, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(label_thread, fn, *args)
+        finally:
+            if fn is not predictor.refresh or predictor.view.generation != generation[0]:
+                generation[0] = predictor.view.generation
+                await asyncio.get_running_loop().run_in_executor(label_thread, _release_free_memory)
+
+    generation = [predictor.view.generation]
 
     last_refresh = [time.monotonic()]
     thresholds = predictor.serving.get("thresholds", {})

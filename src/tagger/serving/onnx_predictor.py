@@ -69,6 +69,10 @@ class OnnxPredictor:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # The label count changes with every label update, so input shapes keep changing: without
+        # the arena and the per-shape memory patterns, freed buffers go back instead of piling up.
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
         self.session = ort.InferenceSession(
             str(self.export_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
         )
