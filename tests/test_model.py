@@ -7,8 +7,9 @@ import pytest
 import torch
 from conftest import TEST_MODEL, TEST_TRAINER, FakeEmbedder, make_tickets, toy_problem, unit_vectors
 
+from tagger.manifest import ArtifactError
 from tagger.metrics import outcomes, summary
-from tagger.model.artifacts import ArtifactError, load_shared, save_shared
+from tagger.model.artifacts import load_shared, save_shared
 from tagger.model.baselines import KNN, LogReg, Majority, NearestCentroid
 from tagger.model.label_table import LabelTable
 from tagger.model.shared import SharedConfig, SharedModel
