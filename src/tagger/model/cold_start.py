@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from tagger.data.labels import normalise_label
+from tagger.data.tickets import Tickets
 from tagger.model.base import AccountPrior
 from tagger.model.batches import pad_sentences
 from tagger.model.label_update import LabelState, LabelUpdate, apply_update
@@ -65,9 +66,8 @@ def update_labels(
 
     @torch.no_grad()
     def encode_tickets(state: LabelState, account: str, tickets: list[np.ndarray]) -> np.ndarray:
-        embeddings = np.concatenate(tickets).astype(np.float32)
-        offsets = np.r_[0, np.cumsum([len(t) for t in tickets])]
-        x, mask = pad_sentences(embeddings, offsets, np.arange(len(tickets)), max_sentences)
+        batch = Tickets.from_vectors([account] * len(tickets), tickets)
+        x, mask = pad_sentences(batch.embeddings, batch.offsets, np.arange(len(tickets)), max_sentences)
         index = torch.full((len(tickets),), state.table.account_index[account], dtype=torch.long)
         queries = None if state.queries is None else torch.from_numpy(state.queries)
         return model.ticket_vectors(torch.from_numpy(x), torch.from_numpy(mask), index, queries).numpy()

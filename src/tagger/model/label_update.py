@@ -108,14 +108,12 @@ def apply_update(
     for i, raw in enumerate(update.retire):
         name = known(raw, f"retire[{i}]")
         del labels[name], folded[name.casefold()]
-    renamed: dict[str, str] = {}
     for old_raw, new_raw in update.rename.items():
         old = known(old_raw, f"rename.{old_raw}")
         del folded[old.casefold()]
         new = fresh(new_raw, f"rename.{old_raw}")
         labels[new] = labels.pop(old)
         folded[new.casefold()] = new
-        renamed[new] = old
     for i, raw in enumerate(update.add):
         name = fresh(raw, f"add[{i}]")
         labels[name] = -1

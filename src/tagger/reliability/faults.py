@@ -137,7 +137,7 @@ def reload_cases(export_dir: Path, tmp: Path) -> list[dict]:
         return make
 
     def wrong_dimension() -> str:
-        _, state, _ = read_generation(served, good)
+        _, state = read_generation(served, good)
         bad = LabelState(state.table, state.vectors[..., :10].copy(), state.prior, state.names, state.queries)
         name = write_generation(served, bad, {"kind": "fault case"})
         return name

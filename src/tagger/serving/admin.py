@@ -45,10 +45,10 @@ def update_export(
 
     def encode_tickets(state: LabelState, account: str, tickets: list[np.ndarray]) -> np.ndarray:
         batch = Tickets.from_vectors([account] * len(tickets), tickets)
-        return predictor.ticket_vectors(batch, view=LabelView.of("pending", state, {}))
+        return predictor.ticket_vectors(batch, view=LabelView.of("pending", state))
 
     with lock(predictor.export_dir):
-        name, state, _ = read_generation(predictor.export_dir)  # the latest, whoever wrote it
+        name, state = read_generation(predictor.export_dir)  # the latest, whoever wrote it
         for update in updates:
             state = apply_update(state, update, encode_names, encode_tickets, weight)
         change = {"by": by, "from": name, "updates": [_describe(u) for u in updates]}

@@ -206,15 +206,16 @@ def create_app(
     # malloc arena (spread over the request threads, the server's memory grew with every update).
     label_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labels")
 
-    async def in_label_thread(fn, *args):
+    def then_release(fn, *args):
+        before = predictor.view.generation
         try:
-            return await asyncio.get_running_loop().run_in_executor(label_thread, fn, *args)
+            return fn(*args)
         finally:
-            if fn is not predictor.refresh or predictor.view.generation != generation[0]:
-                generation[0] = predictor.view.generation
-                await asyncio.get_running_loop().run_in_executor(label_thread, _release_free_memory)
+            if predictor.view.generation != before:  # the old generation's memory is free now
+                _release_free_memory()
 
-    generation = [predictor.view.generation]
+    async def in_label_thread(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(label_thread, then_release, fn, *args)
 
     last_refresh = [time.monotonic()]
     thresholds = predictor.serving.get("thresholds", {})

@@ -45,8 +45,8 @@ def current_generation(export_dir: str | os.PathLike) -> str:
     return (labels_dir(export_dir) / "CURRENT").read_text().strip()
 
 
-def read_generation(export_dir: str | os.PathLike, name: str | None = None) -> tuple[str, LabelState, dict]:
-    """``(name, state, labels.json)`` of a generation (the live one by default), checked against its
+def read_generation(export_dir: str | os.PathLike, name: str | None = None) -> tuple[str, LabelState]:
+    """``(name, state)`` of a generation (the live one by default), checked against its
     manifest; raises :class:`tagger.manifest.ArtifactError` if a file is missing or altered."""
     name = name or current_generation(export_dir)
     if not _NAME.match(name):
@@ -66,7 +66,7 @@ def read_generation(export_dir: str | os.PathLike, name: str | None = None) -> t
     )
     if len(state.vectors) != len(table) or len(state.names) != len(table):
         raise ValueError(f"generation {name}: {len(state.vectors)} vectors for {len(table)} labels")
-    return name, state, info
+    return name, state
 
 
 def write_generation(export_dir: str | os.PathLike, state: LabelState, change: dict) -> str:

@@ -39,21 +39,20 @@ class LabelView:
     state: LabelState
     prior: AccountPrior
     inputs: dict[str, np.ndarray]
-    info: dict
 
     @property
     def table(self) -> LabelTable:
         return self.state.table
 
     @classmethod
-    def of(cls, generation: str, state: LabelState, info: dict) -> LabelView:
+    def of(cls, generation: str, state: LabelState) -> LabelView:
         inputs = {
             "label_vectors": np.ascontiguousarray(state.vectors, np.float32),
             "label_account": state.label_account(),
         }
         if state.queries is not None:
             inputs["account_queries"] = np.ascontiguousarray(state.queries, np.float32)
-        return cls(generation, state, AccountPrior.from_probs(state.table, state.prior), inputs, info)
+        return cls(generation, state, AccountPrior.from_probs(state.table, state.prior), inputs)
 
 
 class OnnxPredictor:
