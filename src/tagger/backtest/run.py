@@ -98,17 +98,11 @@ def run_backtest(cfg: DictConfig) -> dict:
                 targets,
                 bt.min_account_val,
             )
-            test_out = outcomes(predictor.predict(test), test, inner_train.meta)
-            test_out.insert(0, "fold", fold.index)
-            for target, values in thresholds.of(test_out).items():
-                test_out[f"threshold_{round(target * 100)}"] = values
+            test_out = _fold_outcomes(predictor, test, inner_train, fold.index, thresholds)
             frames[name].append(test_out)
             if name == "shared" and cold.get("declare_names"):
                 named = with_declared_labels(estimator, test)  # PyTorch: label updates need the model
-                named_out = outcomes(named.predict(test), test, inner_train.meta)
-                named_out.insert(0, "fold", fold.index)
-                for target, values in thresholds.of(named_out).items():
-                    named_out[f"threshold_{round(target * 100)}"] = values
+                named_out = _fold_outcomes(named, test, inner_train, fold.index, thresholds)
                 named_out["n_account_labels"] = account_label_counts(named_out, named.table)
                 named_out["name_seen_elsewhere"] = name_seen_elsewhere(named_out, inner_train.meta)
                 named_frames.append(named_out)
@@ -123,19 +117,19 @@ def run_backtest(cfg: DictConfig) -> dict:
             )
             progress.update()
     progress.close()
+    pooled = {name: pd.concat(parts, ignore_index=True) for name, parts in frames.items()}
     cold_start = {}
     if named_frames:
         named_all = pd.concat(named_frames, ignore_index=True)
         cold_start = {
             "overall": summary(named_all, _row_thresholds(named_all, targets)),
-            "zero_shot": zero_shot_summary(named_all, pd.concat(frames["shared"], ignore_index=True)),
+            "zero_shot": zero_shot_summary(named_all, pooled["shared"]),
         }
     curve = pd.DataFrame()
     if cold.get("learning_curve") and cold.learning_curve.labels and "shared" in configs:
         curve = learning_curve(cfg, window, test, configs, output_dir / "logs" / "learning_curve")
         cold_start["learning_curve"] = curve.to_dict(orient="records")
 
-    pooled = {name: pd.concat(parts, ignore_index=True) for name, parts in frames.items()}
     samples = bootstrap(pooled, bt.bootstrap, cfg.seed) if bt.bootstrap else {}
     models = {}
     for name, frame in pooled.items():
@@ -208,6 +202,15 @@ def _runtime(estimator, runtime: str, val, export_dir: Path):
     with_embeddings = val.subset(val.meta["has_embeddings"].to_numpy())
     serving = export_estimator(estimator, export_dir, with_embeddings, {"model_version": export_dir.name})
     return OnnxPredictor(export_dir), {f"onnx_parity_{k}": v for k, v in serving["parity"].items()}
+
+
+def _fold_outcomes(predictor, test, train, fold: int, thresholds: Thresholds) -> pd.DataFrame:
+    """Every test ticket's outcome in a fold, with each row's confidence threshold per precision target."""
+    out = outcomes(predictor.predict(test), test, train.meta)
+    out.insert(0, "fold", fold)
+    for target, values in thresholds.of(out).items():
+        out[f"threshold_{round(target * 100)}"] = values
+    return out
 
 
 def _paired(models: dict, samples: dict, baseline: str) -> dict:

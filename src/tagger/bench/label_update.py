@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from tagger.bench.machine import machine_description
-from tagger.bench.serving import _requests, api_server, start_load, summarise_load
+from tagger.bench.serving import _requests, admin_server, start_load, summarise_load
 from tagger.model.label_update import LabelUpdate
 from tagger.paths import PROJECT_ROOT, latest_export
 from tagger.serving.admin import update_export
@@ -51,73 +48,55 @@ def run(export_dir: Path, n_updates: int, rate: float, tickets: int) -> dict:
 
     bodies = _requests(export_dir, tickets)
     examples = [b for b in bodies if b["email_sentence_embeddings"]][:5]
-    token = secrets.token_urlsafe(24)
-    auth = {"Authorization": f"Bearer {token}"}
-    work = Path(tempfile.mkdtemp(prefix="tagger-label-update-"))
-    served = work / "onnx"
-    shutil.copytree(export_dir, served)
-    embed = NameEncoder(served).embed
-    writer = OnnxPredictor(served)
     accounts = sorted({b["account_id"] for b in bodies})
     rng = np.random.default_rng(0)
     endpoint, other = [], []
-    try:
-        with api_server(served, TAGGER_ADMIN_TOKEN=token) as (_, url), httpx.Client(timeout=30) as client:
-            _wait(
-                lambda: (
-                    client.post(f"{url}/admin/labels", json={"account_id": ""}, headers=auth).status_code
-                    == 422
-                ),
-                120,
-            )
-            seconds = max(10.0, n_updates * 1.5 + 4)
-            proc, queue = start_load(f"{url}/predict", bodies, rate, seconds, 8)
-            time.sleep(2.0)
-            for i in range(n_updates):
-                account = accounts[int(rng.integers(len(accounts)))]
-                label = f"Benchmark label {i}"
-                if i % 2 == 0:  # through the endpoint, with examples
-                    body = {
-                        "account_id": account,
-                        "add": [label],
-                        "examples": [
-                            {"label": label, "email_sentence_embeddings": e["email_sentence_embeddings"]}
-                            for e in examples
-                        ],
+    with admin_server(export_dir) as (_, url, served, auth), httpx.Client(timeout=30) as client:
+        embed = NameEncoder(served).embed
+        writer = OnnxPredictor(served)  # another process's view of the same export, as the command has
+        seconds = max(10.0, n_updates * 1.5 + 4)
+        proc, queue = start_load(f"{url}/predict", bodies, rate, seconds, 8)
+        time.sleep(2.0)
+        for i in range(n_updates):
+            account = accounts[int(rng.integers(len(accounts)))]
+            label = f"Benchmark label {i}"
+            if i % 2 == 0:  # through the endpoint, with examples
+                body = {
+                    "account_id": account,
+                    "add": [label],
+                    "examples": [
+                        {"label": label, "email_sentence_embeddings": e["email_sentence_embeddings"]}
+                        for e in examples
+                    ],
+                }
+                t0 = time.perf_counter()
+                r = client.post(f"{url}/admin/labels", json=body, headers=auth)
+                answered = time.perf_counter() - t0
+                if r.status_code != 200:
+                    raise RuntimeError(f"update refused: {r.status_code} {r.text}")
+                live = _wait(
+                    lambda a=account, lab=label: (
+                        lab in {x["label"] for x in client.get(f"{url}/accounts/{a}/labels").json()["labels"]}
+                    )
+                )
+                endpoint.append(
+                    {
+                        "response_s": answered,
+                        "live_after_response_s": live,
+                        "server_s": r.json()["seconds"],
                     }
-                    t0 = time.perf_counter()
-                    r = client.post(f"{url}/admin/labels", json=body, headers=auth)
-                    answered = time.perf_counter() - t0
-                    if r.status_code != 200:
-                        raise RuntimeError(f"update refused: {r.status_code} {r.text}")
-                    live = _wait(
-                        lambda a=account, lab=label: (
-                            lab
-                            in {x["label"] for x in client.get(f"{url}/accounts/{a}/labels").json()["labels"]}
-                        )
-                    )
-                    endpoint.append(
-                        {
-                            "response_s": answered,
-                            "live_after_response_s": live,
-                            "server_s": r.json()["seconds"],
-                        }
-                    )
-                else:  # from another process, as the command does
-                    t0 = time.perf_counter()
-                    result = update_export(writer, [LabelUpdate(account, add=[label])], embed, by="benchmark")
-                    written = time.perf_counter()
-                    live = _wait(
-                        lambda g=result["generation"]: (
-                            client.get(f"{url}/health").json()["label_generation"] == g
-                        )
-                    )
-                    other.append({"write_s": written - t0, "live_after_write_s": live})
-                time.sleep(0.5)
-            load = summarise_load(queue.get())
-            proc.join()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+                )
+            else:  # from another process, as the command does
+                t0 = time.perf_counter()
+                result = update_export(writer, [LabelUpdate(account, add=[label])], embed, by="benchmark")
+                written = time.perf_counter()
+                live = _wait(
+                    lambda g=result["generation"]: client.get(f"{url}/health").json()["label_generation"] == g
+                )
+                other.append({"write_s": written - t0, "live_after_write_s": live})
+            time.sleep(0.5)
+        load = summarise_load(queue.get())
+        proc.join()
 
     def stats(rows: list[dict], key: str) -> dict:
         values = [r[key] * 1000 for r in rows]

@@ -12,10 +12,13 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import secrets
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -192,6 +195,18 @@ def api_server(export_dir: Path, **env):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@contextmanager
+def admin_server(export_dir: Path):
+    """A copy of ``export_dir`` served with a random admin token (label updates change the copy only);
+    yields (process, url, the served copy, the Authorization header)."""
+    token = secrets.token_urlsafe(24)
+    with tempfile.TemporaryDirectory(prefix="tagger-served-") as work:
+        served = Path(work) / "onnx"
+        shutil.copytree(export_dir, served)
+        with api_server(served, TAGGER_ADMIN_TOKEN=token) as (server, url):
+            yield server, url, served, {"Authorization": f"Bearer {token}"}
 
 
 def start_load(url: str, bodies: list[dict], rate: float | None, seconds: float, threads: int):

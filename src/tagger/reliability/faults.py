@@ -47,16 +47,19 @@ def _refuses_to_start(export_dir: Path) -> str:
     raise AssertionError("the server started")
 
 
-def _broken_exports(export_dir: Path, tmp: Path) -> list[tuple[str, Callable[[Path], None]]]:
+def _truncate(name: str) -> Callable[[Path], None]:
+    """Cut file ``name`` (below a directory given later) to half its length."""
+
+    def go(d: Path) -> None:
+        data = (d / name).read_bytes()
+        (d / name).write_bytes(data[: len(data) // 2])
+
+    return go
+
+
+def _broken_exports(export_dir: Path) -> list[tuple[str, Callable[[Path], None]]]:
     generation = labels_dir(export_dir) / current_generation(export_dir)
     rel = generation.relative_to(export_dir)
-
-    def truncate(name: str) -> Callable[[Path], None]:
-        def go(d: Path) -> None:
-            data = (d / name).read_bytes()
-            (d / name).write_bytes(data[: len(data) // 2])
-
-        return go
 
     def remove(name: str) -> Callable[[Path], None]:
         return lambda d: (d / name).unlink()
@@ -66,15 +69,15 @@ def _broken_exports(export_dir: Path, tmp: Path) -> list[tuple[str, Callable[[Pa
 
     return [
         ("model.onnx missing", remove("model.onnx")),
-        ("model.onnx truncated", truncate("model.onnx")),
-        ("label_tower.onnx truncated", truncate("label_tower.onnx")),
+        ("model.onnx truncated", _truncate("model.onnx")),
+        ("label_tower.onnx truncated", _truncate("label_tower.onnx")),
         ("serving.json altered", write("serving.json", "{}")),
         ("manifest.json missing", remove("manifest.json")),
         ("model.onnx from another export (manifest mismatch)", write("model.onnx", "not this model")),
         ("labels/CURRENT missing", remove("labels/CURRENT")),
         ("labels/CURRENT names a missing generation", write("labels/CURRENT", "g999999\n")),
         ("labels/CURRENT names a path outside labels/", write("labels/CURRENT", "../../etc\n")),
-        ("label_vectors.npy truncated", truncate(f"{rel}/label_vectors.npy")),
+        ("label_vectors.npy truncated", _truncate(f"{rel}/label_vectors.npy")),
         ("labels.json altered", write(f"{rel}/labels.json", "{}")),
         ("generation manifest missing", remove(f"{rel}/manifest.json")),
         ("export directory missing", lambda d: shutil.rmtree(d)),
@@ -84,7 +87,7 @@ def _broken_exports(export_dir: Path, tmp: Path) -> list[tuple[str, Callable[[Pa
 def startup_cases(export_dir: Path, tmp: Path) -> list[dict]:
     """The server refuses each broken copy of ``export_dir``."""
     out = []
-    for i, (name, breaker) in enumerate(_broken_exports(export_dir, tmp)):
+    for i, (name, breaker) in enumerate(_broken_exports(export_dir)):
         copy = tmp / f"startup-{i}"
         shutil.copytree(export_dir, copy)
         breaker(copy)
@@ -142,15 +145,8 @@ def reload_cases(export_dir: Path, tmp: Path) -> list[dict]:
         name = write_generation(served, bad, {"kind": "fault case"})
         return name
 
-    def half(name: str) -> Callable[[Path], None]:
-        def go(d: Path) -> None:
-            data = (d / name).read_bytes()
-            (d / name).write_bytes(data[: len(data) // 2])
-
-        return go
-
     cases = [
-        ("label_vectors.npy truncated", broken_copy(half("label_vectors.npy"))),
+        ("label_vectors.npy truncated", broken_copy(_truncate("label_vectors.npy"))),
         ("labels.json altered", broken_copy(lambda d: (d / "labels.json").write_text("{}"))),
         (
             "manifest missing (a half-written generation)",

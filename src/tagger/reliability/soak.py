@@ -6,9 +6,6 @@ through the admin endpoint at a fixed interval; latency per time window, errors,
 from __future__ import annotations
 
 import json
-import secrets
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tagger.bench.machine import machine_description
-from tagger.bench.serving import _percentiles, _requests, _rss_mb, api_server, start_load, summarise_load
+from tagger.bench.serving import _percentiles, _requests, _rss_mb, admin_server, start_load, summarise_load
 
 
 def soak(
@@ -34,73 +31,57 @@ def soak(
     bodies = _requests(export_dir, tickets)
     examples = [b["email_sentence_embeddings"] for b in bodies if b["email_sentence_embeddings"]][:3]
     accounts = sorted({b["account_id"] for b in bodies})
-    token = secrets.token_urlsafe(24)
-    auth = {"Authorization": f"Bearer {token}"}
-    work = Path(tempfile.mkdtemp(prefix="tagger-soak-"))
-    served = work / "onnx"
-    shutil.copytree(export_dir, served)
     seconds = minutes * 60
     updates: list[dict] = []
     memory: list[tuple[float, float]] = []
-    try:
-        with (
-            api_server(served, TAGGER_ADMIN_TOKEN=token) as (server, url),
-            httpx.Client(timeout=30) as client,
-        ):
-            deadline = time.monotonic() + 180
-            while client.get(f"{url}/health").json()["admin"] != "ready":
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the admin endpoint did not become ready")
-                time.sleep(0.2)
-            rss_ready = _rss_mb(server.pid)
-            proc, queue = start_load(f"{url}/predict", bodies, rate, warmup_s, 8)
-            warmup = summarise_load(queue.get())
-            proc.join()
-            rss_start = _rss_mb(server.pid)
-            proc, queue = start_load(f"{url}/predict", bodies, rate, seconds, 8)
-            started = time.monotonic() + 0.2  # the load process starts its clock 0.2 s in
-            stop = threading.Event()
+    with admin_server(export_dir) as (server, url, _, auth), httpx.Client(timeout=30) as client:
+        rss_ready = _rss_mb(server.pid)
+        proc, queue = start_load(f"{url}/predict", bodies, rate, warmup_s, 8)
+        warmup = summarise_load(queue.get())
+        proc.join()
+        rss_start = _rss_mb(server.pid)
+        proc, queue = start_load(f"{url}/predict", bodies, rate, seconds, 8)
+        started = time.monotonic() + 0.2  # the load process starts its clock 0.2 s in
+        stop = threading.Event()
 
-            def sample_memory() -> None:
-                while not stop.is_set():
-                    memory.append((time.monotonic() - started, _rss_mb(server.pid)))
-                    stop.wait(10.0)
+        def sample_memory() -> None:
+            while not stop.is_set():
+                memory.append((time.monotonic() - started, _rss_mb(server.pid)))
+                stop.wait(10.0)
 
-            sampler = threading.Thread(target=sample_memory, daemon=True)
-            sampler.start()
-            added: dict[str, str] = {}
-            i = 0
-            while time.monotonic() - started < seconds - update_every_s / 2:
-                time.sleep(max(0.0, started + (i + 1) * update_every_s - time.monotonic()))
-                account = accounts[(i // 2) % len(accounts)]  # add a label, then retire it
-                if account in added:  # retire what was added last time: the table stays the same size
-                    body = {"account_id": account, "retire": [added.pop(account)]}
-                else:
-                    label = f"Soak label {i}"
-                    added[account] = label
-                    body = {
-                        "account_id": account,
-                        "add": [label],
-                        "examples": [{"label": label, "email_sentence_embeddings": e} for e in examples],
-                    }
-                t0 = time.monotonic()
-                r = client.post(f"{url}/admin/labels", json=body, headers=auth)
-                updates.append(
-                    {
-                        "at_s": t0 - started,
-                        "status": r.status_code,
-                        "ms": (time.monotonic() - t0) * 1000,
-                        "kind": "retire" if "retire" in body else "add + 3 examples",
-                    }
-                )
-                i += 1
-            got = queue.get()
-            proc.join()
-            stop.set()
-            sampler.join()
-            rss_end = _rss_mb(server.pid)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        sampler = threading.Thread(target=sample_memory, daemon=True)
+        sampler.start()
+        added: dict[str, str] = {}
+        i = 0
+        while time.monotonic() - started < seconds - update_every_s / 2:
+            time.sleep(max(0.0, started + (i + 1) * update_every_s - time.monotonic()))
+            account = accounts[(i // 2) % len(accounts)]  # add a label, then retire it
+            if account in added:  # retire what was added last time: the table stays the same size
+                body = {"account_id": account, "retire": [added.pop(account)]}
+            else:
+                label = f"Soak label {i}"
+                added[account] = label
+                body = {
+                    "account_id": account,
+                    "add": [label],
+                    "examples": [{"label": label, "email_sentence_embeddings": e} for e in examples],
+                }
+            t0 = time.monotonic()
+            r = client.post(f"{url}/admin/labels", json=body, headers=auth)
+            updates.append(
+                {
+                    "at_s": t0 - started,
+                    "status": r.status_code,
+                    "ms": (time.monotonic() - t0) * 1000,
+                    "kind": "retire" if "retire" in body else "add + 3 examples",
+                }
+            )
+            i += 1
+        got = queue.get()
+        proc.join()
+        stop.set()
+        sampler.join()
+        rss_end = _rss_mb(server.pid)
 
     sent = np.asarray(got["sent"])
     ms = np.asarray(got["latencies"])
@@ -127,7 +108,7 @@ def soak(
         "update_every_s": update_every_s,
         "window_s": window_s,
         "warmup": warmup,
-        "overall": summarise_load({**got, "sent": [], "codes": []}),
+        "overall": summarise_load(got),
         "within_1s_of_an_update": {
             "requests": int(near_update.sum()),
             **_percentiles(ms[near_update].tolist()),
