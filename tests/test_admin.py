@@ -12,7 +12,7 @@ from conftest import FakeEmbedder, embeddings_json, unit_vectors
 from fastapi.testclient import TestClient
 from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
-from tagger.serving import admin
+from tagger.serving import admin, label_store
 from tagger.serving.api import create_app
 from tagger.serving.label_store import current_generation, labels_dir
 from tagger.serving.onnx_export import export_model
@@ -184,14 +184,45 @@ def test_hot_reload_under_concurrent_requests(export_dir):
 
 def test_a_broken_generation_is_refused_and_the_last_good_one_keeps_serving(client, export_dir):
     good = current_generation(export_dir)
-    broken = labels_dir(export_dir) / "g999999"
-    shutil.copytree(labels_dir(export_dir) / good, broken)
-    (broken / "label_vectors.npy").write_bytes(b"truncated")
-    (labels_dir(export_dir) / "CURRENT").write_text("g999999\n")
+    writer = OnnxPredictor(export_dir)
+    name = label_store.write_generation(export_dir, {"a": writer.view.labels_of("a")}, {"kind": "test"})
+    version = label_store.read_log(export_dir, label_store.generation_number(name))["accounts"]["a"]
+    (labels_dir(export_dir) / version / "label_vectors.npy").write_bytes(b"truncated")
     health = client.get("/health").json()
-    assert health["label_generation"] == good and "g999999" in health["last_reload_error"]
+    assert health["label_generation"] == good and name in health["last_reload_error"]
     r = client.post("/predict", json={"account_id": "a", "email_sentence_embeddings": None})
     assert r.status_code == 200
+
+
+def test_an_update_writes_only_its_merchants_labels_and_a_reload_reads_only_those(export_dir):
+    """Per-merchant storage: the base is untouched, one version directory and one log entry appear,
+    and a server catching up reads the changed merchant's files only."""
+    root = labels_dir(export_dir)
+    base = {p: p.stat().st_mtime_ns for p in (root / "base").iterdir()}
+    serving = OnnxPredictor(export_dir)
+    before = {a: serving.view.labels_of(a) for a in ("a", "b", "c")}
+    writer = OnnxPredictor(export_dir)
+    admin.update_export(writer, [admin.LabelUpdate("b", add=["Chargeback"])], _embed, by="test")
+    assert {p: p.stat().st_mtime_ns for p in (root / "base").iterdir()} == base
+    assert [p.name for p in (root / "accounts").iterdir()] == [label_store.account_key("b")]
+    assert serving.refresh()
+    assert serving.view.labels_of("a") is before["a"] and serving.view.labels_of("c") is before["c"]
+    assert "Chargeback" in serving.view.labels_of("b").labels
+
+
+def test_rollback_brings_back_a_merchants_previous_labels(export_dir):
+    writer = OnnxPredictor(export_dir)
+    original = writer.view.labels_of("b").labels
+    admin.update_export(writer, [admin.LabelUpdate("b", add=["One"])], _embed, by="test")
+    admin.update_export(writer, [admin.LabelUpdate("b", add=["Two"])], _embed, by="test")
+    with label_store.lock(export_dir):
+        label_store.rollback(export_dir, "b")
+    assert writer.refresh() and set(writer.view.labels_of("b").labels) == {*original, "One"}
+    with label_store.lock(export_dir):
+        label_store.rollback(export_dir, "b")
+    assert writer.refresh() and writer.view.labels_of("b").labels == original
+    with pytest.raises(ValueError, match="no earlier version"), label_store.lock(export_dir):
+        label_store.rollback(export_dir, "b")
 
 
 def test_the_command(export_dir, capsys):  # the real all-MiniLM-L6-v2 of the export, in ONNX Runtime
@@ -199,7 +230,7 @@ def test_the_command(export_dir, capsys):  # the real all-MiniLM-L6-v2 of the ex
         ["a", "--add", "Damaged Item", "--rename", "Other=Something Else", "--export-dir", str(export_dir)]
     )
     assert code == 0, capsys.readouterr().err
-    labels = OnnxPredictor(export_dir).table.frame.query("account_id == 'a'")["label"].tolist()
+    labels = OnnxPredictor(export_dir).view.labels_of("a").labels
     assert set(labels) == {"Damaged Item", "Refund", "Shipping::Tracking", "Something Else"}
     assert admin.main(["a", "--retire", "Nope", "--export-dir", str(export_dir)]) == 2
     assert "no label 'Nope'" in capsys.readouterr().err

@@ -49,7 +49,9 @@ def test_export_parity_and_one_predictor(trained):
     estimator = load_shared(model_dir)
     tickets = load_tickets(data, cache_dir=tmp / "cache", progress=False)  # embeddings and none
     a, b = predictor.predict(tickets), estimator.predict(tickets)
-    assert (a.top_rows == b.top_rows).all() and a.fallback.any()
+    for rank in range(a.top_rows.shape[1]):  # rows are the batch's candidates vs the whole table: compare labels
+        assert (a.labels(rank) == b.labels(rank)).all()
+    assert a.fallback.any() and (a.fallback == b.fallback).all() and (a.abstained == b.abstained).all()
     np.testing.assert_allclose(a.top_probs, b.top_probs, atol=1e-5)
     assert json.loads((tmp / "onnx" / "serving.json").read_text())["model_version"].startswith("shared-")
 
@@ -80,7 +82,6 @@ def test_an_altered_export_is_refused(trained):
     with pytest.raises(ArtifactError, match=r"label_tower\.onnx"):
         OnnxPredictor(tmp / "onnx2")
     export_model(model_dir, tmp / "onnx3", parity_tickets=50)
-    generation = next((tmp / "onnx3" / "labels").glob("g*"))
-    (generation / "labels.json").write_text("{}")
-    with pytest.raises(ArtifactError, match=r"labels\.json"):
+    (tmp / "onnx3" / "labels" / "base" / "labels.parquet").write_text("{}")
+    with pytest.raises(ArtifactError, match=r"labels\.parquet"):
         OnnxPredictor(tmp / "onnx3")

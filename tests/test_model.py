@@ -21,7 +21,11 @@ def _model(pooling: str = "attention", n_accounts: int = 3, seed: int = 0) -> tu
     table = LabelTable.from_meta(toy_problem(n_per_label=1).meta)
     names = torch.from_numpy(FakeEmbedder().embed(table.frame["text"].tolist()))
     cfg = SharedConfig(pooling=pooling, heads=2, key_dim=8, hidden=32, out_dim=16, dropout=0.0, prototypes=2)
-    return SharedModel(cfg, names, torch.from_numpy(table.account_of_row()), table.n_accounts).eval(), table
+    return SharedModel(cfg, names, table.n_accounts).eval(), table
+
+
+def _rows(table: LabelTable, account) -> torch.Tensor:
+    return torch.from_numpy(table.gather(np.asarray(account)))
 
 
 @pytest.mark.parametrize("pooling", ["attention", "mean", "max"])
@@ -30,37 +34,78 @@ def test_a_ticket_only_scores_its_own_accounts_labels(pooling):
     x = torch.from_numpy(unit_vectors(6)).view(3, 2, 384)
     mask = torch.ones(3, 2, dtype=torch.bool)
     account = torch.tensor([0, 1, 2])
-    probs = torch.softmax(model(x, mask, account), dim=-1)
-    allowed = torch.from_numpy(table.mask())
-    assert torch.all(probs[~allowed[account]] == 0)
+    rows = _rows(table, account)
+    # every candidate row of a ticket is one of its own account's labels, and all of them are there
+    owner = table.account_of_row()
+    for b, a in enumerate(account.tolist()):
+        own = rows[b][rows[b] >= 0].numpy()
+        assert (owner[own] == a).all() and len(own) == (owner == a).sum()
+    probs = torch.softmax(model(x, mask, account, rows), dim=-1)
+    assert torch.all(probs[rows < 0] == 0)
     torch.testing.assert_close(probs.sum(-1), torch.ones(3))
-    # the unknown-account row (index n_accounts) allows nothing
-    assert not model.account_mask[table.n_accounts].any()
+    # the unknown account (index n_accounts) has no candidate at all
+    assert (table.gather(np.array([table.n_accounts, -1])) < 0).all()
+
+
+def test_scores_do_not_depend_on_other_accounts_or_on_batch_neighbours():
+    """A ticket's logits are the same alone, in a mixed batch, or given every label's vectors."""
+    model, table = _model()
+    x = torch.from_numpy(unit_vectors(6)).view(3, 2, 384)
+    mask = torch.ones(3, 2, dtype=torch.bool)
+    account = torch.tensor([2, 0, 1])
+    together = model(x, mask, account, _rows(table, account))
+    every = model(x, mask, account, _rows(table, account), model.label_vectors())
+    torch.testing.assert_close(together, every)
+    for b in range(3):
+        alone = model(x[b : b + 1], mask[b : b + 1], account[b : b + 1], _rows(table, account[b : b + 1]))
+        width = alone.shape[1]
+        torch.testing.assert_close(alone[0], together[b, :width])
+        assert (together[b, width:] <= -1e8).all()
 
 
 @pytest.mark.parametrize("pooling", ["attention", "mean", "max"])
 def test_padding_sentences_change_nothing(pooling):
-    model, _ = _model(pooling)
+    model, table = _model(pooling)
     x = torch.from_numpy(unit_vectors(3)).view(1, 3, 384)
     padded = torch.cat([x, torch.randn(1, 5, 384)], dim=1)  # garbage in the padding
     mask = torch.tensor([[True] * 3 + [False] * 5])
     account = torch.tensor([0])
-    torch.testing.assert_close(model(x, mask[:, :3], account), model(padded, mask, account))
+    rows = _rows(table, account)
+    torch.testing.assert_close(model(x, mask[:, :3], account, rows), model(padded, mask, account, rows))
 
 
 @pytest.mark.parametrize("n_sentences", [1, 225])
 def test_shapes(n_sentences):
     model, table = _model()
     x = torch.from_numpy(unit_vectors(2 * n_sentences)).view(2, n_sentences, 384)
-    logits = model(x, torch.ones(2, n_sentences, dtype=torch.bool), torch.tensor([0, 1]))
-    assert logits.shape == (2, len(table))
+    rows = _rows(table, [0, 1])
+    logits = model(x, torch.ones(2, n_sentences, dtype=torch.bool), torch.tensor([0, 1]), rows)
+    assert logits.shape == rows.shape == (2, int(table.counts[:2].max()))
     assert torch.isfinite(logits).all()
 
 
 def test_a_ticket_without_sentences_gives_finite_scores():
-    model, _ = _model()
-    logits = model(torch.zeros(1, 1, 384), torch.zeros(1, 1, dtype=torch.bool), torch.tensor([0]))
+    model, table = _model()
+    logits = model(
+        torch.zeros(1, 1, 384), torch.zeros(1, 1, dtype=torch.bool), torch.tensor([0]), _rows(table, [0])
+    )
     assert torch.isfinite(logits).all()
+
+
+def test_a_training_step_touches_only_its_batchs_label_rows():
+    """Sparse gradients: the per-label and per-account parameters of other merchants get none."""
+    model, table = _model()
+    model.train()
+    account = torch.tensor([1, 1])
+    rows = _rows(table, account)
+    x = torch.from_numpy(unit_vectors(4)).view(2, 2, 384)
+    logits = model(x, torch.ones(2, 2, dtype=torch.bool), account, rows)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    grad = model.label_residual.weight.grad
+    assert grad.is_sparse
+    touched = set(grad.coalesce().indices()[0].tolist())
+    assert touched == set(table.rows_of(table.accounts[1]))
+    assert set(model.account_query.weight.grad.coalesce().indices()[0].tolist()) == {1}
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +167,7 @@ def test_artifact_round_trip_and_checks(fitted, tmp_path):
     est, _, val = fitted
     out = save_shared(est, tmp_path / "m", "seed: 0\n", {"sha256": "x"}, {"overall": {}})
     loaded = load_shared(out)
-    np.testing.assert_allclose(loaded.logits(val), est.logits(val), atol=1e-6)
+    np.testing.assert_allclose(loaded.logits(val)[0], est.logits(val)[0], atol=1e-6)
     assert loaded.temperature == est.temperature
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-written directory left
     (out / "weights.pt").write_bytes(b"tampered")
@@ -138,7 +183,7 @@ def test_same_seed_same_model(fitted, tmp_path):
     again = SharedEstimator(TEST_MODEL, TEST_TRAINER, seed=0, log_dir=tmp_path, embedder=FakeEmbedder()).fit(
         train, val
     )
-    np.testing.assert_array_equal(again.logits(val), est.logits(val))
+    np.testing.assert_array_equal(again.logits(val)[0], est.logits(val)[0])
 
 
 @pytest.mark.parametrize("cls", [Majority, LogReg, NearestCentroid, KNN])

@@ -42,8 +42,7 @@ def outcomes(pred: Predictions, test: Tickets, train_meta: pd.DataFrame) -> pd.D
     truth = meta["label"].astype(str).to_numpy()
     predicted = pred.labels(0)
     predicted = np.where(pred.abstained, None, predicted)
-    names = pred.table.frame["label"].to_numpy(object)
-    top3 = np.array([[names[r] if r >= 0 else None for r in row[:3]] for row in pred.top_rows], dtype=object)
+    top3 = np.stack([pred.labels(r) for r in range(min(3, pred.top_rows.shape[1]))], axis=1)
     top3_hit = (top3 == truth[:, None]).any(axis=1) & ~pred.abstained
     account_size = train_meta["account_id"].astype(str).value_counts()
     label_size = train_meta.groupby([train_meta["account_id"].astype(str), "label"]).size()

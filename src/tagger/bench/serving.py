@@ -40,7 +40,7 @@ def _requests(export_dir: Path, n: int, seed: int = 0) -> list[dict]:
     table = pq.read_table(data["file"], columns=["account_id", "unix_timestamp", "email_sentence_embeddings"])
     cutoff = cutoff_seconds(data["split"])
     rows = np.flatnonzero(table.column("unix_timestamp").to_numpy() >= cutoff)
-    known = set(read_generation(export_dir)[1].table.account_slices)
+    known = set(read_generation(export_dir)[1].accounts)
     accounts = table.column("account_id").to_pylist()
     rows = [r for r in rows if accounts[r] in known]
     pick = np.random.default_rng(seed).choice(rows, min(n, len(rows)), replace=False)

@@ -98,10 +98,7 @@ def load_shared(model_dir: str | os.PathLike) -> SharedEstimator:
     estimator.temperature = float(info["temperature"])
     estimator.fit_info = info.get("fit", {})
     model = SharedModel(
-        SharedConfig(**info["architecture"]),
-        torch.from_numpy(name_vectors),
-        torch.from_numpy(table.account_of_row()),
-        table.n_accounts,
+        SharedConfig(**info["architecture"]), torch.from_numpy(name_vectors), table.n_accounts
     )
     model.load_state_dict(torch.load(model_dir / "weights.pt", map_location="cpu", weights_only=True))
     estimator.model = model.eval()

@@ -11,18 +11,21 @@ import pandas as pd
 from tagger.data.tickets import Tickets
 from tagger.model.label_table import LabelTable
 
+MASKED = -1e9  # the score of a padded label row (not -inf: a row of pads must give zeros, not NaN)
+
 
 @dataclass
 class Predictions:
-    """Top-k labels of each ticket, as rows of ``table``, with calibrated probabilities.
+    """Top-k labels of each ticket, as rows of ``names``, with calibrated probabilities.
 
-    ``top_rows`` is -1 where there is no candidate (an account unseen in training, or fewer
-    labels than k). ``fallback`` marks tickets scored from the account prior because they have
-    no embeddings; ``abstained`` marks tickets with no answer (unknown account, or a fallback
-    ticket when the fallback is configured to abstain).
+    ``names`` holds the label of each candidate row (a model's whole label table, or only the
+    labels of a request's merchants). ``top_rows`` is -1 where there is no candidate (an account
+    unseen in training, or fewer labels than k). ``fallback`` marks tickets scored from the
+    account prior because they have no embeddings; ``abstained`` marks tickets with no answer
+    (unknown account, or a fallback ticket when the fallback is configured to abstain).
     """
 
-    table: LabelTable
+    names: np.ndarray  # object [rows]
     top_rows: np.ndarray  # int64 [n, k]
     top_probs: np.ndarray  # float32 [n, k]
     fallback: np.ndarray  # bool [n]
@@ -38,9 +41,10 @@ class Predictions:
 
     def labels(self, rank: int = 0) -> np.ndarray:
         """Label names at ``rank`` (None where there is none)."""
-        names = self.table.frame["label"].to_numpy(object)
         rows = self.top_rows[:, rank]
-        return np.where(rows >= 0, names[np.maximum(rows, 0)], None)
+        if not len(self.names):
+            return np.full(len(rows), None, object)
+        return np.where(rows >= 0, self.names[np.maximum(rows, 0)], None)
 
     def to_frame(self, k: int = 3) -> pd.DataFrame:
         """One row per ticket: label, confidence, fallback, abstained and the top-k."""
@@ -100,13 +104,9 @@ class AccountPrior:
         prior.table, prior.probs = table, np.asarray(probs, float)
         return prior
 
-    def dense(self, account_index: np.ndarray) -> np.ndarray:
-        """``[n, n_labels]`` prior probabilities of each ticket's account (zeros for unknown)."""
-        out = np.zeros((len(account_index), len(self.table)), np.float32)
-        for a, (start, end) in enumerate(self.table.account_slices.values()):
-            sel = account_index == a
-            out[sel, start:end] = self.probs[start:end]
-        return out
+    def gathered(self, rows: np.ndarray) -> np.ndarray:
+        """Prior probabilities of padded label ``rows [n, W]`` (0 at the pads)."""
+        return np.where(rows >= 0, self.probs[np.maximum(rows, 0)], 0.0).astype(np.float32)
 
 
 def mean_pool(tickets: Tickets) -> np.ndarray:
@@ -123,44 +123,50 @@ def mean_pool(tickets: Tickets) -> np.ndarray:
 
 def top_k(
     probs: np.ndarray,
-    account_index: np.ndarray,
+    rows: np.ndarray,
     k: int,
     fallback: np.ndarray,
     abstain_fallback: bool,
-    table: LabelTable,
+    unknown: np.ndarray,
+    names: np.ndarray,
 ) -> Predictions:
-    """Predictions from dense ``[n, n_labels]`` probabilities that are zero outside each account."""
-    k = min(k, max(len(table), 1))
+    """Predictions from padded ``probs [n, W]`` over candidate ``rows [n, W]`` (0 at the -1 pads);
+    always ``k`` columns, -1 beyond a ticket's candidates."""
+    if probs.shape[1] < k:
+        probs = np.pad(probs, ((0, 0), (0, k - probs.shape[1])))
+        rows = np.pad(rows, ((0, 0), (0, k - rows.shape[1])), constant_values=-1)
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     top_probs = np.take_along_axis(probs, order, axis=1).astype(np.float32)
     valid = top_probs > 0
-    rows = np.where(valid, order, -1).astype(np.int64)
-    unknown = account_index < 0
+    top_rows = np.where(valid, np.take_along_axis(rows, order, axis=1), -1).astype(np.int64)
     abstained = unknown | (fallback & abstain_fallback)
     return Predictions(
-        table, rows, np.where(valid, top_probs, 0.0).astype(np.float32), fallback & ~unknown, abstained
+        names, top_rows, np.where(valid, top_probs, 0.0).astype(np.float32), fallback & ~unknown, abstained
     )
 
 
 def predictions_from_logits(
     logits: np.ndarray,
-    tickets: Tickets,
-    table: LabelTable,
-    prior: AccountPrior,
+    rows: np.ndarray,
+    has_embeddings: np.ndarray,
+    prior: np.ndarray,
+    names: np.ndarray,
     temperature: float,
     k: int,
     abstain_fallback: bool,
 ) -> Predictions:
-    """Calibrated probabilities over each ticket's account's labels; the prior where no embeddings.
+    """Calibrated probabilities over each ticket's own candidate ``rows [n, W]`` (-1 pads; no rows:
+    an unknown account, which abstains); the ``prior`` of those rows where there are no embeddings.
 
     The one place that turns shared-model scores into predictions, whichever runtime made them.
     """
-    account = table.account_ids(tickets.meta["account_id"])
-    has = tickets.meta["has_embeddings"].to_numpy()
+    valid = rows >= 0
     z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    probs = np.exp(z) * table.mask()[np.maximum(account, 0)]
+    z = np.where(valid, z, -np.inf)
+    z = z - np.maximum(z.max(axis=1, keepdims=True), -1e30)
+    probs = np.where(valid, np.exp(z), 0.0)
     probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-30)
-    probs[~has] = prior.dense(account[~has])
-    probs[account < 0] = 0.0
-    return top_k(probs.astype(np.float32), account, k, ~has, abstain_fallback, table)
+    has = np.asarray(has_embeddings, bool)
+    probs[~has] = np.where(valid[~has], prior[np.maximum(rows[~has], 0)], 0.0)
+    unknown = ~valid.any(axis=1)
+    return top_k(probs.astype(np.float32), rows, k, ~has, abstain_fallback, unknown, names)

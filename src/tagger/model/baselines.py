@@ -40,13 +40,17 @@ class PerAccountEstimator(Estimator):
     def predict(self, tickets: Tickets, k: int = 5) -> Predictions:
         account_index = self.table.account_ids(tickets.meta["account_id"])
         has = tickets.meta["has_embeddings"].to_numpy()
-        probs = self.prior.dense(account_index)
+        rows = self.table.gather(account_index)
+        probs = self.prior.gathered(rows)
         x = mean_pool(tickets)
-        for a, (account, (start, end)) in enumerate(self.table.account_slices.items()):
+        for a in np.unique(account_index[has & (account_index >= 0)]):
+            account = self.table.accounts[a]
             sel = has & (account_index == a)
-            if sel.any():
-                probs[sel, start:end] = self._proba_account(self.models[account], x[sel], end - start)
-        return top_k(probs, account_index, k, ~has, self.abstain_without_embeddings, self.table)
+            n_labels = int(self.table.counts[a])
+            probs[sel, :n_labels] = self._proba_account(self.models[account], x[sel], n_labels)
+        names = self.table.frame["label"].to_numpy(object)
+        unknown = account_index < 0
+        return top_k(probs, rows, k, ~has, self.abstain_without_embeddings, unknown, names)
 
     def _fit_account(self, x: np.ndarray, y: np.ndarray, n_labels: int) -> object:
         raise NotImplementedError

@@ -33,24 +33,29 @@ class TicketBatches:
     """Training and scoring batches of a set of tickets for the PyTorch model (a map-style dataset:
     item ``i`` is index ``i``; :meth:`collate` builds the batch).
 
-    ``sentence_dropout`` hides random sentences while training (never all of a ticket's).
+    ``table`` (a :class:`tagger.model.label_table.LabelTable`) gives each ticket its own account's
+    label rows (``rows [B, W]``); ``target`` holds label rows (-1: unseen), turned into positions in
+    ``rows``. ``sentence_dropout`` hides random sentences while training (never all of a ticket's).
     """
 
     def __init__(
         self,
         tickets,
         account: np.ndarray,
+        table,
         target: np.ndarray | None = None,
         max_sentences: int = 64,
         sentence_dropout: float = 0.0,
     ):
-        import torch  # here, not at the top: the ONNX serving path imports this module without torch
-
         self.embeddings = np.ascontiguousarray(tickets.embeddings, dtype=np.float32)
         self.offsets = np.asarray(tickets.offsets, np.int64)
         self.max_sentences = max_sentences
-        self.account = torch.from_numpy(np.asarray(account, np.int64))
-        self.target = None if target is None else torch.from_numpy(np.asarray(target, np.int64))
+        self.table = table
+        self.account = np.asarray(account, np.int64)
+        self.target = None
+        if target is not None:  # the row's position in its account's contiguous rows
+            target = np.asarray(target, np.int64)
+            self.target = np.where(target >= 0, target - table.starts[self.account], -1)
         self.sentence_dropout = sentence_dropout
 
     def __len__(self) -> int:
@@ -61,7 +66,7 @@ class TicketBatches:
 
     def collate(self, indices) -> dict:
         """The padded batch of tickets ``indices``."""
-        import torch
+        import torch  # here, not at the top: the ONNX serving path imports this module without torch
 
         idx = np.asarray(indices, np.int64)
         x, mask = pad_sentences(self.embeddings, self.offsets, idx, self.max_sentences)
@@ -72,7 +77,13 @@ class TicketBatches:
             first[:, 0] = True
             mask = torch.where(keep.any(1, keepdim=True), keep, first & mask)
             x = x * mask[..., None]
-        batch = {"x": x, "mask": mask, "account": self.account[idx]}
+        account = self.account[idx]
+        batch = {
+            "x": x,
+            "mask": mask,
+            "account": torch.from_numpy(account),
+            "rows": torch.from_numpy(self.table.gather(account)),
+        }
         if self.target is not None:
-            batch["target"] = self.target[idx]
+            batch["target"] = torch.from_numpy(self.target[idx])
         return batch

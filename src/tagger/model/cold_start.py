@@ -17,7 +17,7 @@ from tagger.data.labels import normalise_label
 from tagger.data.tickets import Tickets
 from tagger.model.base import AccountPrior
 from tagger.model.batches import pad_sentences
-from tagger.model.label_update import LabelState, LabelUpdate, apply_update
+from tagger.model.label_update import AccountLabels, LabelState, LabelUpdate, apply_update
 from tagger.model.shared import SharedModel
 from tagger.model.shared_estimator import SharedEstimator
 
@@ -30,24 +30,21 @@ def name_weight(estimator: SharedEstimator) -> float:
 def label_state(estimator: SharedEstimator) -> LabelState:
     """The label side of a fitted shared model."""
     model = estimator.model.eval()
-    pool = model.pool
     queries = None
-    if pool is not None and pool.account_query is not None:
-        queries = pool.account_query.weight.detach().numpy().copy()
+    if model.account_query is not None:
+        queries = model.account_query.weight.detach().numpy().copy()
     with torch.no_grad():
         vectors = model.label_vectors().numpy().copy()
-    return LabelState(
-        table=estimator.table,
-        vectors=vectors,
-        prior=np.asarray(estimator.prior.probs, float),
-        names=np.asarray(estimator.name_vectors, np.float32),
-        queries=queries,
+    return LabelState.from_table(
+        estimator.table,
+        vectors,
+        np.asarray(estimator.prior.probs, float),
+        np.asarray(estimator.name_vectors, np.float32),
+        queries,
     )
 
 
-def update_labels(
-    estimator: SharedEstimator, updates: list[LabelUpdate], embedder=None
-) -> SharedEstimator:
+def update_labels(estimator: SharedEstimator, updates: list[LabelUpdate], embedder=None) -> SharedEstimator:
     """A copy of ``estimator`` with ``updates`` applied in order (the original is unchanged)."""
     if estimator.model.label_bias is not None:
         raise ValueError("label updates need score.label_bias: false (a bias has no value for a new label)")
@@ -65,12 +62,11 @@ def update_labels(
         return emb, model.name_vectors(torch.from_numpy(emb)).numpy()
 
     @torch.no_grad()
-    def encode_tickets(state: LabelState, account: str, tickets: list[np.ndarray]) -> np.ndarray:
-        batch = Tickets.from_vectors([account] * len(tickets), tickets)
+    def encode_tickets(labels: AccountLabels, tickets: list[np.ndarray]) -> np.ndarray:
+        batch = Tickets.from_vectors(["-"] * len(tickets), tickets)
         x, mask = pad_sentences(batch.embeddings, batch.offsets, np.arange(len(tickets)), max_sentences)
-        index = torch.full((len(tickets),), state.table.account_index[account], dtype=torch.long)
-        queries = None if state.queries is None else torch.from_numpy(state.queries)
-        return model.ticket_vectors(torch.from_numpy(x), torch.from_numpy(mask), index, queries).numpy()
+        shift = None if labels.query is None else torch.from_numpy(np.tile(labels.query, (len(tickets), 1)))
+        return model.ticket_vectors(torch.from_numpy(x), torch.from_numpy(mask), shift).numpy()
 
     state = label_state(estimator)
     for update in updates:
@@ -83,26 +79,20 @@ def update_labels(
 def with_state(estimator: SharedEstimator, state: LabelState) -> SharedEstimator:
     """A copy of ``estimator`` scoring the labels of ``state``."""
     old = estimator.model
-    model = SharedModel(
-        old.cfg,
-        torch.from_numpy(state.names),
-        torch.from_numpy(state.label_account()),
-        state.table.n_accounts,
-    )
-    new_state = {k: v for k, v in old.state_dict().items() if k not in ("label_names", "account_mask")}
-    vectors = torch.from_numpy(state.vectors)
+    table, vectors, prior, names, queries = state.to_table()
+    model = SharedModel(old.cfg, torch.from_numpy(names), table.n_accounts)
+    new_state = {k: v for k, v in old.state_dict().items() if k not in ("label_names", "label_bias.weight")}
+    vectors = torch.from_numpy(vectors)
     with torch.no_grad():
-        if old.cfg.label_init == "random":
-            new_state["label_residual"] = vectors
-        else:  # the residual that makes label_vectors() give exactly the state's unit vectors
-            tower = old.project if old.label_tower is None else old.label_tower
-            new_state["label_residual"] = vectors - tower(torch.from_numpy(state.names))[:, None, :]
-    if state.queries is not None:
-        new_state["pool.account_query.weight"] = torch.from_numpy(state.queries)
+        if old.cfg.label_init != "random":  # the residual that makes label_vectors() give exactly these
+            vectors = vectors - old.tower(torch.from_numpy(names))[:, None, :]
+    new_state["label_residual.weight"] = vectors.reshape(len(vectors), -1)
+    if queries is not None:
+        new_state["account_query.weight"] = torch.from_numpy(queries)
     model.load_state_dict(new_state, strict=False)
     out = copy.copy(estimator)
-    out.table, out.name_vectors, out.model = state.table, state.names, model.eval()
-    out.prior = AccountPrior.from_probs(state.table, state.prior)
+    out.table, out.name_vectors, out.model = table, names, model.eval()
+    out.prior = AccountPrior.from_probs(table, prior)
     return out
 
 

@@ -1,7 +1,9 @@
 """The label inventory of a fitted model: every (account, label) pair seen in training.
 
-Every model (shared or baseline) scores a ticket against the rows of its own account only;
-the table says which rows those are, and maps labels to and from row indices.
+Every model (shared or baseline) scores a ticket against the rows of its own account only. The
+table is merchant-contiguous (CSR: an account's rows are ``starts[a] .. starts[a] + counts[a]``),
+so :meth:`LabelTable.gather` gives each ticket its own account's rows in O(its labels), whatever
+the number of other merchants: nothing here is ``[accounts, labels]``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class LabelTable:
         self.account_slices = {str(accounts[s]): (int(s), int(e)) for s, e in zip(starts, ends, strict=True)}
         self.accounts = list(self.account_slices)
         self.account_index = {a: i for i, a in enumerate(self.accounts)}
-        self._mask: np.ndarray | None = None
+        self.starts = np.r_[starts, len(accounts)].astype(np.int64)
+        self.counts = np.r_[ends - starts, 0].astype(np.int64)
         self._row = {
             (a, lab): i for i, (a, lab) in enumerate(zip(accounts, self.frame["label"], strict=True))
         }
@@ -73,18 +76,27 @@ class LabelTable:
 
     def account_of_row(self) -> np.ndarray:
         """Account index of every row."""
-        return np.asarray([self.account_index[a] for a in self.frame["account_id"]], np.int64)
+        return np.repeat(np.arange(self.n_accounts, dtype=np.int64), self.counts[:-1])
 
-    def mask(self) -> np.ndarray:
-        """``[n_accounts, n_labels]`` bool: which rows belong to which account (built once; read-only)."""
-        if self._mask is None:
-            self._mask = np.zeros((self.n_accounts, len(self)), bool)
-            self._mask[self.account_of_row(), np.arange(len(self))] = True
-            self._mask.flags.writeable = False
-        return self._mask
+    def gather(self, account_index: np.ndarray) -> np.ndarray:
+        """``[n, W]`` rows of each ticket's own account (``-1`` pads), ``W`` the largest label set
+        among these accounts; ``account_index`` -1 or ``n_accounts`` (unknown) gives no rows."""
+        return gather_rows(
+            self.starts, self.counts, np.where(account_index < 0, self.n_accounts, account_index)
+        )
 
     def log_prior(self) -> np.ndarray:
         """log of each label's share of its account's training tickets."""
         n = self.frame["n_train"].to_numpy(float)
         totals = self.frame.groupby("account_id", sort=False)["n_train"].transform("sum").to_numpy(float)
         return np.log(np.maximum(n, 1e-9) / np.maximum(totals, 1e-9))
+
+
+def gather_rows(starts: np.ndarray, counts: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``[n, W]`` row numbers ``starts[i] + j`` for ``j < counts[i]`` of each entry of ``index``, -1
+    beyond: the padded candidate rows of a batch (``W`` at least 1)."""
+    index = np.asarray(index, np.int64)
+    n = counts[index]
+    width = max(int(n.max()) if len(index) else 0, 1)
+    pos = np.arange(width)
+    return np.where(pos[None, :] < n[:, None], starts[index][:, None] + pos[None, :], -1)

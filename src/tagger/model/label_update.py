@@ -45,28 +45,108 @@ class LabelUpdate:
     create_account: bool = False
 
 
-@dataclass
-class LabelState:
-    """The label side of a shared model: ``vectors [L, K, d]`` (unit), ``prior [L]`` (for tickets
-    without embeddings), ``names [L, 384]`` (name embeddings), and ``queries [A + 1, q]`` (each
-    account's attention-query shift, the last row for an unknown account; ``None`` if the model has
-    none)."""
+@dataclass(frozen=True)
+class AccountLabels:
+    """One merchant's label side, sorted by label: ``vectors [l, K, d]`` (unit), ``prior [l]`` (for
+    tickets without embeddings), ``names [l, 384]`` (name embeddings), ``query [q]`` (the account's
+    attention-query shift; ``None`` if the model has none). Never changed once built."""
 
-    table: LabelTable
-    vectors: np.ndarray
+    labels: tuple[str, ...]
+    text: tuple[str, ...]
+    n_train: np.ndarray
     prior: np.ndarray
+    vectors: np.ndarray
     names: np.ndarray
-    queries: np.ndarray | None = None
+    query: np.ndarray | None = None
 
-    def label_account(self) -> np.ndarray:
-        """Account index of every row."""
-        return self.table.account_of_row()
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class LabelState:
+    """The label side of a shared model, one :class:`AccountLabels` per merchant. ``unknown_query``
+    is the query shift of an account the model never saw (a new account starts from it).
+
+    An update replaces the changed merchants' entries and shares every other one, so it costs what
+    the changed merchants hold (plus a copy of the account dictionary's references).
+    """
+
+    accounts: dict[str, AccountLabels]
+    unknown_query: np.ndarray | None = None
+    n_labels: int = -1
+
+    def __post_init__(self) -> None:
+        if self.n_labels < 0:
+            object.__setattr__(self, "n_labels", sum(len(a) for a in self.accounts.values()))
+
+    def replace(self, changed: dict[str, AccountLabels]) -> LabelState:
+        """A new state with the ``changed`` merchants' labels (the others shared)."""
+        accounts = dict(self.accounts)
+        n_labels = self.n_labels
+        for account, labels in changed.items():
+            old = accounts.get(account)
+            n_labels += len(labels) - (len(old) if old is not None else 0)
+            accounts[account] = labels
+        return LabelState(accounts, self.unknown_query, n_labels)
+
+    @classmethod
+    def from_table(
+        cls,
+        table: LabelTable,
+        vectors: np.ndarray,
+        prior: np.ndarray,
+        names: np.ndarray,
+        queries: np.ndarray | None = None,
+    ) -> LabelState:
+        """From merchant-contiguous arrays over ``table``'s rows (``queries [A + 1, q]``, the last row
+        for an unknown account); each merchant's arrays are views, not copies."""
+        labels = table.frame["label"].astype(str).tolist()
+        text = table.frame["text"].astype(str).tolist()
+        n_train = table.frame["n_train"].to_numpy(np.int64)
+        accounts = {
+            account: AccountLabels(
+                tuple(labels[s:e]),
+                tuple(text[s:e]),
+                n_train[s:e],
+                np.asarray(prior[s:e], float),
+                vectors[s:e],
+                names[s:e],
+                None if queries is None else queries[i],
+            )
+            for i, (account, (s, e)) in enumerate(table.account_slices.items())
+        }
+        return cls(accounts, None if queries is None else queries[-1], len(table))
+
+    def to_table(self) -> tuple[LabelTable, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(table, vectors, prior, names, queries)``: merchant-contiguous arrays, accounts sorted
+        (the layout :class:`LabelTable.from_meta` gives), the inverse of :meth:`from_table`."""
+        order = sorted(self.accounts)
+        parts = [self.accounts[a] for a in order]
+        frame = pd.DataFrame(
+            {
+                "account_id": np.repeat(np.asarray(order, object), [len(p) for p in parts]),
+                "label": [lab for p in parts for lab in p.labels],
+                "text": [t for p in parts for t in p.text],
+                "n_train": np.concatenate([p.n_train for p in parts]).astype(np.int64),
+            }
+        )
+        queries = None
+        if self.unknown_query is not None:
+            queries = np.stack([*(p.query for p in parts), self.unknown_query]).astype(np.float32)
+        return (
+            LabelTable(frame),
+            np.concatenate([p.vectors for p in parts]).astype(np.float32),
+            np.concatenate([p.prior for p in parts]).astype(float),
+            np.concatenate([p.names for p in parts]).astype(np.float32),
+            queries,
+        )
 
 
 NameEncoder = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
 """label texts -> (name embeddings [n, 384], unit label vectors [n, d])"""
-TicketEncoder = Callable[[LabelState, str, list[np.ndarray]], np.ndarray]
-"""(state, account, tickets as [n_sentences, 384] arrays) -> unit ticket vectors [n, d]"""
+TicketEncoder = Callable[[AccountLabels, list[np.ndarray]], np.ndarray]
+"""(the account's labels, tickets as [n_sentences, 384] arrays) -> unit ticket vectors [n, d]"""
 
 
 def apply_update(
@@ -76,19 +156,19 @@ def apply_update(
     encode_tickets: TicketEncoder,
     name_weight: float = 2.0,
 ) -> LabelState:
-    """The state after ``update``; raises :class:`UpdateError` (and changes nothing) if it is invalid."""
+    """The state after ``update``; raises :class:`UpdateError` (and changes nothing) if it is invalid.
+    Only the account's own labels are read and written."""
     account = str(update.account_id or "").strip()
     if not account:
         raise UpdateError("account_id", "empty account id")
-    frame = state.table.frame
-    exists = account in state.table.account_slices
-    if update.create_account and exists:
+    current = state.accounts.get(account)
+    if update.create_account and current is not None:
         raise UpdateError("account_id", f"account {account!r} already exists")
-    if not update.create_account and not exists:
+    if not update.create_account and current is None:
         raise UpdateError("account_id", f"unknown account {account!r} (set create_account to add it)", 404)
 
-    rows = list(state.table.rows_of(account))
-    labels = {str(frame["label"].iat[r]): r for r in rows}  # name -> old row (-1: new)
+    old_labels = current.labels if current is not None else ()
+    labels = {name: i for i, name in enumerate(old_labels)}  # name -> old position (-1: new)
     folded = {name.casefold(): name for name in labels}
 
     def known(raw: str, where: str) -> str:
@@ -118,12 +198,11 @@ def apply_update(
         name = fresh(raw, f"add[{i}]")
         labels[name] = -1
         folded[name.casefold()] = name
+    dim = _name_dim(state, current)
     examples: dict[str, list[np.ndarray]] = {}
     for raw, tickets in update.examples.items():
         name = known(raw, f"examples.{raw}")
-        examples[name] = [
-            _example(t, f"examples.{raw}[{j}]", state.names.shape[1]) for j, t in enumerate(tickets)
-        ]
+        examples[name] = [_example(t, f"examples.{raw}[{j}]", dim) for j, t in enumerate(tickets)]
     if not labels:
         raise UpdateError("retire", f"account {account!r} would have no label left")
     if not (update.add or update.rename or update.retire or any(examples.values()) or update.create_account):
@@ -131,56 +210,46 @@ def apply_update(
 
     # the account's new rows, in label order as LabelTable.from_meta sorts them
     names = sorted(labels)
-    old_rows = np.array([labels[n] for n in names], np.int64)
+    old_pos = np.array([labels[n] for n in names], np.int64)
     new_names = [n for n in names if labels[n] < 0]
-    k, d = state.vectors.shape[1:]
+    k, d = _vector_shape(state, current)
     vectors = np.zeros((len(names), k, d), np.float32)
-    name_emb = np.zeros((len(names), state.names.shape[1]), np.float32)
-    seen = old_rows >= 0
-    vectors[seen], name_emb[seen] = state.vectors[old_rows[seen]], state.names[old_rows[seen]]
+    name_emb = np.zeros((len(names), dim), np.float32)
+    seen = old_pos >= 0
+    n_train = np.zeros(len(names), np.int64)
+    prior = np.zeros(len(names))
+    if current is not None and seen.any():
+        vectors[seen], name_emb[seen] = current.vectors[old_pos[seen]], current.names[old_pos[seen]]
+        n_train[seen], prior[seen] = current.n_train[old_pos[seen]], current.prior[old_pos[seen]]
     if new_names:
         emb, vec = encode_names([label_text(n) for n in new_names])
         name_emb[~seen], vectors[~seen] = emb, np.asarray(vec, np.float32)[:, None, :]
-    n_train = np.where(seen, frame["n_train"].to_numpy()[np.maximum(old_rows, 0)], 0).astype(np.int64)
-    prior = np.where(seen, state.prior[np.maximum(old_rows, 0)], 0.0)
     prior = prior / prior.sum() if prior.sum() > 0 else np.full(len(names), 1.0 / len(names))
-
-    account_rows = pd.DataFrame(
-        {"account_id": account, "label": names, "text": [label_text(n) for n in names], "n_train": n_train}
+    query = current.query if current is not None else state.unknown_query
+    mine = AccountLabels(
+        tuple(names), tuple(label_text(n) for n in names), n_train, prior, vectors, name_emb, query
     )
-    others = np.setdiff1d(np.arange(len(frame)), rows)
-    merged = pd.concat(
-        [frame.iloc[others].assign(_src=others), account_rows.assign(_src=-1)], ignore_index=True
-    )
-    order = np.argsort(merged["account_id"].to_numpy(str), kind="stable")
-    merged = merged.iloc[order].reset_index(drop=True)
-    table = LabelTable(merged.drop(columns="_src"))
-    src = merged["_src"].to_numpy()
-    mine = np.flatnonzero(src < 0)  # the account's rows, in the order built above
+    for name, tickets in examples.items():
+        row = names.index(name)
+        ticket_vectors = encode_tickets(mine, tickets)
+        weight = name_weight + float(n_train[row])
+        blended = weight * vectors[row] + ticket_vectors.sum(0)[None, :]
+        vectors[row] = blended / np.maximum(np.linalg.norm(blended, axis=-1, keepdims=True), 1e-12)
+        n_train[row] += len(tickets)
+    return state.replace({account: mine})
 
-    def place(old: np.ndarray, own: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(table), *old.shape[1:]), old.dtype)
-        out[src >= 0] = old[src[src >= 0]]
-        out[mine] = own
-        return out
 
-    out = LabelState(
-        table=table,
-        vectors=place(state.vectors, vectors),
-        prior=place(state.prior.astype(float), prior),
-        names=place(state.names, name_emb),
-        queries=_queries(state, table),
-    )
-    if examples:
-        rows_of = dict(zip(names, mine, strict=True))
-        for name, tickets in examples.items():
-            row = rows_of[name]
-            ticket_vectors = encode_tickets(out, account, tickets)
-            weight = name_weight + float(out.table.frame["n_train"].iat[row])
-            blended = weight * out.vectors[row] + ticket_vectors.sum(0)[None, :]
-            out.vectors[row] = blended / np.maximum(np.linalg.norm(blended, axis=-1, keepdims=True), 1e-12)
-            out.table.frame.loc[row, "n_train"] += len(tickets)
-    return out
+def _vector_shape(state: LabelState, current: AccountLabels | None) -> tuple[int, int]:
+    """(prototypes, d) of the model's label vectors."""
+    some = current if current is not None else next(iter(state.accounts.values()), None)
+    if some is None:
+        raise UpdateError("account_id", "the label state has no account to take the vector size from")
+    return some.vectors.shape[1], some.vectors.shape[2]
+
+
+def _name_dim(state: LabelState, current: AccountLabels | None) -> int:
+    some = current if current is not None else next(iter(state.accounts.values()), None)
+    return 384 if some is None else some.names.shape[1]
 
 
 def _example(ticket, where: str, dim: int) -> np.ndarray:
@@ -192,13 +261,3 @@ def _example(ticket, where: str, dim: int) -> np.ndarray:
     if not np.isfinite(x).all():
         raise UpdateError(where, "an example has NaN or infinite values")
     return x
-
-
-def _queries(state: LabelState, table: LabelTable) -> np.ndarray | None:
-    """Each account's query shift in the new table's account order; a new account gets the unknown row."""
-    if state.queries is None:
-        return None
-    old = state.table.account_index
-    unknown = len(state.table.accounts)
-    index = [old.get(a, unknown) for a in table.accounts] + [unknown]
-    return state.queries[np.asarray(index)]

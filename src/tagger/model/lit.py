@@ -1,4 +1,4 @@
-"""Lightning wrapper of :class:`SharedModel`: the loss, the optimiser, validation metrics."""
+"""Lightning wrapper of :class:`SharedModel`: the loss, the optimisers, validation metrics."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from contextlib import contextmanager
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassF1Score
 
-from tagger.model.shared import SharedModel
+from tagger.model.shared import MASKED, SharedModel
 
 
 @contextmanager
@@ -34,7 +34,11 @@ class LitShared(L.LightningModule):
 
     Logit adjustment (Menon et al., 2021) adds ``tau * log prior`` to the logits while training
     only, so the learned scores are not dominated by each account's big catch-all labels.
-    Validation targets of labels unseen in training are class ``n_labels`` (always wrong).
+    A batch holds ``rows [B, W]`` (each ticket's own account's label rows, -1 pads) and ``target``,
+    the position of the ticket's label in its row list (-1: a label unseen in training, always wrong).
+
+    Two optimisers, stepped together (manual optimisation): AdamW over the shared weights and
+    SparseAdam over the per-label and per-account rows, so a step costs what its batch touches.
     """
 
     def __init__(
@@ -47,56 +51,72 @@ class LitShared(L.LightningModule):
         weight_decay: float = 1e-4,
     ):
         super().__init__()
+        if imbalance not in ("logit_adjust", "class_balanced", "none"):
+            raise ValueError(f"unknown imbalance method {imbalance!r}: logit_adjust, class_balanced, none")
+        self.automatic_optimization = False
         self.model = model
         self.register_buffer("log_prior", log_prior.float())
         self.imbalance, self.tau = imbalance, tau
         self.lr, self.weight_decay = lr, weight_decay
-        n = len(log_prior) + 1
+        # classes are label rows plus one for "a label the model has never seen" (never predicted)
         self.val_metrics = MetricCollection(
             {
-                "acc": MulticlassAccuracy(n, average="micro"),
-                "top3": MulticlassAccuracy(n, average="micro", top_k=min(3, n)),
-                "macro_f1": MulticlassF1Score(n, average="macro"),
+                "acc": MeanMetric(),
+                "top3": MeanMetric(),
+                "macro_f1": MulticlassF1Score(len(log_prior) + 1, average="macro"),
             },
             prefix="val_",
         )
 
     def _logits(self, batch: dict) -> torch.Tensor:
-        return self.model(batch["x"], batch["mask"], batch["account"])
+        return self.model(batch["x"], batch["mask"], batch["account"], batch["rows"])
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self._logits(batch)
-        weight = None
+        rows, target = batch["rows"], batch["target"]
+        log_prior = self.log_prior[rows.clamp(min=0)]
         if self.imbalance == "logit_adjust":
-            logits = logits + self.tau * self.log_prior
-        elif self.imbalance == "class_balanced":
-            # inverse frequency within the account, tempered by tau
-            weight = torch.exp(-self.tau * self.log_prior)
-            weight = weight / weight.mean()
-        elif self.imbalance != "none":
-            raise ValueError(
-                f"unknown imbalance method {self.imbalance!r}: logit_adjust, class_balanced, none"
-            )
-        loss = F.cross_entropy(logits, batch["target"], weight=weight)
+            logits = (logits + self.tau * log_prior).masked_fill(rows < 0, MASKED)
+        losses = F.cross_entropy(logits, target, reduction="none")
+        if self.imbalance == "class_balanced":  # inverse frequency within the account, tempered by tau
+            weight = torch.exp(-self.tau * log_prior.gather(1, target[:, None]).squeeze(1))
+            loss = (weight * losses).sum() / weight.sum()
+        else:
+            loss = losses.mean()
+        optimisers = self.optimizers()
+        optimisers = optimisers if isinstance(optimisers, list) else [optimisers]
+        for optimiser in optimisers:
+            optimiser.zero_grad()
+        self.manual_backward(loss)
+        for optimiser in optimisers:
+            optimiser.step()
         self.log("train_loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self._logits(batch)
-        # one extra column for "a label the model has never seen": never predicted
-        padded = torch.cat([logits, torch.full_like(logits[:, :1], -1e9)], dim=1)
-        target = batch["target"].clone()
-        target[target < 0] = logits.shape[1]
-        seen = batch["target"] >= 0
+        rows, target = batch["rows"], batch["target"]
+        seen = target >= 0
         if seen.any():
-            loss = F.cross_entropy(logits[seen], batch["target"][seen])
+            loss = F.cross_entropy(logits[seen], target[seen])
             self.log("val_loss", loss, batch_size=int(seen.sum()), sync_dist=True)
+        unseen_class = len(self.log_prior)
+        target_row = torch.where(seen, rows.gather(1, target.clamp(min=0)[:, None]).squeeze(1), unseen_class)
+        top = logits.topk(min(3, logits.shape[1]), dim=1).indices
+        top_rows = rows.gather(1, top).masked_fill(logits.gather(1, top) <= MASKED / 2, -1)
+        self.val_metrics["acc"].update((top_rows[:, 0] == target_row).float())
+        self.val_metrics["top3"].update((top_rows == target_row[:, None]).any(1).float())
         with _cpu_bincount_allowed():
-            self.val_metrics.update(padded, target)
+            self.val_metrics["macro_f1"].update(top_rows[:, 0].clamp(min=0), target_row)
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
         self.val_metrics.reset()
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        sparse = {id(p) for p in self.model.sparse_parameters()}
+        dense = [p for p in self.parameters() if id(p) not in sparse and p.requires_grad]
+        optimisers = [torch.optim.AdamW(dense, lr=self.lr, weight_decay=self.weight_decay)]
+        if sparse:
+            optimisers.append(torch.optim.SparseAdam(self.model.sparse_parameters(), lr=self.lr))
+        return optimisers

@@ -2,11 +2,17 @@
 
     sentences [B, S, 384] (masked) --pool--> email [B, 384] --project--> ticket vector [B, d]
     label name embedding [L, 384] --project (tied) + residual [L, K, d]--> label vectors [L, K, d]
-    logits = soft max over K of scale * cos(ticket, label prototype), own account's labels only
+    logits [B, W] = soft max over K of scale * cos(ticket, label prototype), over the ticket's own
+                    account's labels only (``rows [B, W]``, padded with -1 to the batch's largest set)
 
 Pooling is multi-head attention with learned queries (optionally shifted per account), mixing
 the heads back into the sentence space, so an email and a label name live in one space and the
 same projection serves both: a label gets a sensible vector from its name alone.
+
+What a ticket or a training step costs depends on its own account's labels only: the label tower
+runs on the labels the batch needs, scores are ``[B, W]``, and every per-label and per-account
+parameter is a sparse embedding (only the rows a batch touches get a gradient and an optimiser
+step), so nothing grows with the number of other merchants.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MASKED = -1e9  # not -inf: a ticket without sentences must give zeros, not NaN
+from tagger.model.base import MASKED
 
 
 @dataclass
@@ -44,25 +50,21 @@ class SharedConfig:
 class AttentionPool(nn.Module):
     """Multi-head attention pooling with learned queries; returns a convex mix of the sentences."""
 
-    def __init__(self, dim: int, heads: int, key_dim: int, n_accounts: int, account_query: bool):
+    def __init__(self, dim: int, heads: int, key_dim: int):
         super().__init__()
         self.heads, self.key_dim = heads, key_dim
         self.keys = nn.Linear(dim, heads * key_dim)
         self.query = nn.Parameter(torch.randn(heads, key_dim) / math.sqrt(key_dim))
-        self.account_query = nn.Embedding(n_accounts + 1, heads * key_dim) if account_query else None
-        if self.account_query is not None:
-            nn.init.zeros_(self.account_query.weight)  # starts as the shared query
         self.head_mix = nn.Parameter(torch.zeros(heads))
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, account: torch.Tensor, queries: torch.Tensor | None = None
+        self, x: torch.Tensor, mask: torch.Tensor, shift: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``queries`` replaces the learned per-account query shifts (a label update adds accounts)."""
+        """``shift [B, heads * key_dim]``: each ticket's account's query shift (None: the shared query)."""
         b, s, _ = x.shape
         k = self.keys(x).view(b, s, self.heads, self.key_dim)
         q = self.query.expand(b, -1, -1)
-        if self.account_query is not None:
-            shift = self.account_query(account) if queries is None else queries[account]
+        if shift is not None:
             q = q + shift.view(b, self.heads, self.key_dim)
         scores = torch.einsum("bshd,bhd->bhs", k, q) / math.sqrt(self.key_dim)
         weights = torch.softmax(scores.masked_fill(~mask[:, None, :], MASKED), dim=-1)
@@ -72,43 +74,52 @@ class AttentionPool(nn.Module):
 
 
 class SharedModel(nn.Module):
-    """Scores tickets against the labels of their own account."""
+    """Scores tickets against the labels of their own account.
 
-    def __init__(
-        self, cfg: SharedConfig, label_names: torch.Tensor, label_account: torch.Tensor, n_accounts: int
-    ):
+    ``label_names [L, 384]`` holds the name embeddings of every label row (merchant-contiguous, see
+    :class:`tagger.model.label_table.LabelTable`); ``n_accounts`` accounts get a query shift each,
+    plus one (the last) for an unknown account.
+    """
+
+    def __init__(self, cfg: SharedConfig, label_names: torch.Tensor, n_accounts: int):
         super().__init__()
         self.cfg = cfg
         n_labels = len(label_names)
-        self.pool = (
-            AttentionPool(cfg.dim, cfg.heads, cfg.key_dim, n_accounts, cfg.account_query)
-            if cfg.pooling == "attention"
-            else None
-        )
+        self.pool = AttentionPool(cfg.dim, cfg.heads, cfg.key_dim) if cfg.pooling == "attention" else None
+        self.account_query = None
+        if self.pool is not None and cfg.account_query:
+            self.account_query = nn.Embedding(n_accounts + 1, cfg.heads * cfg.key_dim, sparse=True)
+            nn.init.zeros_(self.account_query.weight)  # starts as the shared query
         self.project = _mlp(cfg.dim, cfg.hidden, cfg.out_dim, cfg.dropout)
         self.label_tower = (
             None if cfg.tie_label_tower else _mlp(cfg.dim, cfg.hidden, cfg.out_dim, cfg.dropout)
         )
         self.register_buffer("label_names", label_names.float())
-        self.label_residual = nn.Parameter(torch.zeros(n_labels, cfg.prototypes, cfg.out_dim))
+        # one row of prototypes x out_dim per label, as a sparse embedding: a step updates its batch's rows
+        self.label_residual = nn.Embedding(n_labels, cfg.prototypes * cfg.out_dim, sparse=True)
+        nn.init.zeros_(self.label_residual.weight)
         if cfg.label_init == "random":
-            nn.init.normal_(self.label_residual, std=0.02)
+            nn.init.normal_(self.label_residual.weight, std=0.02)
         elif cfg.prototypes > 1:  # the name gives every prototype one start; noise lets them part
-            nn.init.normal_(self.label_residual[:, 1:], std=0.05)
-        self.label_bias = nn.Parameter(torch.zeros(n_labels)) if cfg.label_bias else None
+            nn.init.normal_(self.label_residual.weight[:, cfg.out_dim :], std=0.05)
+        self.label_bias = nn.Embedding(n_labels, 1, sparse=True) if cfg.label_bias else None
+        if self.label_bias is not None:
+            nn.init.zeros_(self.label_bias.weight)
         scale = torch.tensor(math.log(cfg.init_scale))
         self.log_scale = nn.Parameter(scale) if cfg.learn_scale else nn.Buffer(scale)
-        # account_mask[a, l]: label l belongs to account a; the last row (unknown account) is empty
-        account_mask = torch.zeros(n_accounts + 1, n_labels, dtype=torch.bool)
-        account_mask[label_account, torch.arange(n_labels)] = True
-        self.register_buffer("account_mask", account_mask)
 
-    def pool_sentences(
-        self, x: torch.Tensor, mask: torch.Tensor, account: torch.Tensor, queries: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    @property
+    def n_labels(self) -> int:
+        return len(self.label_names)
+
+    def query_shift(self, account: torch.Tensor) -> torch.Tensor | None:
+        """``[B, q]`` attention-query shift of each ticket's account (None without per-account queries)."""
+        return None if self.account_query is None else self.account_query(account)
+
+    def pool_sentences(self, x: torch.Tensor, mask: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
         """One 384-d vector per email."""
         if self.pool is not None:
-            return self.pool(x, mask, account, queries)[0]
+            return self.pool(x, mask, shift)[0]
         m = mask[..., None].to(x.dtype)
         if self.cfg.pooling == "mean":
             return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
@@ -116,47 +127,65 @@ class SharedModel(nn.Module):
             return x.masked_fill(~mask[..., None], MASKED).amax(1) * mask.any(1, keepdim=True)
         raise ValueError(f"unknown pooling {self.cfg.pooling!r}: attention, mean or max")
 
-    def label_vectors(self) -> torch.Tensor:
-        """``[L, prototypes, d]`` unit vectors of every label."""
+    def label_vectors(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``[n, prototypes, d]`` unit vectors of label ``rows`` (every label when None)."""
+        if rows is None:
+            rows = torch.arange(self.n_labels)
+        residual = self.label_residual(rows).view(len(rows), self.cfg.prototypes, self.cfg.out_dim)
         if self.cfg.label_init == "random":
-            vectors = self.label_residual
-        else:
-            tower = self.project if self.label_tower is None else self.label_tower
-            vectors = tower(self.label_names)[:, None, :] + self.label_residual
-        return F.normalize(vectors, dim=-1)
+            return F.normalize(residual, dim=-1)
+        return F.normalize(self.tower(self.label_names[rows])[:, None, :] + residual, dim=-1)
 
     def name_vectors(self, names: torch.Tensor) -> torch.Tensor:
         """``[n, d]`` unit vectors of label-name embeddings through the label tower (a new label's vector)."""
-        tower = self.project if self.label_tower is None else self.label_tower
-        return F.normalize(tower(names), dim=-1)
+        return F.normalize(self.tower(names), dim=-1)
 
-    def ticket_vectors(
-        self, x: torch.Tensor, mask: torch.Tensor, account: torch.Tensor, queries: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``[B, d]`` unit vectors of the tickets."""
-        return F.normalize(self.project(self.pool_sentences(x, mask, account, queries)), dim=-1)
+    def ticket_vectors(self, x: torch.Tensor, mask: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+        """``[B, d]`` unit vectors of the tickets; ``shift`` from :meth:`query_shift`."""
+        return F.normalize(self.project(self.pool_sentences(x, mask, shift)), dim=-1)
 
-    def score(self, tickets: torch.Tensor, labels: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, L]`` of unit ticket vectors against ``labels [L, K, d]``; ``own [B, L]`` says
-        which labels are the ticket's account's: the others get a large negative value."""
-        n_labels, k, d = labels.shape
-        cosine = (tickets @ labels.reshape(n_labels * k, d).T).view(-1, n_labels, k)
+    def score(self, tickets: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, W]`` of unit ``tickets [B, d]`` against ``labels [M, K, d]``: ticket ``b``'s
+        candidates are ``labels[index[b]]``; ``index`` -1 pads get a large negative value."""
+        valid = index >= 0
+        b, w = index.shape
+        own = labels.index_select(0, index.clamp(min=0).reshape(-1)).view(b, w, *labels.shape[1:])
+        cosine = torch.einsum("bd,bwkd->bwk", tickets, own)
         # a soft maximum over a label's prototypes (exactly the cosine when there is one)
         logits = torch.logsumexp(self.log_scale.exp() * cosine, dim=-1) - math.log(self.cfg.prototypes)
-        if self.label_bias is not None:
-            logits = logits + self.label_bias
-        return logits.masked_fill(~own, MASKED)
+        return logits.masked_fill(~valid, MASKED)
 
     def forward(
         self,
         x: torch.Tensor,
         mask: torch.Tensor,
         account: torch.Tensor,
+        rows: torch.Tensor,
         label_vectors: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits ``[B, L]``; labels of other accounts get a large negative value."""
-        labels = self.label_vectors() if label_vectors is None else label_vectors
-        return self.score(self.ticket_vectors(x, mask, account), labels, self.account_mask[account])
+        """Logits ``[B, W]`` of each ticket against its own account's label ``rows [B, W]`` (-1 pads).
+
+        ``label_vectors`` (every label, from :meth:`label_vectors`) saves recomputing them when
+        scoring many batches; otherwise only the batch's labels go through the label tower.
+        """
+        tickets = self.ticket_vectors(x, mask, self.query_shift(account))
+        if label_vectors is not None:
+            labels, index = label_vectors, rows
+        else:
+            needed, inverse = torch.unique(rows.clamp(min=0), return_inverse=True)
+            labels, index = self.label_vectors(needed), torch.where(rows >= 0, inverse, -1)
+        bias = None if self.label_bias is None else self.label_bias(rows.clamp(min=0)).squeeze(-1)
+        logits = self.score(tickets, labels, index)
+        return logits if bias is None else (logits + bias).masked_fill(rows < 0, MASKED)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """The per-label and per-account parameters (sparse gradients: a lazy optimiser steps their
+        batch's rows only)."""
+        return [m.weight for m in self.modules() if isinstance(m, nn.Embedding) and m.sparse]
+
+    def tower(self, names: torch.Tensor) -> torch.Tensor:
+        """Label-name embeddings ``[n, 384]`` through the label tower, before normalising."""
+        return (self.project if self.label_tower is None else self.label_tower)(names)
 
 
 def _mlp(dim: int, hidden: int, out: int, dropout: float) -> nn.Sequential:

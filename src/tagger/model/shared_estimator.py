@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
@@ -20,7 +21,7 @@ from tagger.model.base import AccountPrior, Estimator, Predictions, predictions_
 from tagger.model.batches import TicketBatches
 from tagger.model.label_table import LabelTable
 from tagger.model.lit import LitShared
-from tagger.model.shared import SharedConfig, SharedModel
+from tagger.model.shared import MASKED, SharedConfig, SharedModel
 
 
 class SharedEstimator(Estimator):
@@ -51,10 +52,7 @@ class SharedEstimator(Estimator):
 
     def _build(self, table: LabelTable, name_vectors: np.ndarray) -> SharedModel:
         return SharedModel(
-            self._architecture(),
-            torch.from_numpy(np.asarray(name_vectors, np.float32)),
-            torch.from_numpy(table.account_of_row()),
-            table.n_accounts,
+            self._architecture(), torch.from_numpy(np.asarray(name_vectors, np.float32)), table.n_accounts
         )
 
     def _name_vectors(self, table: LabelTable) -> np.ndarray:
@@ -76,6 +74,7 @@ class SharedEstimator(Estimator):
         return TicketBatches(
             tickets,
             account,
+            self.table,
             target,
             max_sentences=enc.get("max_sentences", 64),
             sentence_dropout=enc.get("sentence_dropout", 0.0) if train else 0.0,
@@ -156,13 +155,16 @@ class SharedEstimator(Estimator):
 
     @torch.no_grad()
     def _collect_logits(self, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (padded to the widest account) and target positions of every batch of ``loader``."""
         self.model.eval()
         labels = self.model.label_vectors()
         logits, targets = [], []
         for batch in loader:
-            logits.append(self.model(batch["x"], batch["mask"], batch["account"], labels))
+            logits.append(self.model(batch["x"], batch["mask"], batch["account"], batch["rows"], labels))
             targets.append(batch["target"])
-        return torch.cat(logits), torch.cat(targets)
+        width = max(len(t[0]) for t in logits) if logits else 1
+        padded = [F.pad(t, (0, width - t.shape[1]), value=MASKED) for t in logits]
+        return torch.cat(padded), torch.cat(targets)
 
     def _fit_temperature(self, loader: DataLoader) -> float:
         """The temperature that minimises validation NLL (Guo et al., 2017); seen labels only."""
@@ -186,23 +188,29 @@ class SharedEstimator(Estimator):
 
     # ---- predict ------------------------------------------------------------------------------
     @torch.no_grad()
-    def logits(self, tickets: Tickets, batch_size: int = 1024) -> np.ndarray:
-        """Raw logits ``[n, L]`` (the scores before temperature and softmax)."""
+    def logits(self, tickets: Tickets, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits ``[n, W]`` (the scores before temperature and softmax) of each ticket's own
+        account's label ``rows [n, W]`` (rows of ``self.table``, -1 pads)."""
         data = self._batches(tickets)
         self.model.eval()
         labels = self.model.label_vectors()
-        out = []
+        rows = self.table.gather(data.account)
+        out = np.full(rows.shape, MASKED, np.float32)
         for start in range(0, len(data), batch_size):
-            batch = data.collate(np.arange(start, min(start + batch_size, len(data))))
-            out.append(self.model(batch["x"], batch["mask"], batch["account"], labels).numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.table)), np.float32)
+            idx = np.arange(start, min(start + batch_size, len(data)))
+            batch = data.collate(idx)
+            scores = self.model(batch["x"], batch["mask"], batch["account"], batch["rows"], labels).numpy()
+            out[idx, : scores.shape[1]] = scores
+        return out, rows
 
     def predict(self, tickets: Tickets, k: int = 5) -> Predictions:
+        logits, rows = self.logits(tickets)
         return predictions_from_logits(
-            self.logits(tickets),
-            tickets,
-            self.table,
-            self.prior,
+            logits,
+            rows,
+            tickets.meta["has_embeddings"].to_numpy(),
+            self.prior.probs,
+            self.table.frame["label"].to_numpy(object),
             self.temperature,
             k,
             self.cfg.get("confidence", {}).get("null_fallback", "prior") == "abstain",

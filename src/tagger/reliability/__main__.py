@@ -32,7 +32,7 @@ def _fuzz(args) -> None:
     try:
         token = "fuzz-token"
         app = create_app(work, Limits(), admin_token=token)
-        accounts = OnnxPredictor(work).table.accounts[:20]
+        accounts = sorted(OnnxPredictor(work).view.state.accounts)[:20]
         result = fuzz.fuzz_app(app, args.examples, token=token, accounts=accounts)
     finally:
         shutil.rmtree(work.parent, ignore_errors=True)

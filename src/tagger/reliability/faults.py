@@ -8,6 +8,7 @@ parquet gives a clear error or a quarantine report; a failed save leaves no mode
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -15,14 +16,22 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tagger.data.cache import load_tickets
 from tagger.data.validation import SchemaError
-from tagger.model.label_update import LabelState
 from tagger.serving.api import app_from_config, serve_config
-from tagger.serving.label_store import current_generation, labels_dir, read_generation, write_generation
+from tagger.serving.label_store import (
+    current_generation,
+    generation_name,
+    generation_number,
+    labels_dir,
+    read_generation,
+    read_log,
+    write_generation,
+)
 
 
 def _case(name: str, expectation: str, run: Callable[[], str]) -> dict:
@@ -58,8 +67,7 @@ def _truncate(name: str) -> Callable[[Path], None]:
 
 
 def _broken_exports(export_dir: Path) -> list[tuple[str, Callable[[Path], None]]]:
-    generation = labels_dir(export_dir) / current_generation(export_dir)
-    rel = generation.relative_to(export_dir)
+    rel = "labels/base"
 
     def remove(name: str) -> Callable[[Path], None]:
         return lambda d: (d / name).unlink()
@@ -78,8 +86,8 @@ def _broken_exports(export_dir: Path) -> list[tuple[str, Callable[[Path], None]]
         ("labels/CURRENT names a missing generation", write("labels/CURRENT", "g999999\n")),
         ("labels/CURRENT names a path outside labels/", write("labels/CURRENT", "../../etc\n")),
         ("label_vectors.npy truncated", _truncate(f"{rel}/label_vectors.npy")),
-        ("labels.json altered", write(f"{rel}/labels.json", "{}")),
-        ("generation manifest missing", remove(f"{rel}/manifest.json")),
+        ("labels.parquet altered", write(f"{rel}/labels.parquet", "{}")),
+        ("label base manifest missing", remove(f"{rel}/manifest.json")),
         ("export directory missing", lambda d: shutil.rmtree(d)),
     ]
 
@@ -108,53 +116,52 @@ def reload_cases(export_dir: Path, tmp: Path) -> list[dict]:
 
     from tagger.serving.api import create_app
 
-    served = tmp / "reload"
-    shutil.copytree(export_dir, served)
-    client = TestClient(create_app(served, reload_interval=0.0), raise_server_exceptions=False)
-    good = client.get("/health").json()["label_generation"]
-    account = read_generation(served)[1].table.accounts[0]
+    account = sorted(read_generation(export_dir)[1].accounts)[0]
     body = {"account_id": account, "email_sentence_embeddings": None}
-    root = labels_dir(served)
 
-    def offer(name: str, make: Callable[[], str]) -> str:
-        pointer = make()
-        (root / "CURRENT").write_text(pointer + "\n")
-        try:
-            health = client.get("/health").json()
-            r = client.post("/predict", json=body)
-            assert r.status_code == 200, f"/predict answered {r.status_code}"
-            assert health["label_generation"] == good, f"now serving {health['label_generation']}"
-            assert health["last_reload_error"], "no reload error reported"
-            return f"kept serving {good}; /health says: {health['last_reload_error'][:160]}"
-        finally:
-            (root / "CURRENT").write_text(good + "\n")
-            client.get("/health")
+    def offer(name: str, make: Callable[[Path], str]) -> str:
+        served = tmp / f"reload-{abs(hash(name))}"  # a fresh server per case: each refusal is its own
+        shutil.copytree(export_dir, served)
+        client = TestClient(create_app(served, reload_interval=0.0), raise_server_exceptions=False)
+        good = client.get("/health").json()["label_generation"]
+        pointer = make(served)
+        (labels_dir(served) / "CURRENT").write_text(pointer + "\n")
+        health = client.get("/health").json()
+        r = client.post("/predict", json=body)
+        assert r.status_code == 200, f"/predict answered {r.status_code}"
+        assert health["label_generation"] == good, f"now serving {health['label_generation']}"
+        assert health["last_reload_error"], "no reload error reported"
+        return f"kept serving {good}; /health says: {health['last_reload_error'][:160]}"
 
-    def broken_copy(breaker: Callable[[Path], None]) -> Callable[[], str]:
-        def make() -> str:
-            name = f"g{900000 + len(list(root.iterdir())):06d}"
-            shutil.copytree(root / good, root / name)
-            breaker(root / name)
+    def broken_version(breaker: Callable[[Path], None]) -> Callable[[Path], str]:
+        """A generation whose merchant version is damaged after it was written."""
+
+        def make(served: Path) -> str:
+            state = read_generation(served)[1]
+            name = write_generation(served, {account: state.accounts[account]}, {"kind": "fault case"})
+            breaker(labels_dir(served) / read_log(served, generation_number(name))["accounts"][account])
             return name
 
         return make
 
-    def wrong_dimension() -> str:
-        _, state = read_generation(served, good)
-        bad = LabelState(state.table, state.vectors[..., :10].copy(), state.prior, state.names, state.queries)
-        name = write_generation(served, bad, {"kind": "fault case"})
-        return name
+    def wrong_dimension(served: Path) -> str:
+        labels = read_generation(served)[1].accounts[account]
+        bad = dataclasses.replace(labels, vectors=np.ascontiguousarray(labels.vectors[..., :10]))
+        return write_generation(served, {account: bad}, {"kind": "fault case"})
+
+    def missing_log(served: Path) -> str:
+        return generation_name(generation_number(current_generation(served)) + 1)
 
     cases = [
-        ("label_vectors.npy truncated", broken_copy(_truncate("label_vectors.npy"))),
-        ("labels.json altered", broken_copy(lambda d: (d / "labels.json").write_text("{}"))),
+        ("label_vectors.npy truncated", broken_version(_truncate("label_vectors.npy"))),
+        ("labels.json altered", broken_version(lambda d: (d / "labels.json").write_text("{}"))),
         (
-            "manifest missing (a half-written generation)",
-            broken_copy(lambda d: (d / "manifest.json").unlink()),
+            "manifest missing (a half-written version)",
+            broken_version(lambda d: (d / "manifest.json").unlink()),
         ),
         ("vectors of another model (wrong dimension, valid manifest)", wrong_dimension),
-        ("CURRENT names a missing generation", lambda: "g999998"),
-        ("CURRENT names a path outside labels/", lambda: "../../etc"),
+        ("CURRENT names a generation with no log entry", missing_log),
+        ("CURRENT names a path outside labels/", lambda served: "../../etc"),
     ]
     return [
         _case(

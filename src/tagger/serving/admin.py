@@ -3,6 +3,7 @@ optionally folding in a few labelled tickets, and make the change live for runni
 
     python -m tagger.serving.admin ACCOUNT --add "Billing::Invoice copy" --rename "Refund=Refunds" \\
         --retire "Old label" [--examples tickets.parquet] [--create-account] [--export-dir DIR]
+    python -m tagger.serving.admin ACCOUNT --rollback      # the merchant's previous labels again
 
 The same :func:`update_export` serves the API's ``POST /admin/labels``. The label names are embedded
 with all-MiniLM-L6-v2 in ONNX Runtime (``name_encoder.onnx``, no torch) and go through
@@ -21,9 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from tagger.data.tickets import Tickets
-from tagger.model.label_update import LabelState, LabelUpdate, UpdateError, apply_update
+from tagger.model.label_update import AccountLabels, LabelState, LabelUpdate, UpdateError, apply_update
 from tagger.paths import latest_export
-from tagger.serving.label_store import lock, read_generation, write_generation
+from tagger.serving.label_store import (
+    catch_up,
+    current_generation,
+    generation_number,
+    lock,
+    rollback,
+    write_generation,
+)
 from tagger.serving.name_encoder import NameEncoder
 from tagger.serving.onnx_predictor import LabelView, OnnxPredictor
 
@@ -43,23 +51,36 @@ def update_export(
         emb = np.asarray(embed(texts), np.float32)
         return emb, predictor.name_vectors(emb)
 
-    def encode_tickets(state: LabelState, account: str, tickets: list[np.ndarray]) -> np.ndarray:
-        batch = Tickets.from_vectors([account] * len(tickets), tickets)
-        return predictor.ticket_vectors(batch, view=LabelView.of("pending", state))
+    def encode_tickets(labels: AccountLabels, tickets: list[np.ndarray]) -> np.ndarray:
+        batch = Tickets.from_vectors(["-"] * len(tickets), tickets)
+        pending = LabelView("pending", LabelState({"-": labels}, labels.query))
+        return predictor.ticket_vectors(batch, view=pending)
 
     with lock(predictor.export_dir):
-        name, state = read_generation(predictor.export_dir)  # the latest, whoever wrote it
+        name = current_generation(predictor.export_dir)  # the latest, whoever wrote it
+        if name != predictor.view.generation:
+            predictor.refresh()
+        if predictor.view.generation != name:
+            raise UpdateError(
+                "labels", f"the live generation {name} cannot be read: {predictor.last_reload_error}", 503
+            )
+        state = predictor.view.state
         for update in updates:
             state = apply_update(state, update, encode_names, encode_tickets, weight)
+        changed = {u.account_id: state.accounts[u.account_id] for u in updates}
         change = {"by": by, "from": name, "updates": [_describe(u) for u in updates]}
-        generation = write_generation(predictor.export_dir, state, change)
+        generation = write_generation(predictor.export_dir, changed, change)
         # checked from disk, as every other server process will read it
-        predictor.use(LabelView.of(*read_generation(predictor.export_dir, generation)))
+        since = generation_number(name)
+        fresh, read = catch_up(
+            predictor.export_dir, predictor.view.state, since, generation_number(generation)
+        )
+        predictor.use(LabelView(generation, fresh), read)
     return {
         "generation": generation,
         "previous": name,
         "model_version": predictor.version,
-        "accounts": {u.account_id: _labels_of(state, u.account_id) for u in updates},
+        "accounts": {u.account_id: list(state.accounts[u.account_id].labels) for u in updates},
         "seconds": round(time.perf_counter() - started, 4),
     }
 
@@ -73,11 +94,6 @@ def _describe(update: LabelUpdate) -> dict:
         "examples": {k: len(v) for k, v in update.examples.items()},
         "create_account": update.create_account,
     }
-
-
-def _labels_of(state: LabelState, account: str) -> list[str]:
-    rows = state.table.rows_of(account)
-    return state.table.frame["label"].iloc[rows.start : rows.stop].tolist()
 
 
 def examples_from_parquet(path: str | Path, account: str) -> dict[str, list[np.ndarray]]:
@@ -120,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--create-account", action="store_true", help="the account is new")
     parser.add_argument(
+        "--rollback",
+        action="store_true",
+        help="bring back the account's previous labels (its last version before the live one)",
+    )
+    parser.add_argument(
         "--export-dir", type=Path, help="export directory (default: the latest under models/)"
     )
     args = parser.parse_args(argv)
@@ -129,6 +150,16 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"--rename {pair!r}: expected OLD=NEW")
         rename[old] = new
+    if args.rollback:
+        export_dir = args.export_dir or latest_export()
+        try:
+            with lock(export_dir):
+                generation = rollback(export_dir, args.account, {"by": "cli"})
+        except ValueError as err:
+            print(f"refused, nothing changed: {err}", file=sys.stderr)
+            return 2
+        print(f"{export_dir}: {args.account} rolled back in generation {generation}")
+        return 0
     examples = examples_from_parquet(args.examples, args.account) if args.examples else {}
     update = LabelUpdate(args.account, args.add, rename, args.retire, examples, args.create_account)
     predictor = OnnxPredictor(args.export_dir or latest_export())

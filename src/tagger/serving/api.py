@@ -268,13 +268,13 @@ def create_app(
         vectors = []
         for i, t in enumerate(tickets):
             where = f"tickets[{i}]." if prefix else ""
-            if t.account_id not in view.table.account_slices:
+            if t.account_id not in view.state.accounts:
                 raise ApiError(404, f"{where}account_id", f"unknown account {t.account_id!r}")
             vectors.append(_parse(t, where, limits))
         batch = Tickets.from_vectors([t.account_id for t in tickets], vectors)
         pred = predictor.predict(batch, k=limits.top_k, view=view)
         version = f"{predictor.serving['model_version']}/{view.generation}"
-        names = view.table.frame["label"].to_numpy(object)
+        names = pred.names
         out = []
         for i, t in enumerate(tickets):
             conf = float(pred.confidence[i])
@@ -320,24 +320,23 @@ def create_app(
             "label_generation": view.generation,
             "last_reload_error": predictor.last_reload_error,
             "admin": "ready" if admin_token else "disabled",
-            "accounts": view.table.n_accounts,
-            "labels": len(view.table),
+            "accounts": len(view.state.accounts),
+            "labels": view.state.n_labels,
         }
 
     @app.get("/accounts/{account_id}/labels")
     def account_labels(account_id: str) -> dict:
         view = predictor.view
-        rows = view.table.rows_of(account_id)
-        if not len(rows):
+        labels = view.labels_of(account_id)
+        if labels is None:
             raise ApiError(404, "account_id", f"unknown account {account_id!r}")
-        frame = view.table.frame.iloc[rows.start : rows.stop]
         return {
             "account_id": account_id,
             "label_generation": view.generation,
             "threshold": per_account.get(account_id, global_threshold),
             "labels": [
-                {"label": r.label, "n_train": int(r.n_train), "prior": float(view.prior.probs[i])}
-                for i, r in zip(rows, frame.itertuples(), strict=True)
+                {"label": name, "n_train": int(n), "prior": float(p)}
+                for name, n, p in zip(labels.labels, labels.n_train, labels.prior, strict=True)
             ],
         }
 

@@ -1,43 +1,71 @@
-"""The label side of an export directory, in generations that are swapped atomically.
+"""The label side of an export directory, stored per merchant and changed in numbered generations.
 
-    EXPORT/labels/CURRENT            the name of the live generation (replaced with os.replace)
-    EXPORT/labels/g000001/           one generation, never changed once written:
-        labels.json                  accounts and label rows (account_id, label, text, n_train, prior)
-        label_vectors.npy            [L, K, d] unit label vectors (the model's label tower output)
-        label_names.npy              [L, 384] name embeddings
-        account_queries.npy          [A + 1, q] per-account attention-query shifts (q = 0: none)
-        manifest.json                SHA-256 of each file, written last
+    EXPORT/labels/CURRENT              the live generation's name, ``gNNNNNN`` (replaced with os.replace)
+    EXPORT/labels/base/                every merchant's labels as export.py wrote them (generation 0):
+        labels.parquet                 account_id, label, text, n_train, prior (merchant-contiguous rows)
+        label_vectors.npy              [L, K, d] unit label vectors
+        label_names.npy                [L, 384] name embeddings (memory-mapped: only updates read them)
+        account_queries.npy            [A + 1, q] attention-query shifts in account order, the last row
+                                       for an unknown account (q = 0: none)
+        manifest.json                  SHA-256 of each file, written last
+    EXPORT/labels/accounts/KEY/v000003/  one merchant's labels after an update (never changed once written):
+        labels.json  label_vectors.npy  label_names.npy  query.npy  manifest.json
+    EXPORT/labels/log/g000007.json     generation 7: the merchant versions it made live, and why
 
-A reader sees either the old generation or the new one, never a mix: a generation directory is
-complete and checked (manifest) before CURRENT names it. Writers hold a lock on the directory.
+A label update writes only the changed merchants' version directories and one small log entry,
+then moves CURRENT. A server catching up from generation g to CURRENT reads the log entries after
+g and the version directories they name, nothing else: reload costs what changed. Startup reads
+the base once and the latest version of each merchant ever updated.
+
+Guarantees kept from whole-table generations: an update is all or nothing (its version directories
+are complete and checked before the log entry that names them exists, and the entry before CURRENT
+names it); a reader sees a generation whole or not at all; a version that fails its manifest is
+refused and the previous state keeps serving; one writer at a time (a file lock). Each merchant
+keeps its last ``KEEP_VERSIONS`` versions, so :func:`rollback` can bring an earlier one back.
 """
 
 from __future__ import annotations
 
-import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
-import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 
-from tagger.manifest import atomic_directory, verify, write_manifest
+from tagger.manifest import ArtifactError, atomic_directory, verify, write_manifest
 from tagger.model.label_table import LabelTable
-from tagger.model.label_update import LabelState
+from tagger.model.label_update import AccountLabels, LabelState
 
-GENERATION_FILES = ("labels.json", "label_vectors.npy", "label_names.npy", "account_queries.npy")
-KEEP_GENERATIONS = 5  # older ones are pruned; the live one and its predecessors stay for a rollback
+BASE_FILES = ("labels.parquet", "label_vectors.npy", "label_names.npy", "account_queries.npy")
+VERSION_FILES = ("labels.json", "label_vectors.npy", "label_names.npy", "query.npy")
+KEEP_VERSIONS = 5  # per merchant: the live version and its predecessors, for a rollback
+BASE = "base"
 _NAME = re.compile(r"^g(\d{6,})$")
+_VERSION = re.compile(r"^v(\d{6,})$")
 
 
 def labels_dir(export_dir: str | os.PathLike) -> Path:
     return Path(export_dir) / "labels"
+
+
+def generation_name(number: int) -> str:
+    return f"g{number:06d}"
+
+
+def generation_number(name: str) -> int:
+    """The number of a generation name; ValueError for anything else."""
+    match = _NAME.match(name)
+    if not match:
+        raise ValueError(f"labels/CURRENT names {name!r}, not a generation")
+    return int(match.group(1))
 
 
 def current_generation(export_dir: str | os.PathLike) -> str:
@@ -45,94 +73,209 @@ def current_generation(export_dir: str | os.PathLike) -> str:
     return (labels_dir(export_dir) / "CURRENT").read_text().strip()
 
 
-def read_generation(export_dir: str | os.PathLike, name: str | None = None) -> tuple[str, LabelState]:
-    """``(name, state)`` of a generation (the live one by default), checked against its
-    manifest; raises :class:`tagger.manifest.ArtifactError` if a file is missing or altered."""
-    name = name or current_generation(export_dir)
-    if not _NAME.match(name):
-        raise ValueError(f"labels/CURRENT names {name!r}, not a generation")
-    folder = labels_dir(export_dir) / name
-    verify(folder, GENERATION_FILES)
-    info = json.loads((folder / "labels.json").read_text())
-    frame = pd.DataFrame(info["labels"])
+def account_key(account: str) -> str:
+    """A directory name for any account id (ids may hold any character)."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", account)[:32]
+    return f"{safe}-{hashlib.sha256(account.encode()).hexdigest()[:12]}"
+
+
+# ---- reading --------------------------------------------------------------------------------------
+def read_base(export_dir: str | os.PathLike) -> LabelState:
+    """Generation 0: every merchant's labels as exported, checked against the manifest."""
+    folder = labels_dir(export_dir) / BASE
+    verify(folder, BASE_FILES)
+    frame = pd.read_parquet(folder / "labels.parquet")
     table = LabelTable(frame[["account_id", "label", "text", "n_train"]])
+    vectors = np.load(folder / "label_vectors.npy")
+    names = np.load(folder / "label_names.npy", mmap_mode="r")
     queries = np.load(folder / "account_queries.npy")
-    state = LabelState(
-        table=table,
-        vectors=np.load(folder / "label_vectors.npy"),
-        prior=frame["prior"].to_numpy(float),
-        names=np.load(folder / "label_names.npy"),
-        queries=queries if queries.shape[1] else None,
+    if len(vectors) != len(table) or len(names) != len(table):
+        raise ArtifactError(f"{folder}: {len(vectors)} vectors for {len(table)} labels")
+    if len(queries) != table.n_accounts + 1:
+        raise ArtifactError(f"{folder}: {len(queries)} account queries for {table.n_accounts} accounts")
+    return LabelState.from_table(
+        table, vectors, frame["prior"].to_numpy(float), names, queries if queries.shape[1] else None
     )
-    if len(state.vectors) != len(table) or len(state.names) != len(table):
-        raise ValueError(f"generation {name}: {len(state.vectors)} vectors for {len(table)} labels")
-    return name, state
 
 
-def write_generation(export_dir: str | os.PathLike, state: LabelState, change: dict) -> str:
-    """Write ``state`` as a new generation and make it live; returns its name. Call under :func:`lock`
-    when another writer may run."""
+def read_version(export_dir: str | os.PathLike, path: str) -> tuple[str, AccountLabels]:
+    """``(account_id, labels)`` of one merchant version directory (relative to labels/)."""
+    folder = labels_dir(export_dir) / path
+    verify(folder, VERSION_FILES)
+    info = json.loads((folder / "labels.json").read_text())
+    query = np.load(folder / "query.npy")
+    labels = AccountLabels(
+        tuple(info["labels"]),
+        tuple(info["text"]),
+        np.asarray(info["n_train"], np.int64),
+        np.asarray(info["prior"], float),
+        np.load(folder / "label_vectors.npy"),
+        np.load(folder / "label_names.npy"),
+        query if query.size else None,
+    )
+    if not (len(labels.vectors) == len(labels.names) == len(labels) == len(labels.prior) > 0):
+        raise ArtifactError(f"{folder}: {len(labels.vectors)} vectors for {len(labels)} labels")
+    return info["account_id"], labels
+
+
+def read_log(export_dir: str | os.PathLike, number: int) -> dict:
+    """The log entry of generation ``number`` (>= 1)."""
+    path = labels_dir(export_dir) / "log" / f"{generation_name(number)}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"{path}: {err}") from err
+
+
+def live_paths(export_dir: str | os.PathLike, since: int, until: int) -> dict[str, str]:
+    """For each merchant changed by generations ``since + 1 .. until``: its version there."""
+    paths: dict[str, str] = {}
+    for number in range(since + 1, until + 1):
+        paths.update(read_log(export_dir, number)["accounts"])
+    return paths
+
+
+def catch_up(
+    export_dir: str | os.PathLike, state: LabelState, since: int, until: int
+) -> tuple[LabelState, list[str]]:
+    """``state`` (generation ``since``) brought to generation ``until``, and the merchants that
+    changed: only those are read."""
+    if until < since:
+        raise ArtifactError(
+            f"labels/CURRENT went back from {generation_name(since)} to {generation_name(until)}"
+        )
+    changed = {}
+    base = None
+    for account, path in live_paths(export_dir, since, until).items():
+        if path == BASE:  # a rollback to the exported labels
+            base = base or read_base(export_dir)
+            changed[account] = base.accounts[account]
+        else:
+            read_account, labels = read_version(export_dir, path)
+            if read_account != account:
+                raise ArtifactError(f"labels/{path} holds account {read_account!r}, not {account!r}")
+            changed[account] = labels
+    return (state.replace(changed) if changed else state), list(changed)
+
+
+def read_generation(export_dir: str | os.PathLike, name: str | None = None) -> tuple[str, LabelState]:
+    """``(name, state)`` of a generation (the live one by default): the base and every merchant's
+    version at that generation, each checked against its manifest; raises
+    :class:`tagger.manifest.ArtifactError` if a file is missing or altered."""
+    name = name or current_generation(export_dir)
+    return name, catch_up(export_dir, read_base(export_dir), 0, generation_number(name))[0]
+
+
+# ---- writing --------------------------------------------------------------------------------------
+def write_base(export_dir: str | os.PathLike, state: LabelState, change: dict) -> str:
+    """Write every merchant's labels as generation 0 (export.py) and make it live."""
     root = labels_dir(export_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    numbers = [int(m.group(1)) for p in root.iterdir() if (m := _NAME.match(p.name))]
-    name = f"g{max(numbers, default=0) + 1:06d}"
-    with atomic_directory(root / name, replace=False) as tmp:
-        frame = state.table.frame
-        labels = {
-            "generation": name,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "change": change,
-            "accounts": {
-                a: {"index": i, "rows": list(state.table.account_slices[a])}
-                for i, a in enumerate(state.table.accounts)
-            },
-            "labels": [
-                {
-                    "account_id": r.account_id,
-                    "label": r.label,
-                    "text": r.text,
-                    "n_train": int(r.n_train),
-                    "prior": float(p),
-                }
-                for r, p in zip(frame.itertuples(), state.prior, strict=True)
-            ],
+    table, vectors, prior, names, queries = state.to_table()
+    with atomic_directory(root / BASE, replace=False) as tmp:
+        frame = table.frame.assign(prior=prior)
+        frame.to_parquet(tmp / "labels.parquet", index=False)
+        np.save(tmp / "label_vectors.npy", vectors)
+        np.save(tmp / "label_names.npy", names)
+        if queries is None:
+            queries = np.zeros((table.n_accounts + 1, 0), np.float32)
+        np.save(tmp / "account_queries.npy", queries)
+        write_manifest(tmp, BASE_FILES, change=change)
+    _set_current(root, generation_name(0))
+    return generation_name(0)
+
+
+def write_version(export_dir: str | os.PathLike, account: str, labels: AccountLabels) -> str:
+    """Write one merchant's labels as its next version directory; returns its path under labels/."""
+    folder = labels_dir(export_dir) / "accounts" / account_key(account)
+    folder.mkdir(parents=True, exist_ok=True)
+    number = max(_versions(folder), default=0) + 1
+    path = folder / f"v{number:06d}"
+    with atomic_directory(path, replace=False) as tmp:
+        info = {
+            "account_id": account,
+            "labels": list(labels.labels),
+            "text": list(labels.text),
+            "n_train": [int(n) for n in labels.n_train],
+            "prior": [float(p) for p in labels.prior],
         }
-        (tmp / "labels.json").write_text(json.dumps(labels))
-        np.save(tmp / "label_vectors.npy", np.ascontiguousarray(state.vectors, np.float32))
-        np.save(tmp / "label_names.npy", np.ascontiguousarray(state.names, np.float32))
-        queries = state.queries if state.queries is not None else np.zeros((state.table.n_accounts + 1, 0))
-        np.save(tmp / "account_queries.npy", np.ascontiguousarray(queries, np.float32))
-        write_manifest(tmp, GENERATION_FILES)
-    pointer = root / f".CURRENT-{os.getpid()}"
-    pointer.write_text(name + "\n")
-    os.replace(pointer, root / "CURRENT")
-    _prune(root, name)
-    return name
+        (tmp / "labels.json").write_text(json.dumps(info))
+        np.save(tmp / "label_vectors.npy", np.ascontiguousarray(labels.vectors, np.float32))
+        np.save(tmp / "label_names.npy", np.ascontiguousarray(labels.names, np.float32))
+        query = labels.query if labels.query is not None else np.zeros(0, np.float32)
+        np.save(tmp / "query.npy", np.ascontiguousarray(query, np.float32))
+        write_manifest(tmp, VERSION_FILES)
+    return path.relative_to(labels_dir(export_dir)).as_posix()
+
+
+def write_generation(export_dir: str | os.PathLike, changed: dict[str, AccountLabels], change: dict) -> str:
+    """Write the ``changed`` merchants' labels as a new generation and make it live; returns its
+    name. Call under :func:`lock` when another writer may run."""
+    paths = {account: write_version(export_dir, account, labels) for account, labels in changed.items()}
+    return _commit(export_dir, paths, change)
+
+
+def rollback(export_dir: str | os.PathLike, account: str, change: dict | None = None) -> str:
+    """Make the merchant's previous version live again (its exported labels before its first
+    update); returns the new generation's name. Call under :func:`lock`."""
+    live = live_paths(export_dir, 0, generation_number(current_generation(export_dir))).get(account)
+    if live is None or live == BASE:
+        raise ValueError(f"account {account!r} has no earlier version of its labels to roll back to")
+    folder = labels_dir(export_dir) / "accounts" / account_key(account)
+    earlier = [n for n in _versions(folder) if n < int(live.rsplit("/v", 1)[1])]
+    previous = f"accounts/{account_key(account)}/v{max(earlier):06d}" if earlier else BASE
+    if previous != BASE:
+        read_version(export_dir, previous)  # checked before it is made live
+    return _commit(export_dir, {account: previous}, {"rollback": account, "to": previous, **(change or {})})
 
 
 @contextmanager
-def lock(export_dir: str | os.PathLike, timeout: float = 30.0):
+def lock(export_dir: str | os.PathLike, timeout: float = 30.0) -> Iterator[None]:
     """An exclusive lock on the export directory's labels (one writer at a time, across processes)."""
     root = labels_dir(export_dir)
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{root}: another label update holds the lock") from None
-                time.sleep(0.02)
-        try:
+    try:
+        with FileLock(root / ".lock", timeout=timeout):
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    except Timeout:
+        raise TimeoutError(f"{root}: another label update holds the lock") from None
 
 
-def _prune(root: Path, live: str) -> None:
-    names = sorted(p.name for p in root.iterdir() if _NAME.match(p.name))
-    for old in names[:-KEEP_GENERATIONS]:
-        if old != live:
-            shutil.rmtree(root / old, ignore_errors=True)
+def _commit(export_dir: str | os.PathLike, paths: dict[str, str], change: dict) -> str:
+    root = labels_dir(export_dir)
+    previous = current_generation(export_dir)
+    name = generation_name(generation_number(previous) + 1)
+    entry = {
+        "generation": name,
+        "previous": previous,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "change": change,
+        "accounts": paths,
+    }
+    (root / "log").mkdir(exist_ok=True)
+    _write_atomic(root / "log" / f"{name}.json", json.dumps(entry))  # an orphan of a crash is overwritten
+    _set_current(root, name)
+    for account in paths:
+        _prune(root / "accounts" / account_key(account))
+    return name
+
+
+def _set_current(root: Path, name: str) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    _write_atomic(root / "CURRENT", name + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    scratch = path.with_name(f".{path.name}-{os.getpid()}")
+    scratch.write_text(text)
+    os.replace(scratch, path)
+
+
+def _versions(folder: Path) -> list[int]:
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _VERSION.match(p.name)))
+
+
+def _prune(folder: Path) -> None:
+    for number in _versions(folder)[:-KEEP_VERSIONS]:
+        shutil.rmtree(folder / f"v{number:06d}", ignore_errors=True)

@@ -2,10 +2,12 @@
 parity with PyTorch on real held-out tickets before the export directory appears.
 
     model.onnx        inputs  sentences [batch, n_sentences, 384] float32, mask [batch, n_sentences] bool,
-                              account [batch] int64 (index in labels.json; n_accounts = unknown),
-                              label_vectors [n_labels, K, d] float32, label_account [n_labels] int64,
-                              account_queries [n_accounts + 1, q] float32 (attention pooling per account)
-                      outputs logits [batch, n_labels], ticket_vectors [batch, d]
+                              label_vectors [M, K, d] float32 (the labels of the batch's merchants),
+                              label_index [batch, W] int64 (each ticket's own labels in label_vectors,
+                              -1 pads), account_query [batch, q] float32 (each ticket's account's
+                              attention-query shift; absent without per-account queries)
+                      outputs logits [batch, W] (-1e9 at the pads), ticket_vectors [batch, d]
+                      A ticket costs O(its own merchant's labels): no input grows with other merchants.
     label_tower.onnx  names [n, 384] (label-name embeddings) -> label_vectors [n, d] (a new label)
     name_encoder.onnx all-MiniLM-L6-v2 (input_ids, attention_mask -> unit embeddings [n, 384]) and
     tokenizer.json    its tokenizer: a label name is embedded without torch
@@ -35,7 +37,7 @@ from tagger.model.cold_start import label_state, name_weight
 from tagger.model.shared import SharedModel
 from tagger.paths import resolve
 from tagger.serving import name_encoder
-from tagger.serving.label_store import write_generation
+from tagger.serving.label_store import write_base
 from tagger.serving.name_encoder import NameEncoder
 from tagger.serving.onnx_predictor import EXPORT_FILES, OnnxPredictor
 from tagger.training import cutoff_seconds
@@ -52,10 +54,9 @@ class _Scoring(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, sentences, mask, account, label_vectors, label_account, account_queries=None):
-        tickets = self.model.ticket_vectors(sentences, mask, account, account_queries)
-        own = label_account[None, :] == account[:, None]
-        return self.model.score(tickets, label_vectors, own), tickets
+    def forward(self, sentences, mask, label_vectors, label_index, account_query=None):
+        tickets = self.model.ticket_vectors(sentences, mask, account_query)
+        return self.model.score(tickets, label_vectors, label_index), tickets
 
 
 class _LabelTower(nn.Module):
@@ -124,18 +125,17 @@ def export_estimator(
     scoring = _Scoring(estimator.model.eval()).eval()
     with atomic_directory(out_dir) as tmp:
         state = label_state(estimator)
-        inputs = ["sentences", "mask", "account", "label_vectors", "label_account"]
+        some = next(iter(state.accounts.values()))
+        inputs = ["sentences", "mask", "label_vectors", "label_index"]
         example = [
             torch.zeros(2, 3, 384),
             torch.ones(2, 3, dtype=torch.bool),
-            torch.zeros(2, dtype=torch.long),
-            torch.from_numpy(state.vectors),
-            torch.from_numpy(state.label_account()),
+            torch.from_numpy(np.ascontiguousarray(some.vectors, np.float32)),
+            torch.tensor([[0, -1], [0, -1]]),
         ]
-        if state.queries is not None:
-            inputs.append("account_queries")
-            example.append(torch.from_numpy(state.queries))
-        labels_axis = {0: "n_labels"}
+        if state.unknown_query is not None:
+            inputs.append("account_query")
+            example.append(torch.zeros(2, len(state.unknown_query)))
         torch.onnx.export(
             scoring,
             tuple(example),
@@ -147,11 +147,10 @@ def export_estimator(
             dynamic_axes={
                 "sentences": {0: "batch", 1: "n_sentences"},
                 "mask": {0: "batch", 1: "n_sentences"},
-                "account": {0: "batch"},
-                "label_vectors": labels_axis,
-                "label_account": labels_axis,
-                **({"account_queries": {0: "n_accounts_1"}} if state.queries is not None else {}),
-                "logits": {0: "batch", 1: "n_labels"},
+                "label_vectors": {0: "n_candidates"},
+                "label_index": {0: "batch", 1: "width"},
+                **({"account_query": {0: "batch"}} if state.unknown_query is not None else {}),
+                "logits": {0: "batch", 1: "width"},
                 "ticket_vectors": {0: "batch"},
             },
         )
@@ -173,7 +172,7 @@ def export_estimator(
                 onnx.checker.check_model(onnx.load(str(tmp / name)), full_check=True)
         except onnx.checker.ValidationError as err:
             raise ExportError(f"onnx.checker rejected the model: {err}") from err
-        write_generation(tmp, state, {"kind": "export", "model_version": info.get("model_version")})
+        write_base(tmp, state, {"kind": "export", "model_version": info.get("model_version")})
         serving = {
             **info,
             "model_version": f"{info.get('model_version', 'shared')}+{sha256(tmp / 'model.onnx')[:12]}",
@@ -186,14 +185,14 @@ def export_estimator(
             "inputs": {
                 "sentences": "float32 [batch, n_sentences, 384]",
                 "mask": "bool [batch, n_sentences]",
-                "account": "int64 [batch]: labels/<generation>/labels.json accounts[...].index, "
-                "n_accounts for unknown",
-                "label_vectors": "float32 [n_labels, K, d]: labels/<generation>/label_vectors.npy",
-                "label_account": "int64 [n_labels]: the account index of each label row",
-                "account_queries": "float32 [n_accounts + 1, q]: labels/<generation>/account_queries.npy",
+                "label_vectors": "float32 [M, K, d]: the label vectors of the batch's merchants "
+                "(labels/base/label_vectors.npy rows, or labels/accounts/*/v*/label_vectors.npy)",
+                "label_index": "int64 [batch, W]: each ticket's own labels as rows of label_vectors, -1 pads",
+                "account_query": "float32 [batch, q]: each ticket's account's query shift (labels/base/"
+                "account_queries.npy row, or query.npy of the merchant's version)",
             },
             "outputs": {
-                "logits": "float32 [batch, n_labels]: other accounts' labels are -1e9",
+                "logits": "float32 [batch, W]: -1e9 at the pads",
                 "ticket_vectors": "float32 [batch, d]: unit ticket vectors",
             },
         }
@@ -212,9 +211,13 @@ def export_estimator(
 
 def check_parity(estimator, predictor: OnnxPredictor, tickets: Tickets) -> dict:
     """Max |logit difference| over each ticket's own labels, and top-1 agreement, PyTorch vs ONNX."""
-    torch_logits = estimator.logits(tickets)
-    onnx_logits = predictor.logits(tickets)
-    own = estimator.table.mask()[np.maximum(estimator.table.account_ids(tickets.meta["account_id"]), 0)]
+    torch_logits, torch_rows = estimator.logits(tickets)
+    onnx_logits, onnx_rows = predictor.logits(tickets)
+    width = max(torch_logits.shape[1], onnx_logits.shape[1])
+    torch_logits, onnx_logits = _widen(torch_logits, width), _widen(onnx_logits, width)
+    own = _widen(torch_rows, width, -1) >= 0
+    if not (own == (_widen(onnx_rows, width, -1) >= 0)).all():
+        raise ExportError("ONNX and PyTorch give tickets different numbers of candidate labels")
     diff = np.abs(torch_logits - onnx_logits)[own]
     with torch.no_grad():
         names = estimator.name_vectors[:256]
@@ -228,6 +231,10 @@ def check_parity(estimator, predictor: OnnxPredictor, tickets: Tickets) -> dict:
             predictor.export_dir, estimator.table.frame["text"]
         ),
     }
+
+
+def _widen(a: np.ndarray, width: int, fill: float = -1e9) -> np.ndarray:
+    return np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
 
 
 def _name_encoder_parity(export_dir: Path, texts) -> float:

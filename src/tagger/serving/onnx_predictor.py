@@ -21,14 +21,27 @@ import onnxruntime as ort
 
 from tagger.data.tickets import Tickets
 from tagger.manifest import verify
-from tagger.model.base import AccountPrior, Predictions, predictions_from_logits
+from tagger.model.base import MASKED, Predictions, predictions_from_logits
 from tagger.model.batches import pad_sentences
-from tagger.model.label_table import LabelTable
-from tagger.model.label_update import LabelState
-from tagger.serving.label_store import current_generation, read_generation
+from tagger.model.label_table import gather_rows
+from tagger.model.label_update import AccountLabels, LabelState
+from tagger.serving.label_store import catch_up, current_generation, generation_number, read_generation
 
 EXPORT_FILES = ("model.onnx", "label_tower.onnx", "name_encoder.onnx", "tokenizer.json", "serving.json")
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The labels a batch of tickets is scored against: the union of its merchants' labels
+    (``vectors [M, K, d]``, ``prior [M]``, ``names [M]``), each ticket's own rows in it
+    (``index [n, W]``, -1 pads; no rows for an unknown account) and its account's query shift."""
+
+    vectors: np.ndarray
+    index: np.ndarray
+    prior: np.ndarray
+    names: np.ndarray
+    queries: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -37,26 +50,54 @@ class LabelView:
 
     generation: str
     state: LabelState
-    prior: AccountPrior
-    inputs: dict[str, np.ndarray]
 
-    @property
-    def table(self) -> LabelTable:
-        return self.state.table
+    def labels_of(self, account: str) -> AccountLabels | None:
+        return self.state.accounts.get(account)
 
-    @classmethod
-    def of(cls, generation: str, state: LabelState) -> LabelView:
-        inputs = {
-            "label_vectors": np.ascontiguousarray(state.vectors, np.float32),
-            "label_account": state.label_account(),
-        }
-        if state.queries is not None:
-            inputs["account_queries"] = np.ascontiguousarray(state.queries, np.float32)
-        return cls(generation, state, AccountPrior.from_probs(state.table, state.prior), inputs)
+    def candidates(self, accounts: list[str]) -> Candidates:
+        """What tickets of ``accounts`` are scored against: O(the labels of these merchants)."""
+        state = self.state
+        order = list(dict.fromkeys(accounts))
+        parts = [state.accounts.get(a) for a in order]
+        sizes = np.array([len(p) if p is not None else 0 for p in parts], np.int64)
+        starts = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)
+        position = {a: i for i, a in enumerate(order)}
+        which = np.fromiter((position[a] for a in accounts), np.int64, len(accounts))
+        known = [p for p in parts if p is not None]
+        if len(known) == 1:  # the common case, one merchant: its arrays as they are, no copy
+            only = known[0]
+            vectors, prior, names = only.vectors, only.prior, np.asarray(only.labels, object)
+        elif known:
+            vectors = np.concatenate([p.vectors for p in known])
+            prior = np.concatenate([p.prior for p in known])
+            names = np.asarray([lab for p in known for lab in p.labels], object)
+        else:
+            vectors, prior, names = _empty_vectors(state), np.zeros(0), np.zeros(0, object)
+        queries = None
+        if state.unknown_query is not None:
+            rows = [p.query if p is not None else state.unknown_query for p in parts]
+            queries = np.stack(rows).astype(np.float32, copy=False)[which]
+        return Candidates(
+            np.ascontiguousarray(vectors, np.float32),
+            gather_rows(starts, sizes, which),
+            prior,
+            names,
+            queries,
+        )
+
+
+def _empty_vectors(state: LabelState) -> np.ndarray:
+    some = next(iter(state.accounts.values()), None)
+    shape = some.vectors.shape[1:] if some is not None else (1, 1)
+    return np.zeros((1, *shape), np.float32)  # one dummy row: ONNX gathers from a non-empty table
 
 
 class OnnxPredictor:
-    """Predicts contact reasons with ``model.onnx`` and the live label generation of an export directory."""
+    """Predicts contact reasons with ``model.onnx`` and the live label generation of an export directory.
+
+    A ticket is scored against its own merchant's labels only, so what it costs does not depend on
+    how many other merchants the export holds; a reload reads only the merchants that changed.
+    """
 
     def __init__(self, export_dir: str | os.PathLike, threads: int = 1):
         self.export_dir = Path(export_dir)
@@ -68,8 +109,8 @@ class OnnxPredictor:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        # The label count changes with every label update, so input shapes keep changing: without
-        # the arena and the per-shape memory patterns, freed buffers go back instead of piling up.
+        # The label count changes from one merchant to the next, so input shapes keep changing:
+        # without the arena and the per-shape memory patterns, freed buffers go back instead of piling up.
         options.enable_cpu_mem_arena = False
         options.enable_mem_pattern = False
         self.session = ort.InferenceSession(
@@ -80,7 +121,9 @@ class OnnxPredictor:
         )
         self._inputs = {i.name for i in self.session.get_inputs()}
         self._lock = threading.Lock()
-        self.view = LabelView.of(*read_generation(self.export_dir))
+        self.view = LabelView(*read_generation(self.export_dir))
+        some = next(iter(self.view.state.accounts.values()), None)
+        self._label_shape = some.vectors.shape[1:] if some is not None else None
         self.last_reload_error: str | None = None
         self._refused: str | None = None
 
@@ -89,17 +132,10 @@ class OnnxPredictor:
     def version(self) -> str:
         return f"{self.serving['model_version']}/{self.view.generation}"
 
-    @property
-    def table(self) -> LabelTable:
-        return self.view.table
-
-    @property
-    def prior(self) -> AccountPrior:
-        return self.view.prior
-
     def refresh(self) -> bool:
-        """Load the live generation if it changed; True if it did. A generation that fails its
-        checks is refused: the current one keeps serving and ``last_reload_error`` says why."""
+        """Catch up with the live generation if it moved, reading only the merchants that changed;
+        True if it did. A generation that fails its checks is refused: the current one keeps
+        serving and ``last_reload_error`` says why."""
         try:
             name = current_generation(self.export_dir)
         except OSError as err:
@@ -111,7 +147,9 @@ class OnnxPredictor:
             if name in (self.view.generation, self._refused):
                 return False
             try:
-                self.use(LabelView.of(*read_generation(self.export_dir, name)))
+                since = generation_number(self.view.generation)
+                state, changed = catch_up(self.export_dir, self.view.state, since, generation_number(name))
+                self.use(LabelView(name, state), changed)
             except Exception as err:  # a bad generation must never take the service down
                 self._refused = name
                 self.last_reload_error = f"generation {name} refused: {err}"
@@ -119,31 +157,51 @@ class OnnxPredictor:
                 return False
         return True
 
-    def use(self, view: LabelView) -> None:
-        """Serve ``view`` from the next request on (a checked generation)."""
-        if view.state.vectors.shape[1:] != self.view.state.vectors.shape[1:]:
-            raise ValueError(f"label vectors {view.state.vectors.shape} do not fit this model")
+    def use(self, view: LabelView, changed: list[str] | None = None) -> None:
+        """Serve ``view`` from the next request on (a checked generation); ``changed`` names the
+        merchants whose labels differ from the current view (None: all of them)."""
+        shape = self._label_shape
+        for account in view.state.accounts if changed is None else changed:
+            vectors = view.state.accounts[account].vectors
+            if vectors.shape[1:] != shape:
+                raise ValueError(
+                    f"label vectors {vectors.shape} of {account!r} do not fit this model {shape}"
+                )
         self.view, self.last_reload_error = view, None
 
     # ---- scoring ----------------------------------------------------------------------------
-    def _run(self, tickets: Tickets, view: LabelView, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        account = view.table.account_ids(tickets.meta["account_id"])
-        account = np.where(account < 0, view.table.n_accounts, account)
-        logits, vectors = [], []
+    def _run(
+        self, tickets: Tickets, view: LabelView, batch_size: int
+    ) -> tuple[np.ndarray, np.ndarray, Candidates]:
+        accounts = tickets.meta["account_id"].astype(str).tolist()
+        cand = view.candidates(accounts)
+        logits = np.full(cand.index.shape, MASKED, np.float32)
+        vectors = np.zeros((len(tickets), cand.vectors.shape[2]), np.float32)
         for start in range(0, len(tickets), batch_size):
             idx = np.arange(start, min(start + batch_size, len(tickets)))
             x, mask = pad_sentences(tickets.embeddings, tickets.offsets, idx, self.max_sentences)
-            feed = {"sentences": x, "mask": mask, "account": account[idx], **view.inputs}
+            index = cand.index[idx]
+            width = max(int((index >= 0).sum(1).max()), 1) if len(idx) else 1
+            feed = {
+                "sentences": x,
+                "mask": mask,
+                "label_vectors": cand.vectors,
+                "label_index": np.ascontiguousarray(index[:, :width]),
+            }
+            if cand.queries is not None:
+                feed["account_query"] = cand.queries[idx]
             out = self.session.run(None, {k: v for k, v in feed.items() if k in self._inputs})
-            logits.append(out[0])
-            vectors.append(out[1])
-        if not logits:
-            return np.zeros((0, len(view.table)), np.float32), np.zeros((0, view.state.vectors.shape[2]))
-        return np.concatenate(logits), np.concatenate(vectors)
+            logits[idx, :width] = out[0]
+            vectors[idx] = out[1]
+        return logits, vectors, cand
 
-    def logits(self, tickets: Tickets, batch_size: int = 256, view: LabelView | None = None) -> np.ndarray:
-        """Raw logits ``[n, L]``, as :meth:`SharedEstimator.logits` gives them."""
-        return self._run(tickets, view or self.view, batch_size)[0]
+    def logits(
+        self, tickets: Tickets, batch_size: int = 256, view: LabelView | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits ``[n, W]`` of each ticket's own labels, in the order
+        :meth:`SharedEstimator.logits` gives them, and their ``rows [n, W]`` in the batch's candidates."""
+        logits, _, cand = self._run(tickets, view or self.view, batch_size)
+        return logits, cand.index
 
     def ticket_vectors(self, tickets: Tickets, view: LabelView | None = None) -> np.ndarray:
         """``[n, d]`` unit ticket vectors (what a label's examples fold in)."""
@@ -155,12 +213,13 @@ class OnnxPredictor:
 
     def predict(self, tickets: Tickets, k: int = 5, view: LabelView | None = None) -> Predictions:
         """Top-k labels of each ticket from its own account's labels (the prior without embeddings)."""
-        view = view or self.view
+        logits, _, cand = self._run(tickets, view or self.view, 256)
         return predictions_from_logits(
-            self.logits(tickets, view=view),
-            tickets,
-            view.table,
-            view.prior,
+            logits,
+            cand.index,
+            tickets.meta["has_embeddings"].to_numpy(),
+            cand.prior,
+            cand.names,
             self.temperature,
             k,
             self.abstain_fallback,
