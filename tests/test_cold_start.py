@@ -100,9 +100,8 @@ def test_rename_keeps_the_vector_and_retire_removes_the_row(trained):
     old, new = label_state(trained), label_state(renamed)
     assert len(renamed.table) == len(trained.table) - 1
     before, after = old.accounts["a"], new.accounts["a"]
-    np.testing.assert_allclose(
-        after.vectors[after.labels.index("Topic One")], before.vectors[before.labels.index("Topic 1")], atol=1e-5
-    )
+    renamed_vector = after.vectors[after.labels.index("Topic One")]
+    np.testing.assert_allclose(renamed_vector, before.vectors[before.labels.index("Topic 1")], atol=1e-5)
     for other in set(old.accounts) - {"a"}:  # other merchants' labels come back as they were
         np.testing.assert_allclose(new.accounts[other].vectors, old.accounts[other].vectors, atol=1e-5)
     assert renamed.table.row("a", "Topic 2") == -1 and renamed.table.row("b", "Subject 0") >= 0

@@ -49,7 +49,7 @@ def test_export_parity_and_one_predictor(trained):
     estimator = load_shared(model_dir)
     tickets = load_tickets(data, cache_dir=tmp / "cache", progress=False)  # embeddings and none
     a, b = predictor.predict(tickets), estimator.predict(tickets)
-    for rank in range(a.top_rows.shape[1]):  # rows are the batch's candidates vs the whole table: compare labels
+    for rank in range(a.top_rows.shape[1]):  # rows: the batch's candidates vs the whole table; labels agree
         assert (a.labels(rank) == b.labels(rank)).all()
     assert a.fallback.any() and (a.fallback == b.fallback).all() and (a.abstained == b.abstained).all()
     np.testing.assert_allclose(a.top_probs, b.top_probs, atol=1e-5)
