@@ -163,7 +163,7 @@ def _load(url: str, bodies: list[dict], rate: float | None, seconds: float, thre
     )
 
 
-def _rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
@@ -221,7 +221,7 @@ def start_load(url: str, bodies: list[dict], rate: float | None, seconds: float,
 def http(export_dir: Path, bodies: list[dict], rates: list[float], seconds: float) -> dict:
     """Start the API with uvicorn, drive it from another process, stop it."""
     with api_server(export_dir) as (server, url):
-        results = {"rss_mb_start": _rss_mb(server.pid)}
+        results = {"rss_mb_start": rss_mb(server.pid)}
         for rate in [*rates, None]:
             threads = max(4, min(32, int((rate or 0) / 20) + 4)) if rate else 8
             proc, queue = start_load(f"{url}/predict", bodies, rate, seconds, threads)
@@ -229,7 +229,7 @@ def http(export_dir: Path, bodies: list[dict], rates: list[float], seconds: floa
             proc.join()
             name = f"{rate:g} req/s" if rate else "max throughput (8 connections)"
             results[name] = summarise_load(got)
-        results["rss_mb_end"] = _rss_mb(server.pid)
+        results["rss_mb_end"] = rss_mb(server.pid)
         return results
 
 

@@ -71,7 +71,8 @@ class LitShared(L.LightningModule):
     def _logits(self, batch: dict) -> torch.Tensor:
         return self.model(batch["x"], batch["mask"], batch["account"], batch["rows"])
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def loss(self, batch: dict) -> torch.Tensor:
+        """The training loss of one batch (before the optimiser steps)."""
         logits = self._logits(batch)
         rows, target = batch["rows"], batch["target"]
         log_prior = self.log_prior[rows.clamp(min=0)]
@@ -83,6 +84,10 @@ class LitShared(L.LightningModule):
             loss = (weight * losses).sum() / weight.sum()
         else:
             loss = losses.mean()
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
         optimisers = self.optimizers()
         optimisers = optimisers if isinstance(optimisers, list) else [optimisers]
         for optimiser in optimisers:
@@ -90,7 +95,7 @@ class LitShared(L.LightningModule):
         self.manual_backward(loss)
         for optimiser in optimisers:
             optimiser.step()
-        self.log("train_loss", loss, prog_bar=True, batch_size=len(logits))
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["target"]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tagger.bench.machine import machine_description
-from tagger.bench.serving import _percentiles, _requests, _rss_mb, admin_server, start_load, summarise_load
+from tagger.bench.serving import _percentiles, _requests, admin_server, rss_mb, start_load, summarise_load
 
 
 def soak(
@@ -35,18 +35,18 @@ def soak(
     updates: list[dict] = []
     memory: list[tuple[float, float]] = []
     with admin_server(export_dir) as (server, url, _, auth), httpx.Client(timeout=30) as client:
-        rss_ready = _rss_mb(server.pid)
+        rss_ready = rss_mb(server.pid)
         proc, queue = start_load(f"{url}/predict", bodies, rate, warmup_s, 8)
         warmup = summarise_load(queue.get())
         proc.join()
-        rss_start = _rss_mb(server.pid)
+        rss_start = rss_mb(server.pid)
         proc, queue = start_load(f"{url}/predict", bodies, rate, seconds, 8)
         started = time.monotonic() + 0.2  # the load process starts its clock 0.2 s in
         stop = threading.Event()
 
         def sample_memory() -> None:
             while not stop.is_set():
-                memory.append((time.monotonic() - started, _rss_mb(server.pid)))
+                memory.append((time.monotonic() - started, rss_mb(server.pid)))
                 stop.wait(10.0)
 
         sampler = threading.Thread(target=sample_memory, daemon=True)
@@ -81,7 +81,7 @@ def soak(
         proc.join()
         stop.set()
         sampler.join()
-        rss_end = _rss_mb(server.pid)
+        rss_end = rss_mb(server.pid)
 
     sent = np.asarray(got["sent"])
     ms = np.asarray(got["latencies"])
