@@ -210,19 +210,73 @@ def test_an_update_writes_only_its_merchants_labels_and_a_reload_reads_only_thos
     assert "Chargeback" in serving.view.labels_of("b").labels
 
 
+def _update(predictor: OnnxPredictor, account: str, **change) -> str:
+    update = admin.LabelUpdate(account, **change)
+    return admin.update_export(predictor, [update], _embed, by="test")["generation"]
+
+
+def _rollback(export_dir, account: str) -> str:
+    with label_store.lock(export_dir):
+        return label_store.rollback(export_dir, account)
+
+
 def test_rollback_brings_back_a_merchants_previous_labels(export_dir):
     writer = OnnxPredictor(export_dir)
     original = writer.view.labels_of("b").labels
-    admin.update_export(writer, [admin.LabelUpdate("b", add=["One"])], _embed, by="test")
-    admin.update_export(writer, [admin.LabelUpdate("b", add=["Two"])], _embed, by="test")
-    with label_store.lock(export_dir):
-        label_store.rollback(export_dir, "b")
+    _update(writer, "b", add=["One"])
+    _update(writer, "b", add=["Two"])
+    _rollback(export_dir, "b")
     assert writer.refresh() and set(writer.view.labels_of("b").labels) == {*original, "One"}
-    with label_store.lock(export_dir):
-        label_store.rollback(export_dir, "b")
+    _update(writer, "b", add=["Three"])  # on top of the rolled-back labels
+    _rollback(export_dir, "b")  # back to what "Three" replaced, not to "Two" (rolled back before)
+    assert writer.refresh() and set(writer.view.labels_of("b").labels) == {*original, "One"}
+    _rollback(export_dir, "b")
     assert writer.refresh() and writer.view.labels_of("b").labels == original
-    with pytest.raises(ValueError, match="no earlier version"), label_store.lock(export_dir):
-        label_store.rollback(export_dir, "b")
+    with pytest.raises(ValueError, match="no earlier version"):
+        _rollback(export_dir, "b")
+    assert OnnxPredictor(export_dir).view.labels_of("b").labels == original  # what a new server reads
+
+
+def test_a_merchant_created_by_an_update_cannot_be_rolled_back_to_nothing(export_dir):
+    writer = OnnxPredictor(export_dir)
+    _update(writer, "newco", add=["Billing"], create_account=True)
+    with pytest.raises(ValueError, match="no earlier version"):
+        _rollback(export_dir, "newco")
+    assert OnnxPredictor(export_dir).view.labels_of("newco").labels == ("Billing",)
+
+
+def test_a_refused_merchant_version_is_fixed_by_rolling_it_back(client, export_dir):
+    writer = OnnxPredictor(export_dir)
+    good = client.get("/health").json()["label_generation"]
+    bad = _update(writer, "a", add=["Broken"])
+    version = label_store.live_entry(export_dir, "a", label_store.generation_number(bad))["path"]
+    (labels_dir(export_dir) / version / "labels.json").write_text("{}")
+    assert client.get("/health").json()["label_generation"] == good  # refused
+    fixed = _rollback(export_dir, "a")
+    health = client.get("/health").json()
+    assert health["label_generation"] == fixed and health["last_reload_error"] is None
+    assert "Broken" not in _labels(client, "a")
+
+
+def test_startup_reads_the_latest_snapshot_not_the_whole_log(export_dir, monkeypatch):
+    monkeypatch.setattr(label_store, "SNAPSHOT_EVERY", 2)
+    writer = OnnxPredictor(export_dir)
+    for i in range(5):
+        _update(writer, "abc"[i % 3], add=[f"Reason {i}"])
+    log = labels_dir(export_dir) / "log"
+    assert (log / "live-g000004.json").exists()
+    for n in range(1, 5):  # what the snapshot covers is not read again
+        (log / f"g{n:06d}.json").unlink()
+    fresh = OnnxPredictor(export_dir)
+    assert fresh.view.generation == writer.view.generation == "g000005"
+    for account in "abc":
+        assert fresh.view.labels_of(account).labels == writer.view.labels_of(account).labels
+
+
+def test_an_account_id_is_stripped_once_for_the_whole_update(export_dir):
+    writer = OnnxPredictor(export_dir)
+    result = admin.update_export(writer, [admin.LabelUpdate(" b ", add=["Padded"])], _embed, by="test")
+    assert "Padded" in result["accounts"]["b"] and "Padded" in writer.view.labels_of("b").labels
 
 
 def test_the_command(export_dir, capsys):  # the real all-MiniLM-L6-v2 of the export, in ONNX Runtime

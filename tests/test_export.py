@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_run, toy_parquet
+from conftest import make_tickets, tiny_run, toy_parquet, unit_vectors
 from hydra import compose, initialize_config_dir
 
 from tagger.data import load_tickets
@@ -85,3 +85,20 @@ def test_an_altered_export_is_refused(trained):
     (tmp / "onnx3" / "labels" / "base" / "labels.parquet").write_text("{}")
     with pytest.raises(ArtifactError, match=r"labels\.parquet"):
         OnnxPredictor(tmp / "onnx3")
+
+
+def test_a_mixed_batch_scores_each_ticket_as_it_would_alone(trained):
+    """The predictor feeds ONNX the batch's merchants' labels only: mixing merchants changes nothing,
+    and a batch with no known merchant (and no embeddings) abstains instead of failing."""
+    model_dir, data, tmp = trained
+    export_model(model_dir, tmp / "onnx-mixed", parity_tickets=50)
+    predictor = OnnxPredictor(tmp / "onnx-mixed")
+    tickets = load_tickets(data, cache_dir=tmp / "cache", progress=False)
+    pick = tickets.subset(np.arange(min(40, len(tickets))))
+    together, _ = predictor.logits(pick)
+    for i in range(len(pick)):
+        alone, _ = predictor.logits(pick.subset(np.array([i])))
+        np.testing.assert_allclose(alone[0], together[i, : alone.shape[1]], atol=1e-5)
+    unknown = make_tickets([("nobody", "Other", None), ("nobody", "Other", unit_vectors(1))])
+    pred = predictor.predict(unknown)
+    assert pred.abstained.all() and (pred.top_rows == -1).all()

@@ -54,7 +54,8 @@ def test_scores_do_not_depend_on_other_accounts_or_on_batch_neighbours():
     mask = torch.ones(3, 2, dtype=torch.bool)
     account = torch.tensor([2, 0, 1])
     together = model(x, mask, account, _rows(table, account))
-    every = model(x, mask, account, _rows(table, account), model.label_vectors())
+    tickets = model.ticket_vectors(x, mask, model.query_shift(account))
+    every = model.score_candidates(tickets, model.label_vectors(), _rows(table, account), None)
     torch.testing.assert_close(together, every)
     for b in range(3):
         alone = model(x[b : b + 1], mask[b : b + 1], account[b : b + 1], _rows(table, account[b : b + 1]))
@@ -93,10 +94,13 @@ def test_a_ticket_without_sentences_gives_finite_scores():
 
 
 def test_a_training_step_touches_only_its_batchs_label_rows():
-    """Sparse gradients: the per-label and per-account parameters of other merchants get none."""
+    """Sparse gradients: the per-label and per-account parameters of other merchants get none,
+    padding included (accounts of different label counts in one batch)."""
     model, table = _model()
     model.train()
-    account = torch.tensor([1, 1])
+    small, large = sorted(range(table.n_accounts), key=lambda a: table.counts[a])[:: table.n_accounts - 1]
+    assert table.counts[small] < table.counts[large]  # the smaller account's row list is padded
+    account = torch.tensor([large, small])
     rows = _rows(table, account)
     x = torch.from_numpy(unit_vectors(4)).view(2, 2, 384)
     logits = model(x, torch.ones(2, 2, dtype=torch.bool), account, rows)
@@ -104,8 +108,8 @@ def test_a_training_step_touches_only_its_batchs_label_rows():
     grad = model.label_residual.weight.grad
     assert grad.is_sparse
     touched = set(grad.coalesce().indices()[0].tolist())
-    assert touched == set(table.rows_of(table.accounts[1]))
-    assert set(model.account_query.weight.grad.coalesce().indices()[0].tolist()) == {1}
+    assert touched == set(table.rows_of(table.accounts[small])) | set(table.rows_of(table.accounts[large]))
+    assert set(model.account_query.weight.grad.coalesce().indices()[0].tolist()) == {small, large}
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +202,19 @@ def test_baselines_fit_and_predict(cls):
     accounts = est.table.frame["account_id"].to_numpy()
     top = pred.top_rows[:, 0]
     assert (accounts[top] == val.meta["account_id"].to_numpy()).all()
+
+
+def test_validation_macro_f1_equals_torchmetrics_without_a_confusion_matrix():
+    """The early-stopping metric is torchmetrics' macro-F1 exactly, computed over the classes present."""
+    from torchmetrics.classification import MulticlassF1Score
+
+    from tagger.model.lit import MacroF1
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 40, (300,), generator=g)
+    preds = torch.where(torch.rand(300, generator=g) < 0.6, target, torch.randint(0, 40, (300,), generator=g))
+    reference, ours = MulticlassF1Score(41, average="macro"), MacroF1()
+    for i in range(0, 300, 64):
+        reference.update(preds[i : i + 64], target[i : i + 64])
+        ours.update(preds[i : i + 64], target[i : i + 64])
+    torch.testing.assert_close(ours.compute(), reference.compute())

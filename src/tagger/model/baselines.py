@@ -48,9 +48,8 @@ class PerAccountEstimator(Estimator):
             sel = has & (account_index == a)
             n_labels = int(self.table.counts[a])
             probs[sel, :n_labels] = self._proba_account(self.models[account], x[sel], n_labels)
-        names = self.table.frame["label"].to_numpy(object)
         unknown = account_index < 0
-        return top_k(probs, rows, k, ~has, self.abstain_without_embeddings, unknown, names)
+        return top_k(probs, rows, k, ~has, self.abstain_without_embeddings, unknown, self.table.names)
 
     def _fit_account(self, x: np.ndarray, y: np.ndarray, n_labels: int) -> object:
         raise NotImplementedError

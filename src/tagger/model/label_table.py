@@ -31,6 +31,7 @@ class LabelTable:
         self.account_slices = {str(accounts[s]): (int(s), int(e)) for s, e in zip(starts, ends, strict=True)}
         self.accounts = list(self.account_slices)
         self.account_index = {a: i for i, a in enumerate(self.accounts)}
+        self.names = self.frame["label"].to_numpy(object)  # the label of each row
         self.starts = np.r_[starts, len(accounts)].astype(np.int64)
         self.counts = np.r_[ends - starts, 0].astype(np.int64)
         self._row = {

@@ -2,31 +2,42 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassF1Score
+from torchmetrics import MeanMetric, Metric, MetricCollection
+from torchmetrics.utilities import dim_zero_cat
 
 from tagger.model.shared import MASKED, SharedModel
 
 
-@contextmanager
-def _cpu_bincount_allowed():
-    """torchmetrics counts with torch.bincount, which has no CUDA-deterministic kernel, so under
-    ``deterministic=True`` it falls back to an O(n * classes^2) loop. On CPU bincount is exact and
-    deterministic, so the switch is lifted for the update only."""
-    enabled = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    if enabled:
-        torch.use_deterministic_algorithms(False)
-    try:
-        yield
-    finally:
-        if enabled:
-            torch.use_deterministic_algorithms(True, warn_only=warn_only)
+class MacroF1(Metric):
+    """Macro-F1 over the classes that occur (as a prediction or a target), as torchmetrics'
+    ``MulticlassF1Score(average="macro")`` computes it, without its ``[classes, classes]``
+    confusion matrix: with one class per label row that would be (all labels)^2. The predictions
+    and targets are kept (``cat`` states, gathered across DDP processes) and scored at the end
+    over the classes present only."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("preds", default=[], dist_reduce_fx="cat")
+        self.add_state("target", default=[], dist_reduce_fx="cat")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.preds.append(preds.long())
+        self.target.append(target.long())
+
+    def compute(self) -> torch.Tensor:
+        preds, target = dim_zero_cat(self.preds), dim_zero_cat(self.target)
+        classes, index = torch.unique(torch.cat([preds, target]), return_inverse=True)
+        p, t = index[: len(preds)], index[len(preds) :]
+        n = len(classes)
+        tp = torch.bincount(t[p == t], minlength=n).float()
+        fp = torch.bincount(p, minlength=n).float() - tp
+        fn = torch.bincount(t, minlength=n).float() - tp
+        return (2 * tp / (2 * tp + fp + fn)).mean() if n else torch.tensor(0.0)
 
 
 class LitShared(L.LightningModule):
@@ -63,7 +74,7 @@ class LitShared(L.LightningModule):
             {
                 "acc": MeanMetric(),
                 "top3": MeanMetric(),
-                "macro_f1": MulticlassF1Score(len(log_prior) + 1, average="macro"),
+                "macro_f1": MacroF1(),
             },
             prefix="val_",
         )
@@ -111,8 +122,7 @@ class LitShared(L.LightningModule):
         top_rows = rows.gather(1, top).masked_fill(logits.gather(1, top) <= MASKED / 2, -1)
         self.val_metrics["acc"].update((top_rows[:, 0] == target_row).float())
         self.val_metrics["top3"].update((top_rows == target_row[:, None]).any(1).float())
-        with _cpu_bincount_allowed():
-            self.val_metrics["macro_f1"].update(top_rows[:, 0].clamp(min=0), target_row)
+        self.val_metrics["macro_f1"].update(top_rows[:, 0].clamp(min=0), target_row)
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)

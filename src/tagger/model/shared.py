@@ -11,8 +11,8 @@ same projection serves both: a label gets a sensible vector from its name alone.
 
 What a ticket or a training step costs depends on its own account's labels only: the label tower
 runs on the labels the batch needs, scores are ``[B, W]``, and every per-label and per-account
-parameter is a sparse embedding (only the rows a batch touches get a gradient and an optimiser
-step), so nothing grows with the number of other merchants.
+parameter is a sparse embedding (only the rows of the batch's tickets' merchants get a gradient and
+an optimiser step), so nothing grows with the number of other merchants.
 """
 
 from __future__ import annotations
@@ -155,28 +155,34 @@ class SharedModel(nn.Module):
         logits = torch.logsumexp(self.log_scale.exp() * cosine, dim=-1) - math.log(self.cfg.prototypes)
         return logits.masked_fill(~valid, MASKED)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor,
-        account: torch.Tensor,
-        rows: torch.Tensor,
-        label_vectors: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits ``[B, W]`` of each ticket against its own account's label ``rows [B, W]`` (-1 pads).
+    def candidates(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The labels of padded ``rows [B, W]`` (-1 pads) and nothing else: their vectors ``[M, K, d]``
+        (M distinct rows), each ticket's ``index [B, W]`` into them (-1 pads) and their bias ``[M]``
+        (None without one). Pads look nothing up: no parameter row outside ``rows`` gets a gradient."""
+        valid = rows >= 0
+        needed = torch.unique(rows[valid])
+        index = torch.where(valid, torch.searchsorted(needed, rows.clamp(min=0)), -1)
+        bias = None if self.label_bias is None else self.label_bias(needed).squeeze(-1)
+        return self.label_vectors(needed), index, bias
 
-        ``label_vectors`` (every label, from :meth:`label_vectors`) saves recomputing them when
-        scoring many batches; otherwise only the batch's labels go through the label tower.
-        """
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, account: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``[B, W]`` of each ticket against its own account's label ``rows [B, W]`` (-1 pads):
+        only the batch's labels go through the label tower."""
         tickets = self.ticket_vectors(x, mask, self.query_shift(account))
-        if label_vectors is not None:
-            labels, index = label_vectors, rows
-        else:
-            needed, inverse = torch.unique(rows.clamp(min=0), return_inverse=True)
-            labels, index = self.label_vectors(needed), torch.where(rows >= 0, inverse, -1)
-        bias = None if self.label_bias is None else self.label_bias(rows.clamp(min=0)).squeeze(-1)
+        return self.score_candidates(tickets, *self.candidates(rows))
+
+    def score_candidates(
+        self, tickets: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """:meth:`score` plus the labels' bias; all pads when there is no candidate at all."""
+        if not len(labels):  # only unknown accounts
+            return torch.full(index.shape, MASKED)
         logits = self.score(tickets, labels, index)
-        return logits if bias is None else (logits + bias).masked_fill(rows < 0, MASKED)
+        if bias is None:
+            return logits
+        return (logits + bias[index.clamp(min=0)]).masked_fill(index < 0, MASKED)
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """The per-label and per-account parameters (sparse gradients: a lazy optimiser steps their

@@ -157,10 +157,9 @@ class SharedEstimator(Estimator):
     def _collect_logits(self, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (padded to the widest account) and target positions of every batch of ``loader``."""
         self.model.eval()
-        labels = self.model.label_vectors()
         logits, targets = [], []
         for batch in loader:
-            logits.append(self.model(batch["x"], batch["mask"], batch["account"], batch["rows"], labels))
+            logits.append(self.model(batch["x"], batch["mask"], batch["account"], batch["rows"]))
             targets.append(batch["target"])
         width = max(len(t[0]) for t in logits) if logits else 1
         padded = [F.pad(t, (0, width - t.shape[1]), value=MASKED) for t in logits]
@@ -193,14 +192,16 @@ class SharedEstimator(Estimator):
         account's label ``rows [n, W]`` (rows of ``self.table``, -1 pads)."""
         data = self._batches(tickets)
         self.model.eval()
-        labels = self.model.label_vectors()
         rows = self.table.gather(data.account)
+        # the labels of these tickets' merchants, through the tower once for every batch
+        labels, index, bias = self.model.candidates(torch.from_numpy(rows))
         out = np.full(rows.shape, MASKED, np.float32)
         for start in range(0, len(data), batch_size):
             idx = np.arange(start, min(start + batch_size, len(data)))
             batch = data.collate(idx)
-            scores = self.model(batch["x"], batch["mask"], batch["account"], batch["rows"], labels).numpy()
-            out[idx, : scores.shape[1]] = scores
+            shift = self.model.query_shift(batch["account"])
+            vectors = self.model.ticket_vectors(batch["x"], batch["mask"], shift)
+            out[idx] = self.model.score_candidates(vectors, labels, index[idx], bias).numpy()
         return out, rows
 
     def predict(self, tickets: Tickets, k: int = 5) -> Predictions:
@@ -210,7 +211,7 @@ class SharedEstimator(Estimator):
             rows,
             tickets.meta["has_embeddings"].to_numpy(),
             self.prior.probs,
-            self.table.frame["label"].to_numpy(object),
+            self.table.names,
             self.temperature,
             k,
             self.cfg.get("confidence", {}).get("null_fallback", "prior") == "abstain",

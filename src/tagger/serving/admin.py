@@ -14,6 +14,7 @@ checked before it is made live (:mod:`tagger.serving.label_store`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ def update_export(
     Raises :class:`UpdateError` for a refused update (nothing is written)."""
     started = time.perf_counter()
     weight = float(predictor.serving.get("cold_start", {}).get("name_weight", 2.0))
+    updates = [dataclasses.replace(u, account_id=str(u.account_id or "").strip()) for u in updates]
 
     def encode_names(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         emb = np.asarray(embed(texts), np.float32)
@@ -68,8 +70,9 @@ def update_export(
         for update in updates:
             state = apply_update(state, update, encode_names, encode_tickets, weight)
         changed = {u.account_id: state.accounts[u.account_id] for u in updates}
+        created = tuple(a for a in changed if a not in predictor.view.state.accounts)
         change = {"by": by, "from": name, "updates": [_describe(u) for u in updates]}
-        generation = write_generation(predictor.export_dir, changed, change)
+        generation = write_generation(predictor.export_dir, changed, change, created)
         # checked from disk, as every other server process will read it
         since = generation_number(name)
         fresh, read = catch_up(

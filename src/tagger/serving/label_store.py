@@ -4,24 +4,31 @@
     EXPORT/labels/base/                every merchant's labels as export.py wrote them (generation 0):
         labels.parquet                 account_id, label, text, n_train, prior (merchant-contiguous rows)
         label_vectors.npy              [L, K, d] unit label vectors
-        label_names.npy                [L, 384] name embeddings (memory-mapped: only updates read them)
+        label_names.npy                [L, 384] name embeddings (checked at startup, then memory-mapped:
+                                       only label updates read them)
         account_queries.npy            [A + 1, q] attention-query shifts in account order, the last row
                                        for an unknown account (q = 0: none)
         manifest.json                  SHA-256 of each file, written last
     EXPORT/labels/accounts/KEY/v000003/  one merchant's labels after an update (never changed once written):
         labels.json  label_vectors.npy  label_names.npy  query.npy  manifest.json
+        (labels.json names its ``parent``: the version it replaced, what a rollback brings back)
+    EXPORT/labels/accounts/KEY/history.json  the merchant's live version at each generation that changed it
     EXPORT/labels/log/g000007.json     generation 7: the merchant versions it made live, and why
+    EXPORT/labels/log/live-g000100.json  every 100 generations: every changed merchant's live version
 
-A label update writes only the changed merchants' version directories and one small log entry,
-then moves CURRENT. A server catching up from generation g to CURRENT reads the log entries after
-g and the version directories they name, nothing else: reload costs what changed. Startup reads
-the base once and the latest version of each merchant ever updated.
+A label update writes only the changed merchants' version directories, their history and one small
+log entry, then moves CURRENT. A server catching up from generation g to CURRENT reads the log
+entries after g and the version directories they name, nothing else: reload costs what changed.
+Startup reads the base once, the latest snapshot of live versions, the log entries after it (at
+most 99) and the live version of each merchant ever updated.
 
 Guarantees kept from whole-table generations: an update is all or nothing (its version directories
 are complete and checked before the log entry that names them exists, and the entry before CURRENT
 names it); a reader sees a generation whole or not at all; a version that fails its manifest is
-refused and the previous state keeps serving; one writer at a time (a file lock). Each merchant
-keeps its last ``KEEP_VERSIONS`` versions, so :func:`rollback` can bring an earlier one back.
+refused and the previous state keeps serving (a rollback of that merchant, or a new version of it,
+supersedes it); one writer at a time (a file lock). Each merchant keeps the last ``KEEP_VERSIONS``
+versions of its live line (the live one and the ones it replaced), so :func:`rollback` can bring
+them back one by one, down to the exported labels.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from tagger.model.label_update import AccountLabels, LabelState
 BASE_FILES = ("labels.parquet", "label_vectors.npy", "label_names.npy", "account_queries.npy")
 VERSION_FILES = ("labels.json", "label_vectors.npy", "label_names.npy", "query.npy")
 KEEP_VERSIONS = 5  # per merchant: the live version and its predecessors, for a rollback
+SNAPSHOT_EVERY = 100  # generations between snapshots of every merchant's live version (startup)
 BASE = "base"
 _NAME = re.compile(r"^g(\d{6,})$")
 _VERSION = re.compile(r"^v(\d{6,})$")
@@ -128,8 +136,11 @@ def read_log(export_dir: str | os.PathLike, number: int) -> dict:
 
 
 def live_paths(export_dir: str | os.PathLike, since: int, until: int) -> dict[str, str]:
-    """For each merchant changed by generations ``since + 1 .. until``: its version there."""
+    """For each merchant changed by generations ``since + 1 .. until``: its version there (from 0:
+    the latest snapshot at or before ``until`` and the log entries after it)."""
     paths: dict[str, str] = {}
+    if since == 0:
+        since, paths = _snapshot(export_dir, until)
     for number in range(since + 1, until + 1):
         paths.update(read_log(export_dir, number)["accounts"])
     return paths
@@ -145,16 +156,11 @@ def catch_up(
             f"labels/CURRENT went back from {generation_name(since)} to {generation_name(until)}"
         )
     changed = {}
-    base = None
     for account, path in live_paths(export_dir, since, until).items():
-        if path == BASE:  # a rollback to the exported labels
-            base = base or read_base(export_dir)
-            changed[account] = base.accounts[account]
-        else:
-            read_account, labels = read_version(export_dir, path)
-            if read_account != account:
-                raise ArtifactError(f"labels/{path} holds account {read_account!r}, not {account!r}")
-            changed[account] = labels
+        read_account, labels = read_version(export_dir, path)
+        if read_account != account:
+            raise ArtifactError(f"labels/{path} holds account {read_account!r}, not {account!r}")
+        changed[account] = labels
     return (state.replace(changed) if changed else state), list(changed)
 
 
@@ -186,7 +192,7 @@ def write_base(export_dir: str | os.PathLike, state: LabelState, change: dict) -
 
 def write_version(export_dir: str | os.PathLike, account: str, labels: AccountLabels) -> str:
     """Write one merchant's labels as its next version directory; returns its path under labels/."""
-    folder = labels_dir(export_dir) / "accounts" / account_key(account)
+    folder = _account_dir(export_dir, account)
     folder.mkdir(parents=True, exist_ok=True)
     number = max(_versions(folder), default=0) + 1
     path = folder / f"v{number:06d}"
@@ -207,25 +213,50 @@ def write_version(export_dir: str | os.PathLike, account: str, labels: AccountLa
     return path.relative_to(labels_dir(export_dir)).as_posix()
 
 
-def write_generation(export_dir: str | os.PathLike, changed: dict[str, AccountLabels], change: dict) -> str:
+def write_generation(
+    export_dir: str | os.PathLike, changed: dict[str, AccountLabels], change: dict, created: tuple = ()
+) -> str:
     """Write the ``changed`` merchants' labels as a new generation and make it live; returns its
-    name. Call under :func:`lock` when another writer may run."""
-    paths = {account: write_version(export_dir, account, labels) for account, labels in changed.items()}
-    return _commit(export_dir, paths, change)
+    name. ``created``: merchants new with this change (nothing to roll back to). Call under
+    :func:`lock` when another writer may run."""
+    live = generation_number(current_generation(export_dir))
+    lines = {}
+    for account, labels in changed.items():
+        entry = live_entry(export_dir, account, live)
+        parent = None if account in created else (entry["path"] if entry else BASE)
+        lines[account] = (write_version(export_dir, account, labels), parent)
+    return _commit(export_dir, lines, change)
+
+
+def live_entry(export_dir: str | os.PathLike, account: str, generation: int) -> dict | None:
+    """The merchant's history entry live at ``generation``: ``path`` (its version directory) and
+    ``parent`` (what that version replaced: a path, ``base``, or None for nothing); None while
+    the merchant has its exported labels (or none)."""
+    entries = [e for e in _history(export_dir, account) if e["generation"] <= generation]
+    return entries[-1] if entries else None
 
 
 def rollback(export_dir: str | os.PathLike, account: str, change: dict | None = None) -> str:
-    """Make the merchant's previous version live again (its exported labels before its first
-    update); returns the new generation's name. Call under :func:`lock`."""
-    live = live_paths(export_dir, 0, generation_number(current_generation(export_dir))).get(account)
-    if live is None or live == BASE:
+    """Make live again the labels the merchant's live version replaced (its exported labels
+    after its first update); returns the new generation's name. Works when the live version is
+    damaged (it reads only the merchant's history). Call under :func:`lock`."""
+    entry = live_entry(export_dir, account, generation_number(current_generation(export_dir)))
+    if entry is None:
+        raise ValueError(f"account {account!r} has no label update to roll back")
+    if entry["parent"] is None:
         raise ValueError(f"account {account!r} has no earlier version of its labels to roll back to")
-    folder = labels_dir(export_dir) / "accounts" / account_key(account)
-    earlier = [n for n in _versions(folder) if n < int(live.rsplit("/v", 1)[1])]
-    previous = f"accounts/{account_key(account)}/v{max(earlier):06d}" if earlier else BASE
-    if previous != BASE:
-        read_version(export_dir, previous)  # checked before it is made live
-    return _commit(export_dir, {account: previous}, {"rollback": account, "to": previous, **(change or {})})
+    if entry["parent"] == BASE:  # the exported labels, as a version of their own (a reload reads only it)
+        base = read_base(export_dir)
+        if account not in base.accounts:
+            raise ValueError(f"account {account!r} has no exported labels to roll back to")
+        target = (write_version(export_dir, account, base.accounts[account]), None)
+    else:
+        read_version(export_dir, entry["parent"])  # checked before it is made live
+        earlier = [e for e in _history(export_dir, account) if e["path"] == entry["parent"]]
+        target = (entry["parent"], earlier[-1]["parent"] if earlier else None)
+    return _commit(
+        export_dir, {account: target}, {"rollback": account, "to": entry["parent"], **(change or {})}
+    )
 
 
 @contextmanager
@@ -240,10 +271,13 @@ def lock(export_dir: str | os.PathLike, timeout: float = 30.0) -> Iterator[None]
         raise TimeoutError(f"{root}: another label update holds the lock") from None
 
 
-def _commit(export_dir: str | os.PathLike, paths: dict[str, str], change: dict) -> str:
+def _commit(export_dir: str | os.PathLike, lines: dict[str, tuple[str, str | None]], change: dict) -> str:
+    """Make ``lines`` (account -> (version path, its parent)) live as the next generation."""
     root = labels_dir(export_dir)
     previous = current_generation(export_dir)
-    name = generation_name(generation_number(previous) + 1)
+    number = generation_number(previous) + 1
+    name = generation_name(number)
+    paths = {account: path for account, (path, _) in lines.items()}
     entry = {
         "generation": name,
         "previous": previous,
@@ -253,10 +287,43 @@ def _commit(export_dir: str | os.PathLike, paths: dict[str, str], change: dict) 
     }
     (root / "log").mkdir(exist_ok=True)
     _write_atomic(root / "log" / f"{name}.json", json.dumps(entry))  # an orphan of a crash is overwritten
+    for account, (path, parent) in lines.items():
+        # entries at or past this number are orphans of a crash: that generation never went live
+        history = [e for e in _history(export_dir, account) if e["generation"] < number]
+        history.append({"generation": number, "path": path, "parent": parent})
+        _write_atomic(_account_dir(export_dir, account) / "history.json", json.dumps(history))
+    if number % SNAPSHOT_EVERY == 0:
+        snapshot = {"generation": name, "accounts": live_paths(export_dir, 0, number)}
+        _write_atomic(root / "log" / f"live-{name}.json", json.dumps(snapshot))
     _set_current(root, name)
-    for account in paths:
-        _prune(root / "accounts" / account_key(account))
+    for account in lines:
+        _prune(export_dir, account, number)
     return name
+
+
+def _account_dir(export_dir: str | os.PathLike, account: str) -> Path:
+    return labels_dir(export_dir) / "accounts" / account_key(account)
+
+
+def _history(export_dir: str | os.PathLike, account: str) -> list[dict]:
+    path = _account_dir(export_dir, account) / "history.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"{path}: {err}") from err
+
+
+def _snapshot(export_dir: str | os.PathLike, until: int) -> tuple[int, dict[str, str]]:
+    """The latest snapshot of live versions at or before ``until``: (its generation, the paths)."""
+    number = until // SNAPSHOT_EVERY * SNAPSHOT_EVERY
+    while number > 0:
+        path = labels_dir(export_dir) / "log" / f"live-{generation_name(number)}.json"
+        if path.exists():
+            return number, json.loads(path.read_text())["accounts"]
+        number -= SNAPSHOT_EVERY
+    return 0, {}
 
 
 def _set_current(root: Path, name: str) -> None:
@@ -276,6 +343,17 @@ def _versions(folder: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _VERSION.match(p.name)))
 
 
-def _prune(folder: Path) -> None:
-    for number in _versions(folder)[:-KEEP_VERSIONS]:
-        shutil.rmtree(folder / f"v{number:06d}", ignore_errors=True)
+def _prune(export_dir: str | os.PathLike, account: str, generation: int) -> None:
+    """Keep the live version and the ones it replaced, ``KEEP_VERSIONS`` in all; drop the rest
+    (older ones, rolled-back ones, and versions of a write that never went live)."""
+    history = _history(export_dir, account)
+    parents = {e["path"]: e["parent"] for e in history}
+    entry = live_entry(export_dir, account, generation)
+    keep, path = set(), entry["path"] if entry else None
+    while path not in (None, BASE) and len(keep) < KEEP_VERSIONS:
+        keep.add(path.rsplit("/", 1)[1])
+        path = parents.get(path)
+    folder = _account_dir(export_dir, account)
+    for number in _versions(folder):
+        if f"v{number:06d}" not in keep:
+            shutil.rmtree(folder / f"v{number:06d}", ignore_errors=True)

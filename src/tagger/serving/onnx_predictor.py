@@ -72,7 +72,8 @@ class LabelView:
             prior = np.concatenate([p.prior for p in known])
             names = np.asarray([lab for p in known for lab in p.labels], object)
         else:
-            vectors, prior, names = _empty_vectors(state), np.zeros(0), np.zeros(0, object)
+            # one dummy row: ONNX gathers from a non-empty table; no ticket points at it
+            vectors, prior, names = _empty_vectors(state), np.zeros(1), np.array([None], object)
         queries = None
         if state.unknown_query is not None:
             rows = [p.query if p is not None else state.unknown_query for p in parts]
@@ -89,7 +90,7 @@ class LabelView:
 def _empty_vectors(state: LabelState) -> np.ndarray:
     some = next(iter(state.accounts.values()), None)
     shape = some.vectors.shape[1:] if some is not None else (1, 1)
-    return np.zeros((1, *shape), np.float32)  # one dummy row: ONNX gathers from a non-empty table
+    return np.zeros((1, *shape), np.float32)
 
 
 class OnnxPredictor:
