@@ -20,3 +20,13 @@ def latest_export(models_dir: str | os.PathLike = "models") -> Path:
     if not exports:
         raise SystemExit(f"no export under {resolve(models_dir)}/shared-*/onnx: run `python export.py` first")
     return exports[-1]
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as results show it: relative to the project root when inside it (results name no
+    path of the machine they ran on), else as given."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(path)

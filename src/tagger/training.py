@@ -14,7 +14,7 @@ from tagger.data.tickets import Tickets
 from tagger.metrics import outcomes, summary
 from tagger.model.base import Estimator, Predictions
 from tagger.model.baselines import KNN, LogReg, Majority, NearestCentroid
-from tagger.paths import PROJECT_ROOT, resolve
+from tagger.paths import PROJECT_ROOT, resolve, shown
 
 BASELINES = {"majority": Majority, "logreg": LogReg, "centroid": NearestCentroid, "knn": KNN}
 SMALL_MERCHANT = 200  # training tickets
@@ -139,8 +139,8 @@ def run(cfg: DictConfig) -> dict:
     out = {
         "models": results,
         "split": split,
-        "data": {"file": str(resolve(cfg.data.path)), "sha256": tickets.digest},
-        "model_dir": str(saved) if saved else None,
+        "data": {"file": shown(resolve(cfg.data.path)), "sha256": tickets.digest},
+        "model_dir": shown(saved) if saved else None,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,7 @@ def run(cfg: DictConfig) -> dict:
                 f"temperature {r.get('temperature', 1.0):.2f}"
             )
     print(f"\nwrote {output_dir / 'metrics.json'}")
-    return out
+    return {**out, "model_dir": str(saved) if saved else None}  # in process: the path as it is
 
 
 def format_table(results: dict) -> str:

@@ -29,7 +29,7 @@ from tagger.backtest.report import write_report
 from tagger.backtest.scoring import BOOTSTRAP_METRICS, Thresholds, bootstrap, interval
 from tagger.data.dataset import load_dataset
 from tagger.metrics import outcomes, summary
-from tagger.paths import resolve
+from tagger.paths import resolve, shown
 from tagger.training import load_model_config, make_estimator, time_split
 
 SLICES = ("no_embeddings", "new_label", "new_account", "merchant_size", "label_frequency")
@@ -167,7 +167,7 @@ def run_backtest(cfg: DictConfig) -> dict:
             name: dict(zip(g["account_id"], g["coverage_at_95_precision"], strict=True))
             for name, g in per_merchant.groupby("model")
         },
-        "data": {"file": str(resolve(cfg.data.path)), "sha256": tickets.digest, "tickets": len(tickets)},
+        "data": {"file": shown(resolve(cfg.data.path)), "sha256": tickets.digest, "tickets": len(tickets)},
         "seconds": time.perf_counter() - started,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }

@@ -146,14 +146,15 @@ class SharedModel(nn.Module):
 
     def score(self, tickets: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, W]`` of unit ``tickets [B, d]`` against ``labels [M, K, d]``: ticket ``b``'s
-        candidates are ``labels[index[b]]``; ``index`` -1 pads get a large negative value."""
-        valid = index >= 0
-        b, w = index.shape
-        own = labels.index_select(0, index.clamp(min=0).reshape(-1)).view(b, w, *labels.shape[1:])
-        cosine = torch.einsum("bd,bwkd->bwk", tickets, own)
+        candidates are ``labels[index[b]]``; ``index`` -1 pads get a large negative value.
+
+        ``labels`` holds the batch's merchants' labels only (M is at most B x W), so scoring every
+        ticket against all of them is one small matrix product, then each keeps its own."""
+        m, k, d = labels.shape
+        cosine = (tickets @ labels.reshape(m * k, d).T).view(-1, m, k)
         # a soft maximum over a label's prototypes (exactly the cosine when there is one)
         logits = torch.logsumexp(self.log_scale.exp() * cosine, dim=-1) - math.log(self.cfg.prototypes)
-        return logits.masked_fill(~valid, MASKED)
+        return logits.gather(1, index.clamp(min=0)).masked_fill(index < 0, MASKED)
 
     def candidates(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The labels of padded ``rows [B, W]`` (-1 pads) and nothing else: their vectors ``[M, K, d]``

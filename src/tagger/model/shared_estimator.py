@@ -193,15 +193,12 @@ class SharedEstimator(Estimator):
         data = self._batches(tickets)
         self.model.eval()
         rows = self.table.gather(data.account)
-        # the labels of these tickets' merchants, through the tower once for every batch
-        labels, index, bias = self.model.candidates(torch.from_numpy(rows))
         out = np.full(rows.shape, MASKED, np.float32)
         for start in range(0, len(data), batch_size):
             idx = np.arange(start, min(start + batch_size, len(data)))
-            batch = data.collate(idx)
-            shift = self.model.query_shift(batch["account"])
-            vectors = self.model.ticket_vectors(batch["x"], batch["mask"], shift)
-            out[idx] = self.model.score_candidates(vectors, labels, index[idx], bias).numpy()
+            batch = data.collate(idx)  # the tower runs on this batch's merchants' labels only
+            scores = self.model(batch["x"], batch["mask"], batch["account"], batch["rows"]).numpy()
+            out[idx, : scores.shape[1]] = scores
         return out, rows
 
     def predict(self, tickets: Tickets, k: int = 5) -> Predictions:

@@ -45,6 +45,19 @@ class Candidates:
 
 
 @dataclass(frozen=True)
+class Scored:
+    """What the model gave for some tickets: ``logits [n, W]`` over each ticket's own labels,
+    ``vectors [n, d]`` (unit ticket vectors), and ``rows [n, W]`` (-1 pads) into the candidate
+    labels' ``prior`` and ``names``."""
+
+    logits: np.ndarray
+    vectors: np.ndarray
+    rows: np.ndarray
+    prior: np.ndarray
+    names: np.ndarray
+
+
+@dataclass(frozen=True)
 class LabelView:
     """One label generation as the model consumes it; a request reads one view from start to end."""
 
@@ -125,6 +138,7 @@ class OnnxPredictor:
         self.view = LabelView(*read_generation(self.export_dir))
         some = next(iter(self.view.state.accounts.values()), None)
         self._label_shape = some.vectors.shape[1:] if some is not None else None
+
         self.last_reload_error: str | None = None
         self._refused: str | None = None
 
@@ -171,42 +185,50 @@ class OnnxPredictor:
         self.view, self.last_reload_error = view, None
 
     # ---- scoring ----------------------------------------------------------------------------
-    def _run(
-        self, tickets: Tickets, view: LabelView, batch_size: int
-    ) -> tuple[np.ndarray, np.ndarray, Candidates]:
+    def _run(self, tickets: Tickets, view: LabelView, batch_size: int) -> Scored:
+        """Every batch is fed its own merchants' labels only; the result indexes them one batch
+        after the other."""
         accounts = tickets.meta["account_id"].astype(str).tolist()
-        cand = view.candidates(accounts)
-        logits = np.full(cand.index.shape, MASKED, np.float32)
-        vectors = np.zeros((len(tickets), cand.vectors.shape[2]), np.float32)
+        batches = []
         for start in range(0, len(tickets), batch_size):
             idx = np.arange(start, min(start + batch_size, len(tickets)))
+            cand = view.candidates(accounts[start : idx[-1] + 1])
             x, mask = pad_sentences(tickets.embeddings, tickets.offsets, idx, self.max_sentences)
-            index = cand.index[idx]
-            width = max(int((index >= 0).sum(1).max()), 1) if len(idx) else 1
-            feed = {
-                "sentences": x,
-                "mask": mask,
-                "label_vectors": cand.vectors,
-                "label_index": np.ascontiguousarray(index[:, :width]),
-            }
+            feed = {"sentences": x, "mask": mask, "label_vectors": cand.vectors, "label_index": cand.index}
             if cand.queries is not None:
-                feed["account_query"] = cand.queries[idx]
-            out = self.session.run(None, {k: v for k, v in feed.items() if k in self._inputs})
-            logits[idx, :width] = out[0]
-            vectors[idx] = out[1]
-        return logits, vectors, cand
+                feed["account_query"] = cand.queries
+            logits, vectors = self.session.run(None, {k: v for k, v in feed.items() if k in self._inputs})
+            batches.append((idx, logits, vectors, cand))
+        if len(batches) == 1:  # one request: its candidates as they are
+            _, logits, vectors, cand = batches[0]
+            return Scored(logits, vectors, cand.index, cand.prior, cand.names)
+        width = max((b[1].shape[1] for b in batches), default=1)
+        out = Scored(
+            np.full((len(tickets), width), MASKED, np.float32),
+            np.zeros((len(tickets), self._label_shape[-1]), np.float32),
+            np.full((len(tickets), width), -1, np.int64),
+            np.concatenate([b[3].prior for b in batches]) if batches else np.zeros(1),
+            np.concatenate([b[3].names for b in batches]) if batches else np.array([None], object),
+        )
+        offset = 0
+        for idx, logits, vectors, cand in batches:
+            out.logits[idx, : logits.shape[1]] = logits
+            out.rows[idx, : logits.shape[1]] = np.where(cand.index >= 0, cand.index + offset, -1)
+            out.vectors[idx] = vectors
+            offset += len(cand.prior)
+        return out
 
     def logits(
         self, tickets: Tickets, batch_size: int = 256, view: LabelView | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits ``[n, W]`` of each ticket's own labels, in the order
-        :meth:`SharedEstimator.logits` gives them, and their ``rows [n, W]`` in the batch's candidates."""
-        logits, _, cand = self._run(tickets, view or self.view, batch_size)
-        return logits, cand.index
+        :meth:`SharedEstimator.logits` gives them, and their candidate ``rows [n, W]``."""
+        scored = self._run(tickets, view or self.view, batch_size)
+        return scored.logits, scored.rows
 
     def ticket_vectors(self, tickets: Tickets, view: LabelView | None = None) -> np.ndarray:
         """``[n, d]`` unit ticket vectors (what a label's examples fold in)."""
-        return self._run(tickets, view or self.view, 256)[1]
+        return self._run(tickets, view or self.view, 256).vectors
 
     def name_vectors(self, name_embeddings: np.ndarray) -> np.ndarray:
         """``[n, d]`` unit label vectors of label-name embeddings (the label tower)."""
@@ -214,13 +236,13 @@ class OnnxPredictor:
 
     def predict(self, tickets: Tickets, k: int = 5, view: LabelView | None = None) -> Predictions:
         """Top-k labels of each ticket from its own account's labels (the prior without embeddings)."""
-        logits, _, cand = self._run(tickets, view or self.view, 256)
+        scored = self._run(tickets, view or self.view, 256)
         return predictions_from_logits(
-            logits,
-            cand.index,
+            scored.logits,
+            scored.rows,
             tickets.meta["has_embeddings"].to_numpy(),
-            cand.prior,
-            cand.names,
+            scored.prior,
+            scored.names,
             self.temperature,
             k,
             self.abstain_fallback,
