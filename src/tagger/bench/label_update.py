@@ -26,7 +26,7 @@ import numpy as np
 from tagger.bench.machine import machine_description
 from tagger.bench.serving import _requests, admin_server, start_load, summarise_load
 from tagger.model.label_update import LabelUpdate
-from tagger.paths import PROJECT_ROOT, latest_export
+from tagger.paths import PROJECT_ROOT, latest_export, shown
 from tagger.serving.admin import update_export
 from tagger.serving.name_encoder import NameEncoder
 from tagger.serving.onnx_predictor import OnnxPredictor
@@ -103,7 +103,7 @@ def run(export_dir: Path, n_updates: int, rate: float, tickets: int) -> dict:
         return {"n": len(values), "median_ms": float(np.median(values)), "max_ms": float(np.max(values))}
 
     return {
-        "export_dir": str(export_dir),
+        "export_dir": shown(export_dir),
         "machine": machine_description(),
         "rate": rate,
         "updates": n_updates,

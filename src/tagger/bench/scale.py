@@ -382,12 +382,20 @@ def _plot(f: dict, path: Path) -> None:
     merchants = [r["merchants"] for r in rows]
     fig, axes = plt.subplots(3, 3, figsize=(13, 10))
     for ax, (key, label, unit) in zip(axes.flat, COSTS, strict=True):
-        ax.loglog(merchants, [_value(r, key) for r in rows], "o-", label="per-merchant layout")
+        values = [_value(r, key) for r in rows]
+        # a grey line for what grows in proportion to the merchants, from the first point
+        grows = [values[0] * m / merchants[0] for m in merchants]
+        ax.loglog(merchants, grows, ":", color="grey", label="in proportion to merchants")
+        ax.loglog(merchants, values, "o-", label="per-merchant layout")
+        shown = values
         if key == "step_ms":
             before = [(r["merchants"], r["train_before"]["step_ms"]) for r in rows if "train_before" in r]
             if before:
                 ax.loglog(*zip(*before, strict=True), "s--", color="tab:red", label=f"before ({f['before']})")
-            ax.legend(fontsize=8)
+                shown = values + [b for _, b in before]
+            ax.legend(fontsize=7)
+        # at least a decade either way: a flat cost must look flat, not zoomed into its noise
+        ax.set_ylim(min(min(shown), max(shown) / 10) / 2, max(max(shown), min(shown) * 10) * 2)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("merchants")
         ax.set_ylabel(unit)
@@ -490,9 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", type=int, default=30, help="labels per merchant")
     parser.add_argument("--before", type=int, nargs="*", default=[60, 1000, 5000],
                         help="merchant counts at which the pre-layout model is measured too")
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps")
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps")
     parser.add_argument("--before-steps", type=int, default=3, help="timed steps of the pre-layout model")
-    parser.add_argument("--repeats", type=int, default=500, help="single-ticket predictions timed")
+    parser.add_argument("--repeats", type=int, default=3000, help="single-ticket predictions timed")
     parser.add_argument("--updates", type=int, default=10, help="label updates timed")
     parser.add_argument("--seconds", type=float, default=10.0, help="HTTP load duration")
     parser.add_argument("--export-dir", help="the export whose model graphs are used (default: the latest)")
