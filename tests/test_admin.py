@@ -288,3 +288,32 @@ def test_the_command(export_dir, capsys):  # the real all-MiniLM-L6-v2 of the ex
     assert set(labels) == {"Damaged Item", "Refund", "Shipping::Tracking", "Something Else"}
     assert admin.main(["a", "--retire", "Nope", "--export-dir", str(export_dir)]) == 2
     assert "no label 'Nope'" in capsys.readouterr().err
+
+
+def test_a_writer_that_crashed_before_current_moved_leaves_nothing_live(export_dir, monkeypatch):
+    """A crash after the log entry, the histories and the snapshot but before CURRENT: the next
+    writer undoes them, so neither a reader, a rollback nor a snapshot ever sees that generation."""
+    monkeypatch.setattr(label_store, "SNAPSHOT_EVERY", 2)
+    writer = OnnxPredictor(export_dir)
+    _update(writer, "a", add=["First"])  # g000001
+    before = {x: writer.view.labels_of(x).labels for x in "ab"}
+    real = label_store._set_current
+
+    def crash(root, name):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(label_store, "_set_current", crash)
+    with pytest.raises(OSError):
+        update = [admin.LabelUpdate("a", add=["Never"]), admin.LabelUpdate("b", add=["Never"])]
+        admin.update_export(OnnxPredictor(export_dir), update, _embed, by="test")
+    assert (labels_dir(export_dir) / "log" / "live-g000002.json").exists()  # the crash's leftovers
+    monkeypatch.setattr(label_store, "_set_current", real)
+    _update(OnnxPredictor(export_dir), "c", add=["Later"])  # g000002 again, for another merchant
+    fresh = OnnxPredictor(export_dir)  # reads the new snapshot
+    assert fresh.view.generation == "g000002"
+    assert {x: fresh.view.labels_of(x).labels for x in "ab"} == before
+    assert "Later" in fresh.view.labels_of("c").labels
+    _rollback(export_dir, "a")  # back to the exported labels, not to the update that never went live
+    assert "First" not in OnnxPredictor(export_dir).view.labels_of("a").labels
+    with pytest.raises(ValueError, match="no label update"):
+        _rollback(export_dir, "b")

@@ -179,7 +179,7 @@ class SharedModel(nn.Module):
     ) -> torch.Tensor:
         """:meth:`score` plus the labels' bias; all pads when there is no candidate at all."""
         if not len(labels):  # only unknown accounts
-            return torch.full(index.shape, MASKED)
+            return torch.full(index.shape, MASKED, dtype=tickets.dtype, device=tickets.device)
         logits = self.score(tickets, labels, index)
         if bias is None:
             return logits

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from tagger.data.tickets import Tickets
+from tagger.manifest import ArtifactError
 from tagger.model.label_update import AccountLabels, LabelState, LabelUpdate, UpdateError, apply_update
 from tagger.paths import latest_export
 from tagger.serving.label_store import (
@@ -157,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         export_dir = args.export_dir or latest_export()
         try:
             with lock(export_dir):
-                generation = rollback(export_dir, args.account, {"by": "cli"})
-        except ValueError as err:
+                generation = rollback(export_dir, args.account.strip(), {"by": "cli"})
+        except (ValueError, ArtifactError) as err:
             print(f"refused, nothing changed: {err}", file=sys.stderr)
             return 2
         print(f"{export_dir}: {args.account} rolled back in generation {generation}")

@@ -26,9 +26,10 @@ Guarantees kept from whole-table generations: an update is all or nothing (its v
 are complete and checked before the log entry that names them exists, and the entry before CURRENT
 names it); a reader sees a generation whole or not at all; a version that fails its manifest is
 refused and the previous state keeps serving (a rollback of that merchant, or a new version of it,
-supersedes it); one writer at a time (a file lock). Each merchant keeps the last ``KEEP_VERSIONS``
-versions of its live line (the live one and the ones it replaced), so :func:`rollback` can bring
-them back one by one, down to the exported labels.
+supersedes it); one writer at a time (a file lock); what a writer that crashed before moving
+CURRENT left behind is undone by the next writer (:func:`_recover`). Each merchant keeps the last
+``KEEP_VERSIONS`` versions of its live line (the live one and the ones it replaced), so
+:func:`rollback` can bring them back one by one (then the exported labels, from the first).
 """
 
 from __future__ import annotations
@@ -194,7 +195,9 @@ def write_version(export_dir: str | os.PathLike, account: str, labels: AccountLa
     """Write one merchant's labels as its next version directory; returns its path under labels/."""
     folder = _account_dir(export_dir, account)
     folder.mkdir(parents=True, exist_ok=True)
-    number = max(_versions(folder), default=0) + 1
+    # never reuse a number, even of a pruned version: an old log entry must not name new contents
+    named = [int(e["path"].rsplit("/v", 1)[1]) for e in _history(export_dir, account)]
+    number = max([*_versions(folder), *named], default=0) + 1
     path = folder / f"v{number:06d}"
     with atomic_directory(path, replace=False) as tmp:
         info = {
@@ -219,7 +222,7 @@ def write_generation(
     """Write the ``changed`` merchants' labels as a new generation and make it live; returns its
     name. ``created``: merchants new with this change (nothing to roll back to). Call under
     :func:`lock` when another writer may run."""
-    live = generation_number(current_generation(export_dir))
+    live = _recover(export_dir)
     lines = {}
     for account, labels in changed.items():
         entry = live_entry(export_dir, account, live)
@@ -240,11 +243,16 @@ def rollback(export_dir: str | os.PathLike, account: str, change: dict | None = 
     """Make live again the labels the merchant's live version replaced (its exported labels
     after its first update); returns the new generation's name. Works when the live version is
     damaged (it reads only the merchant's history). Call under :func:`lock`."""
-    entry = live_entry(export_dir, account, generation_number(current_generation(export_dir)))
+    entry = live_entry(export_dir, account, _recover(export_dir))
     if entry is None:
         raise ValueError(f"account {account!r} has no label update to roll back")
     if entry["parent"] is None:
         raise ValueError(f"account {account!r} has no earlier version of its labels to roll back to")
+    if entry["parent"] != BASE and not (labels_dir(export_dir) / entry["parent"]).is_dir():
+        raise ValueError(
+            f"account {account!r}: its earlier labels are gone (each merchant keeps its last "
+            f"{KEEP_VERSIONS} versions)"
+        )
     if entry["parent"] == BASE:  # the exported labels, as a version of their own (a reload reads only it)
         base = read_base(export_dir)
         if account not in base.accounts:
@@ -292,13 +300,36 @@ def _commit(export_dir: str | os.PathLike, lines: dict[str, tuple[str, str | Non
         history = [e for e in _history(export_dir, account) if e["generation"] < number]
         history.append({"generation": number, "path": path, "parent": parent})
         _write_atomic(_account_dir(export_dir, account) / "history.json", json.dumps(history))
-    if number % SNAPSHOT_EVERY == 0:
-        snapshot = {"generation": name, "accounts": live_paths(export_dir, 0, number)}
-        _write_atomic(root / "log" / f"live-{name}.json", json.dumps(snapshot))
+    if number % SNAPSHOT_EVERY == 0:  # from the snapshot before it: never from a crash's leftover
+        since, paths_then = _snapshot(export_dir, number - 1)
+        paths_then.update(live_paths(export_dir, since, number))
+        _write_atomic(
+            root / "log" / f"live-{name}.json", json.dumps({"generation": name, "accounts": paths_then})
+        )
     _set_current(root, name)
     for account in lines:
         _prune(export_dir, account, number)
     return name
+
+
+def _recover(export_dir: str | os.PathLike) -> int:
+    """Undo what a writer that crashed before moving CURRENT left behind (its log entry, history
+    entries, snapshot and version directories never went live); returns the live generation."""
+    live = generation_number(current_generation(export_dir))
+    name = generation_name(live + 1)
+    orphan = labels_dir(export_dir) / "log" / f"{name}.json"
+    if orphan.exists():
+        try:
+            accounts = list(json.loads(orphan.read_text()).get("accounts", {}))
+        except (OSError, json.JSONDecodeError):
+            accounts = []  # a torn entry: its merchants' histories never got to be written
+        for account in accounts:
+            history = [e for e in _history(export_dir, account) if e["generation"] <= live]
+            _write_atomic(_account_dir(export_dir, account) / "history.json", json.dumps(history))
+            _prune(export_dir, account, live)
+        (labels_dir(export_dir) / "log" / f"live-{name}.json").unlink(missing_ok=True)
+        orphan.unlink()
+    return live
 
 
 def _account_dir(export_dir: str | os.PathLike, account: str) -> Path:
