@@ -185,7 +185,7 @@ def synthetic_export(source: Path, out: Path, n_accounts: int, labels: int, seed
     from tagger.serving.label_store import labels_dir, read_base, write_base
 
     shutil.copytree(source, out, ignore=shutil.ignore_patterns("labels"))
-    some = next(iter(read_base(source).accounts.values()))
+    some = read_base(source).some()
     k, d = some.vectors.shape[1:]
     q = None if some.query is None else len(some.query)
     rng = np.random.default_rng(seed)

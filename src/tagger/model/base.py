@@ -106,7 +106,14 @@ class AccountPrior:
 
     def gathered(self, rows: np.ndarray) -> np.ndarray:
         """Prior probabilities of padded label ``rows [n, W]`` (0 at the pads)."""
-        return np.where(rows >= 0, self.probs[np.maximum(rows, 0)], 0.0).astype(np.float32)
+        return at_rows(self.probs, rows).astype(np.float32)
+
+
+def at_rows(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values`` of padded ``rows`` (-1 pads give 0)."""
+    if not len(values):
+        return np.zeros(rows.shape)
+    return np.where(rows >= 0, values[np.maximum(rows, 0)], 0.0)
 
 
 def mean_pool(tickets: Tickets) -> np.ndarray:
@@ -167,6 +174,6 @@ def predictions_from_logits(
     probs = np.where(valid, np.exp(z), 0.0)
     probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-30)
     has = np.asarray(has_embeddings, bool)
-    probs[~has] = np.where(valid[~has], prior[np.maximum(rows[~has], 0)], 0.0)
+    probs[~has] = at_rows(prior, rows[~has])
     unknown = ~valid.any(axis=1)
     return top_k(probs.astype(np.float32), rows, k, ~has, abstain_fallback, unknown, names)

@@ -80,6 +80,10 @@ class LabelState:
         if self.n_labels < 0:
             object.__setattr__(self, "n_labels", sum(len(a) for a in self.accounts.values()))
 
+    def some(self) -> AccountLabels | None:
+        """Any one merchant's labels (every merchant's arrays share its shapes); None when empty."""
+        return next(iter(self.accounts.values()), None)
+
     def replace(self, changed: dict[str, AccountLabels]) -> LabelState:
         """A new state with the ``changed`` merchants' labels (the others shared)."""
         accounts = dict(self.accounts)
@@ -198,7 +202,7 @@ def apply_update(
         name = fresh(raw, f"add[{i}]")
         labels[name] = -1
         folded[name.casefold()] = name
-    dim = _name_dim(state, current)
+    k, d, dim = _shapes(current if current is not None else state.some())
     examples: dict[str, list[np.ndarray]] = {}
     for raw, tickets in update.examples.items():
         name = known(raw, f"examples.{raw}")
@@ -212,7 +216,6 @@ def apply_update(
     names = sorted(labels)
     old_pos = np.array([labels[n] for n in names], np.int64)
     new_names = [n for n in names if labels[n] < 0]
-    k, d = _vector_shape(state, current)
     vectors = np.zeros((len(names), k, d), np.float32)
     name_emb = np.zeros((len(names), dim), np.float32)
     seen = old_pos >= 0
@@ -239,17 +242,11 @@ def apply_update(
     return state.replace({account: mine})
 
 
-def _vector_shape(state: LabelState, current: AccountLabels | None) -> tuple[int, int]:
-    """(prototypes, d) of the model's label vectors."""
-    some = current if current is not None else next(iter(state.accounts.values()), None)
+def _shapes(some: AccountLabels | None) -> tuple[int, int, int]:
+    """(prototypes, d, name embedding size) of the model's label arrays, from any merchant's."""
     if some is None:
         raise UpdateError("account_id", "the label state has no account to take the vector size from")
-    return some.vectors.shape[1], some.vectors.shape[2]
-
-
-def _name_dim(state: LabelState, current: AccountLabels | None) -> int:
-    some = current if current is not None else next(iter(state.accounts.values()), None)
-    return 384 if some is None else some.names.shape[1]
+    return some.vectors.shape[1], some.vectors.shape[2], some.names.shape[1]
 
 
 def _example(ticket, where: str, dim: int) -> np.ndarray:

@@ -125,7 +125,7 @@ def export_estimator(
     scoring = _Scoring(estimator.model.eval()).eval()
     with atomic_directory(out_dir) as tmp:
         state = label_state(estimator)
-        some = next(iter(state.accounts.values()))
+        some = state.some()
         inputs = ["sentences", "mask", "label_vectors", "label_index"]
         example = [
             torch.zeros(2, 3, 384),

@@ -101,7 +101,7 @@ class LabelView:
 
 
 def _empty_vectors(state: LabelState) -> np.ndarray:
-    some = next(iter(state.accounts.values()), None)
+    some = state.some()
     shape = some.vectors.shape[1:] if some is not None else (1, 1)
     return np.zeros((1, *shape), np.float32)
 
@@ -136,7 +136,7 @@ class OnnxPredictor:
         self._inputs = {i.name for i in self.session.get_inputs()}
         self._lock = threading.Lock()
         self.view = LabelView(*read_generation(self.export_dir))
-        some = next(iter(self.view.state.accounts.values()), None)
+        some = self.view.state.some()
         self._label_shape = some.vectors.shape[1:] if some is not None else None
 
         self.last_reload_error: str | None = None
