@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tagger.paths import PROJECT_ROOT, latest_export
+from tagger.paths import PROJECT_ROOT, latest_export, shown
 from tagger.reliability import faults, fuzz, soak
 
 OUT = PROJECT_ROOT / "results" / "reliability"
@@ -36,7 +36,7 @@ def _fuzz(args) -> None:
         result = fuzz.fuzz_app(app, args.examples, token=token, accounts=accounts)
     finally:
         shutil.rmtree(work.parent, ignore_errors=True)
-    result["export_dir"] = str(args.export_dir)
+    result["export_dir"] = shown(args.export_dir)
     fuzz.save(result, OUT)
     print("\n".join(fuzz.markdown(result)))
 

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from tagger.data.cache import load_tickets
 from tagger.data.validation import SchemaError
+from tagger.paths import shown
 from tagger.serving.api import app_from_config, serve_config
 from tagger.serving.label_store import (
     current_generation,
@@ -131,7 +132,8 @@ def reload_cases(export_dir: Path, tmp: Path) -> list[dict]:
         assert r.status_code == 200, f"/predict answered {r.status_code}"
         assert health["label_generation"] == good, f"now serving {health['label_generation']}"
         assert health["last_reload_error"], "no reload error reported"
-        return f"kept serving {good}; /health says: {health['last_reload_error'][:160]}"
+        said = health["last_reload_error"].replace(str(tmp), "<tmp>")
+        return f"kept serving {good}; /health says: {said[:160]}"
 
     def broken_version(breaker: Callable[[Path], None]) -> Callable[[Path], str]:
         """A generation whose merchant version is damaged after it was written."""
@@ -276,6 +278,9 @@ def run_faults(export_dir: Path, model_dir: Path | None, parquet: Path | None) -
             cases += save_cases(Path(model_dir), tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    for case in cases:  # results name no path of the machine they ran on
+        outcome = case["outcome"].replace(str(tmp), "<tmp>")
+        case["outcome"] = outcome.replace(str(export_dir), shown(export_dir))
     ok = sum(c["ok"] for c in cases)
     return {"cases": cases, "ok": ok, "failed": len(cases) - ok}
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from tagger.bench.machine import machine_description
 from tagger.bench.serving import _percentiles, _requests, admin_server, rss_mb, start_load, summarise_load
+from tagger.paths import shown
 
 
 def soak(
@@ -102,7 +103,7 @@ def soak(
         near_update |= (sent >= u["at_s"]) & (sent < u["at_s"] + 1.0)
     return {
         "machine": machine_description(),
-        "export_dir": str(export_dir),
+        "export_dir": shown(export_dir),
         "minutes": minutes,
         "rate": rate,
         "update_every_s": update_every_s,
