@@ -190,6 +190,8 @@ def tiny_run(tmp: Path, data: Path) -> list[str]:
         f"data.cache_dir={tmp / 'cache'}",
         f"data.sentence_cache_dir={tmp / 's'}",
         "trainer.enable_progress_bar=false",
+        "data.align_days=false",  # toy files span minutes to days: split where the settings say
+        "data.holdout_days=0",
         "model.projection.hidden=64",
         "model.projection.out_dim=32",
     ]

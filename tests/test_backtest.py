@@ -105,6 +105,7 @@ def test_backtest_end_to_end_and_report(tmp_path):
         "backtest.n_folds=2",
         "backtest.test_days=2",
         "backtest.bootstrap=20",
+        "backtest.seeds=[0]",  # several seeds: test_backtest_fits_the_shared_model_once_per_seed
         "trainer.max_epochs=3",
         "backtest.models=[shared,majority,logreg]",
         "backtest.cold_start.learning_curve.shots=[0,1,5]",
@@ -146,11 +147,19 @@ def test_backtest_end_to_end_and_report(tmp_path):
     tested = outcomes_frame[outcomes_frame["model"] == "shared"]
     assert tested["ticket_id"].is_unique  # each test ticket once per model
     assert tested["no_embeddings"].any() and tested["new_account"].any()  # nothing dropped
-    assert written["paired_bootstrap"]["baseline"] in ("majority", "logreg")
+    strongest = written["paired_bootstrap"]["strongest"]
+    for metric, c in strongest.items():  # the strongest baseline is the best point estimate on each metric
+        values = {b: written["models"][b]["overall"][metric] for b in ("majority", "logreg")}
+        assert c["baseline_value"] == max(values.values()) and values[c["baseline"]] == c["baseline_value"]
+        assert c["difference"] == pytest.approx(overall[metric] - c["baseline_value"])
+    assert set(written["paired_bootstrap"]["against"]) == {"majority", "logreg"}
+    assert written["intervals"]["description"] == "merchant-clustered, 20 resamples, percentile"
     assert len(written["models"]["shared"]["folds"]) == 2
     report = (out / "report.md").read_text()
     assert "## Overall" in report and "| shared |" in report and "## Slices" in report
-    assert result["models"]["shared"]["ci95"]["accuracy"][0] <= overall["accuracy"]
+    for metric, (lo, hi) in result["models"]["shared"]["ci95"].items():
+        assert lo <= overall[metric] <= hi or np.isnan(overall[metric]), metric
+    assert "merchant-clustered, 20 resamples, percentile" in report and "chance top-3" in report
     # cold start: the late merchant is scored from its label names; the curve covers every model and shot
     zero = written["cold_start"]["zero_shot"]["new_merchants"]
     assert zero["tickets"] >= 1 and zero["chance_accuracy"] == 1.0  # "late" declares one label
@@ -170,6 +179,7 @@ def test_backtest_with_the_onnx_runtime_agrees_with_torch(tmp_path):
         "backtest.n_folds=1",
         "backtest.test_days=2",
         "backtest.bootstrap=0",
+        "backtest.seeds=[0]",
         "trainer.max_epochs=2",
         "backtest.models=[shared]",
     ]
@@ -187,3 +197,55 @@ def test_backtest_with_the_onnx_runtime_agrees_with_torch(tmp_path):
     b = pd.read_parquet(tmp_path / "onnx" / "outcomes.parquet")
     assert (a["predicted"].fillna("") == b["predicted"].fillna("")).all()
     np.testing.assert_allclose(a["confidence"], b["confidence"], atol=1e-5)
+
+
+def test_backtest_fits_the_shared_model_once_per_seed(tmp_path, monkeypatch):
+    import tagger.backtest.run as run
+
+    calls = []
+    real = run.make_estimator
+
+    def counting(model_cfg, cfg, log_dir=None):
+        calls.append((model_cfg["name"], cfg.seed))
+        return real(model_cfg, cfg, log_dir=log_dir)
+
+    monkeypatch.setattr(run, "make_estimator", counting)
+    data = toy_parquet(tmp_path / "tickets.parquet", n_per_label=40, days=8)
+    overrides = [
+        *tiny_run(tmp_path, data),
+        "data.val_days=1",
+        f"output_dir={tmp_path / 'out'}",
+        "backtest.n_folds=1",
+        "backtest.test_days=2",
+        "backtest.bootstrap=50",
+        "backtest.seeds=[0,1,2]",
+        "trainer.max_epochs=1",
+        "backtest.models=[shared,majority]",
+        "backtest.cold_start.declare_names=false",
+        "backtest.cold_start.learning_curve.labels=0",
+    ]
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("backtest", overrides=overrides)
+    result = run_backtest(cfg)
+    # the shared model once per seed, the deterministic baseline once (with the run's seed)
+    assert sorted(calls) == [("majority", 0), ("shared", 0), ("shared", 1), ("shared", 2)]
+    shared = result["models"]["shared"]
+    assert set(shared["seeds"]) == {"0", "1", "2"} and "seeds" not in result["models"]["majority"]
+    for metric in ("accuracy", "macro_f1", "top3_accuracy", "ece"):
+        per_seed = [s[metric] for s in shared["seeds"].values()]
+        assert shared["overall"][metric] == pytest.approx(np.mean(per_seed))
+        spread = shared["seed_spread"][metric]
+        assert spread["min"] == min(per_seed) and spread["max"] == max(per_seed)
+        assert spread["sd"] == pytest.approx(np.std(per_seed, ddof=1))
+    for metric, (lo, hi) in shared["ci95"].items():
+        assert lo <= shared["overall"][metric] <= hi or np.isnan(shared["overall"][metric]), metric
+    assert [(r["model"], r["seed"]) for r in shared["folds"]] == [("shared", 0), ("shared", 1), ("shared", 2)]
+    out = pd.read_parquet(tmp_path / "out" / "outcomes.parquet")
+    assert sorted(out.loc[out["model"] == "shared", "seed"].unique()) == [0, 1, 2]
+    assert out.loc[out["model"] == "majority", "seed"].isna().all()
+    n_test = (out["model"] == "majority").sum()
+    assert (out["model"] == "shared").sum() == 3 * n_test
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Seeds" in report and "| seed 0 | seed 1 | seed 2 | mean | sd | min - max |" in report
+    assert "use seed 0's outcomes" in report and "merchant-clustered, 50 resamples, percentile" in report
+    assert "## Shared model against the strongest baseline on each metric" in report

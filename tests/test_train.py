@@ -8,9 +8,10 @@ import numpy as np
 from conftest import tiny_run, toy_parquet, toy_problem
 from hydra import compose, initialize_config_dir
 
+from tagger.data.splits import time_split
 from tagger.model.artifacts import load_shared
 from tagger.paths import PROJECT_ROOT
-from tagger.training import format_table, run, time_split
+from tagger.training import format_table, run
 
 
 def test_time_split_puts_the_latest_days_in_validation():

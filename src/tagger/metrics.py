@@ -8,6 +8,8 @@ keys, so tickets pool across folds whose label tables differ.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 import torch
@@ -35,10 +37,26 @@ def _bucket(values: np.ndarray, buckets: list) -> np.ndarray:
     return out
 
 
-def outcomes(pred: Predictions, test: Tickets, train_meta: pd.DataFrame) -> pd.DataFrame:
-    """One row per test ticket: truth, prediction, confidence and the slices it belongs to."""
+def labels_per_account(train_meta: pd.DataFrame) -> dict[str, int]:
+    """How many labels each account has in training data (what a model fit on it chooses among)."""
+    pairs = train_meta[["account_id", "label"]].astype(str).drop_duplicates()
+    return pairs["account_id"].value_counts().to_dict()
+
+
+def outcomes(
+    pred: Predictions,
+    test: Tickets,
+    train_meta: pd.DataFrame,
+    n_labels: Mapping[str, int] | None = None,
+) -> pd.DataFrame:
+    """One row per test ticket: truth, prediction, confidence and the slices it belongs to.
+
+    ``n_labels``: the number of candidate labels of each account in the model (default: its labels
+    in ``train_meta``); a ticket's ``n_account_labels`` (0 for an unknown account) sets its chance
+    level."""
     meta = test.meta.reset_index(drop=True)
     accounts = meta["account_id"].astype(str).to_numpy()
+    candidates = labels_per_account(train_meta) if n_labels is None else n_labels
     truth = meta["label"].astype(str).to_numpy()
     predicted = pred.labels(0)
     predicted = np.where(pred.abstained, None, predicted)
@@ -68,6 +86,7 @@ def outcomes(pred: Predictions, test: Tickets, train_meta: pd.DataFrame) -> pd.D
             "new_label": n_label == 0,
             "merchant_size": _bucket(n_account, MERCHANT_BUCKETS),
             "label_frequency": _bucket(n_label, LABEL_BUCKETS),
+            "n_account_labels": pd.Series(accounts).map(candidates).fillna(0).to_numpy(int),
         }
     )
 
@@ -94,13 +113,18 @@ def macro_f1_score(true: np.ndarray, pred: np.ndarray, average: str = "macro") -
 
 def summary(frame: pd.DataFrame, thresholds: dict[float, np.ndarray] | None = None) -> dict:
     """The metrics of a set of outcomes; ``thresholds`` maps a precision target to each row's
-    confidence threshold (chosen on validation) for the coverage figures."""
+    confidence threshold (chosen on validation) for the coverage figures. ECE is over answered
+    tickets only; ``accuracy_chance`` and ``top3_chance`` (uniform guessing among the ticket's
+    account's labels) need the ``n_account_labels`` column."""
     if len(frame) == 0:
         return {"n": 0}
     true, pred = class_codes(frame)
     accounts = frame["account_id"].to_numpy()
     per_account = [macro_f1_score(true[accounts == a], pred[accounts == a]) for a in np.unique(accounts)]
     correct = frame["correct"].to_numpy()
+    # calibration of the answers given: an abstention has no confidence to calibrate (it is
+    # recorded as 0, which would count every abstention as a perfectly calibrated miss)
+    answered = ~frame["abstained"].to_numpy(bool)
     out = {
         "n": len(frame),
         "accuracy": float(accuracy_score(true, pred)),
@@ -111,12 +135,20 @@ def summary(frame: pd.DataFrame, thresholds: dict[float, np.ndarray] | None = No
         "parent_accuracy": float(frame["parent_correct"].mean()),
         "ece": float(
             binary_calibration_error(
-                torch.tensor(frame["confidence"].to_numpy(), dtype=torch.float32),
-                torch.tensor(correct, dtype=torch.long),
+                torch.tensor(frame["confidence"].to_numpy()[answered], dtype=torch.float32),
+                torch.tensor(correct[answered], dtype=torch.long),
                 n_bins=15,
             )
-        ),
+        )
+        if answered.any()
+        else float("nan"),
     }
+    if "n_account_labels" in frame:  # guessing uniformly among the ticket's account's labels
+        n_labels = frame["n_account_labels"].to_numpy(float)
+        known = n_labels > 0
+        safe = np.where(known, n_labels, 1.0)
+        out["accuracy_chance"] = float(np.where(known, 1 / safe, 0.0).mean())
+        out["top3_chance"] = float(np.where(known, np.minimum(3, safe) / safe, 0.0).mean())
     for column in ("new_label", "new_account", "no_embeddings", "abstained"):
         if column in frame:  # tickets no model could get right, and those scored from the prior
             out[f"n_{column}"] = int(frame[column].sum())

@@ -10,6 +10,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from tagger.data.dataset import load_dataset
+from tagger.data.splits import holdout_split, time_split
 from tagger.data.tickets import Tickets
 from tagger.metrics import outcomes, summary
 from tagger.model.base import Estimator, Predictions
@@ -18,20 +19,6 @@ from tagger.paths import PROJECT_ROOT, resolve, shown
 
 BASELINES = {"majority": Majority, "logreg": LogReg, "centroid": NearestCentroid, "knn": KNN}
 SMALL_MERCHANT = 200  # training tickets
-
-
-def time_split(tickets: Tickets, val_days: float) -> tuple[Tickets, Tickets, dict]:
-    """Training = everything before the last ``val_days``; validation = the last ``val_days``."""
-    ts = tickets.meta["unix_timestamp"].to_numpy()
-    cutoff = ts.max() - val_days * 86_400
-    train, val = ts < cutoff, ts >= cutoff
-    info = {
-        "val_days": val_days,
-        "cutoff": pd.to_datetime(cutoff, unit="s", utc=True).isoformat(),
-        "train_tickets": int(train.sum()),
-        "val_tickets": int(val.sum()),
-    }
-    return tickets.subset(train), tickets.subset(val), info
 
 
 def make_estimator(model_cfg: dict, cfg: DictConfig, log_dir: Path | None = None) -> Estimator:
@@ -84,10 +71,19 @@ def evaluate(pred: Predictions, val: Tickets, train: Tickets) -> tuple[dict, pd.
 def run(cfg: DictConfig) -> dict:
     """Train and compare every configured model; returns (and writes) the metrics."""
     tickets = load_dataset(cfg.data)
-    train, val, split = time_split(tickets, cfg.data.val_days)
+    align = bool(cfg.data.get("align_days", False))
+    development, holdout = holdout_split(tickets, cfg.data.get("holdout_days", 0), align)
+    train, val, split = time_split(development, cfg.data.val_days, align)
+    split.update(holdout)
     print(
         f"split: {split['train_tickets']:,} training tickets before {split['cutoff'][:16]}, "
         f"{split['val_tickets']:,} validation tickets after"
+        + (
+            f"; the final holdout ({holdout['holdout_tickets']:,} tickets from "
+            f"{holdout['holdout_start'][:16]}) is left out, for the backtest alone"
+            if holdout["holdout_days"]
+            else ""
+        )
     )
     output_dir = resolve(cfg.output_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -13,31 +13,86 @@ refit with the same tickets. Scored on the held-out labels' test tickets (with e
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from tagger.data.labels import normalise_label
+from tagger.data.splits import DAY, time_split
 from tagger.data.tickets import Tickets
 from tagger.metrics import outcomes, summary
-from tagger.model.cold_start import update_labels, with_labels
+from tagger.model.cold_start import update_labels
 from tagger.model.label_table import LabelTable
 from tagger.model.label_update import LabelUpdate
-from tagger.training import load_model_config, make_estimator, time_split
+from tagger.training import load_model_config, make_estimator
 
 
-def declared_labels(test: Tickets, table: LabelTable) -> dict[str, list[str]]:
-    """``{account: labels}`` of the test window that ``table`` does not have."""
-    meta = test.meta
-    pairs = meta[["account_id", "label"]].astype(str).drop_duplicates()
-    new = table.rows(pairs["account_id"], pairs["label"]) < 0
-    return {a: sorted(g["label"]) for a, g in pairs[new].groupby("account_id")}
+class Taxonomy:
+    """Each merchant's declared labels over time, and what each label is about where that is known.
 
+    On the built-in data the build record beside the file (``<file>.build.json``) says when each
+    merchant created each label (and renamed it) and which intents a label covers. On any other file
+    a merchant's declared taxonomy at a date is every label it uses up to that date (the test window
+    included: a merchant declares a label before its agents can use it), and intents are unknown.
+    """
 
-def with_declared_labels(estimator, test: Tickets):
-    """The fitted shared model scoring, from their names, the labels first seen in ``test``."""
-    return with_labels(estimator, declared_labels(test, estimator.table))
+    def __init__(self, path: Path, meta: pd.DataFrame):
+        record = Path(f"{path}.build.json")
+        self.meta = meta
+        self.record = json.loads(record.read_text()) if record.exists() else None
+        self.source = f"the build record ({record.name})" if self.record else "labels used up to the date"
+        self.intents: dict[tuple[str, str], list[str]] = {}
+        if self.record:
+            self.start = pd.Timestamp(self.record["config"]["start"], tz="UTC").timestamp()
+            for m in self.record["merchants"]:
+                for label in m["labels"]:
+                    for name in filter(None, (label["name"], label.get("renamed_to"))):
+                        key = (m["account_id"], normalise_label(name).casefold())
+                        self.intents[key] = label["intents"]
+
+    def at(self, until: float) -> dict[str, list[str]]:
+        """``{account: labels}`` declared before ``until`` (seconds since 1970)."""
+        if self.record is None:
+            used = self.meta[self.meta["unix_timestamp"].to_numpy() < until]
+            return {str(a): sorted(map(str, g.unique())) for a, g in used.groupby("account_id")["label"]}
+        day = (until - self.start) / DAY
+        out = {}
+        for m in self.record["merchants"]:
+            if m["start_day"] >= day:
+                continue
+            names = []
+            for label in m["labels"]:
+                if label.get("start_day", 0.0) < day:
+                    names.append(label["name"])
+                    if label.get("renamed_to") and label["rename_day"] < day:
+                        names.append(label["renamed_to"])
+            out[m["account_id"]] = [normalise_label(n) for n in names]
+        return out
+
+    def intent_unseen(self, frame: pd.DataFrame, train_meta: pd.DataFrame) -> np.ndarray:
+        """Whether each outcome row's label covers intents no merchant's label had in training
+        (always False without a build record, or for a catch-all that covers no intent)."""
+        if self.record is None:
+            return np.zeros(len(frame), bool)
+        pairs = train_meta[["account_id", "label"]].astype(str).drop_duplicates()
+        seen = {
+            i
+            for a, lab in zip(pairs["account_id"], pairs["label"], strict=True)
+            for i in self.intents.get((a, lab.casefold()), [])
+        }
+        return np.array(
+            [
+                bool(its) and not set(its) & seen
+                for its in (
+                    self.intents.get((a, str(lab).casefold()), [])
+                    for a, lab in zip(frame["account_id"], frame["label"], strict=True)
+                )
+            ]
+        )
 
 
 def account_label_counts(frame: pd.DataFrame, table: LabelTable) -> np.ndarray:
@@ -71,6 +126,7 @@ def zero_shot_summary(named: pd.DataFrame, plain: pd.DataFrame) -> dict:
     slices.update(
         {
             "new_labels_name_unseen": slices["new_labels"] & ~named["name_seen_elsewhere"],
+            "new_labels_intent_unseen": slices["new_labels"] & named["intent_unseen"],
             "new_merchants_names_unseen": slices["new_merchants"] & ~named["name_seen_elsewhere"],
         }
     )
@@ -105,7 +161,7 @@ def learning_curve(
     lc = cfg.backtest.cold_start.learning_curve
     shots = sorted(int(s) for s in lc.shots)
     rng = np.random.default_rng(cfg.seed)
-    train, val, _ = time_split(window, cfg.data.val_days)
+    train, val, _ = time_split(window, cfg.data.val_days, cfg.data.get("align_days", False))
     held = _held_out_pairs(train, test, max(shots), int(lc.min_test), int(lc.labels), rng)
     if not held:
         return pd.DataFrame()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-DAY = 86_400.0
+from tagger.data.splits import DAY, end_of_day
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,10 @@ def rolling_folds(
     window: str = "expanding",
     train_days: float | None = None,
     gap_days: float = 0.0,
+    align: bool = False,
 ) -> list[Fold]:
-    """``n_folds`` consecutive test windows of ``test_days`` ending at the latest ticket.
+    """``n_folds`` consecutive test windows of ``test_days`` ending at the latest ticket (``align``:
+    at the midnight after it, so that every boundary falls on a UTC midnight).
 
     ``window="expanding"`` trains on everything before the test window (less the gap);
     ``"sliding"`` on the ``train_days`` before it.
@@ -58,7 +60,7 @@ def rolling_folds(
         raise ValueError(f"window must be expanding or sliding, not {window!r}")
     if window == "sliding" and not train_days:
         raise ValueError("a sliding window needs train_days")
-    first, last = float(np.min(ts)), float(np.max(ts))
+    first, last = float(np.min(ts)), end_of_day(float(np.max(ts)), align)
     folds = []
     for i in range(n_folds):
         test_end = last - (n_folds - 1 - i) * test_days * DAY
@@ -72,3 +74,10 @@ def rolling_folds(
             )
         folds.append(Fold(i, max(train_start, first), train_end, test_start, test_end))
     return folds
+
+
+def configured_folds(ts: np.ndarray, cfg) -> list[Fold]:
+    """The folds the ``backtest`` and ``data`` config groups of ``cfg`` describe."""
+    bt = cfg.backtest
+    align = bool(cfg.data.get("align_days", False))
+    return rolling_folds(ts, bt.n_folds, bt.test_days, bt.window, bt.get("train_days"), bt.gap_days, align)

@@ -18,7 +18,70 @@ def _f(value: float) -> str:
 
 def _ci(model: dict, metric: str) -> str:
     ci = model.get("ci95", {}).get(metric)
-    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+    return f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else ""
+
+
+def _signed(value: float) -> str:
+    # a difference of two equal figures can come out as -1e-16 (a mean over seeds): not "-0.000"
+    return "n/a" if np.isnan(value) else f"{0.0 if abs(value) < 1e-12 else value:+.3f}"
+
+
+def _signed_ci(ci: list[float] | None) -> str:
+    if not ci:
+        return "n/a"
+    return "n/a" if any(np.isnan(v) for v in ci) else f"[{_signed(ci[0])}, {_signed(ci[1])}]"
+
+
+# the metrics compared against the baselines, as the report names them
+LABELS = {
+    "accuracy": "accuracy",
+    "macro_f1": "macro-F1",
+    "macro_f1_account_mean": "macro-F1 (account mean)",
+    "top3_accuracy": "top-3",
+    "coverage_at_90_precision": "coverage @90% precision",
+    "coverage_at_95_precision": "coverage @95% precision",
+    "precision_at_95_target": "precision @95% target",
+    "ece": "ECE (answered)",
+}
+# the per-seed table's rows
+SEED_METRICS = (
+    "accuracy",
+    "macro_f1",
+    "macro_f1_account_mean",
+    "top3_accuracy",
+    "ece",
+    "coverage_at_90_precision",
+    "coverage_at_95_precision",
+    "precision_at_95_target",
+)
+
+
+def _interval_words(result: dict) -> str:
+    """How the intervals were made, in words, from metrics.json's record of it."""
+    iv = result.get("intervals")
+    if not iv:
+        return "No bootstrap intervals (backtest.bootstrap=0)."
+    return (
+        f"{iv['level']:.0%} intervals in brackets: {iv['description']} (a resample draws the "
+        f"{iv['merchants']:,} merchants with replacement, each with all of its test tickets of every fold; "
+        "the same draws for every model and seed)."
+    )
+
+
+def _seed_words(result: dict) -> list[str]:
+    """What the shared model's figures are when it was fit once per seed."""
+    seeds = result.get("seeds") or []
+    seeded = [n for n in result.get("seeded_models", []) if n in result["models"]]
+    if len(seeds) < 2 or not seeded:
+        return []
+    listed = ", ".join(str(s) for s in seeds)
+    return [
+        "",
+        f"{', '.join(seeded)}: fit once per seed ({listed}) in every fold; the figures are the mean over "
+        "seeds and the interval is that of the mean (each resample scores every seed on the same "
+        f"merchants). Each seed's figures: the next section. Slices, the per-merchant table, the plots and "
+        f"the cold-start section use seed {seeds[0]}'s outcomes.",
+    ]
 
 
 def write_report(
@@ -35,42 +98,33 @@ def write_report(
         "",
         "## Overall (all test tickets of all folds)",
         "",
-        "95% bootstrap intervals in brackets. Coverage: share of tickets auto-tagged at a confidence "
-        "threshold chosen on the training window's validation slice for that precision; the precision "
-        "actually reached on the test tickets is beside it.",
+        _interval_words(result),
+        *_seed_words(result),
         "",
-        "| model | accuracy | macro-F1 | macro-F1 (account mean) | weighted F1 | top-3 | parent acc. | "
-        "ECE | coverage @90% (prec.) | coverage @95% (prec.) |",
-        "|---|---|---|---:|---:|---|---:|---:|---:|---:|",
+        "Chance: accuracy and top-3 of guessing uniformly among the ticket's merchant's labels in the "
+        "model (0 for a merchant it never saw). ECE over answered tickets (an abstention has no "
+        "confidence). Coverage: share of tickets auto-tagged at a confidence threshold chosen on the "
+        "training window's validation slice for that precision; the precision actually reached on the "
+        "test tickets is beside it.",
+        "",
+        "| model | accuracy | chance acc. | macro-F1 | macro-F1 (account mean) | weighted F1 | top-3 | "
+        "chance top-3 | parent acc. | ECE | coverage @90% (prec.) | coverage @95% (prec.) |",
+        "|---|---|---:|---|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for name, m in models.items():
         o = m["overall"]
         lines.append(
-            f"| {name} | {_f(o['accuracy'])}{_ci(m, 'accuracy')} | {_f(o['macro_f1'])}{_ci(m, 'macro_f1')} | "
-            f"{_f(o['macro_f1_account_mean'])} | {_f(o['weighted_f1'])} | "
-            f"{_f(o['top3_accuracy'])}{_ci(m, 'top3_accuracy')} | {_f(o['parent_accuracy'])} | "
-            f"{_f(o['ece'])} | "
+            f"| {name} | {_f(o['accuracy'])}{_ci(m, 'accuracy')} | {_f(o.get('accuracy_chance'))} | "
+            f"{_f(o['macro_f1'])}{_ci(m, 'macro_f1')} | "
+            f"{_f(o['macro_f1_account_mean'])}{_ci(m, 'macro_f1_account_mean')} | {_f(o['weighted_f1'])} | "
+            f"{_f(o['top3_accuracy'])}{_ci(m, 'top3_accuracy')} | {_f(o.get('top3_chance'))} | "
+            f"{_f(o['parent_accuracy'])} | {_f(o['ece'])} | "
             f"{_f(o.get('coverage_at_90_precision'))} ({_f(o.get('precision_at_90_target'))}) | "
-            f"{_f(o.get('coverage_at_95_precision'))} ({_f(o.get('precision_at_95_target'))}) |"
+            f"{_f(o.get('coverage_at_95_precision'))}{_ci(m, 'coverage_at_95_precision')} "
+            f"({_f(o.get('precision_at_95_target'))}) |"
         )
-    comparison = result.get("paired_bootstrap")
-    if comparison:
-        lines += [
-            "",
-            "## Shared model against each baseline, paired bootstrap "
-            f"(best baseline by macro-F1: {comparison['baseline']})",
-            "",
-            "| baseline | metric | shared minus baseline | 95% interval | excludes zero |",
-            "|---|---|---:|---|---|",
-        ]
-        for baseline, paired in comparison.get("against", {comparison["baseline"]: comparison}).items():
-            for metric in ("accuracy", "macro_f1", "top3_accuracy"):
-                c = paired[metric]
-                ci = c.get("ci95")
-                lines.append(
-                    f"| {baseline} | {metric} | {c['difference']:+.3f} | "
-                    f"{f'[{ci[0]:+.3f}, {ci[1]:+.3f}]' if ci else 'n/a'} | {c.get('excludes_zero', 'n/a')} |"
-                )
+    lines += _seeds_section(result)
+    lines += _comparison_section(result)
     lines += _cold_start_section(result.get("cold_start") or {})
     lines += [
         "",
@@ -203,51 +257,148 @@ def _cold_start_section(cold: dict) -> list[str]:
     return lines
 
 
+def _seeds_section(result: dict) -> list[str]:
+    """Each seed's figures of every model fit once per seed, their mean and spread."""
+    lines: list[str] = []
+    for name, m in result["models"].items():
+        per_seed = m.get("seeds") or {}
+        if len(per_seed) < 2:
+            continue
+        if not lines:
+            lines += ["", "## Seeds", ""]
+        seeds = list(per_seed)
+        lines += [
+            f"{name}: each seed's figure, their mean (the figure reported above), sd (n - 1) and range.",
+            "",
+            "| metric | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | sd | min - max |",
+            "|---|" + "---:|" * (len(seeds) + 3),
+        ]
+        for metric in (k for k in SEED_METRICS if k in m["overall"]):
+            spread = m["seed_spread"][metric]
+            lines.append(
+                f"| {LABELS.get(metric, metric)} | "
+                + " | ".join(_f(per_seed[s][metric]) for s in seeds)
+                + f" | {_f(m['overall'][metric])} | {_f(spread['sd'])} | "
+                f"{_f(spread['min'])} - {_f(spread['max'])} |"
+            )
+        lines.append("")
+    return lines
+
+
+def _comparison_section(result: dict) -> list[str]:
+    """Shared minus the strongest baseline on each metric, then minus every baseline."""
+    comparison = result.get("paired_bootstrap")
+    if not comparison:
+        return []
+    iv = result.get("intervals")
+    how = (
+        f"paired intervals: {iv['description']}, the same merchant draws for both models"
+        if iv
+        else "no intervals (backtest.bootstrap=0)"
+    )
+    lines = [
+        "",
+        "## Shared model against the strongest baseline on each metric",
+        "",
+        "Shared minus baseline. The strongest baseline on a metric is the one with the best point estimate "
+        f"on it; {how}.",
+        "",
+        "| metric | strongest baseline | baseline | shared | shared minus baseline | 95% interval "
+        "| excludes zero |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    for metric, c in comparison["strongest"].items():
+        lines.append(
+            f"| {LABELS.get(metric, metric)} | {c['baseline']} | {_f(c['baseline_value'])} | "
+            f"{_f(c['shared_value'])} | {_signed(c['difference'])} | {_signed_ci(c.get('ci95'))} | "
+            f"{c.get('excludes_zero', 'n/a')} |"
+        )
+    lines += [
+        "",
+        "### Against every baseline",
+        "",
+        "| baseline | metric | shared minus baseline | 95% interval | excludes zero |",
+        "|---|---|---:|---|---|",
+    ]
+    for baseline, paired in comparison["against"].items():
+        for metric, c in paired.items():
+            lines.append(
+                f"| {baseline} | {LABELS.get(metric, metric)} | {_signed(c['difference'])} | "
+                f"{_signed_ci(c.get('ci95'))} | {c.get('excludes_zero', 'n/a')} |"
+            )
+    return lines
+
+
 def _conclusions(result: dict) -> list[str]:
+    """The report's conclusions, each computed from the figures in metrics.json."""
     models = result["models"]
+    if "shared" not in models:
+        return ["- (no shared model in this run)"]
+    shared = models["shared"]
+    o = shared["overall"]
     out = []
     comparison = result.get("paired_bootstrap")
-    if comparison and "shared" in models:
-        b = comparison["baseline"]
-        for metric, label in (("macro_f1", "macro-F1"), ("accuracy", "accuracy"), ("top3_accuracy", "top-3")):
-            c = comparison[metric]
-            if abs(c["difference"]) < 0.0005:
-                out.append(f"- The shared model and {b} are level in {label}.")
-                continue
-            verdict = "better" if c["difference"] > 0 else "worse"
-            sure = (
-                " (the interval excludes zero)"
-                if c.get("excludes_zero")
-                else " (the interval includes zero: no clear difference)"
-            )
+    for metric, c in (comparison or {}).get("strongest", {}).items():
+        label, b = LABELS.get(metric, metric), c["baseline"]
+        figures = f"{_f(c['shared_value'])} against {_f(c['baseline_value'])}"
+        interval = f"the merchant-clustered interval {_signed_ci(c.get('ci95'))}"
+        if abs(c["difference"]) < 0.0005:
             out.append(
-                f"- The shared model is {abs(c['difference']):.3f} {verdict} than {b} in {label}{sure}."
+                f"- {label}: the shared model and the strongest baseline there, {b}, are level ({figures})."
             )
-        shared = models["shared"]
-        for other in comparison.get("against", {b: None}):
-            for column, values in shared["slices"].items():
-                for value, s in values.items():
-                    if value == "False":  # the complement of a yes/no slice says nothing new
-                        continue
-                    base = models[other]["slices"][column].get(value, {})
-                    if (
-                        s.get("n", 0) >= 30
-                        and base.get("accuracy") is not None
-                        and (s["accuracy"] < base["accuracy"] - 0.01)
-                    ):
-                        out.append(
-                            f"- Where the shared model loses: {column} = {value} "
-                            f"(accuracy {s['accuracy']:.3f} vs {base['accuracy']:.3f} for {other}, "
-                            f"n={s['n']:,})."
-                        )
-        cov = shared["overall"].get("coverage_at_95_precision")
-        if cov is not None:
-            out.append(
-                f"- At the 95% precision target the shared model would auto-tag {cov:.1%} of tickets, "
-                f"reaching {shared['overall'].get('precision_at_95_target', float('nan')):.1%} precision "
-                "on the test windows."
-            )
-    return out or ["- (no shared model in this run)"]
+            continue
+        verdict = "better" if c["difference"] > 0 else "worse"
+        if "ci95" not in c:
+            sure = " (no interval)"
+        elif c["excludes_zero"]:
+            sure = f"; {interval} excludes zero"
+        else:
+            sure = f"; {interval} includes zero: no clear difference"
+        out.append(
+            f"- {label}: the shared model is {abs(c['difference']):.3f} {verdict} than the strongest "
+            f"baseline there, {b} ({figures}){sure}."
+        )
+    if "top3_chance" in o:
+        out.append(
+            f"- Against chance (guessing among the merchant's labels): accuracy {_f(o['accuracy'])} vs "
+            f"{_f(o['accuracy_chance'])}, top-3 {_f(o['top3_accuracy'])} vs {_f(o['top3_chance'])}."
+        )
+    spread = shared.get("seed_spread") or {}
+    seeds = result.get("seeds") or []
+    if len(shared.get("seeds") or {}) > 1:
+        parts = [
+            f"{LABELS[k]} {_f(spread[k]['min'])} - {_f(spread[k]['max'])} (sd {_f(spread[k]['sd'])})"
+            for k in ("accuracy", "macro_f1")
+        ]
+        listed = ", ".join(map(str, seeds))
+        out.append(f"- Across seeds {listed} the shared model's " + ", ".join(parts) + ".")
+    which = f"the shared model (seed {seeds[0]})" if len(seeds) > 1 else "the shared model"
+    for other in (comparison or {}).get("against", {}):
+        for column, values in shared["slices"].items():
+            for value, s in values.items():
+                if value == "False":  # the complement of a yes/no slice says nothing new
+                    continue
+                base = models[other]["slices"][column].get(value, {})
+                if (
+                    s.get("n", 0) >= 30
+                    and base.get("accuracy") is not None
+                    and (s["accuracy"] < base["accuracy"] - 0.01)
+                ):
+                    out.append(
+                        f"- Where {which} loses: {column} = {value} "
+                        f"(accuracy {s['accuracy']:.3f} vs {base['accuracy']:.3f} for {other}, "
+                        f"n={s['n']:,})."
+                    )
+    cov = o.get("coverage_at_95_precision")
+    if cov is not None:
+        reached = o.get("precision_at_95_target", float("nan"))
+        undefined = "undefined (nothing auto-tagged, in at least one seed)"
+        reached = f"{reached:.1%}" if np.isfinite(reached) else undefined
+        out.append(
+            f"- At the 95% precision target the shared model would auto-tag {cov:.1%} of tickets, "
+            f"reaching {reached} precision on the test windows."
+        )
+    return out
 
 
 def _plots(result: dict, pooled: dict[str, pd.DataFrame], per_merchant: pd.DataFrame, out: Path) -> None:
@@ -278,7 +429,10 @@ def _plots(result: dict, pooled: dict[str, pd.DataFrame], per_merchant: pd.DataF
         which = np.clip(np.digitize(frame["confidence"], bins) - 1, 0, 9)
         conf = [frame["confidence"][which == b].mean() for b in range(10)]
         acc = [frame["correct"][which == b].mean() for b in range(10)]
-        ece = result["models"][name]["overall"]["ece"]
+        model = result["models"][name]
+        # the curve is the first seed's outcomes: its ECE, not the mean over seeds
+        first = next(iter((model.get("seeds") or {"": model["overall"]}).values()))
+        ece = first["ece"]
         ax.plot(conf, acc, marker="o", label=f"{name} (ECE {ece:.3f})")
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
     ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability diagram")
@@ -290,7 +444,8 @@ def _plots(result: dict, pooled: dict[str, pd.DataFrame], per_merchant: pd.DataF
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for metric, ax in zip(("accuracy", "macro_f1"), axes, strict=True):
         for name, m in result["models"].items():
-            ax.plot([f["fold"] for f in m["folds"]], [f[metric] for f in m["folds"]], marker="o", label=name)
+            per_fold = pd.DataFrame(m["folds"]).groupby("fold")[metric].mean()  # mean over seeds
+            ax.plot(per_fold.index, per_fold.to_numpy(), marker="o", label=name)
         ax.set(xlabel="fold", ylabel=metric, title=f"{metric} per fold")
         ax.set_xticks([f["fold"] for f in result["folds"]])
     axes[0].legend(fontsize=8)
@@ -320,7 +475,7 @@ def _plots(result: dict, pooled: dict[str, pd.DataFrame], per_merchant: pd.DataF
 
     comparison = result.get("paired_bootstrap")
     if comparison:
-        b = comparison["baseline"]
+        b = comparison["strongest"]["macro_f1"]["baseline"]
         wide = per_merchant.pivot(index="account_id", columns="model", values="macro_f1")
         sizes = per_merchant[per_merchant["model"] == "shared"].set_index("account_id")["n"]
         fig, ax = plt.subplots(figsize=(5.5, 5))

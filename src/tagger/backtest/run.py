@@ -18,19 +18,21 @@ from tqdm.auto import tqdm
 
 from tagger.ablations import VARIANTS
 from tagger.backtest.cold_start import (
+    Taxonomy,
     account_label_counts,
     learning_curve,
     name_seen_elsewhere,
-    with_declared_labels,
     zero_shot_summary,
 )
-from tagger.backtest.folds import rolling_folds
+from tagger.backtest.folds import configured_folds
 from tagger.backtest.report import write_report
-from tagger.backtest.scoring import BOOTSTRAP_METRICS, Thresholds, bootstrap, interval
+from tagger.backtest.scoring import Intervals, MerchantBootstrap, Thresholds, interval_metrics
 from tagger.data.dataset import load_dataset
+from tagger.data.splits import time_split
 from tagger.metrics import outcomes, summary
+from tagger.model.cold_start import with_labels
 from tagger.paths import resolve, shown
-from tagger.training import load_model_config, make_estimator, time_split
+from tagger.training import load_model_config, make_estimator
 
 SLICES = ("no_embeddings", "new_label", "new_account", "merchant_size", "label_frequency")
 
@@ -61,19 +63,29 @@ def run_backtest(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     tickets = load_dataset(cfg.data)
     ts = tickets.meta["unix_timestamp"].to_numpy()
-    folds = rolling_folds(ts, bt.n_folds, bt.test_days, bt.window, bt.get("train_days"), bt.gap_days)
+    align = bool(cfg.data.get("align_days", False))
+    folds = configured_folds(ts, cfg)
     configs = model_configs(cfg)
     targets = list(bt.precision_targets)
     output_dir = resolve(cfg.output_dir)
     frames: dict[str, list[pd.DataFrame]] = {name: [] for name in configs}
+    # the shared model (and its ablations) is fit once per seed; frames holds the first seed's
+    # outcomes, more_seeds the others' (headline metrics only), baselines are deterministic
+    seeds = [int(s) for s in (bt.get("seeds") or [cfg.seed])]
+    seeded = [name for name in configs if _seeded(name)]
+    more_seeds: dict[str, dict[int, list[pd.DataFrame]]] = {n: {s: [] for s in seeds[1:]} for n in seeded}
     fold_rows, fold_info = [], []
     cold = bt.get("cold_start") or {}
     named_frames: list[pd.DataFrame] = []
-    progress = tqdm(total=len(folds) * len(configs), desc="backtest", unit="fit")
+    taxonomy = Taxonomy(resolve(cfg.data.path), tickets.meta)
+    fits = len(configs) + len(seeded) * (len(seeds) - 1)
+    progress = tqdm(total=len(folds) * fits, desc="backtest", unit="fit")
     for fold in folds:
         train_mask, test_mask = fold.masks(ts, last=fold.index == len(folds) - 1)
         window, test = tickets.subset(train_mask), tickets.subset(test_mask)
-        inner_train, inner_val, split = time_split(window, cfg.data.val_days)
+        # validation: the val_days before the training window's end (a midnight when aligned)
+        end = fold.train_end if align else None
+        inner_train, inner_val, split = time_split(window, cfg.data.val_days, align, end)
         fold_info.append(
             {
                 **fold.describe(),
@@ -84,38 +96,31 @@ def run_backtest(cfg: DictConfig) -> dict:
         )
         for name, model_cfg in configs.items():
             progress.set_postfix_str(f"fold {fold.index} {name}")
-            estimator = make_estimator(model_cfg, cfg, log_dir=output_dir / "logs" / f"fold{fold.index}")
-            t0 = time.perf_counter()
-            estimator.fit(inner_train, inner_val)
-            if not getattr(estimator, "fit_info", {}).get("is_global_zero", True):
+            seed = seeds[0] if name in seeded else None
+            fit = _fit(cfg, name, model_cfg, seed, fold.index, inner_train, inner_val, test)
+            if fit is None:
                 return {}
-            fit_seconds = time.perf_counter() - t0
-            predictor, parity = _runtime(
-                estimator, bt.runtime, inner_val, output_dir / "onnx" / f"fold{fold.index}"
-            )
-            thresholds = Thresholds(
-                outcomes(predictor.predict(inner_val), inner_val, inner_train.meta),
-                targets,
-                bt.min_account_val,
-            )
-            test_out = _fold_outcomes(predictor, test, inner_train, fold.index, thresholds)
+            estimator, thresholds, test_out, row = fit
             frames[name].append(test_out)
             if name == "shared" and cold.get("declare_names"):
-                named = with_declared_labels(estimator, test)  # PyTorch: label updates need the model
+                # the merchants' whole declared taxonomies at the test window's end, from their names
+                named = with_labels(estimator, taxonomy.at(fold.test_end))  # PyTorch: updates need it
                 named_out = _fold_outcomes(named, test, inner_train, fold.index, thresholds)
                 named_out["n_account_labels"] = account_label_counts(named_out, named.table)
                 named_out["name_seen_elsewhere"] = name_seen_elsewhere(named_out, inner_train.meta)
+                named_out["intent_unseen"] = taxonomy.intent_unseen(named_out, inner_train.meta)
                 named_frames.append(named_out)
-            fold_rows.append(
-                {
-                    "model": name,
-                    "fold": fold.index,
-                    "fit_seconds": fit_seconds,
-                    **parity,
-                    **summary(test_out, _row_thresholds(test_out, targets)),
-                }
-            )
+            fold_rows.append(row)
             progress.update()
+        for name in seeded:
+            for seed in seeds[1:]:
+                progress.set_postfix_str(f"fold {fold.index} {name} seed {seed}")
+                fit = _fit(cfg, name, configs[name], seed, fold.index, inner_train, inner_val, test)
+                if fit is None:
+                    return {}
+                more_seeds[name][seed].append(fit[2])
+                fold_rows.append(fit[3])
+                progress.update()
     progress.close()
     pooled = {name: pd.concat(parts, ignore_index=True) for name, parts in frames.items()}
     cold_start = {}
@@ -130,18 +135,32 @@ def run_backtest(cfg: DictConfig) -> dict:
         curve = learning_curve(cfg, window, test, configs, output_dir / "logs" / "learning_curve")
         cold_start["learning_curve"] = curve.to_dict(orient="records")
 
-    samples = bootstrap(pooled, bt.bootstrap, cfg.seed) if bt.bootstrap else {}
+    # headline metrics: every seed's outcomes; everything else (slices, per merchant, plots, cold
+    # start) reads pooled, the first seed's
+    runs = {
+        name: {
+            seeds[0] if name in seeded else None: frame,
+            **{s: pd.concat(parts, ignore_index=True) for s, parts in more_seeds.get(name, {}).items()},
+        }
+        for name, frame in pooled.items()
+    }
+    baselines = [n for n in pooled if n not in seeded]
+    pairs = [("shared", b) for b in baselines] if "shared" in pooled else []
+    intervals = None
+    if bt.bootstrap:
+        boot = MerchantBootstrap({name: list(r.values()) for name, r in runs.items()}, targets)
+        intervals = boot.intervals(bt.bootstrap, cfg.seed, bt.get("ci_method", "percentile"), pairs=pairs)
     models = {}
     for name, frame in pooled.items():
-        overall = summary(frame, _row_thresholds(frame, targets))
-        ci = (
-            {m: interval(samples[name][:, i], overall[m]) for i, m in enumerate(BOOTSTRAP_METRICS)}
-            if samples
-            else {}
-        )
+        per_seed = {s: summary(f, _row_thresholds(f, targets)) for s, f in runs[name].items()}
         models[name] = {
-            "overall": overall,
-            "ci95": ci,
+            "overall": _mean_over_seeds(list(per_seed.values())),
+            "ci95": intervals.ci[name] if intervals else {},
+            **(
+                {"seeds": {str(s): v for s, v in per_seed.items()}, "seed_spread": _spread(per_seed)}
+                if name in seeded
+                else {}
+            ),
             "folds": [r for r in fold_rows if r["model"] == name],
             "slices": {
                 column: {
@@ -151,15 +170,13 @@ def run_backtest(cfg: DictConfig) -> dict:
                 for column in SLICES
             },
         }
-    baselines = [n for n in pooled if n != "shared" and not n.startswith("shared[")]
-    comparison = None
-    if "shared" in pooled and baselines:
-        best = max(baselines, key=lambda n: models[n]["overall"]["macro_f1"])
-        against = {b: _paired(models, samples, b) for b in baselines}
-        comparison = {"baseline": best, **against[best], "against": against}
+    comparison = _comparison(models, intervals, baselines, targets) if pairs and baselines else None
     per_merchant = _per_merchant(pooled, targets)
     result = {
         "models": models,
+        "seeds": seeds,
+        "seeded_models": seeded,
+        "intervals": _describe(intervals),
         "paired_bootstrap": comparison,
         "cold_start": cold_start,
         "folds": fold_info,
@@ -173,12 +190,15 @@ def run_backtest(cfg: DictConfig) -> dict:
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
-    pd.DataFrame(fold_rows).to_csv(output_dir / "folds.csv", index=False)
+    pd.DataFrame(fold_rows).astype({"seed": "Int64"}).to_csv(output_dir / "folds.csv", index=False)
     per_merchant.to_csv(output_dir / "per_merchant.csv", index=False)
     named_part = [named_all.assign(model="shared+names")] if named_frames else []
-    pd.concat([*(f.assign(model=n) for n, f in pooled.items()), *named_part]).to_parquet(
-        output_dir / "outcomes.parquet", index=False
-    )
+    every_run = [
+        f.assign(model=n, seed=pd.Series(s, index=f.index, dtype="Int64"))  # a baseline's seed is null
+        for n, r in runs.items()
+        for s, f in r.items()
+    ]
+    pd.concat([*every_run, *named_part]).to_parquet(output_dir / "outcomes.parquet", index=False)
     if len(curve):
         curve.to_csv(output_dir / "learning_curve.csv", index=False)
     write_report(result, pooled, per_merchant, output_dir)
@@ -204,26 +224,123 @@ def _runtime(estimator, runtime: str, val, export_dir: Path):
     return OnnxPredictor(export_dir), {f"onnx_parity_{k}": v for k, v in serving["parity"].items()}
 
 
+def _seeded(name: str) -> bool:
+    """Whether ``name`` is the shared model or one of its ablations (fit once per seed)."""
+    return name == "shared" or name.startswith("shared[")
+
+
+def _fit(
+    cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, fold: int, train, val, test
+) -> tuple[object, Thresholds, pd.DataFrame, dict] | None:
+    """Fit one model on a fold's training window and score its test window: ``(estimator,
+    thresholds, test outcomes, folds.csv row)``, or None on a non-zero distributed rank.
+    ``seed`` overrides ``cfg.seed`` for this fit (None: a deterministic baseline, cfg as it is)."""
+    bt = cfg.backtest
+    output_dir = resolve(cfg.output_dir)
+    where = f"fold{fold}" if seed is None else f"fold{fold}-seed{seed}"
+    fit_cfg = cfg if seed is None else OmegaConf.merge(cfg, {"seed": seed})
+    estimator = make_estimator(model_cfg, fit_cfg, log_dir=output_dir / "logs" / where)
+    t0 = time.perf_counter()
+    estimator.fit(train, val)
+    if not getattr(estimator, "fit_info", {}).get("is_global_zero", True):
+        return None
+    fit_seconds = time.perf_counter() - t0
+    predictor, parity = _runtime(estimator, bt.runtime, val, output_dir / "onnx" / where)
+    targets = list(bt.precision_targets)
+    thresholds = Thresholds(outcomes(predictor.predict(val), val, train.meta), targets, bt.min_account_val)
+    test_out = _fold_outcomes(predictor, test, train, fold, thresholds)
+    row = {
+        "model": name,
+        "fold": fold,
+        "seed": seed,
+        "fit_seconds": fit_seconds,
+        **parity,
+        **summary(test_out, _row_thresholds(test_out, targets)),
+    }
+    return estimator, thresholds, test_out, row
+
+
 def _fold_outcomes(predictor, test, train, fold: int, thresholds: Thresholds) -> pd.DataFrame:
     """Every test ticket's outcome in a fold, with each row's confidence threshold per precision target."""
-    out = outcomes(predictor.predict(test), test, train.meta)
+    # chance levels count the labels the predictor chooses among (a label table with declared
+    # labels has more than training shows); an ONNX predictor has the training labels
+    table = getattr(predictor, "table", None)
+    n_labels = None if table is None else {a: e - s for a, (s, e) in table.account_slices.items()}
+    out = outcomes(predictor.predict(test), test, train.meta, n_labels)
     out.insert(0, "fold", fold)
     for target, values in thresholds.of(out).items():
         out[f"threshold_{round(target * 100)}"] = values
     return out
 
 
-def _paired(models: dict, samples: dict, baseline: str) -> dict:
-    """The shared model minus ``baseline`` on each bootstrap metric, with its paired 95% interval."""
+def _mean_over_seeds(summaries: list[dict]) -> dict:
+    """One summary from each seed's: the mean of every metric (a count all seeds share stays as it is)."""
     out = {}
-    for i, metric in enumerate(BOOTSTRAP_METRICS):
-        diff = models["shared"]["overall"][metric] - models[baseline]["overall"][metric]
-        entry = {"difference": diff}
-        if samples:
-            lo, hi = interval(samples["shared"][:, i] - samples[baseline][:, i], diff)
-            entry.update({"ci95": [lo, hi], "excludes_zero": bool(lo > 0 or hi < 0)})
-        out[metric] = entry
+    for key, first in summaries[0].items():
+        values = [s[key] for s in summaries]
+        same_count = isinstance(first, int) and all(v == first for v in values)
+        out[key] = first if same_count else float(np.mean(values))
     return out
+
+
+def _spread(per_seed: dict[int, dict]) -> dict[str, dict[str, float]]:
+    """Per metric, the spread over seeds: ``sd`` (n - 1; nan for one seed), ``min`` and ``max``."""
+    first = next(iter(per_seed.values()))
+    out = {}
+    for key in (k for k, v in first.items() if isinstance(v, float)):
+        values = np.array([s[key] for s in per_seed.values()], float)
+        out[key] = {
+            "sd": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),
+            "min": float(values.min()),
+            "max": float(values.max()),
+        }
+    return out
+
+
+def _comparison(
+    models: dict, intervals: Intervals | None, baselines: list[str], targets: list[float]
+) -> dict:
+    """The shared model minus each baseline, and minus the strongest baseline on each metric (the
+    best point estimate there), with the paired merchant-clustered intervals."""
+    # precision at a target says whether the threshold held, not which model is better: not compared
+    metrics = [m for m in interval_metrics(targets) if not m.startswith("precision_at")]
+    shared = models["shared"]["overall"]
+    against: dict[str, dict[str, dict]] = {}
+    for b in baselines:
+        against[b] = {}
+        for m in metrics:
+            entry = {"difference": shared[m] - models[b]["overall"][m]}
+            if intervals:
+                paired = intervals.differences[("shared", b)][m]
+                entry.update({"ci95": paired["ci95"], "excludes_zero": paired["excludes_zero"]})
+            against[b][m] = entry
+    strongest = {}
+    for m in metrics:
+        best = max(baselines, key=lambda b: np.nan_to_num(models[b]["overall"][m], nan=-np.inf))
+        strongest[m] = {
+            "baseline": best,
+            "baseline_value": models[best]["overall"][m],
+            "shared_value": shared[m],
+            **against[best][m],
+        }
+    return {"strongest": strongest, "against": against}
+
+
+def _describe(intervals: Intervals | None) -> dict | None:
+    """metrics.json's account of how the intervals were made."""
+    if intervals is None:
+        return None
+    return {
+        "description": intervals.describe(),
+        "unit": "merchant",
+        "method": intervals.method,
+        "resamples": intervals.resamples,
+        "merchants": intervals.merchants,
+        "level": intervals.level,
+        "paired": "the same merchant draws for every model and seed",
+        "seeds": "a model with several seeds: the mean over seeds of its metric on each draw",
+        "undefined_resamples": intervals.undefined,
+    }
 
 
 def _row_thresholds(frame: pd.DataFrame, targets: list[float]) -> dict[float, np.ndarray]:

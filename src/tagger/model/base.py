@@ -67,6 +67,9 @@ class Estimator(ABC):
 
     name: str = "estimator"
     table: LabelTable
+    # constructor parameters that only predict reads: a copy with another value needs no refit
+    # (hyperparameter search fits once for all of them, see tagger.model.selection)
+    predict_only: tuple[str, ...] = ()
 
     @abstractmethod
     def fit(self, train: Tickets, val: Tickets | None = None) -> Estimator:

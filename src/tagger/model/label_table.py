@@ -8,6 +8,7 @@ the number of other merchants: nothing here is ``[accounts, labels]``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,10 +43,21 @@ class LabelTable:
     def from_meta(cls, meta: pd.DataFrame) -> LabelTable:
         """Every (account, label) pair of ``meta`` with its ticket count, sorted by account then label."""
         counts = meta.groupby(["account_id", "label"], observed=True).size().rename("n_train").reset_index()
-        counts["account_id"] = counts["account_id"].astype(str)
-        counts["label"] = counts["label"].astype(str)
-        counts["text"] = counts["label"].map(label_text)
-        return cls(counts.sort_values(["account_id", "label"]).reset_index(drop=True))
+        return cls.from_pairs(counts["account_id"], counts["label"], counts["n_train"])
+
+    @classmethod
+    def from_pairs(
+        cls, accounts: Iterable[str], labels: Iterable[str], n_train: Iterable[int] | None = None
+    ) -> LabelTable:
+        """A table of (account, label) pairs (``n_train`` 0 where not given), sorted by account then
+        label as :meth:`from_meta` sorts; a pair given twice is one row with the counts summed."""
+        frame = pd.DataFrame({"account_id": list(accounts), "label": list(labels)})
+        frame["n_train"] = 0 if n_train is None else np.asarray(list(n_train), np.int64)
+        frame["account_id"] = frame["account_id"].astype(str)
+        frame["label"] = frame["label"].astype(str)
+        frame = frame.groupby(["account_id", "label"], sort=True)["n_train"].sum().reset_index()
+        frame["text"] = frame["label"].map(label_text)
+        return cls(frame[["account_id", "label", "n_train", "text"]])
 
     def __len__(self) -> int:
         return len(self.frame)

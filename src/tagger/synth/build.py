@@ -28,14 +28,14 @@ from tagger.paths import PROJECT_ROOT
 from tagger.synth import boilerplate as bp
 from tagger.synth.catalogue import Intent, intents
 from tagger.synth.config import BuildConfig
-from tagger.synth.merchants import Label, Merchant, make_merchants
+from tagger.synth.merchants import Label, Merchant, late_intents, make_merchants
 
 SOURCES_DIR = PROJECT_ROOT / "data" / "sources"
 DAY = 86_400.0
 
 
 def load_corpus(sources_dir: str | os.PathLike = SOURCES_DIR) -> dict[str, list[str]]:
-    """Utterances of every intent of the public corpora, de-duplicated, in file order."""
+    """Utterances of every intent of the public corpora, each text under one intent only, in file order."""
     sources_dir = Path(sources_dir)
     frames = [
         pd.read_csv(sources_dir / "bitext" / "bitext.csv").rename(columns={"intent": "label"}),
@@ -46,7 +46,13 @@ def load_corpus(sources_dir: str | os.PathLike = SOURCES_DIR) -> dict[str, list[
     for frame in frames:
         for text, label in zip(frame["text"], frame["label"], strict=True):
             corpus.setdefault(str(label), []).append(" ".join(str(text).split()))
-    return {k: list(dict.fromkeys(v)) for k, v in corpus.items()}
+    # a text filed under two intents would be written in two intents' periods: keep its first intent
+    seen: set[str] = set()
+    out = {}
+    for intent, texts in corpus.items():
+        out[intent] = [t for t in dict.fromkeys(texts) if t not in seen]
+        seen.update(out[intent])
+    return out
 
 
 def sentence_hash(text: str) -> str:
@@ -56,20 +62,88 @@ def sentence_hash(text: str) -> str:
 
 
 class _Writer:
-    """Draws utterances without repeats per (merchant, intent) until an intent's pool runs out."""
+    """Writes intent sentences so that no sentence crosses a period boundary, and merchants share
+    as few as the corpus allows.
 
-    def __init__(self, corpus: dict[str, list[str]], rng: np.random.Generator):
-        self.corpus = corpus
+    Each intent's utterances are shuffled once and cut into one slice per period of
+    ``period_days`` (counted back from the last day, slice sizes following the ticket volume); a
+    ticket only ever draws from its own period's slice, so no sentence of one period appears in any
+    other, and a training window and a test window split at a period boundary share none.
+    :meth:`utterance` hands out a placeholder; :meth:`resolve` then shares each slice out among
+    the merchants that asked for it (every merchant its own sentences, as many as the slice allows
+    in proportion to its demand), and a merchant repeats its own sentences before any merchant
+    shares one: the corpora hold about a third as many sentences as the tickets need.
+    """
+
+    def __init__(self, corpus: dict[str, list[str]], rng: np.random.Generator, cfg: BuildConfig):
         self.rng = rng
-        self.order: dict[tuple[str, str], tuple[np.ndarray, int]] = {}
+        self.days, self.period_days = cfg.days, cfg.period_days
+        n_periods = int(np.ceil(cfg.days / cfg.period_days))
+        # period p covers days [days - (p + 1) * period_days, days - p * period_days)
+        ends = cfg.days - np.arange(n_periods) * cfg.period_days
+        lengths = np.minimum(cfg.period_days, ends)
+        volume = lengths * (1 + 0.3 * (ends - lengths / 2) / cfg.days)
+        share = volume / volume.sum()
+        self.slices: dict[str, list[list[str]]] = {}
+        for intent, texts in corpus.items():
+            order = [texts[i] for i in rng.permutation(len(texts))]
+            if len(order) < n_periods:
+                raise ValueError(f"intent {intent!r}: {len(order)} utterances for {n_periods} periods")
+            sizes = np.maximum(1, np.floor(share * len(order)).astype(int))
+            sizes[int(np.argmax(sizes))] += len(order) - sizes.sum()
+            cuts = np.r_[0, np.cumsum(sizes)]
+            self.slices[intent] = [order[cuts[p] : cuts[p + 1]] for p in range(n_periods)]
+        self.requests: list[tuple[str, int, str, int]] = []  # (intent, period, account, ticket) of each
+        self.ticket = 0  # the ticket being written
 
-    def utterance(self, account: str, intent: str) -> str:
-        key = (account, intent)
-        if key not in self.order:
-            self.order[key] = (self.rng.permutation(len(self.corpus[intent])), 0)
-        perm, i = self.order[key]
-        self.order[key] = (perm, i + 1)
-        return self.corpus[intent][perm[i % len(perm)]]
+    def period(self, day: float) -> int:
+        """The period of ``day`` (0: the last ``period_days`` days)."""
+        return max(int(np.ceil((self.days - day) / self.period_days)) - 1, 0)
+
+    def utterance(self, account: str, intent: str, day: float) -> str:
+        """A placeholder for one sentence of ``intent`` written by ``account`` on ``day``."""
+        self.requests.append((intent, self.period(day), account, self.ticket))
+        return f"\x00{len(self.requests) - 1}"
+
+    def resolve(self) -> dict[str, str]:
+        """``{placeholder: sentence}`` for every placeholder handed out."""
+        asked: dict[tuple[str, int], dict[str, list[int]]] = {}
+        for i, (intent, period, account, _) in enumerate(self.requests):
+            asked.setdefault((intent, period), {}).setdefault(account, []).append(i)
+        out: dict[str, str] = {}
+        for (intent, period), by_account in asked.items():
+            pool = self.slices[intent][period]
+            accounts = list(by_account)
+            demand = np.array([len(by_account[a]) for a in accounts])
+            quota = _quota(demand, len(pool))
+            cursor = 0
+            for account, n_own in zip(accounts, quota, strict=True):
+                tickets: dict[int, list[int]] = {}
+                for slot in by_account[account]:
+                    tickets.setdefault(self.requests[slot][3], []).append(slot)
+                # enough for the longest ticket: an email does not repeat a sentence
+                n_own = min(max(n_own, max(len(t) for t in tickets.values())), len(pool))
+                own = [pool[(cursor + j) % len(pool)] for j in range(n_own)]
+                cursor += n_own
+                # one ticket's slots take consecutive own sentences: distinct while they last
+                for k, slots in enumerate(tickets.values()):
+                    first = k if k < len(own) else int(self.rng.integers(len(own)))
+                    for j, slot in enumerate(slots):
+                        out[f"\x00{slot}"] = own[(first + j) % len(own)]
+        return out
+
+
+def _quota(demand: np.ndarray, pool: int) -> np.ndarray:
+    """Distinct sentences per merchant: its whole demand when the pool allows, else at least one
+    each and the rest in proportion to demand (merchants beyond the pool share)."""
+    if demand.sum() <= pool:
+        return demand
+    quota = np.ones_like(demand)
+    spare = pool - len(demand)
+    if spare > 0:
+        extra = np.floor((demand - 1) / max((demand - 1).sum(), 1) * spare).astype(int)
+        quota += np.minimum(extra, demand - 1)
+    return quota
 
 
 def _n_extra(rng: np.random.Generator, cap: int) -> int:
@@ -91,17 +165,20 @@ def _n_extra(rng: np.random.Generator, cap: int) -> int:
 def _email(
     merchant: Merchant,
     intent: str | None,
+    day: float,
     writer: _Writer,
     rng: np.random.Generator,
     cfg: BuildConfig,
     all_intents: list[str],
 ) -> list[str]:
-    """One email's sentences; ``intent`` None gives a boilerplate-only message."""
-    body = [writer.utterance(merchant.account_id, intent)] if intent else []
+    """One email's sentences on ``day``; ``intent`` None gives a boilerplate-only message;
+    ``all_intents``: the intents that exist on that day."""
+    body = [writer.utterance(merchant.account_id, intent, day)] if intent else []
     n_extra = _n_extra(rng, cfg.max_sentences) if intent else int(rng.integers(1, 4))
     head, tail = [], []
     thread = n_extra > 6  # a long email quotes earlier messages of the thread
-    own = [i for label in merchant.labels for i in label.intents] or all_intents
+    existing = set(all_intents)
+    own = [i for label in merchant.labels for i in label.intents if i in existing] or all_intents
     for _ in range(n_extra):
         r = rng.random()
         if r < (0.3 if thread else 0.8) or not intent:
@@ -123,9 +200,10 @@ def _email(
                 }[kind]
                 tail.append(str(rng.choice(pool)))
         elif r < (0.7 if thread else 0.92):
-            body.append(writer.utterance(merchant.account_id, str(rng.choice(own)) if thread else intent))
+            chosen = str(rng.choice(own)) if thread else intent
+            body.append(writer.utterance(merchant.account_id, chosen, day))
         else:
-            body.append(writer.utterance(merchant.account_id, str(rng.choice(all_intents))))
+            body.append(writer.utterance(merchant.account_id, str(rng.choice(all_intents)), day))
     return list(dict.fromkeys(head[:1] + body + tail))
 
 
@@ -141,24 +219,33 @@ def _days(merchant: Merchant, n: int, rng: np.random.Generator, cfg: BuildConfig
 
 
 def _ticket_rows(
-    merchants: list[Merchant], corpus: dict[str, list[str]], rng: np.random.Generator, cfg: BuildConfig
-) -> pd.DataFrame:
-    writer = _Writer(corpus, rng)
-    all_intents = sorted(corpus)
+    merchants: list[Merchant],
+    corpus: dict[str, list[str]],
+    late: dict[str, float],
+    rng: np.random.Generator,
+    cfg: BuildConfig,
+) -> tuple[pd.DataFrame, _Writer]:
+    writer = _Writer(corpus, rng, cfg)
+    every_intent = sorted(corpus)
     rows = []
     for merchant in tqdm(merchants, desc="simulate merchants", unit="merchant"):
         labels = merchant.labels
         weights = np.array([label.weight for label in labels])
         catch = merchant.main_catch_all
         for day in np.sort(_days(merchant, merchant.volume, rng, cfg)):
-            drawn: Label = labels[rng.choice(len(labels), p=weights / weights.sum())]
+            # a label of an intent that does not exist yet has no tickets at all
+            w = np.where([lab.new_intent and lab.start_day > day for lab in labels], 0.0, weights)
+            all_intents = [i for i in every_intent if late.get(i, 0.0) <= day]
+            drawn: Label = labels[rng.choice(len(labels), p=w / w.sum())]
+            writer.ticket = len(rows)
             tagged = catch if (drawn.start_day > day and catch is not None) else drawn
             if drawn.catch_all and not drawn.intents:
                 r = rng.random()
                 if r < 0.55:
-                    intent = str(rng.choice(merchant.uncovered or all_intents))
+                    uncovered = [i for i in merchant.uncovered if late.get(i, 0.0) <= day]
+                    intent = str(rng.choice(uncovered or all_intents))
                 elif r < 0.75:
-                    own = [i for label in labels for i in label.intents]
+                    own = [i for lab in labels for i in lab.intents if late.get(i, 0.0) <= day]
                     intent = str(rng.choice(own or all_intents))
                 else:
                     intent = None
@@ -181,7 +268,7 @@ def _ticket_rows(
                     "catch_all": tagged.catch_all,
                     "mistag": mistag,
                     "null_p": merchant.null_rate * (cfg.catch_all_null_boost if tagged.catch_all else 1.0),
-                    "sentences": _email(merchant, intent, writer, rng, cfg, all_intents),
+                    "sentences": _email(merchant, intent, day, writer, rng, cfg, all_intents),
                 }
             )
     frame = pd.DataFrame(rows)
@@ -190,14 +277,18 @@ def _ticket_rows(
     frame["null"] = rng.random(len(frame)) < p
     # one very long thread, as the longest real email (225 sentences)
     longest = int(rng.choice(np.flatnonzero(~frame["null"].to_numpy() & (frame["intent"] != "").to_numpy())))
-    quoted = [
-        writer.utterance(frame.at[longest, "account_id"], str(rng.choice(all_intents)))
-        for _ in range(3 * cfg.max_sentences)
+    day = frame.at[longest, "day"]
+    existing = [i for i in every_intent if late.get(i, 0.0) <= day]
+    writer.ticket = longest
+    quoted = [  # quotes of many correspondents, not the merchant's own few sentences
+        writer.utterance(f"{frame.at[longest, 'account_id']}#{k}", str(rng.choice(existing)), day)
+        for k in range(3 * cfg.max_sentences)
     ]
-    frame.at[longest, "sentences"] = list(dict.fromkeys(frame.at[longest, "sentences"] + quoted))[
-        : cfg.max_sentences
-    ]
-    return frame
+    frame.at[longest, "sentences"] = frame.at[longest, "sentences"] + quoted
+    written = writer.resolve()
+    frame["sentences"] = [list(dict.fromkeys(written.get(s, s) for s in ss)) for ss in frame["sentences"]]
+    frame.at[longest, "sentences"] = frame.at[longest, "sentences"][: cfg.max_sentences]
+    return frame, writer
 
 
 def _vector_json(vectors: np.ndarray) -> list[str]:
@@ -216,8 +307,9 @@ def build_dataset(
     rng = np.random.default_rng(cfg.seed)
     corpus = load_corpus(sources_dir)
     catalogue: list[Intent] = [i for i in intents() if i.name in corpus]
-    merchants = make_merchants(cfg, rng, catalogue)
-    frame = _ticket_rows(merchants, corpus, rng, cfg)
+    late = late_intents(cfg, rng, catalogue)
+    merchants = make_merchants(cfg, rng, catalogue, late)
+    frame, _ = _ticket_rows(merchants, corpus, late, rng, cfg)
 
     texts = sorted(
         {
@@ -266,12 +358,12 @@ def build_dataset(
     pq.write_table(table, tmp, compression="zstd", row_group_size=8192)
     os.chmod(tmp, 0o644)
     os.replace(tmp, out_path)
-    _write_build_notes(out_path, cfg, merchants, frame)
+    _write_build_notes(out_path, cfg, merchants, frame, late)
     return out_path
 
 
 def _write_build_notes(
-    out_path: Path, cfg: BuildConfig, merchants: list[Merchant], frame: pd.DataFrame
+    out_path: Path, cfg: BuildConfig, merchants: list[Merchant], frame: pd.DataFrame, late: dict[str, float]
 ) -> None:
     """What the simulation did, for anyone who wants to know the ground truth behind the file."""
     notes = {
@@ -279,6 +371,14 @@ def _write_build_notes(
         "tickets": len(frame),
         "null_share": float(frame["null"].mean()),
         "mistag_share": float(frame["mistag"].mean()),
+        "late_intents": late,
+        "boilerplate_sentence_ids": sorted(
+            {
+                sentence_hash(t)
+                for t in [*bp.GREETINGS, *bp.THANKS, *bp.SIGN_OFFS, *bp.DEVICES, *bp.FOOTERS]
+                + [m.form_sentence for m in merchants if m.form_sentence]
+            }
+        ),
         "merchants": [
             {
                 "account_id": m.account_id,
@@ -292,6 +392,8 @@ def _write_build_notes(
                         "name": label.name,
                         "intents": label.intents,
                         "catch_all": label.catch_all,
+                        **({"opaque": True} if label.opaque else {}),
+                        **({"new_intent": True} if label.new_intent else {}),
                         **({"start_day": round(label.start_day, 1)} if label.start_day else {}),
                         **(
                             {"renamed_to": label.renamed_to, "rename_day": round(label.rename_day, 1)}

@@ -121,6 +121,35 @@ SINGLE_LABELS = ("Support Request", "General", "Customer Inquiry", "Inbound", "E
 DETAIL_WORDS = ("General", "Question", "Issue", "Request", "Follow Up")
 PREFIXES = ("CS", "Inbound", "Pre-Purchase", "Post-Purchase", "Tier 1", "Support")
 
+# Names that say little or nothing about the reason: codes, tiers, teams, and synonyms of the
+# parent group that are not paraphrases of it (a team's word for its queue, not a description).
+CODE_PREFIXES = ("CR", "RC", "TKT", "Q", "CAT", "R")
+TIER_QUEUES = ("Escalation", "Queue A", "Queue B", "Review", "Backlog", "Handoff")
+TEAM_NAMES = ("Phoenix", "Falcon", "Blue", "Atlas", "Orion", "Nova", "Red", "Kestrel", "Delta", "Echo")
+WEAK_SYNONYMS = {
+    "Account": ("Identity Ops", "Member Desk"),
+    "Cancellation": ("Retention", "Save Desk"),
+    "Contact": ("Routing", "Switchboard"),
+    "Delivery": ("Last Mile", "Carrier Desk"),
+    "Feedback": ("Voice Of Customer", "NPS"),
+    "Billing": ("AR", "Finance Ops"),
+    "Marketing": ("CRM", "Lifecycle"),
+    "Order": ("Pipeline", "Ops Desk"),
+    "Payment": ("Checkout", "PSP"),
+    "Refund": ("Finance Desk", "Reversals"),
+    "Shipping": ("Logistics", "3PL"),
+    "Card": ("Plastics", "Issuing"),
+    "Cash": ("Branch Ops", "Network"),
+    "Top Up": ("Loads", "Funding"),
+    "Transfer": ("Wires", "Rails"),
+    "Balance": ("Ledger", "Recon"),
+    "Disputes": ("Chargebacks", "Case Mgmt"),
+    "Security": ("Trust And Safety", "T&S"),
+    "FX": ("Treasury", "Markets"),
+    "Fees": ("Pricing", "Rev Ops"),
+    "Verification": ("Compliance Desk", "Onboarding Ops"),
+}
+
 
 @dataclass(frozen=True)
 class Intent:

@@ -43,6 +43,11 @@ class BuildConfig:
     form_share: float
     form_in_ticket: float
     max_sentences: int
+    period_days: int
+    opaque_label_share: float
+    n_late_intents: int
+    late_intent_start: float
+    late_intent_adoption: float
 
     @classmethod
     def from_config(cls, build: dict | None = None, **overrides) -> BuildConfig:

@@ -10,9 +10,13 @@ import numpy as np
 from tagger.synth.boilerplate import BRAND_SUFFIXES, BRAND_WORDS, FORM_TEMPLATES
 from tagger.synth.catalogue import (
     CATCH_ALLS,
+    CODE_PREFIXES,
     DETAIL_WORDS,
     PREFIXES,
     SINGLE_LABELS,
+    TEAM_NAMES,
+    TIER_QUEUES,
+    WEAK_SYNONYMS,
     Intent,
 )
 from tagger.synth.config import BuildConfig
@@ -33,6 +37,8 @@ class Label:
     rename_day: float = np.inf
     variants: list[str] = field(default_factory=list)  # messy raw spellings
     variant_share: float = 0.0
+    new_intent: bool = False  # its intent does not exist before start_day: no ticket before it
+    opaque: bool = False  # a name that says little about the reason (a code, a tier, a team)
 
     def name_at(self, day: float) -> str:
         return self.renamed_to if self.renamed_to and day >= self.rename_day else self.name
@@ -162,6 +168,13 @@ def _taxonomy(
             name = _unique(f"{base.name}::{rng.choice(DETAIL_WORDS)}", taken, rng)
             labels.append(Label(name, list(base.intents), 0.0))
 
+    by_name = {i.name: i for i in pool}
+    for label in labels:
+        if rng.random() < cfg.opaque_label_share:
+            taken.discard(label.name.casefold())
+            label.name = _unique(_opaque_name(by_name[label.intents[0]], rng), taken, rng)
+            label.opaque = True
+
     # long-tailed label frequencies (Zipf over a random order)
     ranks = rng.permutation(len(labels)) + 1
     weights = 1.0 / ranks ** rng.uniform(cfg.zipf_low, cfg.zipf_high)
@@ -177,6 +190,21 @@ def _taxonomy(
     return labels, uncovered
 
 
+def _opaque_name(intent: Intent, rng: np.random.Generator) -> str:
+    """A name a team gave its queue: a code, a tier, a team, "Misc" or a synonym that is no paraphrase."""
+    kind = rng.choice(["code", "tier", "team", "misc", "weak"], p=[0.3, 0.2, 0.15, 0.1, 0.25])
+    weak = WEAK_SYNONYMS.get(intent.parents[0])
+    if kind == "weak" and weak:
+        return f"{rng.choice(weak)}::{rng.choice(['Cases', 'Queue', 'General', 'Inbox'])}"
+    if kind == "tier":
+        return f"Tier {rng.integers(2, 4)}::{rng.choice(TIER_QUEUES)}"
+    if kind == "team":
+        return f"Team {rng.choice(TEAM_NAMES)}"
+    if kind == "misc":
+        return f"Misc::{rng.integers(1, 10)}"
+    return f"{rng.choice(CODE_PREFIXES)}-{rng.integers(100, 1000)}"
+
+
 def _messy_variants(label: Label, rng: np.random.Generator) -> list[str]:
     name = label.name
     kinds = ["quoted", "case", "spaces" if "::" in name else "trailing"]
@@ -190,15 +218,26 @@ def _messy_variants(label: Label, rng: np.random.Generator) -> list[str]:
     return [f"{name} "]
 
 
-def make_merchants(cfg: BuildConfig, rng: np.random.Generator, catalogue: list[Intent]) -> list[Merchant]:
-    """The simulated merchants of one build, deterministic for ``cfg.seed``."""
+def late_intents(cfg: BuildConfig, rng: np.random.Generator, catalogue: list[Intent]) -> dict[str, float]:
+    """``{intent: first day}`` of the intents that appear late, new to every merchant."""
+    chosen = rng.choice(len(catalogue), cfg.n_late_intents, replace=False)
+    first = cfg.late_intent_start * cfg.days
+    span = 0.15 * cfg.days
+    return {catalogue[i].name: round(float(rng.uniform(first, first + span)), 1) for i in sorted(chosen)}
+
+
+def make_merchants(
+    cfg: BuildConfig, rng: np.random.Generator, catalogue: list[Intent], late: dict[str, float]
+) -> list[Merchant]:
+    """The simulated merchants of one build, deterministic for ``cfg.seed``; nobody has an intent
+    of ``late`` before its first day, when some merchants add a label for it."""
     volumes = _volumes(cfg, rng)
     label_counts = _label_counts(cfg, rng, volumes)
     account_ids = [f"{x:08x}" for x in rng.choice(2**31, cfg.n_accounts, replace=False)]
     null_rates = np.full(cfg.n_accounts, cfg.base_null_rate)
     heavy = rng.choice(cfg.n_accounts, cfg.n_heavy_null_accounts, replace=False)
     null_rates[heavy] = rng.uniform(0.25, 0.4, len(heavy))
-    late = rng.random(cfg.n_accounts) < cfg.late_join_share
+    joins_late = rng.random(cfg.n_accounts) < cfg.late_join_share
     merchants = []
     renamed_left = cfg.n_renamed_labels
     for m in range(cfg.n_accounts):
@@ -209,9 +248,9 @@ def make_merchants(cfg: BuildConfig, rng: np.random.Generator, catalogue: list[I
             kind = str(rng.choice(["fintech", "marketplace"]))
         else:
             kind = str(rng.choice(["shop", "fintech", "marketplace"], p=[0.5, 0.3, 0.2]))
-        pool = [i for i in catalogue if i.source in KIND_SOURCES[kind]]
+        pool = [i for i in catalogue if i.source in KIND_SOURCES[kind] and i.name not in late]
         labels, uncovered = _taxonomy(n_labels, pool, rng, cfg)
-        start_day = float(rng.uniform(0.35, 0.8) * cfg.days) if late[m] and volumes[m] > 60 else 0.0
+        start_day = float(rng.uniform(0.35, 0.8) * cfg.days) if joins_late[m] and volumes[m] > 60 else 0.0
         intent_labels = [label for label in labels if not label.catch_all]
         if len(labels) >= 6 and rng.random() < cfg.new_label_share:
             for label in rng.choice(intent_labels, int(rng.integers(1, 4)), replace=False):
@@ -221,6 +260,8 @@ def make_merchants(cfg: BuildConfig, rng: np.random.Generator, catalogue: list[I
             label.renamed_to = _renamed(label, catalogue, {x.name.casefold() for x in labels}, rng)
             label.rename_day = float(rng.uniform(0.4, 0.75) * cfg.days)
             renamed_left -= 1
+        if len(labels) >= 6:
+            labels += _late_labels(catalogue, late, kind, labels, start_day, rng, cfg)
         for label in labels:
             if rng.random() < cfg.messy_label_share:
                 label.variants = _messy_variants(label, rng)
@@ -242,6 +283,31 @@ def make_merchants(cfg: BuildConfig, rng: np.random.Generator, catalogue: list[I
             )
         )
     return merchants
+
+
+def _late_labels(
+    catalogue: list[Intent],
+    late: dict[str, float],
+    kind: str,
+    labels: list[Label],
+    start_day: float,
+    rng: np.random.Generator,
+    cfg: BuildConfig,
+) -> list[Label]:
+    """The labels a merchant adds for late intents of its domain, each a little after the intent appears."""
+    taken = {label.name.casefold() for label in labels}
+    weights = sorted(label.weight for label in labels if not label.catch_all)
+    out = []
+    for intent in catalogue:
+        if intent.name not in late or intent.source not in KIND_SOURCES[kind]:
+            continue
+        if rng.random() >= cfg.late_intent_adoption:
+            continue
+        name = _unique(f"{rng.choice(intent.parents)}::{rng.choice(intent.leaves)}", taken, rng)
+        day = max(late[intent.name] + float(rng.uniform(0, 7)), start_day)
+        weight = float(weights[3 * len(weights) // 4]) if weights else 0.05  # a reason that takes off
+        out.append(Label(name, [intent.name], weight, start_day=min(day, cfg.days - 1.0), new_intent=True))
+    return out
 
 
 def _renamed(label: Label, catalogue: list[Intent], taken: set[str], rng: np.random.Generator) -> str:
