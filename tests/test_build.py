@@ -111,3 +111,51 @@ def test_corpus_is_bundled_with_every_intent():
 def test_unknown_build_setting_is_refused():
     with pytest.raises(ValueError, match="n_merchants"):
         BuildConfig.from_config(n_merchants=3)
+
+
+def test_no_intent_sentence_crosses_a_period_boundary(built):
+    """Any split at a multiple of period_days from the last day shares no intent sentence."""
+    import json
+
+    from tagger.data.audit import boilerplate_ids, overlap
+    from tagger.data.splits import DAY, end_of_day
+
+    path, _, root = built
+    tickets = load_tickets(path, cache_dir=root / "cache", progress=False)
+    boilerplate, source = boilerplate_ids(tickets, path)
+    assert "build record" in source and boilerplate.any()
+    ts = tickets.meta["unix_timestamp"].to_numpy()
+    end = end_of_day(ts.max())
+    for weeks in (1, 2, 3, 5):
+        cut = end - 7 * weeks * DAY
+        result = overlap(tickets, ts < cut, ts >= cut, boilerplate)
+        assert result["test_tickets_with_text"] > 0
+        assert result["tickets_with_a_sentence_seen_in_training"] == 0.0, weeks
+    # a split inside a period does share sentences: the audit sees leakage when there is some
+    cut = end - 10.5 * DAY
+    assert overlap(tickets, ts < cut, ts >= cut, boilerplate)["tickets_with_a_sentence_seen_in_training"] > 0
+    record = json.loads(path.with_name(path.name + ".build.json").read_text())
+    labels = [lab for m in record["merchants"] for lab in m["labels"]]
+    assert any(lab.get("opaque") for lab in labels)  # codes, tiers, teams
+    assert set(record["late_intents"]) and all(day > 0.6 * 120 for day in record["late_intents"].values())
+
+
+def test_a_late_intent_has_no_ticket_before_it_appears():
+    import numpy as np
+
+    from tagger.synth.build import _ticket_rows
+    from tagger.synth.catalogue import intents
+    from tagger.synth.merchants import late_intents, make_merchants
+
+    cfg = BuildConfig.from_config(**SMALL)
+    rng = np.random.default_rng(3)
+    corpus = load_corpus()
+    catalogue = [i for i in intents() if i.name in corpus]
+    late = late_intents(cfg, rng, catalogue)
+    merchants = make_merchants(cfg, rng, catalogue, late)
+    frame, _ = _ticket_rows(merchants, corpus, late, rng, cfg)
+    first = frame["intent"].map(late)
+    assert (frame["day"][first.notna()] >= first[first.notna()]).all()
+    assert first.notna().any()
+    adopted = [lab for m in merchants for lab in m.labels if lab.new_intent]
+    assert adopted and all(lab.start_day >= late[lab.intents[0]] for lab in adopted)

@@ -55,9 +55,9 @@ class Taxonomy:
                         self.intents[key] = label["intents"]
 
     def at(self, until: float) -> dict[str, list[str]]:
-        """``{account: labels}`` declared before ``until`` (seconds since 1970)."""
+        """``{account: labels}`` declared by ``until`` (seconds since 1970)."""
         if self.record is None:
-            used = self.meta[self.meta["unix_timestamp"].to_numpy() < until]
+            used = self.meta[self.meta["unix_timestamp"].to_numpy() <= until]  # the last fold keeps its end
             return {str(a): sorted(map(str, g.unique())) for a, g in used.groupby("account_id")["label"]}
         day = (until - self.start) / DAY
         out = {}
@@ -138,8 +138,10 @@ def zero_shot_summary(named: pd.DataFrame, plain: pd.DataFrame) -> dict:
             "accounts": int(part["account_id"].nunique()),
             "accuracy": float(part["correct"].mean()) if len(part) else float("nan"),
             "top3_accuracy": float(part["top3_hit"].mean()) if len(part) else float("nan"),
-            "chance_accuracy": float(np.mean(1 / n_labels)) if len(part) else float("nan"),
-            "chance_top3": float(np.mean(np.minimum(3, n_labels) / n_labels)) if len(part) else float("nan"),
+            "chance_accuracy": float(np.mean(_ratio(1, n_labels))) if len(part) else float("nan"),
+            "chance_top3": float(np.mean(_ratio(np.minimum(3, n_labels), n_labels)))
+            if len(part)
+            else float("nan"),
             "mean_labels": float(n_labels.mean()) if len(part) else float("nan"),
             "without_names_accuracy": float(plain[rows.to_numpy()]["correct"].mean())
             if len(part)
@@ -151,6 +153,11 @@ def zero_shot_summary(named: pd.DataFrame, plain: pd.DataFrame) -> dict:
         "top3_accuracy": float(named[(slices["new_labels"] & with_embeddings).to_numpy()]["top3_hit"].mean()),
     }
     return out
+
+
+def _ratio(top: np.ndarray | float, n_labels: np.ndarray) -> np.ndarray:
+    """``top / n_labels``, 0 where a merchant has no label to choose among."""
+    return np.divide(top, n_labels, out=np.zeros(len(n_labels)), where=n_labels > 0)
 
 
 def learning_curve(

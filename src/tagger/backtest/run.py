@@ -29,7 +29,9 @@ from tagger.backtest.report import write_report
 from tagger.backtest.scoring import Intervals, MerchantBootstrap, Thresholds, interval_metrics
 from tagger.data.dataset import load_dataset
 from tagger.data.splits import time_split
+from tagger.data.tickets import Tickets
 from tagger.metrics import outcomes, summary
+from tagger.model.base import Estimator
 from tagger.model.cold_start import with_labels
 from tagger.paths import resolve, shown
 from tagger.training import load_model_config, make_estimator
@@ -230,8 +232,15 @@ def _seeded(name: str) -> bool:
 
 
 def _fit(
-    cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, fold: int, train, val, test
-) -> tuple[object, Thresholds, pd.DataFrame, dict] | None:
+    cfg: DictConfig,
+    name: str,
+    model_cfg: dict,
+    seed: int | None,
+    fold: int,
+    train: Tickets,
+    val: Tickets,
+    test: Tickets,
+) -> tuple[Estimator, Thresholds, pd.DataFrame, dict] | None:
     """Fit one model on a fold's training window and score its test window: ``(estimator,
     thresholds, test outcomes, folds.csv row)``, or None on a non-zero distributed rank.
     ``seed`` overrides ``cfg.seed`` for this fit (None: a deterministic baseline, cfg as it is)."""

@@ -3,7 +3,7 @@ merchant-clustered paired bootstrap resamples and their intervals."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -215,6 +215,7 @@ class MerchantBootstrap:
         self.metrics = interval_metrics(self.targets)
         accounts = {a for parts in frames.values() for f in parts for a in f["account_id"].astype(str)}
         self.merchants = pd.Index(sorted(accounts), name="account_id")
+        self.columns: list[str] = []
         self.stats: dict[str, np.ndarray] = {}  # model -> [seeds, merchants, columns]
         for name, parts in frames.items():
             tables = [merchant_statistics(f, self.targets, self.merchants) for f in parts]
@@ -289,8 +290,15 @@ class MerchantBootstrap:
                 }
         return Intervals(method, n, len(self.merchants), level, estimates, ci, differences, undefined)
 
-    def _interval(self, dist: np.ndarray, method: str, level: float, statistic) -> list[float]:
-        """The ``level`` interval from one bootstrap distribution (its nan resamples left out)."""
+    def _interval(
+        self,
+        dist: np.ndarray,
+        method: str,
+        level: float,
+        statistic: Callable[[np.ndarray], np.ndarray],
+    ) -> list[float]:
+        """The ``level`` interval from one bootstrap distribution (its nan resamples left out);
+        ``statistic`` maps merchant weights to the metric, for BCa's jackknife."""
         finite = dist[np.isfinite(dist)]
         if not len(finite):
             return [float("nan"), float("nan")]
