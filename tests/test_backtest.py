@@ -107,7 +107,7 @@ def test_backtest_end_to_end_and_report(tmp_path):
         "backtest.bootstrap=20",
         "backtest.seeds=[0]",  # several seeds: test_backtest_fits_the_shared_model_once_per_seed
         "trainer.max_epochs=3",
-        "backtest.models=[shared,majority,logreg]",
+        "backtest.models=[shared,majority,logreg,names]",
         "backtest.cold_start.learning_curve.shots=[0,1,5]",
         "backtest.cold_start.learning_curve.labels=1",
         "backtest.cold_start.learning_curve.min_test=1",
@@ -132,7 +132,7 @@ def test_backtest_end_to_end_and_report(tmp_path):
     ):
         assert (out / name).exists(), name
     written = json.loads((out / "metrics.json").read_text())
-    assert set(written["models"]) == {"shared", "majority", "logreg"}
+    assert set(written["models"]) == {"shared", "majority", "logreg", "names"}
     overall = written["models"]["shared"]["overall"]
     for key in (
         "accuracy",
@@ -149,10 +149,10 @@ def test_backtest_end_to_end_and_report(tmp_path):
     assert tested["no_embeddings"].any() and tested["new_account"].any()  # nothing dropped
     strongest = written["paired_bootstrap"]["strongest"]
     for metric, c in strongest.items():  # the strongest baseline is the best point estimate on each metric
-        values = {b: written["models"][b]["overall"][metric] for b in ("majority", "logreg")}
+        values = {b: written["models"][b]["overall"][metric] for b in ("majority", "logreg", "names")}
         assert c["baseline_value"] == max(values.values()) and values[c["baseline"]] == c["baseline_value"]
         assert c["difference"] == pytest.approx(overall[metric] - c["baseline_value"])
-    assert set(written["paired_bootstrap"]["against"]) == {"majority", "logreg"}
+    assert set(written["paired_bootstrap"]["against"]) == {"majority", "logreg", "names"}
     assert written["intervals"]["description"] == "merchant-clustered, 20 resamples, percentile"
     assert len(written["models"]["shared"]["folds"]) == 2
     report = (out / "report.md").read_text()
@@ -168,7 +168,9 @@ def test_backtest_end_to_end_and_report(tmp_path):
     assert set(curve[curve["model"] == "logreg"]["shots"]) == {0, 1, 5}
     assert curve[(curve["model"] == "logreg") & (curve["shots"] == 0)]["accuracy"].iloc[0] == 0.0
     assert "## Cold start" in report and "### Learning curve" in report
-    assert (outcomes_frame["model"] == "shared+names").sum() == len(tested)
+    assert (outcomes_frame["model"] == "shared+names (declared taxonomy)").sum() == len(tested)
+    assert (outcomes_frame["model"] == "names (declared taxonomy)").sum() == len(tested)
+    assert "names_baseline_accuracy" in zero and "names: acc. / top-3" in report
 
 
 def test_backtest_with_the_onnx_runtime_agrees_with_torch(tmp_path):

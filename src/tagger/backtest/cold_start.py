@@ -1,8 +1,9 @@
 """The backtest's cold-start measurements: zero-shot labels and merchants, and few-shot learning curves.
 
-Zero-shot: in each fold the fitted shared model is also given, by name only, every label that first
-appears in the test window (a merchant declares its labels when it creates them; the data only
-shows them when used), and new merchants with their label names. That model is "shared+names".
+Zero-shot: in each fold the fitted shared model is also given, by name only, each merchant's whole
+declared taxonomy at the end of the test window (:class:`Taxonomy`: from the build record on the
+built-in data, else every label the merchant uses up to then), new merchants included. That model
+is "shared+names"; the zero-shot label-name similarity baseline gets the same candidates.
 
 Learning curves (last fold): a sample of well-populated (account, label) pairs is held out of the
 training window entirely; the shared model is refit once without them and then gets each held-out
@@ -115,9 +116,10 @@ def name_seen_elsewhere(frame: pd.DataFrame, train_meta: pd.DataFrame) -> np.nda
     )
 
 
-def zero_shot_summary(named: pd.DataFrame, plain: pd.DataFrame) -> dict:
+def zero_shot_summary(named: pd.DataFrame, plain: pd.DataFrame, names: pd.DataFrame | None = None) -> dict:
     """Accuracy and top-3 of "shared+names" (``named``) on new labels of known merchants and on new
-    merchants, against the shared model without names (``plain``) and against chance."""
+    merchants, against the shared model without names (``plain``), the zero-shot label-name
+    similarity baseline given the same declared taxonomies (``names``, rows aligned) and chance."""
     out = {}
     slices = {
         "new_labels": named["new_label"] & ~named["new_account"],
@@ -130,23 +132,25 @@ def zero_shot_summary(named: pd.DataFrame, plain: pd.DataFrame) -> dict:
             "new_merchants_names_unseen": slices["new_merchants"] & ~named["name_seen_elsewhere"],
         }
     )
+    nan = float("nan")
     for name, rows in slices.items():
         part = named[rows.to_numpy()]
         n_labels = part["n_account_labels"].to_numpy(float)
+        some = len(part) > 0
         out[name] = {
             "tickets": len(part),
             "accounts": int(part["account_id"].nunique()),
-            "accuracy": float(part["correct"].mean()) if len(part) else float("nan"),
-            "top3_accuracy": float(part["top3_hit"].mean()) if len(part) else float("nan"),
-            "chance_accuracy": float(np.mean(_ratio(1, n_labels))) if len(part) else float("nan"),
-            "chance_top3": float(np.mean(_ratio(np.minimum(3, n_labels), n_labels)))
-            if len(part)
-            else float("nan"),
-            "mean_labels": float(n_labels.mean()) if len(part) else float("nan"),
-            "without_names_accuracy": float(plain[rows.to_numpy()]["correct"].mean())
-            if len(part)
-            else float("nan"),
+            "accuracy": float(part["correct"].mean()) if some else nan,
+            "top3_accuracy": float(part["top3_hit"].mean()) if some else nan,
+            "chance_accuracy": float(np.mean(_ratio(1, n_labels))) if some else nan,
+            "chance_top3": float(np.mean(_ratio(np.minimum(3, n_labels), n_labels))) if some else nan,
+            "mean_labels": float(n_labels.mean()) if some else nan,
+            "without_names_accuracy": float(plain[rows.to_numpy()]["correct"].mean()) if some else nan,
         }
+        if names is not None:
+            baseline = names[rows.to_numpy()]
+            out[name]["names_baseline_accuracy"] = float(baseline["correct"].mean()) if some else nan
+            out[name]["names_baseline_top3"] = float(baseline["top3_hit"].mean()) if some else nan
     with_embeddings = ~named["no_embeddings"]
     out["new_labels_with_embeddings"] = {
         "tickets": int((slices["new_labels"] & with_embeddings).sum()),

@@ -184,19 +184,33 @@ def _cold_start_section(cold: dict) -> list[str]:
     lines = ["", "## Cold start: labels and merchants the training window never saw", ""]
     zero = cold.get("zero_shot")
     if zero:
+        has_names = any("names_baseline_accuracy" in z for z in zero.values() if isinstance(z, dict))
         lines += [
-            '"shared+names" is the fitted shared model given, by name only, every label first seen in the '
-            "test window (a merchant declares its labels when it creates them) and every new merchant's "
-            "label names; no retraining. Chance: one over the merchant's label count (top-3: three over it). "
-            "Every model fit before a label appeared scores 0 on it.",
+            '"shared+names" is the fitted shared model given, by name only, each merchant\'s whole declared '
+            f"taxonomy at the end of the test window (from {cold.get('candidates', 'the labels used')}): "
+            "labels it never saw in training and new merchants' labels, no retraining. "
+            + (
+                '"names" is the zero-shot baseline given the same candidates: cosine between the ticket\'s '
+                "mean-pooled embedding and all-MiniLM-L6-v2's embedding of each label name. "
+                if has_names
+                else ""
+            )
+            + "Chance: one over the number of candidate labels of the merchant (top-3: three over it). "
+            "Every model fit before a label appeared and not given its name scores 0 on it. "
+            '"whose intent no training merchant had": labels of intents that no label in the training '
+            "window covered (from the build record), the control for meaning learned from other "
+            "merchants' tickets rather than from the name.",
             "",
             "| slice | tickets | merchants | accuracy | top-3 | chance acc. | chance top-3 "
-            "| labels per merchant | shared without names |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| candidate labels per merchant | shared without names"
+            + (" | names: acc. / top-3" if has_names else "")
+            + " |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_names else ""),
         ]
         for key, title in (
             ("new_labels", "new labels of known merchants"),
             ("new_labels_name_unseen", "... whose name no other merchant uses"),
+            ("new_labels_intent_unseen", "... whose intent no training merchant had"),
             ("new_merchants", "new merchants"),
             ("new_merchants_names_unseen", "... labels whose name no other merchant uses"),
         ):
@@ -206,7 +220,13 @@ def _cold_start_section(cold: dict) -> list[str]:
             lines.append(
                 f"| {title} | {z['tickets']:,} | {z['accounts']} | {_f(z['accuracy'])} "
                 f"| {_f(z['top3_accuracy'])} | {_f(z['chance_accuracy'])} | {_f(z['chance_top3'])} "
-                f"| {z['mean_labels']:.1f} | {_f(z['without_names_accuracy'])} |"
+                f"| {z['mean_labels']:.1f} | {_f(z['without_names_accuracy'])}"
+                + (
+                    f" | {_f(z.get('names_baseline_accuracy'))} / {_f(z.get('names_baseline_top3'))}"
+                    if has_names
+                    else ""
+                )
+                + " |"
             )
         e = zero.get("new_labels_with_embeddings")
         if e:

@@ -33,6 +33,7 @@ from tagger.data.tickets import Tickets
 from tagger.metrics import outcomes, summary
 from tagger.model.base import Estimator
 from tagger.model.cold_start import with_labels
+from tagger.model.selection import Tuned
 from tagger.paths import resolve, shown
 from tagger.training import load_model_config, make_estimator
 
@@ -78,7 +79,7 @@ def run_backtest(cfg: DictConfig) -> dict:
     more_seeds: dict[str, dict[int, list[pd.DataFrame]]] = {n: {s: [] for s in seeds[1:]} for n in seeded}
     fold_rows, fold_info = [], []
     cold = bt.get("cold_start") or {}
-    named_frames: list[pd.DataFrame] = []
+    named_frames: dict[str, list[pd.DataFrame]] = {}  # "shared+names" and the zero-shot names baseline
     taxonomy = Taxonomy(resolve(cfg.data.path), tickets.meta)
     fits = len(configs) + len(seeded) * (len(seeds) - 1)
     progress = tqdm(total=len(folds) * fits, desc="backtest", unit="fit")
@@ -96,6 +97,7 @@ def run_backtest(cfg: DictConfig) -> dict:
                 "test_tickets": len(test),
             }
         )
+        fitted: dict[str, tuple] = {}
         for name, model_cfg in configs.items():
             progress.set_postfix_str(f"fold {fold.index} {name}")
             seed = seeds[0] if name in seeded else None
@@ -104,16 +106,24 @@ def run_backtest(cfg: DictConfig) -> dict:
                 return {}
             estimator, thresholds, test_out, row = fit
             frames[name].append(test_out)
-            if name == "shared" and cold.get("declare_names"):
-                # the merchants' whole declared taxonomies at the test window's end, from their names
-                named = with_labels(estimator, taxonomy.at(fold.test_end))  # PyTorch: updates need it
+            fitted[name] = estimator, thresholds
+            fold_rows.append(row)
+            progress.update()
+        if "shared" in fitted and cold.get("declare_names"):
+            # every model given each merchant's whole declared taxonomy at the test window's end
+            declared = taxonomy.at(fold.test_end)
+            for name, (estimator, thresholds) in fitted.items():
+                if name == "shared":
+                    named = with_labels(estimator, declared)  # PyTorch: label updates need the model
+                elif name == "names":
+                    named = _chosen(estimator).with_candidates(declared)
+                else:
+                    continue
                 named_out = _fold_outcomes(named, test, inner_train, fold.index, thresholds)
                 named_out["n_account_labels"] = account_label_counts(named_out, named.table)
                 named_out["name_seen_elsewhere"] = name_seen_elsewhere(named_out, inner_train.meta)
                 named_out["intent_unseen"] = taxonomy.intent_unseen(named_out, inner_train.meta)
-                named_frames.append(named_out)
-            fold_rows.append(row)
-            progress.update()
+                named_frames.setdefault(f"{name}+names" if name == "shared" else name, []).append(named_out)
         for name in seeded:
             for seed in seeds[1:]:
                 progress.set_postfix_str(f"fold {fold.index} {name} seed {seed}")
@@ -126,11 +136,13 @@ def run_backtest(cfg: DictConfig) -> dict:
     progress.close()
     pooled = {name: pd.concat(parts, ignore_index=True) for name, parts in frames.items()}
     cold_start = {}
-    if named_frames:
-        named_all = pd.concat(named_frames, ignore_index=True)
+    named = {name: pd.concat(parts, ignore_index=True) for name, parts in named_frames.items()}
+    if "shared+names" in named:
+        named_all = named["shared+names"]
         cold_start = {
+            "candidates": taxonomy.source,
             "overall": summary(named_all, _row_thresholds(named_all, targets)),
-            "zero_shot": zero_shot_summary(named_all, pooled["shared"]),
+            "zero_shot": zero_shot_summary(named_all, pooled["shared"], named.get("names")),
         }
     curve = pd.DataFrame()
     if cold.get("learning_curve") and cold.learning_curve.labels and "shared" in configs:
@@ -194,7 +206,7 @@ def run_backtest(cfg: DictConfig) -> dict:
     (output_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
     pd.DataFrame(fold_rows).astype({"seed": "Int64"}).to_csv(output_dir / "folds.csv", index=False)
     per_merchant.to_csv(output_dir / "per_merchant.csv", index=False)
-    named_part = [named_all.assign(model="shared+names")] if named_frames else []
+    named_part = [frame.assign(model=f"{name} (declared taxonomy)") for name, frame in named.items()]
     every_run = [
         f.assign(model=n, seed=pd.Series(s, index=f.index, dtype="Int64"))  # a baseline's seed is null
         for n, r in runs.items()
@@ -263,10 +275,21 @@ def _fit(
         "fold": fold,
         "seed": seed,
         "fit_seconds": fit_seconds,
+        **(_search(estimator) if isinstance(estimator, Tuned) else {}),
         **parity,
         **summary(test_out, _row_thresholds(test_out, targets)),
     }
     return estimator, thresholds, test_out, row
+
+
+def _chosen(estimator: Estimator) -> Estimator:
+    """The fitted estimator itself, or the one a tuned baseline chose."""
+    return estimator.best if isinstance(estimator, Tuned) else estimator
+
+
+def _search(tuned: Tuned) -> dict:
+    """folds.csv columns of a baseline tuned on the fold's validation slice."""
+    return {"chosen": json.dumps(tuned.chosen), "search_fits": tuned.budget}
 
 
 def _fold_outcomes(predictor, test, train, fold: int, thresholds: Thresholds) -> pd.DataFrame:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
@@ -186,6 +188,14 @@ class KNN(_SklearnPerAccount):
         return super()._proba_account(model, x, n_labels)
 
 
+class Embedder(Protocol):
+    """What embeds label names: :class:`tagger.embed.SentenceEmbedder`, or a stand-in in tests."""
+
+    def embed(self, texts: list[str], progress: bool = True) -> np.ndarray:
+        """``[len(texts), 384]`` vectors."""
+        ...
+
+
 def name_class(label: str) -> str:
     """The cross-merchant class of a label: its normalised name, case-folded ("Other" anywhere)."""
     return normalise_label(label).casefold()
@@ -210,12 +220,12 @@ def fit_softmax_regression(
     if n == 0:
         return np.zeros((n_classes, d), np.float32), log_freq.astype(np.float32)
     # Preconditioning. Sentence embeddings share a large common direction (mean norm about 0.5)
-    # and spread unevenly over the others, which makes plain L-BFGS crawl (200 iterations and
-    # still far from the minimum on the built-in data). So fit V on z = (x - mu) P with
-    # P = U diag(1 / sqrt(var + tau)) (U, var: eigenvectors and values of the covariance of x):
-    # x W^T + b = z V^T + (b + W mu) with W = V P^T, and ||W||^2 = sum_j ||V[:, j]||^2 / (var_j + tau)
-    # since U is orthogonal, so the same model under the same penalty. tau, the penalty's curvature
-    # per ticket, keeps directions the data does not span finite (their weights stay 0).
+    # and spread unevenly over the others, which makes plain L-BFGS crawl (on the built-in data,
+    # 983 classes: cross-entropy 1.89 after 69 evaluations on x, 1.61 on z). So V is fitted on
+    # z = (x - mu) P, P = U diag(1 / sqrt(var + tau)) (U, var: eigenvectors and eigenvalues of
+    # the covariance of x): x W^T + b = z V^T + (b + W mu) with W = V P^T, and, U orthogonal,
+    # ||W||^2 = sum_j ||V[:, j]||^2 / (var_j + tau): the same model under the same penalty. tau,
+    # the penalty's curvature per ticket, keeps directions the data does not span finite.
     x64 = np.asarray(x, np.float64)
     mu = x64.mean(axis=0)
     centred = x64 - mu
@@ -240,7 +250,7 @@ def fit_softmax_regression(
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z @ v.T + b, yt) + (v * v * penalty_weight).sum()
+        loss = F.cross_entropy(F.linear(z, v, b), yt) + (v * v * penalty_weight).sum()
         loss.backward()
         return loss
 
@@ -256,13 +266,15 @@ class CrossMerchantLogReg(PerAccountEstimator):
     Merchants share the classes of label names they share ("Other", "Returns::Refund Request"...,
     case-insensitively), so a merchant's rare label learns from other merchants' tickets of the
     same name. A ticket's probabilities are the model's restricted to its own account's labels
-    (each label -> its name class) and renormalised; a label whose name has no training ticket
-    with embeddings gets 0. Tickets without embeddings get the account prior as in the others.
+    (each label -> its name class), shifted from the name's frequency over all merchants to the
+    label's frequency at the ticket's merchant (Bayes' prior shift), and renormalised; a label whose
+    name has no training ticket with embeddings gets 0. Tickets without embeddings get the account
+    prior as in the others.
     """
 
     name = "xlogreg"
 
-    def __init__(self, C: float = 10.0, max_iter: int = 200, tol: float = 1e-4, **kwargs):
+    def __init__(self, C: float = 10.0, max_iter: int = 100, tol: float = 1e-4, **kwargs):
         super().__init__(**kwargs)
         self.C, self.max_iter, self.tol = C, max_iter, tol
 
@@ -278,14 +290,27 @@ class CrossMerchantLogReg(PerAccountEstimator):
         )
         class_index = {c: i for i, c in enumerate(self.classes)}
         row_class = np.array([class_index.get(name_class(lab), -1) for lab in self.table.names], np.int64)
+        # Bayes' prior shift: the fit learns p(name | ticket) under every merchant's mix of names; a
+        # ticket of one merchant needs p(label | ticket, merchant), i.e. minus the log frequency of
+        # the name over all merchants, plus the log frequency of the label at the merchant
+        class_freq = np.bincount(y, minlength=len(self.classes)) + 0.5
+        counts = self.table.frame["n_train"].to_numpy(float) + 0.5
+        shift = np.zeros(len(self.table), np.float32)
+        for start, end in self.table.account_slices.values():
+            rows = row_class[start:end]
+            own = np.log(counts[start:end] / counts[start:end].sum())
+            overall = np.log(class_freq[np.maximum(rows, 0)] / class_freq.sum())
+            shift[start:end] = np.where(rows >= 0, own - overall, 0.0)
         self.models = {
-            account: (row_class[start:end], self.prior.probs[start:end])
+            account: (row_class[start:end], self.prior.probs[start:end], shift[start:end])
             for account, (start, end) in self.table.account_slices.items()
         }
         return self
 
-    def _proba_account(self, model, x, n_labels):
-        row_class, prior = model
+    def _proba_account(
+        self, model: tuple[np.ndarray, np.ndarray], x: np.ndarray, n_labels: int
+    ) -> np.ndarray:
+        row_class, prior, shift = model
         known = row_class >= 0
         if not known.any():  # no label of the account has a name class: only the prior is left
             return _broadcast(prior, len(x))
@@ -293,7 +318,7 @@ class CrossMerchantLogReg(PerAccountEstimator):
         # only the account's own classes are scored: restricting the softmax to them and
         # renormalising is the softmax of their logits
         logits = np.full((len(x), n_labels), -np.inf, np.float32)
-        logits[:, known] = x @ self.coef[cls].T + self.intercept[cls]
+        logits[:, known] = x @ self.coef[cls].T + self.intercept[cls] + shift[known]
         return _softmax(logits)
 
 
@@ -309,10 +334,10 @@ class NameSimilarity(PerAccountEstimator):
     name = "names"
     predict_only = ("temperature",)
 
-    def __init__(self, temperature: float = 0.05, embedder=None, **kwargs):
+    def __init__(self, temperature: float = 0.05, embedder: Embedder | None = None, **kwargs):
         super().__init__(**kwargs)
         self.temperature = temperature
-        self.embedder = embedder  # anything with embed(texts, progress) -> [n, 384]; None: the real model
+        self.embedder = embedder  # None: the real all-MiniLM-L6-v2, loaded at fit
 
     def fit(self, train: Tickets, val: Tickets | None = None) -> NameSimilarity:
         """The label table, prior and label-name vectors of ``train`` (``val`` is not used)."""
@@ -362,5 +387,5 @@ class NameSimilarity(PerAccountEstimator):
         self.label_vectors = vectors
         self.models = {a: vectors[s:e] for a, (s, e) in self.table.account_slices.items()}
 
-    def _proba_account(self, model, x, n_labels):
+    def _proba_account(self, model: np.ndarray, x: np.ndarray, n_labels: int) -> np.ndarray:
         return _softmax(x @ model.T / self.temperature)
