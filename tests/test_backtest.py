@@ -108,6 +108,7 @@ def test_backtest_end_to_end_and_report(tmp_path):
         "backtest.seeds=[0]",  # several seeds: test_backtest_fits_the_shared_model_once_per_seed
         "trainer.max_epochs=3",
         "backtest.models=[shared,majority,logreg,names]",
+        "data.holdout_days=2",  # the last fold's test window is the final holdout
         "backtest.cold_start.learning_curve.shots=[0,1,5]",
         "backtest.cold_start.learning_curve.labels=1",
         "backtest.cold_start.learning_curve.min_test=1",
@@ -171,6 +172,11 @@ def test_backtest_end_to_end_and_report(tmp_path):
     assert (outcomes_frame["model"] == "shared+names (declared taxonomy)").sum() == len(tested)
     assert (outcomes_frame["model"] == "names (declared taxonomy)").sum() == len(tested)
     assert "names_baseline_accuracy" in zero and "names: acc. / top-3" in report
+    final = written["final_holdout"]
+    assert final["fold"] == 1 and set(final["models"]) == set(written["models"])
+    last = tested[tested["fold"] == 1]
+    assert final["models"]["shared"]["overall"]["n"] == len(last)
+    assert "## Final holdout: fold 1 alone" in report
 
 
 def test_backtest_with_the_onnx_runtime_agrees_with_torch(tmp_path):

@@ -28,7 +28,7 @@ from tagger.backtest.folds import configured_folds
 from tagger.backtest.report import write_report
 from tagger.backtest.scoring import Intervals, MerchantBootstrap, Thresholds, interval_metrics
 from tagger.data.dataset import load_dataset
-from tagger.data.splits import time_split
+from tagger.data.splits import DAY, time_split
 from tagger.data.tickets import Tickets
 from tagger.metrics import outcomes, summary
 from tagger.model.base import Estimator
@@ -185,6 +185,7 @@ def run_backtest(cfg: DictConfig) -> dict:
             },
         }
     comparison = _comparison(models, intervals, baselines, targets) if pairs and baselines else None
+    final = _final_holdout(cfg, folds[-1], runs, baselines, pairs, targets)
     per_merchant = _per_merchant(pooled, targets)
     result = {
         "models": models,
@@ -192,6 +193,7 @@ def run_backtest(cfg: DictConfig) -> dict:
         "seeded_models": seeded,
         "intervals": _describe(intervals),
         "paired_bootstrap": comparison,
+        "final_holdout": final,
         "cold_start": cold_start,
         "folds": fold_info,
         "per_merchant_coverage_at_95_precision": {
@@ -356,6 +358,36 @@ def _comparison(
             **against[best][m],
         }
     return {"strongest": strongest, "against": against}
+
+
+def _final_holdout(
+    cfg: DictConfig, fold, runs: dict, baselines: list[str], pairs: list, targets: list[float]
+) -> dict | None:
+    """The last fold alone when its test window lies inside the final holdout (``data.holdout_days``),
+    which train.py, the ablations and every design choice never saw: its own figures, clustered
+    intervals and comparison against the strongest baseline on each metric."""
+    holdout_days = float(cfg.data.get("holdout_days", 0) or 0)
+    if not holdout_days or fold.test_end - fold.test_start > holdout_days * DAY + 1:
+        return None
+    last = {name: {s: f[f["fold"] == fold.index] for s, f in r.items()} for name, r in runs.items()}
+    intervals = None
+    if cfg.backtest.bootstrap:
+        boot = MerchantBootstrap({name: list(r.values()) for name, r in last.items()}, targets)
+        method = cfg.backtest.get("ci_method", "percentile")
+        intervals = boot.intervals(cfg.backtest.bootstrap, cfg.seed, method, pairs=pairs)
+    models = {
+        name: {
+            "overall": _mean_over_seeds([summary(f, _row_thresholds(f, targets)) for f in r.values()]),
+            "ci95": intervals.ci[name] if intervals else {},
+        }
+        for name, r in last.items()
+    }
+    return {
+        **fold.describe(),
+        "models": models,
+        "intervals": _describe(intervals),
+        "comparison": _comparison(models, intervals, baselines, targets) if pairs and baselines else None,
+    }
 
 
 def _describe(intervals: Intervals | None) -> dict | None:

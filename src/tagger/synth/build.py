@@ -251,9 +251,11 @@ def _ticket_rows(
                     intent = None
             else:
                 intent = str(rng.choice(drawn.intents))
-            mistag = len(labels) > 1 and rng.random() < cfg.mistag_rate
+            # an agent can only pick a label that exists that day
+            others = [i for i, lab in enumerate(labels) if lab is not tagged and lab.start_day <= day]
+            mistag = bool(others) and rng.random() < cfg.mistag_rate
             if mistag:
-                tagged = labels[int(rng.choice([i for i, lab in enumerate(labels) if lab is not tagged]))]
+                tagged = labels[int(rng.choice(others))]
             raw = tagged.name_at(day)
             if tagged.variants and rng.random() < tagged.variant_share:
                 raw = str(rng.choice(tagged.variants))

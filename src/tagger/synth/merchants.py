@@ -222,8 +222,8 @@ def late_intents(cfg: BuildConfig, rng: np.random.Generator, catalogue: list[Int
     """``{intent: first day}`` of the intents that appear late, new to every merchant."""
     chosen = rng.choice(len(catalogue), cfg.n_late_intents, replace=False)
     first = cfg.late_intent_start * cfg.days
-    span = 0.15 * cfg.days
-    return {catalogue[i].name: round(float(rng.uniform(first, first + span)), 1) for i in sorted(chosen)}
+    last = 0.92 * cfg.days  # late enough to be new in every test window, early enough to be used in it
+    return {catalogue[i].name: round(float(rng.uniform(first, last)), 1) for i in sorted(chosen)}
 
 
 def make_merchants(
@@ -305,7 +305,7 @@ def _late_labels(
             continue
         name = _unique(f"{rng.choice(intent.parents)}::{rng.choice(intent.leaves)}", taken, rng)
         day = max(late[intent.name] + float(rng.uniform(0, 7)), start_day)
-        weight = float(weights[3 * len(weights) // 4]) if weights else 0.05  # a reason that takes off
+        weight = float(weights[9 * len(weights) // 10]) if weights else 0.05  # a reason that takes off
         out.append(Label(name, [intent.name], weight, start_day=min(day, cfg.days - 1.0), new_intent=True))
     return out
 
