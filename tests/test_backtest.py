@@ -177,6 +177,9 @@ def test_backtest_end_to_end_and_report(tmp_path):
     last = tested[tested["fold"] == 1]
     assert final["models"]["shared"]["overall"]["n"] == len(last)
     assert "## Final holdout: fold 1 alone" in report
+    # logreg chose its C on each fold's validation slice, out of its whole grid
+    assert "## Choices made on validation" in report
+    assert all(r["search_fits"] == 6 for r in written["models"]["logreg"]["folds"])
 
 
 def test_backtest_with_the_onnx_runtime_agrees_with_torch(tmp_path):
