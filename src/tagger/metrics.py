@@ -43,6 +43,15 @@ def labels_per_account(train_meta: pd.DataFrame) -> dict[str, int]:
     return pairs["account_id"].value_counts().to_dict()
 
 
+def chance(n_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per ticket, accuracy and top-3 of guessing uniformly among its account's ``n_labels`` labels
+    (0 for an account with none: an unknown account gets no answer)."""
+    n_labels = np.asarray(n_labels, float)
+    known = n_labels > 0
+    safe = np.where(known, n_labels, 1.0)
+    return np.where(known, 1 / safe, 0.0), np.where(known, np.minimum(3, safe) / safe, 0.0)
+
+
 def outcomes(
     pred: Predictions,
     test: Tickets,
@@ -144,11 +153,9 @@ def summary(frame: pd.DataFrame, thresholds: dict[float, np.ndarray] | None = No
         else float("nan"),
     }
     if "n_account_labels" in frame:  # guessing uniformly among the ticket's account's labels
-        n_labels = frame["n_account_labels"].to_numpy(float)
-        known = n_labels > 0
-        safe = np.where(known, n_labels, 1.0)
-        out["accuracy_chance"] = float(np.where(known, 1 / safe, 0.0).mean())
-        out["top3_chance"] = float(np.where(known, np.minimum(3, safe) / safe, 0.0).mean())
+        accuracy_chance, top3_chance = chance(frame["n_account_labels"])
+        out["accuracy_chance"] = float(accuracy_chance.mean())
+        out["top3_chance"] = float(top3_chance.mean())
     for column in ("new_label", "new_account", "no_embeddings", "abstained"):
         if column in frame:  # tickets no model could get right, and those scored from the prior
             out[f"n_{column}"] = int(frame[column].sum())

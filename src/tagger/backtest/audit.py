@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from tagger.backtest.folds import Fold, configured_folds
 from tagger.data.audit import boilerplate_ids, cross_merchant_reuse, overlap
-from tagger.data.splits import DAY, end_of_day
+from tagger.data.splits import cutoff
 from tagger.data.tickets import Tickets
 from tagger.paths import resolve, shown
 
@@ -33,17 +33,19 @@ COLUMNS = {
 
 def splits(ts: np.ndarray, cfg: DictConfig, folds: list[Fold]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{name: (training mask, test mask)}`` of every split train.py and the backtest use."""
+    # the same cutoffs as holdout_split, time_split and the backtest's folds compute
     align = bool(cfg.data.get("align_days", False))
-    end = end_of_day(float(ts.max()), align)
-    holdout = end - float(cfg.data.get("holdout_days", 0)) * DAY
-    cutoff = holdout - cfg.data.val_days * DAY
+    holdout_days = float(cfg.data.get("holdout_days", 0) or 0)
+    holdout = cutoff(ts, holdout_days, align) if holdout_days else np.inf
+    development = ts < holdout
+    val_start = cutoff(ts[development], cfg.data.val_days, align)
     out = {
-        "train.py: training vs validation": (ts < cutoff, (ts >= cutoff) & (ts < holdout)),
-        "train.py: development vs final holdout": (ts < holdout, ts >= holdout),
+        "train.py: training vs validation": (ts < val_start, (ts >= val_start) & development),
+        "train.py: development vs final holdout": (development, ~development),
     }
     for fold in folds:
         train, test = fold.masks(ts, last=fold is folds[-1])
-        val_start = (fold.train_end if align else ts[train].max()) - cfg.data.val_days * DAY
+        val_start = cutoff(ts[train], cfg.data.val_days, align, fold.validation_end(align))
         out[f"fold {fold.index}: training window vs test"] = (train, test)
         inner = (train & (ts < val_start), train & (ts >= val_start))
         out[f"fold {fold.index}: inner training vs validation"] = inner

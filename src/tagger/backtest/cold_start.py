@@ -25,9 +25,8 @@ from tqdm.auto import tqdm
 from tagger.data.labels import normalise_label
 from tagger.data.splits import DAY, time_split
 from tagger.data.tickets import Tickets
-from tagger.metrics import outcomes, summary
+from tagger.metrics import chance, outcomes, summary
 from tagger.model.cold_start import update_labels
-from tagger.model.label_table import LabelTable
 from tagger.model.label_update import LabelUpdate
 from tagger.training import load_model_config, make_estimator
 
@@ -96,12 +95,6 @@ class Taxonomy:
         )
 
 
-def account_label_counts(frame: pd.DataFrame, table: LabelTable) -> np.ndarray:
-    """How many labels each outcome row's account has in ``table`` (the chance level is 1 / that)."""
-    sizes = {a: e - s for a, (s, e) in table.account_slices.items()}
-    return frame["account_id"].map(sizes).fillna(0).to_numpy(int)
-
-
 def name_seen_elsewhere(frame: pd.DataFrame, train_meta: pd.DataFrame) -> np.ndarray:
     """Whether each outcome row's label name (case-insensitively) is a label of another merchant in
     the training data: the encoder may have learned that reason there, under that name."""
@@ -136,14 +129,15 @@ def zero_shot_summary(named: pd.DataFrame, plain: pd.DataFrame, names: pd.DataFr
     for name, rows in slices.items():
         part = named[rows.to_numpy()]
         n_labels = part["n_account_labels"].to_numpy(float)
+        accuracy_chance, top3_chance = chance(n_labels)
         some = len(part) > 0
         out[name] = {
             "tickets": len(part),
             "accounts": int(part["account_id"].nunique()),
             "accuracy": float(part["correct"].mean()) if some else nan,
             "top3_accuracy": float(part["top3_hit"].mean()) if some else nan,
-            "chance_accuracy": float(np.mean(_ratio(1, n_labels))) if some else nan,
-            "chance_top3": float(np.mean(_ratio(np.minimum(3, n_labels), n_labels))) if some else nan,
+            "chance_accuracy": float(accuracy_chance.mean()) if some else nan,
+            "chance_top3": float(top3_chance.mean()) if some else nan,
             "mean_labels": float(n_labels.mean()) if some else nan,
             "without_names_accuracy": float(plain[rows.to_numpy()]["correct"].mean()) if some else nan,
         }
@@ -157,11 +151,6 @@ def zero_shot_summary(named: pd.DataFrame, plain: pd.DataFrame, names: pd.DataFr
         "top3_accuracy": float(named[(slices["new_labels"] & with_embeddings).to_numpy()]["top3_hit"].mean()),
     }
     return out
-
-
-def _ratio(top: np.ndarray | float, n_labels: np.ndarray) -> np.ndarray:
-    """``top / n_labels``, 0 where a merchant has no label to choose among."""
-    return np.divide(top, n_labels, out=np.zeros(len(n_labels)), where=n_labels > 0)
 
 
 def learning_curve(

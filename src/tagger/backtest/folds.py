@@ -26,6 +26,11 @@ class Fold:
         test = (ts >= self.test_start) & ((ts <= self.test_end) if last else (ts < self.test_end))
         return train, test
 
+    def validation_end(self, align: bool) -> float | None:
+        """Where the training window's validation slice is counted back from: the window's end when
+        splits are aligned to midnights (the test start), else its latest ticket (None)."""
+        return self.train_end if align else None
+
     def describe(self) -> dict:
         """The window bounds as ISO dates."""
 

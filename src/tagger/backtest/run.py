@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 from tagger.ablations import VARIANTS
 from tagger.backtest.cold_start import (
     Taxonomy,
-    account_label_counts,
     learning_curve,
     name_seen_elsewhere,
     zero_shot_summary,
@@ -86,8 +85,7 @@ def run_backtest(cfg: DictConfig) -> dict:
     for fold in folds:
         train_mask, test_mask = fold.masks(ts, last=fold.index == len(folds) - 1)
         window, test = tickets.subset(train_mask), tickets.subset(test_mask)
-        # validation: the val_days before the training window's end (a midnight when aligned)
-        end = fold.train_end if align else None
+        end = fold.validation_end(align)
         inner_train, inner_val, split = time_split(window, cfg.data.val_days, align, end)
         fold_info.append(
             {
@@ -112,6 +110,13 @@ def run_backtest(cfg: DictConfig) -> dict:
         if "shared" in fitted and cold.get("declare_names"):
             # every model given each merchant's whole declared taxonomy at the test window's end
             declared = taxonomy.at(fold.test_end)
+            rows = test.meta[["account_id", "label"]].astype(str).reset_index(drop=True)
+            # which test labels the training window names elsewhere, or whose intent it lacks:
+            # the same rows for every model, so computed once
+            flags = {
+                "name_seen_elsewhere": name_seen_elsewhere(rows, inner_train.meta),
+                "intent_unseen": taxonomy.intent_unseen(rows, inner_train.meta),
+            }
             for name, (estimator, thresholds) in fitted.items():
                 if name == "shared":
                     named = with_labels(estimator, declared)  # PyTorch: label updates need the model
@@ -119,10 +124,7 @@ def run_backtest(cfg: DictConfig) -> dict:
                     named = _chosen(estimator).with_candidates(declared)
                 else:
                     continue
-                named_out = _fold_outcomes(named, test, inner_train, fold.index, thresholds)
-                named_out["n_account_labels"] = account_label_counts(named_out, named.table)
-                named_out["name_seen_elsewhere"] = name_seen_elsewhere(named_out, inner_train.meta)
-                named_out["intent_unseen"] = taxonomy.intent_unseen(named_out, inner_train.meta)
+                named_out = _fold_outcomes(named, test, inner_train, fold.index, thresholds).assign(**flags)
                 named_frames.setdefault(f"{name}+names" if name == "shared" else name, []).append(named_out)
         for name in seeded:
             for seed in seeds[1:]:
@@ -299,8 +301,7 @@ def _fold_outcomes(predictor, test, train, fold: int, thresholds: Thresholds) ->
     # chance levels count the labels the predictor chooses among (a label table with declared
     # labels has more than training shows); an ONNX predictor has the training labels
     table = getattr(predictor, "table", None)
-    n_labels = None if table is None else {a: e - s for a, (s, e) in table.account_slices.items()}
-    out = outcomes(predictor.predict(test), test, train.meta, n_labels)
+    out = outcomes(predictor.predict(test), test, train.meta, None if table is None else table.sizes())
     out.insert(0, "fold", fold)
     for target, values in thresholds.of(out).items():
         out[f"threshold_{round(target * 100)}"] = values

@@ -30,6 +30,13 @@ def boilerplate_ids(tickets: Tickets, source: Path | None) -> tuple[np.ndarray |
     return np.isin(tickets.sentence_vocab, list(ids)), f"the build record ({record.name})"
 
 
+def _occurrences(tickets: Tickets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per sentence occurrence: its ticket, its sentence id and its ticket's merchant (as codes)."""
+    owner = np.repeat(np.arange(len(tickets)), np.diff(tickets.offsets))
+    account = pd.factorize(tickets.meta["account_id"].astype(str))[0].astype(np.int64)[owner]
+    return owner, tickets.sentence_ids.astype(np.int64), account
+
+
 def overlap(
     tickets: Tickets,
     train: np.ndarray,
@@ -38,10 +45,7 @@ def overlap(
     min_merchants: int = 3,
 ) -> dict:
     """Verbatim overlap between the tickets of boolean masks ``train`` and ``test``."""
-    n = np.diff(tickets.offsets)
-    owner = np.repeat(np.arange(len(tickets)), n)
-    sid = tickets.sentence_ids.astype(np.int64)
-    account = pd.factorize(tickets.meta["account_id"].astype(str))[0].astype(np.int64)[owner]
+    owner, sid, account = _occurrences(tickets)
     in_train, in_test = train[owner], test[owner]
     if boilerplate is None:  # a sentence several merchants use is a template, not a reason
         pairs = pd.DataFrame({"s": sid[in_train], "a": account[in_train]}).drop_duplicates()
@@ -88,10 +92,7 @@ def _sentence_sets(
 
 def cross_merchant_reuse(tickets: Tickets, boilerplate: np.ndarray | None) -> float:
     """Share of non-boilerplate sentence occurrences whose sentence another merchant also uses."""
-    n = np.diff(tickets.offsets)
-    owner = np.repeat(np.arange(len(tickets)), n)
-    sid = tickets.sentence_ids.astype(np.int64)
-    account = pd.factorize(tickets.meta["account_id"].astype(str))[0][owner]
+    _, sid, account = _occurrences(tickets)
     keep = ~boilerplate[sid] if boilerplate is not None else np.ones(len(sid), bool)
     pairs = pd.DataFrame({"s": sid[keep], "a": account[keep]})
     merchants = pairs.drop_duplicates().groupby("s").size()

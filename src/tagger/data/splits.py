@@ -25,17 +25,23 @@ def iso(t: float) -> str:
     return pd.to_datetime(t, unit="s", utc=True).isoformat()
 
 
+def cutoff(ts: np.ndarray, days: float, align: bool = False, end: float | None = None) -> float:
+    """Where the last ``days`` before ``end`` begin (default ``end``: the latest of ``ts``, or with
+    ``align`` the midnight after it): the one rule every split of the project counts back by."""
+    return (end if end is not None else end_of_day(float(np.max(ts)), align)) - days * DAY
+
+
 def time_split(
     tickets: Tickets, val_days: float, align: bool = False, end: float | None = None
 ) -> tuple[Tickets, Tickets, dict]:
     """Training = everything before the last ``val_days``; validation = those days, counted back from
     ``end`` (default: the latest ticket, or with ``align`` the midnight after it)."""
     ts = tickets.meta["unix_timestamp"].to_numpy()
-    cutoff = (end if end is not None else end_of_day(ts.max(), align)) - val_days * DAY
-    train, val = ts < cutoff, ts >= cutoff
+    start = cutoff(ts, val_days, align, end)
+    train, val = ts < start, ts >= start
     info = {
         "val_days": val_days,
-        "cutoff": iso(cutoff),
+        "cutoff": iso(start),
         "train_tickets": int(train.sum()),
         "val_tickets": int(val.sum()),
     }
@@ -48,7 +54,7 @@ def holdout_split(tickets: Tickets, holdout_days: float, align: bool = False) ->
     ts = tickets.meta["unix_timestamp"].to_numpy()
     if not holdout_days:
         return tickets, {"holdout_days": 0, "holdout_start": None, "holdout_tickets": 0}
-    start = end_of_day(ts.max(), align) - holdout_days * DAY
+    start = cutoff(ts, holdout_days, align)
     keep = ts < start
     if not keep.any():
         raise ValueError(f"data.holdout_days={holdout_days} leaves no ticket before the holdout")

@@ -62,6 +62,10 @@ class LabelTable:
     def __len__(self) -> int:
         return len(self.frame)
 
+    def sizes(self) -> dict[str, int]:
+        """``{account: how many labels it has}``."""
+        return {a: e - s for a, (s, e) in self.account_slices.items()}
+
     @property
     def n_accounts(self) -> int:
         return len(self.accounts)
