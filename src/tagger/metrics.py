@@ -29,6 +29,24 @@ LABEL_BUCKETS = [
     (101, np.inf, ">100"),
 ]
 
+# days between a ticket and the end of the model's training data (whole days, the first day is 0)
+AGE_BUCKETS = [
+    (0, 4, "0-3"),
+    (4, 8, "4-7"),
+    (8, 15, "8-14"),
+    (15, 22, "15-21"),
+    (22, 29, "22-28"),
+    (29, 36, "29-35"),
+    (36, np.inf, ">35"),
+]
+
+
+def model_age(timestamps: np.ndarray, trained_until: float) -> tuple[np.ndarray, np.ndarray]:
+    """How stale the model is for each ticket: whole days since the end of its training data
+    (``trained_until``, seconds since 1970) and the :data:`AGE_BUCKETS` bucket of that."""
+    days = np.floor((np.asarray(timestamps, float) - trained_until) / 86_400.0)
+    return days.astype(int), _bucket(days, AGE_BUCKETS)
+
 
 def _bucket(values: np.ndarray, buckets: list) -> np.ndarray:
     out = np.empty(len(values), object)
@@ -165,3 +183,10 @@ def summary(frame: pd.DataFrame, thresholds: dict[float, np.ndarray] | None = No
         out[f"coverage_at_{key}_precision"] = float(auto.mean())
         out[f"precision_at_{key}_target"] = float(correct[auto].mean()) if auto.any() else float("nan")
     return out
+
+
+def selection_score(pred: Predictions, val: Tickets, train: Tickets) -> float:
+    """What every choice on a validation slice maximises (a baseline's grid point, the shared model's
+    epoch): macro-F1 per account averaged over accounts, the figure the reports lead with, scored
+    exactly as they score it (a label or merchant unseen in ``train`` is a miss)."""
+    return summary(outcomes(pred, val, train.meta))["macro_f1_account_mean"]

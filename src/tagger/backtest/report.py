@@ -97,16 +97,26 @@ def _seed_words(result: dict) -> list[str]:
 
 
 def write_report(
-    result: dict, pooled: dict[str, pd.DataFrame], per_merchant: pd.DataFrame, out: Path
+    result: dict,
+    pooled: dict[str, pd.DataFrame],
+    per_merchant: pd.DataFrame,
+    out: Path,
+    before_refit: dict[str, pd.DataFrame] | None = None,
 ) -> None:
-    """Write report.md and the PNG plots into ``out``."""
+    """Write report.md and the PNG plots into ``out`` (``before_refit``: each model's selection
+    fit's test outcomes, when the scored models are refits)."""
     models = result["models"]
     lines = [
         "# Backtest report",
         "",
         f"Data: `{result['data']['file']}` ({result['data']['tickets']:,} tickets), "
-        f"{len(result['folds'])} rolling-origin folds, every model refit on each training window. "
-        f"Run time {result['seconds'] / 60:.1f} min.",
+        f"{len(result['folds'])} rolling-origin folds, every model fit afresh on each training window"
+        + (
+            ", its choices made on the window's validation slice, then refit on the whole window. "
+            if result.get("refit")
+            else ", its choices made on the window's validation slice (no refit). "
+        )
+        + f"Run time {result['seconds'] / 60:.1f} min.",
         "",
         "## Overall (all test tickets of all folds)",
         "",
@@ -138,6 +148,8 @@ def write_report(
     lines += _seeds_section(result)
     lines += _comparison_section(result)
     lines += _final_holdout_section(result)
+    lines += _refit_section(result)
+    lines += _staleness_section(result)
     lines += _search_section(result)
     lines += _cold_start_section(result.get("cold_start") or {})
     lines += [
@@ -182,6 +194,7 @@ def write_report(
         "![reliability](reliability.png)",
         "![per fold](per_fold.png)",
         "![per merchant](per_merchant.png)",
+        *(["![staleness](staleness.png)"] if before_refit else []),
         *(
             ["![learning curve](learning_curve.png)"]
             if (result.get("cold_start") or {}).get("learning_curve")
@@ -190,6 +203,8 @@ def write_report(
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     _plots(result, pooled, per_merchant, out)
+    if before_refit:
+        _staleness_plot(pooled, before_refit, out / "staleness.png")
 
 
 def _cold_start_section(cold: dict) -> list[str]:
@@ -389,12 +404,100 @@ def _search_section(result: dict) -> list[str]:
         "only predict reads (a temperature, k) shares one fit. The shared model's design was chosen "
         "once, on train.py's validation slice before the final holdout, among the variants of "
         "`python -m tagger.ablations` (results/ablations/ablations.md); per fold it chooses only its "
-        "epoch (early stopping on validation macro-F1) and its temperature, one fit per seed.",
+        "epoch (early stopping on the same per-account macro-F1) and its temperature, one fit per seed; "
+        "then each model is refit on the whole window with its choices (`refit: true`).",
         "",
         "| model | fold | chosen | fits |",
         "|---|---:|---|---:|",
         *rows,
     ]
+
+
+def _refit_section(result: dict) -> list[str]:
+    """Each model refit on the whole window against its own selection fit, on the same tickets."""
+    effect = result.get("refit")
+    if not effect:
+        return []
+    lines = [
+        "",
+        "## Refit on the whole window against the selection fit",
+        "",
+        "The selection fit learns from the window less its validation slice and chooses there (epochs, "
+        "temperature, confidence thresholds, a baseline's grid point); the refit learns from the whole "
+        "window with those choices, its temperature and thresholds carried over. Both score the same "
+        "test tickets (the shared model: its first seed). Differences are refit minus selection fit, "
+        "with paired merchant-clustered intervals. The realised precision at the 95% target shows "
+        "whether the carried-over thresholds hold for the refit model.",
+        "",
+        "| model | accuracy: refit / no refit | difference | macro-F1 (account mean): refit / no refit | "
+        "difference | coverage @95%: refit / no refit | precision @95%: refit / no refit | "
+        "new-label tickets: refit / no refit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in effect.items():
+        r, b, d = e["refit"], e["no_refit"], e.get("difference") or {}
+
+        def diff(metric: str, r=r, b=b, d=d) -> str:
+            paired = d.get(metric) or {}
+            return f"{_signed(r[metric] - b[metric])} {_signed_ci(paired.get('ci95'))}".strip()
+
+        lines.append(
+            f"| {name} | {_f(r['accuracy'])} / {_f(b['accuracy'])} | {diff('accuracy')} | "
+            f"{_f(r['macro_f1_account_mean'])} / {_f(b['macro_f1_account_mean'])} | "
+            f"{diff('macro_f1_account_mean')} | "
+            f"{_f(r.get('coverage_at_95_precision'))} / {_f(b.get('coverage_at_95_precision'))} | "
+            f"{_f(r.get('precision_at_95_target'))} / {_f(b.get('precision_at_95_target'))} | "
+            f"{r.get('n_new_label', 0):,} / {b.get('n_new_label', 0):,} |"
+        )
+    return lines
+
+
+def _staleness_section(result: dict) -> list[str]:
+    """Accuracy by the model's age at each test ticket: what waiting longer to retrain costs."""
+    stale = result.get("staleness") or {}
+    shown = [n for n in stale if n.split(" ")[0] in ("shared", "xlogreg", "logreg")]
+    if not shown:
+        return []
+    ages = list(dict.fromkeys(a for n in shown for a in stale[n]))
+    lines = [
+        "",
+        "## Staleness: accuracy by the model's age",
+        "",
+        "Days between a test ticket and the end of the scored model's training data. A refit model's "
+        "test windows are its days 0-13; the selection fit of the same fold stops learning "
+        "`data.val_days` earlier, so the same tickets are its days 21-34. Accuracy / n (the tickets "
+        "of new labels and new merchants, misses for every model, included).",
+        "",
+        "| model | " + " | ".join(f"{a} days" for a in ages) + " |",
+        "|---|" + "---:|" * len(ages),
+    ]
+    for name in shown:
+        cells = [
+            f"{_f(stale[name][a]['accuracy'])} / {stale[name][a]['n']:,}" if a in stale[name] else "-"
+            for a in ages
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _staleness_plot(pooled: dict[str, pd.DataFrame], before: dict[str, pd.DataFrame], path: Path) -> None:
+    """Accuracy by the model's age in days, refit and selection fit, for the shared model and the
+    baselines beside it."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, frame in pooled.items():
+        if name not in before or name in ("majority",):
+            continue
+        both = pd.concat([frame, before[name]])
+        daily = both.groupby("model_age_days")["correct"].mean()
+        ax.plot(daily.index, daily.to_numpy(), marker=".", label=name)
+    ax.axvspan(-0.5, 13.5, color="0.93", zorder=0)
+    ax.set_xlabel("model age at the ticket (days since its training data ends)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Staleness: refit models (days 0-13) and their selection fits (days 21+)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _final_holdout_section(result: dict) -> list[str]:

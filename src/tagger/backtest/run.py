@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +30,14 @@ from tagger.backtest.scoring import Intervals, MerchantBootstrap, Thresholds, in
 from tagger.data.dataset import load_dataset
 from tagger.data.splits import DAY, time_split
 from tagger.data.tickets import Tickets
-from tagger.metrics import outcomes, summary
+from tagger.metrics import AGE_BUCKETS, model_age, outcomes, summary
 from tagger.model.base import Estimator
 from tagger.model.cold_start import with_labels
 from tagger.model.selection import Tuned
 from tagger.paths import resolve, shown
-from tagger.training import load_model_config, make_estimator
+from tagger.training import cutoff_seconds, load_model_config, make_estimator
 
-SLICES = ("no_embeddings", "new_label", "new_account", "merchant_size", "label_frequency")
+SLICES = ("no_embeddings", "new_label", "new_account", "merchant_size", "label_frequency", "model_age")
 
 
 def model_configs(cfg: DictConfig) -> dict[str, dict]:
@@ -81,17 +82,23 @@ def run_backtest(cfg: DictConfig) -> dict:
     named_frames: dict[str, list[pd.DataFrame]] = {}  # "shared+names" and the zero-shot names baseline
     taxonomy = Taxonomy(resolve(cfg.data.path), tickets.meta)
     fits = len(configs) + len(seeded) * (len(seeds) - 1)
+    refit = bool(cfg.get("refit", False))
+    before_refit: dict[str, list[pd.DataFrame]] = {}  # each model's selection fit (first seed), scored too
     progress = tqdm(total=len(folds) * fits, desc="backtest", unit="fit")
     for fold in folds:
         train_mask, test_mask = fold.masks(ts, last=fold.index == len(folds) - 1)
         window, test = tickets.subset(train_mask), tickets.subset(test_mask)
         end = fold.validation_end(align)
         inner_train, inner_val, split = time_split(window, cfg.data.val_days, align, end)
+        data = FoldData(
+            fold.index, inner_train, inner_val, window, test, cutoff_seconds(split), fold.train_end
+        )
         fold_info.append(
             {
                 **fold.describe(),
                 "train_tickets": split["train_tickets"],
                 "val_tickets": split["val_tickets"],
+                "refit_tickets": len(window) if refit else None,
                 "test_tickets": len(test),
             }
         )
@@ -99,23 +106,25 @@ def run_backtest(cfg: DictConfig) -> dict:
         for name, model_cfg in configs.items():
             progress.set_postfix_str(f"fold {fold.index} {name}")
             seed = seeds[0] if name in seeded else None
-            fit = _fit(cfg, name, model_cfg, seed, fold.index, inner_train, inner_val, test)
+            fit = _fit(cfg, name, model_cfg, seed, data)
             if fit is None:
                 return {}
-            estimator, thresholds, test_out, row = fit
-            frames[name].append(test_out)
-            fitted[name] = estimator, thresholds
-            fold_rows.append(row)
+            frames[name].append(fit.test)
+            if fit.before_refit is not None:
+                before_refit.setdefault(name, []).append(fit.before_refit)
+            fitted[name] = fit.served, fit.thresholds
+            fold_rows.extend(fit.rows)
             progress.update()
         if "shared" in fitted and cold.get("declare_names"):
             # every model given each merchant's whole declared taxonomy at the test window's end
             declared = taxonomy.at(fold.test_end)
             rows = test.meta[["account_id", "label"]].astype(str).reset_index(drop=True)
-            # which test labels the training window names elsewhere, or whose intent it lacks:
+            # which test labels the model's training data names elsewhere, or whose intent it lacks:
             # the same rows for every model, so computed once
+            seen = data.seen(refit).meta
             flags = {
-                "name_seen_elsewhere": name_seen_elsewhere(rows, inner_train.meta),
-                "intent_unseen": taxonomy.intent_unseen(rows, inner_train.meta),
+                "name_seen_elsewhere": name_seen_elsewhere(rows, seen),
+                "intent_unseen": taxonomy.intent_unseen(rows, seen),
             }
             for name, (estimator, thresholds) in fitted.items():
                 if name == "shared":
@@ -124,16 +133,18 @@ def run_backtest(cfg: DictConfig) -> dict:
                     named = _chosen(estimator).with_candidates(declared)
                 else:
                     continue
-                named_out = _fold_outcomes(named, test, inner_train, fold.index, thresholds).assign(**flags)
+                named_out = _fold_outcomes(
+                    named, test, data.seen(refit), fold.index, thresholds, data.trained_until(refit)
+                ).assign(**flags)
                 named_frames.setdefault(f"{name}+names" if name == "shared" else name, []).append(named_out)
         for name in seeded:
             for seed in seeds[1:]:
                 progress.set_postfix_str(f"fold {fold.index} {name} seed {seed}")
-                fit = _fit(cfg, name, configs[name], seed, fold.index, inner_train, inner_val, test)
+                fit = _fit(cfg, name, configs[name], seed, data)
                 if fit is None:
                     return {}
-                more_seeds[name][seed].append(fit[2])
-                fold_rows.append(fit[3])
+                more_seeds[name][seed].append(fit.test)
+                fold_rows.extend(fit.rows)
                 progress.update()
     progress.close()
     pooled = {name: pd.concat(parts, ignore_index=True) for name, parts in frames.items()}
@@ -188,6 +199,8 @@ def run_backtest(cfg: DictConfig) -> dict:
         }
     comparison = _comparison(models, intervals, baselines, targets) if pairs and baselines else None
     final = _final_holdout(cfg, folds[-1], runs, baselines, pairs, targets)
+    before = {name: pd.concat(parts, ignore_index=True) for name, parts in before_refit.items()}
+    refit_effect = _refit_effect(cfg, pooled, before, targets) if before else None
     per_merchant = _per_merchant(pooled, targets)
     result = {
         "models": models,
@@ -196,6 +209,8 @@ def run_backtest(cfg: DictConfig) -> dict:
         "intervals": _describe(intervals),
         "paired_bootstrap": comparison,
         "final_holdout": final,
+        "refit": refit_effect,
+        "staleness": _staleness({**pooled, **{f"{n} (no refit)": f for n, f in before.items()}}),
         "cold_start": cold_start,
         "folds": fold_info,
         "per_merchant_coverage_at_95_precision": {
@@ -216,10 +231,17 @@ def run_backtest(cfg: DictConfig) -> dict:
         for n, r in runs.items()
         for s, f in r.items()
     ]
-    pd.concat([*every_run, *named_part]).to_parquet(output_dir / "outcomes.parquet", index=False)
+    unrefit = [
+        f.assign(
+            model=f"{n} (no refit)",
+            seed=pd.Series(seeds[0] if n in seeded else None, index=f.index, dtype="Int64"),
+        )
+        for n, f in before.items()
+    ]
+    pd.concat([*every_run, *unrefit, *named_part]).to_parquet(output_dir / "outcomes.parquet", index=False)
     if len(curve):
         curve.to_csv(output_dir / "learning_curve.csv", index=False)
-    write_report(result, pooled, per_merchant, output_dir)
+    write_report(result, pooled, per_merchant, output_dir, before)
     print((output_dir / "report.md").read_text().split("\n## ", 2)[1][:4000])
     print(
         f"\nwrote {output_dir}/report.md, metrics.json, folds.csv, per_merchant.csv, outcomes.parquet, plots"
@@ -247,43 +269,95 @@ def _seeded(name: str) -> bool:
     return name == "shared" or name.startswith("shared[")
 
 
-def _fit(
-    cfg: DictConfig,
-    name: str,
-    model_cfg: dict,
-    seed: int | None,
-    fold: int,
-    train: Tickets,
-    val: Tickets,
-    test: Tickets,
-) -> tuple[Estimator, Thresholds, pd.DataFrame, dict] | None:
-    """Fit one model on a fold's training window and score its test window: ``(estimator,
-    thresholds, test outcomes, folds.csv row)``, or None on a non-zero distributed rank.
-    ``seed`` overrides ``cfg.seed`` for this fit (None: a deterministic baseline, cfg as it is)."""
+@dataclass
+class FoldData:
+    """One fold's tickets: the training window split into the selection fit's training and
+    validation slices, and the test window (times in seconds since 1970)."""
+
+    index: int
+    train: Tickets  # the window less its validation slice: what the selection fit learns from
+    val: Tickets  # the window's last data.val_days: every choice is made here
+    window: Tickets  # train and val together: what a refit learns from
+    test: Tickets
+    val_start: float  # where the selection fit's training data ends
+    window_end: float  # where the refit's training data ends (the test start, less any gap)
+
+    def seen(self, refit: bool) -> Tickets:
+        """The tickets the scored model learnt from."""
+        return self.window if refit else self.train
+
+    def trained_until(self, refit: bool) -> float:
+        """Where the scored model's training data ends."""
+        return self.window_end if refit else self.val_start
+
+
+@dataclass
+class FoldFit:
+    """One model fit in one fold: what is scored (``served``: the refit, or with ``refit: false``
+    the selection fit), its thresholds (chosen on validation by the selection fit), its test
+    outcomes, folds.csv rows, and the selection fit's own test outcomes when a refit replaced it."""
+
+    served: Estimator
+    thresholds: Thresholds
+    test: pd.DataFrame
+    rows: list[dict]
+    before_refit: pd.DataFrame | None
+
+
+def _fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: FoldData) -> FoldFit | None:
+    """Fit one model on a fold's training slice, choose on its validation slice, refit on the whole
+    window (``refit: true``) and score the test window; None on a non-zero distributed rank.
+    ``seed`` overrides ``cfg.seed`` for this fit (None: a deterministic baseline, cfg as it is).
+
+    The confidence thresholds come from the selection fit's validation outcomes (out of sample)
+    and are carried over to the refit, as its temperature is; the report checks the precision they
+    realise on the test windows."""
     bt = cfg.backtest
     output_dir = resolve(cfg.output_dir)
-    where = f"fold{fold}" if seed is None else f"fold{fold}-seed{seed}"
+    where = f"fold{data.index}" if seed is None else f"fold{data.index}-seed{seed}"
     fit_cfg = cfg if seed is None else OmegaConf.merge(cfg, {"seed": seed})
     estimator = make_estimator(model_cfg, fit_cfg, log_dir=output_dir / "logs" / where)
     t0 = time.perf_counter()
-    estimator.fit(train, val)
+    estimator.fit(data.train, data.val)
     if not getattr(estimator, "fit_info", {}).get("is_global_zero", True):
         return None
     fit_seconds = time.perf_counter() - t0
-    predictor, parity = _runtime(estimator, bt.runtime, val, output_dir / "onnx" / where)
     targets = list(bt.precision_targets)
-    thresholds = Thresholds(outcomes(predictor.predict(val), val, train.meta), targets, bt.min_account_val)
-    test_out = _fold_outcomes(predictor, test, train, fold, thresholds)
-    row = {
-        "model": name,
-        "fold": fold,
-        "seed": seed,
-        "fit_seconds": fit_seconds,
-        **(_search(estimator) if isinstance(estimator, Tuned) else {}),
-        **parity,
-        **summary(test_out, _row_thresholds(test_out, targets)),
-    }
-    return estimator, thresholds, test_out, row
+    val_out = outcomes(estimator.predict(data.val), data.val, data.train.meta)
+    thresholds = Thresholds(val_out, targets, bt.min_account_val)
+    refit = bool(cfg.get("refit", False))
+    served, refit_seconds = estimator, None
+    if refit:
+        t0 = time.perf_counter()
+        served = estimator.refit(data.window)
+        if not getattr(served, "fit_info", {}).get("is_global_zero", True):
+            return None
+        refit_seconds = time.perf_counter() - t0
+    predictor, parity = _runtime(served, bt.runtime, data.val, output_dir / "onnx" / where)
+    test_out = _fold_outcomes(
+        predictor, data.test, data.seen(refit), data.index, thresholds, data.trained_until(refit)
+    )
+    common = {"fold": data.index, "seed": seed}
+    rows = [
+        {
+            "model": name,
+            **common,
+            "refit": refit,
+            "fit_seconds": fit_seconds,
+            "refit_seconds": refit_seconds,
+            **(_search(estimator) if isinstance(estimator, Tuned) else {}),
+            **parity,
+            **summary(test_out, _row_thresholds(test_out, targets)),
+        }
+    ]
+    before = None
+    if refit:
+        before = _fold_outcomes(estimator, data.test, data.train, data.index, thresholds, data.val_start)
+        rows.append(
+            {"model": f"{name} (no refit)", **common, "refit": False, "fit_seconds": fit_seconds}
+            | summary(before, _row_thresholds(before, targets))
+        )
+    return FoldFit(served, thresholds, test_out, rows, before)
 
 
 def _chosen(estimator: Estimator) -> Estimator:
@@ -296,13 +370,17 @@ def _search(tuned: Tuned) -> dict:
     return {"chosen": json.dumps(tuned.chosen), "search_fits": tuned.budget}
 
 
-def _fold_outcomes(predictor, test, train, fold: int, thresholds: Thresholds) -> pd.DataFrame:
-    """Every test ticket's outcome in a fold, with each row's confidence threshold per precision target."""
+def _fold_outcomes(
+    predictor, test: Tickets, seen: Tickets, fold: int, thresholds: Thresholds, trained_until: float
+) -> pd.DataFrame:
+    """Every test ticket's outcome in a fold, with each row's confidence threshold per precision
+    target and the model's age for it (days since the end of its training data ``seen``)."""
     # chance levels count the labels the predictor chooses among (a label table with declared
     # labels has more than training shows); an ONNX predictor has the training labels
     table = getattr(predictor, "table", None)
-    out = outcomes(predictor.predict(test), test, train.meta, None if table is None else table.sizes())
+    out = outcomes(predictor.predict(test), test, seen.meta, None if table is None else table.sizes())
     out.insert(0, "fold", fold)
+    out["model_age_days"], out["model_age"] = model_age(test.meta["unix_timestamp"].to_numpy(), trained_until)
     for target, values in thresholds.of(out).items():
         out[f"threshold_{round(target * 100)}"] = values
     return out
@@ -389,6 +467,51 @@ def _final_holdout(
         "intervals": _describe(intervals),
         "comparison": _comparison(models, intervals, baselines, targets) if pairs and baselines else None,
     }
+
+
+def _refit_effect(
+    cfg: DictConfig, pooled: dict[str, pd.DataFrame], before: dict[str, pd.DataFrame], targets: list[float]
+) -> dict:
+    """Each model refit on the whole window against its own selection fit (the first seed's), on the
+    same test tickets: both summaries and the paired merchant-clustered interval of the difference."""
+    frames = {}
+    for name, frame in before.items():
+        frames[name], frames[f"{name} (no refit)"] = [pooled[name]], [frame]
+    pairs = [(name, f"{name} (no refit)") for name in before]
+    bt = cfg.backtest
+    intervals = (
+        MerchantBootstrap(frames, targets).intervals(
+            bt.bootstrap, cfg.seed, bt.get("ci_method", "percentile"), pairs=pairs
+        )
+        if bt.bootstrap
+        else None
+    )
+    return {
+        name: {
+            "refit": summary(pooled[name], _row_thresholds(pooled[name], targets)),
+            "no_refit": summary(frame, _row_thresholds(frame, targets)),
+            "difference": intervals.differences[(name, f"{name} (no refit)")] if intervals else None,
+        }
+        for name, frame in before.items()
+    }
+
+
+def _staleness(frames: dict[str, pd.DataFrame]) -> dict:
+    """Per model, its test tickets by the model's age at each (days since its training data ends):
+    a refit model's test window is its days 0-13, a selection fit's (21 days staler) its days 21-34."""
+    order = {name: i for i, (_, _, name) in enumerate(AGE_BUCKETS)}
+    out = {}
+    for name, frame in frames.items():
+        parts = sorted(frame.groupby("model_age"), key=lambda kv: order.get(kv[0], len(order)))
+        out[name] = {
+            str(age): {
+                k: v
+                for k, v in summary(part).items()
+                if k in ("n", "accuracy", "macro_f1_account_mean", "n_new_label", "n_new_account")
+            }
+            for age, part in parts
+        }
+    return out
 
 
 def _describe(intervals: Intervals | None) -> dict | None:

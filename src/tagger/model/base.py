@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -78,6 +79,16 @@ class Estimator(ABC):
     @abstractmethod
     def predict(self, tickets: Tickets, k: int = 5) -> Predictions:
         """Top-k labels from each ticket's own account's labels."""
+
+    def refit(self, window: Tickets) -> Estimator:
+        """A new estimator with every choice this fitted one made on validation, fit on the whole
+        ``window`` (training and validation tickets together) with no validation slice left over.
+
+        Here: a copy fit afresh, right for an estimator whose settings are all constructor
+        parameters and whose ``fit`` reads no validation (every baseline). One that learns
+        something from validation (an epoch count, a temperature) overrides this to carry it over.
+        """
+        return copy.copy(self).fit(window)
 
 
 class AccountPrior:

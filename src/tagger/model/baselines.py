@@ -35,6 +35,7 @@ class PerAccountEstimator(Estimator):
 
     def fit(self, train: Tickets, val: Tickets | None = None) -> PerAccountEstimator:
         """One model per account of ``train`` (``val`` is not used)."""
+        self.models = {}  # a copy being refit must not write into the original's models
         self._fit_label_side(train)
         x = mean_pool(train)
         rows = self.table.rows(train.meta["account_id"], train.meta["label"])

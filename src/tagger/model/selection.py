@@ -88,6 +88,10 @@ class Tuned(Estimator):
         self.search = [{"params": p, "score": v} for p, v in zip(points, scores, strict=True)]
         return self
 
+    def refit(self, window: Tickets) -> Estimator:
+        """The chosen point fit on the whole ``window`` (one fit, no search)."""
+        return self.best.refit(window)
+
     def predict(self, tickets: Tickets, k: int = 5) -> Predictions:
         """The chosen estimator's predictions."""
         return self.best.predict(tickets, k)

@@ -12,11 +12,12 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from tagger.data.tickets import Tickets
+from tagger.metrics import selection_score
 from tagger.model.base import AccountPrior, Estimator, Predictions, predictions_from_logits
 from tagger.model.batches import TicketBatches
 from tagger.model.label_table import LabelTable
@@ -113,11 +114,12 @@ class SharedEstimator(Estimator):
             val_loader = DataLoader(val_data, batch_size=512, collate_fn=val_data.collate)
         tcfg = dict(self.trainer_cfg)
         patience = tcfg.pop("patience", 4)
-        monitor = tcfg.pop("monitor", "val_macro_f1")
+        monitor = tcfg.pop("monitor", SelectionScore.key)
         log_dir = Path(self.log_dir or tempfile.mkdtemp(prefix="tagger-logs-"))
-        callbacks = []
+        callbacks: list[Callback] = []
         checkpoint = None
         if val_loader is not None:
+            callbacks.append(SelectionScore(self, train, val))
             checkpoint = ModelCheckpoint(
                 dirpath=log_dir / "checkpoints",
                 monitor=monitor,
@@ -152,6 +154,24 @@ class SharedEstimator(Estimator):
         if self.cfg.get("confidence", {}).get("fit_temperature", True) and val_loader is not None:
             self.temperature = self._fit_temperature(val_loader)
         return self
+
+    def refit(self, window: Tickets) -> SharedEstimator:
+        """A model trained from scratch on the whole ``window`` for as many epochs as this one's best
+        checkpoint had, with this one's temperature (fit out of sample, on validation): nothing is
+        left over to choose either on, so both are carried over from the selection fit."""
+        if not self.fit_info:
+            raise RuntimeError("refit needs a fitted SharedEstimator (its epoch count and temperature)")
+        best = self.fit_info.get("best_epoch")
+        epochs = (best + 1) if best is not None else max(int(self.fit_info["epochs"]), 1)
+        log_dir = Path(self.log_dir) / "refit" if self.log_dir else None
+        trainer = {**self.trainer_cfg, "max_epochs": epochs}
+        refit = SharedEstimator(self.cfg, trainer, seed=self.seed, log_dir=log_dir, embedder=self.embedder)
+        refit.fit(window)
+        refit.temperature = self.temperature
+        refit.fit_info["selection"] = {
+            k: self.fit_info.get(k) for k in ("epochs", "best_epoch", "best_score", "train_tickets")
+        }
+        return refit
 
     @torch.no_grad()
     def _collect_logits(self, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,6 +233,24 @@ class SharedEstimator(Estimator):
             k,
             self.cfg.get("confidence", {}).get("null_fallback", "prior") == "abstain",
         )
+
+
+class SelectionScore(Callback):
+    """Logs ``val_account_macro_f1`` after each validation epoch: :func:`~tagger.metrics.selection_score`
+    of the model as it stands, predicted through :meth:`SharedEstimator.predict` (every validation
+    ticket, the prior fallback and unseen labels included), so early stopping and the best
+    checkpoint choose by the very figure the reports lead with."""
+
+    key = "val_account_macro_f1"
+
+    def __init__(self, estimator: SharedEstimator, train: Tickets, val: Tickets):
+        self.estimator, self.train, self.val = estimator, train, val
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        score = selection_score(self.estimator.predict(self.val), self.val, self.train)
+        pl_module.log(self.key, score, prog_bar=True)
 
 
 def _epoch_of(path: str) -> int | None:
