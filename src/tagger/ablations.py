@@ -24,6 +24,7 @@ VARIANTS = {
     "untied label tower": ["model.labels.tie_label_tower=false"],
     "logit adjustment tau=1": ["model.imbalance.method=logit_adjust", "model.imbalance.tau=1.0"],
     "3 prototypes per label": ["model.score.prototypes=3"],
+    "a learned bias per label": ["model.score.label_bias=true"],
     "no early stopping (30 epochs)": ["trainer.patience=1000"],
 }
 
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             *VARIANTS[name],
             "compare_with=[]",
             "save_model=false",
+            "refit=false",  # scored on validation, which a refit learns from: the backtest compares refits
             f"output_dir={run_dir}",
             "trainer.enable_progress_bar=false",
         ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -128,11 +129,16 @@ class SharedEstimator(Estimator):
                 filename="best-{epoch}",
             )
             callbacks += [EarlyStopping(monitor=monitor, mode="max", patience=patience), checkpoint]
+        if val_loader is None:  # a refit keeps its last epoch: no checkpoint to choose from
+            tcfg.setdefault("enable_checkpointing", False)
         trainer = L.Trainer(
             logger=CSVLogger(log_dir, name="shared"), callbacks=callbacks, enable_model_summary=False, **tcfg
         )
         t0 = time.perf_counter()
-        trainer.fit(lit, train_loader, val_loader)
+        with warnings.catch_warnings():
+            if val_loader is None:  # a refit: nothing is left to validate on, by design
+                warnings.filterwarnings("ignore", message="You defined a `validation_step`")
+            trainer.fit(lit, train_loader, val_loader)
         seconds = time.perf_counter() - t0
         if checkpoint is not None and checkpoint.best_model_path:
             state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)[
