@@ -195,3 +195,22 @@ def tiny_run(tmp: Path, data: Path) -> list[str]:
         "model.projection.hidden=64",
         "model.projection.out_dim=32",
     ]
+
+
+def tiny_backtest(tmp: Path, data: Path, n_folds: int, *extra: str):
+    """The backtest config of a quick run on a toy file: ``n_folds`` test windows of 2 days, a
+    1-day validation slice, output under ``tmp / "out"``, then ``extra`` overrides."""
+    from hydra import compose, initialize_config_dir
+
+    from tagger.paths import PROJECT_ROOT
+
+    overrides = [
+        *tiny_run(tmp, data),
+        "data.val_days=1",
+        f"output_dir={tmp / 'out'}",
+        f"backtest.n_folds={n_folds}",
+        "backtest.test_days=2",
+        *extra,
+    ]
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return compose("backtest", overrides=overrides)

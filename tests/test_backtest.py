@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_tickets, tiny_run, toy_parquet, toy_problem, unit_vectors
+from conftest import make_tickets, tiny_backtest, tiny_run, toy_parquet, toy_problem, unit_vectors
 from hydra import compose, initialize_config_dir
 
 from tagger.backtest.folds import DAY, rolling_folds
@@ -98,12 +98,10 @@ def test_threshold_is_chosen_on_validation_only():
 
 def test_backtest_end_to_end_and_report(tmp_path):
     data = toy_parquet(tmp_path / "tickets.parquet", n_per_label=40, days=8, late_account=True)
-    overrides = [
-        *tiny_run(tmp_path, data),
-        "data.val_days=1",
-        f"output_dir={tmp_path / 'out'}",
-        "backtest.n_folds=2",
-        "backtest.test_days=2",
+    cfg = tiny_backtest(
+        tmp_path,
+        data,
+        2,
         "backtest.bootstrap=20",
         "backtest.seeds=[0]",  # several seeds: test_backtest_fits_the_shared_model_once_per_seed
         "trainer.max_epochs=3",
@@ -113,9 +111,7 @@ def test_backtest_end_to_end_and_report(tmp_path):
         "backtest.cold_start.learning_curve.labels=1",
         "backtest.cold_start.learning_curve.min_test=1",
         "backtest.cold_start.learning_curve.models=[logreg]",
-    ]
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("backtest", overrides=overrides)
+    )
     result = run_backtest(cfg)
     out = tmp_path / "out"
     for name in (
@@ -177,6 +173,13 @@ def test_backtest_end_to_end_and_report(tmp_path):
     last = tested[tested["fold"] == 1]
     assert final["models"]["shared"]["overall"]["n"] == len(last)
     assert "## Final holdout: fold 1 alone" in report
+    # each model's refit is scored, and its selection fit on the same tickets beside it
+    refit = written["refit"]["shared"]
+    assert refit["refit"]["n"] == refit["no_refit"]["n"] == len(tested)
+    assert refit["refit"]["n_new_label"] <= refit["no_refit"]["n_new_label"]
+    assert (outcomes_frame["model"] == "shared (no refit)").sum() == len(tested)
+    assert set(tested["model_age"]) <= {"0-3", "4-7"} and (out / "staleness.png").exists()
+    assert "## Refit on the whole window" in report and "## Staleness" in report
     # logreg chose its C on each fold's validation slice, out of its whole grid
     assert "## Choices made on validation" in report
     assert all(r["search_fits"] == 6 for r in written["models"]["logreg"]["folds"])

@@ -156,8 +156,11 @@ def test_names_picks_the_label_whose_name_vector_is_nearest():
     )  # fit learns nothing from ticket text: tickets without embeddings are enough
     est = NameSimilarity(temperature=0.05, embedder=embedder).fit(train)
     rng = np.random.default_rng(0)
-    rows = [("a", lab, v) for lab, key in [("Shipping::Tracking", "ship"), ("Billing::Invoice", "bill"),
-                                           ("Other", "other")] for v in _noisy(_direction(key), 10, rng)]
+    rows = [
+        ("a", lab, v)
+        for lab, key in [("Shipping::Tracking", "ship"), ("Billing::Invoice", "bill"), ("Other", "other")]
+        for v in _noisy(_direction(key), 10, rng)
+    ]
     tickets = make_tickets(rows)
     pred = est.predict(tickets, k=3)
     assert (pred.labels(0) == tickets.meta["label"].to_numpy()).all()

@@ -12,6 +12,7 @@ from conftest import (
     FakeEmbedder,
     embeddings_json,
     make_tickets,
+    tiny_backtest,
     tiny_run,
     toy_parquet,
     toy_problem,
@@ -157,12 +158,10 @@ def test_no_fit_in_the_backtest_sees_its_folds_test_window(tmp_path, monkeypatch
     from tagger.model.baselines import CrossMerchantLogReg, NameSimilarity, PerAccountEstimator
 
     data = toy_parquet(tmp_path / "tickets.parquet", n_per_label=40, days=8, late_account=True)
-    overrides = [
-        *tiny_run(tmp_path, data),
-        "data.val_days=1",
-        f"output_dir={tmp_path / 'out'}",
-        "backtest.n_folds=2",
-        "backtest.test_days=2",
+    cfg = tiny_backtest(
+        tmp_path,
+        data,
+        2,
         "backtest.bootstrap=0",
         "backtest.seeds=[0,1]",
         "trainer.max_epochs=2",
@@ -171,9 +170,7 @@ def test_no_fit_in_the_backtest_sees_its_folds_test_window(tmp_path, monkeypatch
         "backtest.cold_start.learning_curve.labels=1",
         "backtest.cold_start.learning_curve.min_test=1",
         "backtest.cold_start.learning_curve.models=[logreg]",
-    ]
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("backtest", overrides=overrides)
+    )
     folds = configured_folds(load_dataset(cfg.data).meta["unix_timestamp"].to_numpy(), cfg)
     fold = {"index": None}
     fits = []

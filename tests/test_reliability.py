@@ -131,4 +131,3 @@ def test_the_launcher_binds_to_loopback_and_refuses_a_broken_export(fresh, monke
     with pytest.raises(SystemExit, match=r"refuses to start.*model\.onnx does not match"):
         launcher.main([f"export_dir={fresh}"])
     assert launcher.main(["not-a-key-value"]) == 2
-

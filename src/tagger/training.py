@@ -135,21 +135,20 @@ def run(cfg: DictConfig) -> dict:
         started = time.perf_counter()
         estimator.fit(train, val)
         fit_seconds = time.perf_counter() - started
+        served, refit_seconds = estimator, 0.0
+        if cfg.get("refit", False):
+            # the choices are made (epoch, temperature, C or k); what is saved learns from every
+            # ticket before the holdout, the validation weeks' new labels and merchants included.
+            # Under DDP every rank takes part in the refit's fit, so no rank leaves before it
+            started = time.perf_counter()
+            served = estimator.refit(development)
+            refit_seconds = time.perf_counter() - started
         if not getattr(estimator, "fit_info", {}).get("is_global_zero", True):
             return {}  # a DDP worker: rank 0 evaluates and saves
         started = time.perf_counter()
         pred = estimator.predict(val)
         predict_seconds = time.perf_counter() - started
         metrics, val_outcomes = evaluate(pred, val, train)
-        served = estimator
-        if cfg.get("refit", False):
-            # the choices are made (epoch, temperature, C or k); what is saved learns from every
-            # ticket before the holdout, the validation weeks' new labels and merchants included
-            started = time.perf_counter()
-            served = estimator.refit(development)
-            if not getattr(served, "fit_info", {}).get("is_global_zero", True):
-                return {}
-            refit_seconds = time.perf_counter() - started
         results[name] = {
             **metrics,
             "fit_seconds": fit_seconds,

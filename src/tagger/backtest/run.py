@@ -319,20 +319,18 @@ def _fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: Fo
     estimator = make_estimator(model_cfg, fit_cfg, log_dir=output_dir / "logs" / where)
     t0 = time.perf_counter()
     estimator.fit(data.train, data.val)
+    fit_seconds = time.perf_counter() - t0
+    refit = bool(cfg.get("refit", False))
+    served, refit_seconds = estimator, None
+    if refit:  # under DDP every rank takes part in the refit's fit: no rank leaves before it
+        t0 = time.perf_counter()
+        served = estimator.refit(data.window)
+        refit_seconds = time.perf_counter() - t0
     if not getattr(estimator, "fit_info", {}).get("is_global_zero", True):
         return None
-    fit_seconds = time.perf_counter() - t0
     targets = list(bt.precision_targets)
     val_out = outcomes(estimator.predict(data.val), data.val, data.train.meta)
     thresholds = Thresholds(val_out, targets, bt.min_account_val)
-    refit = bool(cfg.get("refit", False))
-    served, refit_seconds = estimator, None
-    if refit:
-        t0 = time.perf_counter()
-        served = estimator.refit(data.window)
-        if not getattr(served, "fit_info", {}).get("is_global_zero", True):
-            return None
-        refit_seconds = time.perf_counter() - t0
     predictor, parity = _runtime(served, bt.runtime, data.val, output_dir / "onnx" / where)
     test_out = _fold_outcomes(
         predictor, data.test, data.seen(refit), data.index, thresholds, data.trained_until(refit)

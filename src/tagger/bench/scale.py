@@ -496,8 +496,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--merchants", type=int, nargs="+", default=[60, 1000, 5000, 20000])
     parser.add_argument("--labels", type=int, default=30, help="labels per merchant")
-    parser.add_argument("--before", type=int, nargs="*", default=[60, 1000, 5000],
-                        help="merchant counts at which the pre-layout model is measured too")
+    parser.add_argument(
+        "--before",
+        type=int,
+        nargs="*",
+        default=[60, 1000, 5000],
+        help="merchant counts at which the pre-layout model is measured too",
+    )
     parser.add_argument("--steps", type=int, default=30, help="timed training steps")
     parser.add_argument("--before-steps", type=int, default=3, help="timed steps of the pre-layout model")
     parser.add_argument("--repeats", type=int, default=3000, help="single-ticket predictions timed")
