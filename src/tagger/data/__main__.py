@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("describe", help="statistics and validation report of a ticket parquet file")
-    d.add_argument("path", type=Path, help="ticket parquet file (schema in the README)")
+    d.add_argument("path", type=Path, help="ticket parquet file (schema in docs/data.md)")
     d.add_argument("--json", metavar="OUT", help="also write the statistics as JSON to OUT")
     d.add_argument("--quarantine", metavar="CSV", help="write every quarantined row to CSV")
     d.add_argument("--worst", type=int, default=5, help="accounts listed by null-embedding share")

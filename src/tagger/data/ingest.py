@@ -1,4 +1,4 @@
-"""Ingest a ticket parquet file (schema in the README) into :class:`Tickets`.
+"""Ingest a ticket parquet file (schema in docs/data.md) into :class:`Tickets`.
 
 Scalar columns are read whole (they are small); the embeddings column is streamed in
 record batches and parsed row by row with orjson straight into a float32 file, so memory
