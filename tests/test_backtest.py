@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_dir
 
 from tagger.backtest.folds import DAY, rolling_folds
 from tagger.backtest.run import run_backtest
-from tagger.backtest.scoring import Thresholds, choose_threshold
 from tagger.metrics import outcomes, summary
 from tagger.model.baselines import LogReg
+from tagger.model.thresholds import Thresholds, choose_threshold
 from tagger.paths import PROJECT_ROOT
 
 

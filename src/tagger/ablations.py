@@ -12,21 +12,9 @@ import json
 
 from hydra import compose, initialize_config_dir
 
+from tagger.model.variants import VARIANTS
 from tagger.paths import PROJECT_ROOT
 from tagger.training import run
-
-VARIANTS = {
-    "default": [],
-    "mean pooling": ["model.encoder.pooling=mean"],
-    "max pooling": ["model.encoder.pooling=max"],
-    "no account-conditioned query": ["model.encoder.account_query=false"],
-    "labels from random init (no names)": ["model.labels.label_init=random"],
-    "untied label tower": ["model.labels.tie_label_tower=false"],
-    "logit adjustment tau=1": ["model.imbalance.method=logit_adjust", "model.imbalance.tau=1.0"],
-    "3 prototypes per label": ["model.score.prototypes=3"],
-    "a learned bias per label": ["model.score.label_bias=true"],
-    "no early stopping (30 epochs)": ["trainer.patience=1000"],
-}
 
 
 def main(argv: list[str] | None = None) -> int:

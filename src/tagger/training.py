@@ -7,10 +7,8 @@ choices on training and validation together, and that refit is what gets saved.
 
 from __future__ import annotations
 
-import functools
 import json
 import time
-from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
@@ -18,50 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 from tagger.data.dataset import load_dataset
 from tagger.data.splits import holdout_split, time_split
 from tagger.data.tickets import Tickets
-from tagger.metrics import outcomes, selection_score, summary
+from tagger.metrics import outcomes, summary
 from tagger.model.base import Estimator, Predictions
-from tagger.model.baselines import KNN, CrossMerchantLogReg, LogReg, Majority, NameSimilarity, NearestCentroid
-from tagger.model.selection import Tuned, split_grid
-from tagger.paths import PROJECT_ROOT, resolve, shown
+from tagger.model.factory import load_model_config, make_estimator, search_record
+from tagger.model.selection import Tuned
+from tagger.paths import resolve, shown
 
-BASELINES = {
-    "majority": Majority,
-    "logreg": LogReg,
-    "xlogreg": CrossMerchantLogReg,
-    "centroid": NearestCentroid,
-    "knn": KNN,
-    "names": NameSimilarity,
-}
 SMALL_MERCHANT = 200  # training tickets
-
-
-def make_estimator(model_cfg: dict, cfg: DictConfig, log_dir: Path | None = None) -> Estimator:
-    """The estimator a ``model`` config names; a baseline with a ``grid`` is tuned on the validation
-    slice it is fit with (:class:`~tagger.model.selection.Tuned`, by :func:`selection_score`)."""
-    name = model_cfg["name"]
-    if name == "shared":
-        from tagger.embed import SentenceEmbedder
-        from tagger.model.shared_estimator import SharedEstimator
-
-        trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
-        embedder = SentenceEmbedder(resolve(cfg.data.sentence_cache_dir))
-        return SharedEstimator(model_cfg, trainer, seed=cfg.seed, log_dir=log_dir, embedder=embedder)
-    if name not in BASELINES:
-        raise ValueError(f"unknown model {name!r}: shared, {', '.join(BASELINES)}")
-    params, grid = split_grid(model_cfg)
-    if name == "names":
-        from tagger.embed import SentenceEmbedder
-
-        params["embedder"] = SentenceEmbedder(resolve(cfg.data.sentence_cache_dir))
-    if not grid:
-        return BASELINES[name](**params)
-    fixed = {k: v for k, v in params.items() if k not in grid}
-    return Tuned(functools.partial(BASELINES[name], **fixed), grid, selection_score)
-
-
-def search_record(tuned: Tuned) -> dict:
-    """What a tuned baseline chose on validation, out of how many fits."""
-    return {"chosen": tuned.chosen, "search_budget_fits": tuned.budget, "search": tuned.search}
 
 
 def refit_record(served: Estimator, seconds: float) -> dict:
@@ -74,16 +35,6 @@ def refit_record(served: Estimator, seconds: float) -> dict:
         "labels": len(table),
         **({"fit": served.fit_info} if hasattr(served, "fit_info") else {}),
     }
-
-
-def load_model_config(name: str) -> dict:
-    """The model config ``conf/model/NAME.yaml`` (a baseline compared beside the main model)."""
-    return OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "model" / f"{name}.yaml"))
-
-
-def cutoff_seconds(split: dict) -> float:
-    """The training cutoff of a :func:`time_split` record, in seconds since 1970."""
-    return pd.Timestamp(split["cutoff"]).timestamp()
 
 
 def model_configs(cfg: DictConfig) -> list[dict]:
@@ -162,8 +113,8 @@ def run(cfg: DictConfig) -> dict:
             "refit": refit_record(served, refit_seconds) if served is not estimator else None,
         }
         if name == "shared" and cfg.save_model:
-            from tagger.backtest.scoring import Thresholds
             from tagger.model.artifacts import save_shared
+            from tagger.model.thresholds import Thresholds
 
             thresholds = Thresholds(val_outcomes, list(cfg.precision_targets), cfg.min_account_val)
             data = {

@@ -27,8 +27,8 @@ from tagger.data.splits import DAY, time_split
 from tagger.data.tickets import Tickets
 from tagger.metrics import chance, outcomes, summary
 from tagger.model.cold_start import update_labels
+from tagger.model.factory import load_model_config, make_estimator
 from tagger.model.label_update import LabelUpdate
-from tagger.training import load_model_config, make_estimator
 
 
 class Taxonomy:

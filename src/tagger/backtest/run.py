@@ -17,7 +17,6 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from tagger.ablations import VARIANTS
 from tagger.backtest.cold_start import (
     Taxonomy,
     learning_curve,
@@ -26,16 +25,18 @@ from tagger.backtest.cold_start import (
 )
 from tagger.backtest.folds import configured_folds
 from tagger.backtest.report import write_report
-from tagger.backtest.scoring import Intervals, MerchantBootstrap, Thresholds, interval_metrics
+from tagger.backtest.scoring import Intervals, MerchantBootstrap, interval_metrics
 from tagger.data.dataset import load_dataset
-from tagger.data.splits import DAY, time_split
+from tagger.data.splits import DAY, cutoff_seconds, time_split
 from tagger.data.tickets import Tickets
 from tagger.metrics import AGE_BUCKETS, model_age, outcomes, summary
 from tagger.model.base import Estimator
 from tagger.model.cold_start import with_labels
+from tagger.model.factory import load_model_config, make_estimator
 from tagger.model.selection import Tuned
+from tagger.model.thresholds import Thresholds
+from tagger.model.variants import VARIANTS
 from tagger.paths import resolve, shown
-from tagger.training import cutoff_seconds, load_model_config, make_estimator
 
 SLICES = ("no_embeddings", "new_label", "new_account", "merchant_size", "label_frequency", "model_age")
 

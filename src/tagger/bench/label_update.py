@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tagger.bench.machine import machine_description
-from tagger.bench.serving import _requests, admin_server, start_load, summarise_load
+from tagger.bench.serving import admin_server, request_bodies, start_load, summarise_load
 from tagger.model.label_update import LabelUpdate
 from tagger.paths import PROJECT_ROOT, latest_export, shown
 from tagger.serving.admin import update_export
@@ -46,7 +46,7 @@ def run(export_dir: Path, n_updates: int, rate: float, tickets: int) -> dict:
     """Serve a copy of ``export_dir``, drive it at ``rate`` and apply ``n_updates`` label updates."""
     import httpx
 
-    bodies = _requests(export_dir, tickets)
+    bodies = request_bodies(export_dir, tickets)
     examples = [b for b in bodies if b["email_sentence_embeddings"]][:5]
     accounts = sorted({b["account_id"] for b in bodies})
     rng = np.random.default_rng(0)

@@ -28,12 +28,12 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tagger.bench.machine import machine_description
+from tagger.data.splits import cutoff_seconds
 from tagger.paths import PROJECT_ROOT, latest_export
 from tagger.serving.label_store import read_generation
-from tagger.training import cutoff_seconds
 
 
-def _requests(export_dir: Path, n: int, seed: int = 0) -> list[dict]:
+def request_bodies(export_dir: Path, n: int, seed: int = 0) -> list[dict]:
     """``n`` real held-out tickets as API request bodies (the embeddings JSON string as in the parquet)."""
     serving = json.loads((export_dir / "serving.json").read_text())
     data = json.loads((Path(serving["model_dir"]) / "data.json").read_text())
@@ -50,7 +50,8 @@ def _requests(export_dir: Path, n: int, seed: int = 0) -> list[dict]:
     ]
 
 
-def _percentiles(ms: list[float]) -> dict:
+def percentiles(ms: list[float]) -> dict:
+    """p50, p95 and p99 of latencies in milliseconds (None for none)."""
     if not ms:
         return {"p50": None, "p95": None, "p99": None}
     a = np.asarray(ms)
@@ -64,14 +65,14 @@ def _percentiles(ms: list[float]) -> dict:
 def in_process(export_dir: Path, bodies: list[dict], repeats: int = 500) -> dict:
     """Latency of the ONNX predictor and of PyTorch eager on the same tickets, single and batched."""
     from tagger.serving.api import Limits as _Limits
-    from tagger.serving.api import TicketIn, _parse
+    from tagger.serving.api import TicketIn, parse_ticket
     from tagger.serving.onnx_predictor import OnnxPredictor
 
     predictor = OnnxPredictor(export_dir)
     from tagger.data.tickets import Tickets
 
     accounts = [b["account_id"] for b in bodies]
-    vectors = [_parse(TicketIn(**b), "", _Limits(max_sentences=10_000)) for b in bodies]
+    vectors = [parse_ticket(TicketIn(**b), "", _Limits(max_sentences=10_000)) for b in bodies]
     tickets = [Tickets.from_vectors([a], [v]) for a, v in zip(accounts, vectors, strict=True)]
     out = {}
 
@@ -82,7 +83,7 @@ def in_process(export_dir: Path, bodies: list[dict], repeats: int = 500) -> dict
             t0 = time.perf_counter()
             fn(item)
             ms.append((time.perf_counter() - t0) * 1000)
-        return {**_percentiles(ms), "mean": statistics.mean(ms)}
+        return {**percentiles(ms), "mean": statistics.mean(ms)}
 
     batches = {
         size: [
@@ -236,7 +237,7 @@ def http(export_dir: Path, bodies: list[dict], rates: list[float], seconds: floa
 def summarise_load(got: dict) -> dict:
     """Percentiles, counts and statuses of one load run."""
     return {
-        **_percentiles(got["latencies"]),
+        **percentiles(got["latencies"]),
         "requests": len(got["latencies"]),
         "throughput": len(got["latencies"]) / got["seconds"],
         "errors": got["errors"],
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=PROJECT_ROOT / "results" / "benchmarks")
     args = parser.parse_args(argv)
     export_dir = args.export_dir or latest_export()
-    bodies = _requests(export_dir, args.tickets)
+    bodies = request_bodies(export_dir, args.tickets)
     figures = {
         "export_dir": str(export_dir),
         "machine": machine_description(),

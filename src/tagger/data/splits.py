@@ -60,3 +60,8 @@ def holdout_split(tickets: Tickets, holdout_days: float, align: bool = False) ->
         raise ValueError(f"data.holdout_days={holdout_days} leaves no ticket before the holdout")
     info = {"holdout_days": holdout_days, "holdout_start": iso(start), "holdout_tickets": int((~keep).sum())}
     return tickets.subset(keep), info
+
+
+def cutoff_seconds(split: dict) -> float:
+    """The training cutoff of a :func:`time_split` record, in seconds since 1970."""
+    return pd.Timestamp(split["cutoff"]).timestamp()

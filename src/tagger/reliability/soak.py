@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tagger.bench.machine import machine_description
-from tagger.bench.serving import _percentiles, _requests, admin_server, rss_mb, start_load, summarise_load
+from tagger.bench.serving import admin_server, percentiles, request_bodies, rss_mb, start_load, summarise_load
 from tagger.paths import shown
 
 
@@ -29,7 +29,7 @@ def soak(
     """Run the soak; returns its figures (windows, updates, memory samples, totals)."""
     import httpx
 
-    bodies = _requests(export_dir, tickets)
+    bodies = request_bodies(export_dir, tickets)
     examples = [b["email_sentence_embeddings"] for b in bodies if b["email_sentence_embeddings"]][:3]
     accounts = sorted({b["account_id"] for b in bodies})
     seconds = minutes * 60
@@ -95,7 +95,7 @@ def soak(
                 "start_s": float(start),
                 "requests": int(sel.sum()),
                 "errors": int((codes[sel] != 200).sum()),
-                **_percentiles(ms[sel].tolist()),
+                **percentiles(ms[sel].tolist()),
             }
         )
     near_update = np.zeros(len(sent), bool)
@@ -112,7 +112,7 @@ def soak(
         "overall": summarise_load(got),
         "within_1s_of_an_update": {
             "requests": int(near_update.sum()),
-            **_percentiles(ms[near_update].tolist()),
+            **percentiles(ms[near_update].tolist()),
         },
         "windows": windows,
         "updates": updates,

@@ -172,7 +172,9 @@ class ApiError(Exception):
         self.status, self.field, self.message = status, field, message
 
 
-def _parse(ticket: TicketIn, where: str, limits: Limits) -> np.ndarray:
+def parse_ticket(ticket: TicketIn, where: str, limits: Limits) -> np.ndarray:
+    """One ticket's sentence vectors ``[n, 384]`` from its request body, checked against ``limits``
+    (``where`` names the ticket in an error)."""
     text = ticket.email_sentence_embeddings
     if is_empty(text):
         return np.zeros((0, EMBEDDING_DIM), np.float32)
@@ -270,7 +272,7 @@ def create_app(
             where = f"tickets[{i}]." if prefix else ""
             if t.account_id not in view.state.accounts:
                 raise ApiError(404, f"{where}account_id", f"unknown account {t.account_id!r}")
-            vectors.append(_parse(t, where, limits))
+            vectors.append(parse_ticket(t, where, limits))
         batch = Tickets.from_vectors([t.account_id for t in tickets], vectors)
         pred = predictor.predict(batch, k=limits.top_k, view=view)
         version = f"{predictor.serving['model_version']}/{view.generation}"
@@ -366,7 +368,7 @@ def create_app(
                 )
         examples: dict[str, list[np.ndarray]] = {}
         for i, ex in enumerate(body.examples):
-            vectors = _parse(
+            vectors = parse_ticket(
                 TicketIn(account_id=body.account_id, email_sentence_embeddings=ex.email_sentence_embeddings),
                 f"examples[{i}].",
                 limits,

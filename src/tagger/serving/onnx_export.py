@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from tagger.data.cache import load_tickets
+from tagger.data.splits import cutoff_seconds
 from tagger.data.tickets import Tickets
 from tagger.manifest import atomic_directory, sha256, write_manifest
 from tagger.model.artifacts import load_shared
@@ -40,7 +41,6 @@ from tagger.serving import name_encoder
 from tagger.serving.label_store import write_base
 from tagger.serving.name_encoder import NameEncoder
 from tagger.serving.onnx_predictor import EXPORT_FILES, OnnxPredictor
-from tagger.training import cutoff_seconds
 
 
 class ExportError(RuntimeError):

@@ -1,0 +1,58 @@
+"""The estimator a ``model`` config names: the shared model or a baseline, tuned on validation
+when its config has a ``grid``."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from tagger.metrics import selection_score
+from tagger.model.base import Estimator
+from tagger.model.baselines import KNN, CrossMerchantLogReg, LogReg, Majority, NameSimilarity, NearestCentroid
+from tagger.model.selection import Tuned, split_grid
+from tagger.paths import PROJECT_ROOT, resolve
+
+BASELINES = {
+    "majority": Majority,
+    "logreg": LogReg,
+    "xlogreg": CrossMerchantLogReg,
+    "centroid": NearestCentroid,
+    "knn": KNN,
+    "names": NameSimilarity,
+}
+
+
+def make_estimator(model_cfg: dict, cfg: DictConfig, log_dir: Path | None = None) -> Estimator:
+    """The estimator a ``model`` config names; a baseline with a ``grid`` is tuned on the validation
+    slice it is fit with (:class:`~tagger.model.selection.Tuned`, by :func:`selection_score`)."""
+    name = model_cfg["name"]
+    if name == "shared":
+        from tagger.embed import SentenceEmbedder
+        from tagger.model.shared_estimator import SharedEstimator
+
+        trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+        embedder = SentenceEmbedder(resolve(cfg.data.sentence_cache_dir))
+        return SharedEstimator(model_cfg, trainer, seed=cfg.seed, log_dir=log_dir, embedder=embedder)
+    if name not in BASELINES:
+        raise ValueError(f"unknown model {name!r}: shared, {', '.join(BASELINES)}")
+    params, grid = split_grid(model_cfg)
+    if name == "names":
+        from tagger.embed import SentenceEmbedder
+
+        params["embedder"] = SentenceEmbedder(resolve(cfg.data.sentence_cache_dir))
+    if not grid:
+        return BASELINES[name](**params)
+    fixed = {k: v for k, v in params.items() if k not in grid}
+    return Tuned(functools.partial(BASELINES[name], **fixed), grid, selection_score)
+
+
+def search_record(tuned: Tuned) -> dict:
+    """What a tuned baseline chose on validation, out of how many fits."""
+    return {"chosen": tuned.chosen, "search_budget_fits": tuned.budget, "search": tuned.search}
+
+
+def load_model_config(name: str) -> dict:
+    """The model config ``conf/model/NAME.yaml`` (a baseline compared beside the main model)."""
+    return OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "model" / f"{name}.yaml"))
