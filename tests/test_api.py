@@ -100,7 +100,7 @@ def test_batch_and_body_caps(client):
     assert bad.status_code == 404 and bad.json()["detail"]["field"] == "tickets[1].account_id"
 
 
-def test_no_input_gives_a_500(client):
+def test_no_malformed_input_gives_a_server_error(client):
     for raw in (
         b"",
         b"not json",

@@ -56,7 +56,7 @@ class LitShared(L.LightningModule):
         self,
         model: SharedModel,
         log_prior: torch.Tensor,
-        imbalance: str = "logit_adjust",
+        imbalance: str = "none",
         tau: float = 1.0,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,

@@ -94,7 +94,7 @@ class SharedEstimator(Estimator):
         lit = LitShared(
             self.model,
             torch.from_numpy(self.table.log_prior()),
-            imbalance=imb.get("method", "logit_adjust"),
+            imbalance=imb.get("method", "none"),
             tau=imb.get("tau", 1.0),
             lr=opt.get("lr", 1e-3),
             weight_decay=opt.get("weight_decay", 1e-4),
