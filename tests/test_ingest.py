@@ -227,3 +227,15 @@ def test_subset_gathers_ragged_rows(tmp_path, cache_dir):
     assert sub.offsets.tolist() == [0, 2, 2]
     np.testing.assert_allclose(sub.embeddings, vectors[2:], atol=1e-7)
     assert sub.meta["ticket_id"].tolist() == ["t2", "t1"]
+
+
+def test_a_cache_entry_built_twice_at_once_keeps_the_first_and_leaves_no_scratch(tmp_path):
+    from tagger.manifest import atomic_directory
+
+    entry = tmp_path / "entry"
+    with atomic_directory(entry, keep_existing=True) as first:
+        (first / "a").write_text("first")
+        with atomic_directory(entry, keep_existing=True) as second:  # finishes first
+            (second / "a").write_text("second")
+    assert (entry / "a").read_text() == "second"  # the one that finished first wins
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]  # no scratch directory left

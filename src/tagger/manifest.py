@@ -54,18 +54,28 @@ def verify(directory: str | os.PathLike, files: tuple[str, ...]) -> dict:
 
 
 @contextmanager
-def atomic_directory(out_dir: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+def atomic_directory(
+    out_dir: str | os.PathLike, replace: bool = True, keep_existing: bool = False
+) -> Iterator[Path]:
     """Yield a scratch directory beside ``out_dir``, moved into place only if the block succeeds
-    (a failure leaves nothing behind). ``replace=False``: refuse to overwrite an existing ``out_dir``."""
+    (a failure leaves nothing behind). ``replace=False``: refuse to overwrite an existing ``out_dir``;
+    ``keep_existing=True``: an ``out_dir`` another writer finished first wins and the scratch copy
+    is dropped (a cache entry two processes build at once)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         yield tmp
         if out_dir.exists():
+            if keep_existing:
+                return
             if not replace:
                 raise ArtifactError(f"{out_dir} already exists")
             shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:  # another writer's directory appeared in between
+            if not (keep_existing and out_dir.exists()):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from tagger.data.embeddings_json import EMBEDDING_DIM
 from tagger.data.ingest import parse_file
 from tagger.data.tickets import Tickets
 from tagger.data.validation import RowProblem, ValidationReport
-from tagger.manifest import sha256
+from tagger.manifest import atomic_directory, sha256
 from tagger.paths import PROJECT_ROOT
 
 PARSER_VERSION = 1
@@ -51,9 +50,7 @@ def load_tickets(
     root = Path(cache_dir or os.environ.get("TAGGER_CACHE_DIR") or DEFAULT_CACHE_DIR)
     entry = root / f"{digest}-v{PARSER_VERSION}{'' if require_labels else '-unlabelled'}"
     if not (entry / "manifest.json").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
-        try:
+        with atomic_directory(entry, keep_existing=True) as tmp:
             counts = parse_file(path, tmp, require_labels, progress)
             manifest = {
                 "source": str(path.resolve()),
@@ -66,13 +63,6 @@ def load_tickets(
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-            try:
-                os.replace(tmp, entry)
-            except OSError:  # another process finished the same entry first
-                if not (entry / "manifest.json").exists():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return _open(entry, digest)
 
 
