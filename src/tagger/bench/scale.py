@@ -279,7 +279,8 @@ def label_updates(export_dir: Path, n_accounts: int, n_updates: int) -> dict:
         update_export(writer, [LabelUpdate(account, add=[f"New reason {i}"])], embed, by="bench")
         took = time.perf_counter() - t0
         t0 = time.perf_counter()
-        assert reader.refresh(), "the reader did not see the update"
+        if not reader.refresh():
+            raise RuntimeError("the reader did not see the update")
         reload = time.perf_counter() - t0
         if i:
             seconds.append(took * 1000)

@@ -35,11 +35,21 @@ from tagger.serving.label_store import (
 )
 
 
+class CaseFailed(Exception):
+    """A fault case whose expectation did not hold."""
+
+
+def _expect(ok: bool, message: object) -> None:
+    """Fail the running case with ``message`` unless ``ok`` (an ``assert`` would vanish under -O)."""
+    if not ok:
+        raise CaseFailed(str(message))
+
+
 def _case(name: str, expectation: str, run: Callable[[], str]) -> dict:
-    """Run one fault case: ``run`` returns what happened, raises AssertionError if it went wrong."""
+    """Run one fault case: ``run`` returns what happened, raises :class:`CaseFailed` if it went wrong."""
     try:
         outcome, ok = run(), True
-    except AssertionError as err:
+    except CaseFailed as err:
         outcome, ok = f"FAILED: {err}", False
     except Exception as err:  # a crash is a failed case, recorded with its type
         outcome, ok = f"CRASHED: {type(err).__name__}: {err} {traceback.format_exc(limit=2)}", False
@@ -52,9 +62,9 @@ def _refuses_to_start(export_dir: Path) -> str:
         app_from_config(serve_config(), export_dir)
     except SystemExit as exit_:
         message = str(exit_.code)
-        assert "refuses to start" in message and "Traceback" not in message, message
+        _expect("refuses to start" in message and "Traceback" not in message, message)
         return message
-    raise AssertionError("the server started")
+    raise CaseFailed("the server started")
 
 
 def _truncate(name: str) -> Callable[[Path], None]:
@@ -129,9 +139,9 @@ def reload_cases(export_dir: Path, tmp: Path) -> list[dict]:
         (labels_dir(served) / "CURRENT").write_text(pointer + "\n")
         health = client.get("/health").json()
         r = client.post("/predict", json=body)
-        assert r.status_code == 200, f"/predict answered {r.status_code}"
-        assert health["label_generation"] == good, f"now serving {health['label_generation']}"
-        assert health["last_reload_error"], "no reload error reported"
+        _expect(r.status_code == 200, f"/predict answered {r.status_code}")
+        _expect(health["label_generation"] == good, f"now serving {health['label_generation']}")
+        _expect(bool(health["last_reload_error"]), "no reload error reported")
         said = health["last_reload_error"].replace(str(tmp), "<tmp>")
         return f"kept serving {good}; /health says: {said[:160]}"
 
@@ -187,14 +197,14 @@ def data_cases(parquet: Path, tmp: Path) -> list[dict]:
         try:
             load_tickets(path, cache_dir=tmp / "cache", progress=False)
         except SchemaError as err:
-            assert str(err) and "Traceback" not in str(err)
+            _expect(bool(str(err)) and "Traceback" not in str(err), str(err))
             return f"SchemaError: {str(err)[:160]}"
-        raise AssertionError("loaded without an error")
+        raise CaseFailed("loaded without an error")
 
     def quarantined(path: Path, expect: str) -> str:
         tickets = load_tickets(path, cache_dir=tmp / "cache", progress=False)
         counts = tickets.report.counts()
-        assert any(expect in k for k in counts), counts
+        _expect(any(expect in k for k in counts), counts)
         kept = len(tickets)
         return f"{kept} tickets kept, {tickets.report.n_quarantined} quarantined: {counts}"
 
@@ -259,9 +269,9 @@ def save_cases(model_dir: Path, tmp: Path) -> list[dict]:
                 save_shared(estimator, out / "shared-partial", data=data, metrics={}, config_yaml="")
             except OSError as err:
                 left = sorted(p.name for p in out.iterdir())
-                assert not left, f"left behind: {left}"
+                _expect(not left, f"left behind: {left}")
                 return f"save failed ({err}); {out} is empty"
-        raise AssertionError("the save did not fail")
+        raise CaseFailed("the save did not fail")
 
     return [_case("model save fails after the weights are written", "no partial model directory", run)]
 
