@@ -218,3 +218,11 @@ def test_validation_macro_f1_equals_torchmetrics_without_a_confusion_matrix():
         reference.update(preds[i : i + 64], target[i : i + 64])
         ours.update(preds[i : i + 64], target[i : i + 64])
     torch.testing.assert_close(ours.compute(), reference.compute())
+
+
+def test_an_unknown_model_key_is_an_error_not_ignored():
+    misspelt = {**TEST_MODEL, "encoder": {**TEST_MODEL["encoder"], "poolling": "mean"}}
+    with pytest.raises(ValueError, match=r"encoder\.poolling"):
+        SharedEstimator(misspelt, TEST_TRAINER)
+    with pytest.raises(ValueError, match="optimiser"):
+        SharedEstimator({**TEST_MODEL, "optimiser": {}}, TEST_TRAINER)

@@ -25,6 +25,22 @@ from tagger.model.label_table import LabelTable
 from tagger.model.lit import LitShared
 from tagger.model.shared import MASKED, SharedConfig, SharedModel
 
+# the sections of conf/model/shared.yaml; those that build the network, and the encoder keys that
+# shape batches instead (read by TicketBatches)
+SECTIONS = {
+    "name",
+    "encoder",
+    "projection",
+    "labels",
+    "score",
+    "imbalance",
+    "optim",
+    "cold_start",
+    "confidence",
+}
+ARCHITECTURE = ("encoder", "projection", "labels", "score")
+BATCHING = {"max_sentences", "sentence_dropout"}
+
 
 class SharedEstimator(Estimator):
     """One model for every account. ``cfg`` is the ``model`` config (conf/model/shared.yaml),
@@ -35,6 +51,7 @@ class SharedEstimator(Estimator):
     def __init__(
         self, cfg: dict, trainer: dict, seed: int = 0, log_dir: str | Path | None = None, embedder=None
     ):
+        check_config(cfg)
         self.cfg, self.trainer_cfg, self.seed = cfg, trainer, seed
         self.log_dir = log_dir
         self.embedder = embedder
@@ -43,12 +60,9 @@ class SharedEstimator(Estimator):
 
     # ---- construction -------------------------------------------------------------------------
     def _architecture(self) -> SharedConfig:
-        flat = {
-            **self.cfg.get("encoder", {}),
-            **self.cfg.get("projection", {}),
-            **self.cfg.get("labels", {}),
-            **self.cfg.get("score", {}),
-        }
+        flat = {}
+        for section in ARCHITECTURE:
+            flat.update(self.cfg.get(section, {}))
         known = {f.name for f in fields(SharedConfig)}
         return SharedConfig(**{k: v for k, v in flat.items() if k in known})
 
@@ -257,6 +271,16 @@ class SelectionScore(Callback):
             return
         score = selection_score(self.estimator.predict(self.val), self.val, self.train)
         pl_module.log(self.key, score, prog_bar=True)
+
+
+def check_config(cfg: dict) -> None:
+    """Refuse a model config with a key nothing reads (a misspelt override would otherwise train
+    the default silently)."""
+    known = {f.name for f in fields(SharedConfig)} | BATCHING
+    unknown = {str(k) for k in cfg if k not in SECTIONS}
+    unknown |= {f"{s}.{k}" for s in ARCHITECTURE for k in cfg.get(s) or {} if k not in known}
+    if unknown:
+        raise ValueError(f"unknown keys in the shared model's config: {', '.join(sorted(unknown))}")
 
 
 def _epoch_of(path: str) -> int | None:
