@@ -63,7 +63,7 @@ def save_shared(
             "architecture": asdict(model.cfg),
             "temperature": estimator.temperature,
             "null_fallback": estimator.cfg.get("confidence", {}).get("null_fallback", "prior"),
-            "max_sentences": estimator.cfg.get("encoder", {}).get("max_sentences", 64),
+            "max_sentences": estimator.max_sentences,
             "n_accounts": estimator.table.n_accounts,
             "n_labels": len(estimator.table),
             "fit": estimator.fit_info,

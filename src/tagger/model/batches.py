@@ -29,6 +29,9 @@ def pad_sentences(
     return x, mask
 
 
+# the first sentences of a longer email that are kept (conf/model/shared.yaml: encoder.max_sentences)
+MAX_SENTENCES = 64
+
 class TicketBatches:
     """Training and scoring batches of a set of tickets for the PyTorch model (a map-style dataset:
     item ``i`` is index ``i``; :meth:`collate` builds the batch).
@@ -44,7 +47,7 @@ class TicketBatches:
         account: np.ndarray,
         table,
         target: np.ndarray | None = None,
-        max_sentences: int = 64,
+        max_sentences: int = MAX_SENTENCES,
         sentence_dropout: float = 0.0,
     ):
         self.embeddings = np.ascontiguousarray(tickets.embeddings, dtype=np.float32)

@@ -54,7 +54,7 @@ def update_labels(estimator: SharedEstimator, updates: list[LabelUpdate], embedd
 
         embedder = SentenceEmbedder()
     model = estimator.model.eval()
-    max_sentences = int(estimator.cfg.get("encoder", {}).get("max_sentences", 64))
+    max_sentences = estimator.max_sentences
 
     @torch.no_grad()
     def encode_names(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

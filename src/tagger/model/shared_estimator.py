@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from tagger.data.tickets import Tickets
 from tagger.metrics import selection_score
 from tagger.model.base import AccountPrior, Estimator, Predictions, predictions_from_logits
-from tagger.model.batches import TicketBatches
+from tagger.model.batches import MAX_SENTENCES, TicketBatches
 from tagger.model.label_table import LabelTable
 from tagger.model.lit import LitShared
 from tagger.model.shared import MASKED, SharedConfig, SharedModel
@@ -58,6 +58,11 @@ class SharedEstimator(Estimator):
         self.temperature = 1.0
         self.fit_info: dict = {}
 
+    @property
+    def max_sentences(self) -> int:
+        """The first sentences of an email the model reads (``encoder.max_sentences``)."""
+        return int(self.cfg.get("encoder", {}).get("max_sentences", MAX_SENTENCES))
+
     # ---- construction -------------------------------------------------------------------------
     def _architecture(self) -> SharedConfig:
         flat = {}
@@ -92,7 +97,7 @@ class SharedEstimator(Estimator):
             account,
             self.table,
             target,
-            max_sentences=enc.get("max_sentences", 64),
+            max_sentences=self.max_sentences,
             sentence_dropout=enc.get("sentence_dropout", 0.0) if train else 0.0,
         )
 

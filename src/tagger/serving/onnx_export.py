@@ -177,7 +177,7 @@ def export_estimator(
             **info,
             "model_version": f"{info.get('model_version', 'shared')}+{sha256(tmp / 'model.onnx')[:12]}",
             "temperature": estimator.temperature,
-            "max_sentences": int(estimator.cfg.get("encoder", {}).get("max_sentences", 64)),
+            "max_sentences": estimator.max_sentences,
             "null_fallback": estimator.cfg.get("confidence", {}).get("null_fallback", "prior"),
             "embedding_dim": 384,
             "opset": opset,
