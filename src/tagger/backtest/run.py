@@ -92,7 +92,7 @@ def run_backtest(cfg: DictConfig) -> dict:
         end = fold.validation_end(align)
         inner_train, inner_val, split = time_split(window, cfg.data.val_days, align, end)
         data = FoldData(
-            fold.index, inner_train, inner_val, window, test, cutoff_seconds(split), fold.train_end
+            fold.index, inner_train, inner_val, window, test, cutoff_seconds(split), fold.train_end, refit
         )
         fold_info.append(
             {
@@ -122,7 +122,7 @@ def run_backtest(cfg: DictConfig) -> dict:
             rows = test.meta[["account_id", "label"]].astype(str).reset_index(drop=True)
             # which test labels the model's training data names elsewhere, or whose intent it lacks:
             # the same rows for every model, so computed once
-            seen = data.seen(refit).meta
+            seen = data.seen.meta
             flags = {
                 "name_seen_elsewhere": name_seen_elsewhere(rows, seen),
                 "intent_unseen": taxonomy.intent_unseen(rows, seen),
@@ -135,7 +135,7 @@ def run_backtest(cfg: DictConfig) -> dict:
                 else:
                     continue
                 named_out = _fold_outcomes(
-                    named, test, data.seen(refit), fold.index, thresholds, data.trained_until(refit)
+                    named, test, data.seen, fold.index, thresholds, data.trained_until
                 ).assign(**flags)
                 named_frames.setdefault(f"{name}+names" if name == "shared" else name, []).append(named_out)
         for name in seeded:
@@ -174,10 +174,7 @@ def run_backtest(cfg: DictConfig) -> dict:
     }
     baselines = [n for n in pooled if n not in seeded]
     pairs = [("shared", b) for b in baselines] if "shared" in pooled else []
-    intervals = None
-    if bt.bootstrap:
-        boot = MerchantBootstrap({name: list(r.values()) for name, r in runs.items()}, targets)
-        intervals = boot.intervals(bt.bootstrap, cfg.seed, bt.get("ci_method", "percentile"), pairs=pairs)
+    intervals = _intervals(cfg, {name: list(r.values()) for name, r in runs.items()}, targets, pairs)
     models = {}
     for name, frame in pooled.items():
         per_seed = {s: summary(f, _row_thresholds(f, targets)) for s, f in runs[name].items()}
@@ -282,14 +279,17 @@ class FoldData:
     test: Tickets
     val_start: float  # where the selection fit's training data ends
     window_end: float  # where the refit's training data ends (the test start, less any gap)
+    refit: bool  # whether the scored model is refit on the whole window (config ``refit``)
 
-    def seen(self, refit: bool) -> Tickets:
+    @property
+    def seen(self) -> Tickets:
         """The tickets the scored model learnt from."""
-        return self.window if refit else self.train
+        return self.window if self.refit else self.train
 
-    def trained_until(self, refit: bool) -> float:
+    @property
+    def trained_until(self) -> float:
         """Where the scored model's training data ends."""
-        return self.window_end if refit else self.val_start
+        return self.window_end if self.refit else self.val_start
 
 
 @dataclass
@@ -321,9 +321,8 @@ def _fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: Fo
     t0 = time.perf_counter()
     estimator.fit(data.train, data.val)
     fit_seconds = time.perf_counter() - t0
-    refit = bool(cfg.get("refit", False))
     served, refit_seconds = estimator, None
-    if refit:  # under DDP every rank takes part in the refit's fit: no rank leaves before it
+    if data.refit:  # under DDP every rank takes part in the refit's fit: no rank leaves before it
         t0 = time.perf_counter()
         served = estimator.refit(data.window)
         refit_seconds = time.perf_counter() - t0
@@ -333,15 +332,13 @@ def _fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: Fo
     val_out = outcomes(estimator.predict(data.val), data.val, data.train.meta)
     thresholds = Thresholds(val_out, targets, bt.min_account_val)
     predictor, parity = _runtime(served, bt.runtime, data.val, output_dir / "onnx" / where)
-    test_out = _fold_outcomes(
-        predictor, data.test, data.seen(refit), data.index, thresholds, data.trained_until(refit)
-    )
+    test_out = _fold_outcomes(predictor, data.test, data.seen, data.index, thresholds, data.trained_until)
     common = {"fold": data.index, "seed": seed}
     rows = [
         {
             "model": name,
             **common,
-            "refit": refit,
+            "refit": data.refit,
             "fit_seconds": fit_seconds,
             "refit_seconds": refit_seconds,
             **(_search(estimator) if isinstance(estimator, Tuned) else {}),
@@ -350,7 +347,7 @@ def _fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: Fo
         }
     ]
     before = None
-    if refit:
+    if data.refit:
         before = _fold_outcomes(estimator, data.test, data.train, data.index, thresholds, data.val_start)
         rows.append(
             {"model": f"{name} (no refit)", **common, "refit": False, "fit_seconds": fit_seconds}
@@ -448,11 +445,7 @@ def _final_holdout(
     if not holdout_days or fold.test_end - fold.test_start > holdout_days * DAY + 1:
         return None
     last = {name: {s: f[f["fold"] == fold.index] for s, f in r.items()} for name, r in runs.items()}
-    intervals = None
-    if cfg.backtest.bootstrap:
-        boot = MerchantBootstrap({name: list(r.values()) for name, r in last.items()}, targets)
-        method = cfg.backtest.get("ci_method", "percentile")
-        intervals = boot.intervals(cfg.backtest.bootstrap, cfg.seed, method, pairs=pairs)
+    intervals = _intervals(cfg, {name: list(r.values()) for name, r in last.items()}, targets, pairs)
     models = {
         name: {
             "overall": _mean_over_seeds([summary(f, _row_thresholds(f, targets)) for f in r.values()]),
@@ -477,14 +470,7 @@ def _refit_effect(
     for name, frame in before.items():
         frames[name], frames[f"{name} (no refit)"] = [pooled[name]], [frame]
     pairs = [(name, f"{name} (no refit)") for name in before]
-    bt = cfg.backtest
-    intervals = (
-        MerchantBootstrap(frames, targets).intervals(
-            bt.bootstrap, cfg.seed, bt.get("ci_method", "percentile"), pairs=pairs
-        )
-        if bt.bootstrap
-        else None
-    )
+    intervals = _intervals(cfg, frames, targets, pairs)
     return {
         name: {
             "refit": summary(pooled[name], _row_thresholds(pooled[name], targets)),
@@ -511,6 +497,19 @@ def _staleness(frames: dict[str, pd.DataFrame]) -> dict:
             for age, part in parts
         }
     return out
+
+
+def _intervals(
+    cfg: DictConfig, frames: dict[str, list[pd.DataFrame]], targets: list[float], pairs: list
+) -> Intervals | None:
+    """The configured merchant-clustered bootstrap (``backtest.bootstrap`` resamples, ``ci_method``)
+    of ``frames`` (each model's outcome frames, one per seed) and of ``pairs``' differences; None
+    when the bootstrap is off."""
+    bt = cfg.backtest
+    if not bt.bootstrap:
+        return None
+    boot = MerchantBootstrap(frames, targets)
+    return boot.intervals(bt.bootstrap, cfg.seed, bt.get("ci_method", "percentile"), pairs=pairs)
 
 
 def _describe(intervals: Intervals | None) -> dict | None:

@@ -32,6 +32,7 @@ def pad_sentences(
 # the first sentences of a longer email that are kept (conf/model/shared.yaml: encoder.max_sentences)
 MAX_SENTENCES = 64
 
+
 class TicketBatches:
     """Training and scoring batches of a set of tickets for the PyTorch model (a map-style dataset:
     item ``i`` is index ``i``; :meth:`collate` builds the batch).

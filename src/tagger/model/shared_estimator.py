@@ -39,6 +39,7 @@ SECTIONS = {
     "confidence",
 }
 ARCHITECTURE = ("encoder", "projection", "labels", "score")
+ARCHITECTURE_KEYS = frozenset(f.name for f in fields(SharedConfig))
 BATCHING = {"max_sentences", "sentence_dropout"}
 
 
@@ -68,8 +69,7 @@ class SharedEstimator(Estimator):
         flat = {}
         for section in ARCHITECTURE:
             flat.update(self.cfg.get(section, {}))
-        known = {f.name for f in fields(SharedConfig)}
-        return SharedConfig(**{k: v for k, v in flat.items() if k in known})
+        return SharedConfig(**{k: v for k, v in flat.items() if k in ARCHITECTURE_KEYS})
 
     def _build(self, table: LabelTable, name_vectors: np.ndarray) -> SharedModel:
         return SharedModel(
@@ -281,7 +281,7 @@ class SelectionScore(Callback):
 def check_config(cfg: dict) -> None:
     """Refuse a model config with a key nothing reads (a misspelt override would otherwise train
     the default silently)."""
-    known = {f.name for f in fields(SharedConfig)} | BATCHING
+    known = ARCHITECTURE_KEYS | BATCHING
     unknown = {str(k) for k in cfg if k not in SECTIONS}
     unknown |= {f"{s}.{k}" for s in ARCHITECTURE for k in cfg.get(s) or {} if k not in known}
     if unknown:
