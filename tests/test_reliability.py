@@ -80,7 +80,7 @@ def test_a_chunked_body_over_the_cap_is_refused(client):
 def test_a_slow_request_times_out_with_503(client, monkeypatch):
     import tagger.serving.onnx_predictor as op
 
-    original = op.OnnxPredictor.predict
+    original = op.OnnxPredictor.predict_arrays
 
     def slow(self, *args, **kwargs):
         import time
@@ -88,7 +88,7 @@ def test_a_slow_request_times_out_with_503(client, monkeypatch):
         time.sleep(0.5)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(op.OnnxPredictor, "predict", slow)
+    monkeypatch.setattr(op.OnnxPredictor, "predict_arrays", slow)
     r = client.post("/predict", json={"account_id": "a", "email_sentence_embeddings": None})
     assert r.status_code == 503 and "0.2 s" in r.json()["detail"]["message"]
     assert "Traceback" not in r.text
@@ -115,7 +115,7 @@ def test_the_token_is_compared_in_constant_time(client, monkeypatch):
 def test_no_stack_trace_on_an_unexpected_error(client, monkeypatch):
     import tagger.serving.onnx_predictor as op
 
-    monkeypatch.setattr(op.OnnxPredictor, "predict", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(op.OnnxPredictor, "predict_arrays", lambda *a, **k: 1 / 0)
     r = client.post("/predict", json={"account_id": "a", "email_sentence_embeddings": None})
     assert r.status_code == 500 and r.json() == {"detail": {"field": None, "message": "internal error"}}
 

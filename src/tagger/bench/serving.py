@@ -64,15 +64,16 @@ def percentiles(ms: list[float]) -> dict:
 
 def in_process(export_dir: Path, bodies: list[dict], repeats: int = 500) -> dict:
     """Latency of the ONNX predictor and of PyTorch eager on the same tickets, single and batched."""
-    from tagger.serving.api import Limits as _Limits
-    from tagger.serving.api import TicketIn, parse_ticket
+    from tagger.serving.limits import Limits
     from tagger.serving.onnx_predictor import OnnxPredictor
+    from tagger.serving.request_path import ticket_vectors
 
     predictor = OnnxPredictor(export_dir)
     from tagger.data.tickets import Tickets
 
     accounts = [b["account_id"] for b in bodies]
-    vectors = [parse_ticket(TicketIn(**b), "", _Limits(max_sentences=10_000)) for b in bodies]
+    no_cap = Limits(max_sentences=10_000)
+    vectors = [ticket_vectors(b["email_sentence_embeddings"], "", no_cap) for b in bodies]
     tickets = [Tickets.from_vectors([a], [v]) for a, v in zip(accounts, vectors, strict=True)]
     out = {}
 

@@ -2,6 +2,7 @@
 
     python -m tagger.serving                                  # latest export, 127.0.0.1:8000
     python -m tagger.serving export_dir=models/X/onnx port=9000 limits.max_batch=64
+    python -m tagger.serving workers=2                        # two server processes on one port
     TAGGER_ADMIN_TOKEN=... python -m tagger.serving           # enables POST /admin/labels
 
 Binds to loopback unless ``host=`` says otherwise; runs with ``MALLOC_ARENA_MAX`` set (conf/serve.yaml
@@ -11,11 +12,12 @@ to start with one line saying which file is wrong (exit status 1).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
 from tagger.paths import latest_export
-from tagger.serving.api import app_from_config, serve_config
+from tagger.serving.api import OVERRIDES_ENV, app_from_config, serve_config
 
 
 def main(argv: list[str] | None = None, reexec: bool = False) -> int:
@@ -35,20 +37,44 @@ def main(argv: list[str] | None = None, reexec: bool = False) -> int:
         # request thread let the resident memory creep up under a long load with label updates.
         os.environ["MALLOC_ARENA_MAX"] = arenas
         os.execv(sys.executable, [sys.executable, "-m", "tagger.serving", *argv])
-    export_dir = cfg.export_dir or os.environ.get("TAGGER_EXPORT_DIR") or latest_export()
-    app = app_from_config(cfg, export_dir)
+    export_dir = str(cfg.export_dir or os.environ.get("TAGGER_EXPORT_DIR") or latest_export())
+    workers = int(cfg.workers)
+    if workers > 1:
+        # each worker process builds its own app (its own predictor and scoring thread) from the
+        # same export; check the export here so a bad one refuses to start once, with one line
+        _check_export(export_dir)
+        os.environ["TAGGER_EXPORT_DIR"] = export_dir
+        os.environ[OVERRIDES_ENV] = json.dumps(argv)
+        app = "tagger.serving.api:app_from_env"
+    else:
+        app = app_from_config(cfg, export_dir)
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: the API listens on {cfg.host}, not only on loopback", file=sys.stderr)
     import uvicorn
 
     uvicorn.run(
         app,
+        factory=workers > 1,
+        workers=workers,
         host=cfg.host,
         port=int(cfg.port),
+        http=cfg.http,
+        loop=cfg.loop,
         timeout_keep_alive=int(cfg.timeout_keep_alive),
+        access_log=False,
         log_level="warning",
     )
     return 0
+
+
+def _check_export(export_dir: str) -> None:
+    from tagger.manifest import ArtifactError, verify
+    from tagger.serving.onnx_predictor import EXPORT_FILES
+
+    try:
+        verify(export_dir, EXPORT_FILES)
+    except (ArtifactError, OSError, ValueError) as err:
+        raise SystemExit(f"tagger API refuses to start: {export_dir}: {type(err).__name__}: {err}") from None
 
 
 if __name__ == "__main__":

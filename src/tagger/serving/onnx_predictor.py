@@ -185,15 +185,22 @@ class OnnxPredictor:
         self.view, self.last_reload_error = view, None
 
     # ---- scoring ----------------------------------------------------------------------------
-    def _run(self, tickets: Tickets, view: LabelView, batch_size: int) -> Scored:
-        """Every batch is fed its own merchants' labels only; the result indexes them one batch
-        after the other."""
-        accounts = tickets.meta["account_id"].astype(str).tolist()
+    def _run(
+        self,
+        accounts: list[str],
+        embeddings: np.ndarray,
+        offsets: np.ndarray,
+        view: LabelView,
+        batch_size: int,
+    ) -> Scored:
+        """Tickets ``i`` = ``embeddings[offsets[i]:offsets[i + 1]]`` of ``accounts[i]``; every batch is
+        fed its own merchants' labels only; the result indexes them one batch after the other."""
+        n = len(accounts)
         batches = []
-        for start in range(0, len(tickets), batch_size):
-            idx = np.arange(start, min(start + batch_size, len(tickets)))
+        for start in range(0, n, batch_size):
+            idx = np.arange(start, min(start + batch_size, n))
             cand = view.candidates(accounts[start : idx[-1] + 1])
-            x, mask = pad_sentences(tickets.embeddings, tickets.offsets, idx, self.max_sentences)
+            x, mask = pad_sentences(embeddings, offsets, idx, self.max_sentences)
             feed = {"sentences": x, "mask": mask, "label_vectors": cand.vectors, "label_index": cand.index}
             if cand.queries is not None:
                 feed["account_query"] = cand.queries
@@ -204,9 +211,9 @@ class OnnxPredictor:
             return Scored(logits, vectors, cand.index, cand.prior, cand.names)
         width = max((b[1].shape[1] for b in batches), default=1)
         out = Scored(
-            np.full((len(tickets), width), MASKED, np.float32),
-            np.zeros((len(tickets), self._label_shape[-1]), np.float32),
-            np.full((len(tickets), width), -1, np.int64),
+            np.full((n, width), MASKED, np.float32),
+            np.zeros((n, self._label_shape[-1]), np.float32),
+            np.full((n, width), -1, np.int64),
             np.concatenate([b[3].prior for b in batches]) if batches else np.zeros(1),
             np.concatenate([b[3].names for b in batches]) if batches else np.array([None], object),
         )
@@ -218,17 +225,21 @@ class OnnxPredictor:
             offset += len(cand.prior)
         return out
 
+    def _run_tickets(self, tickets: Tickets, view: LabelView | None, batch_size: int) -> Scored:
+        accounts = tickets.meta["account_id"].astype(str).tolist()
+        return self._run(accounts, tickets.embeddings, tickets.offsets, view or self.view, batch_size)
+
     def logits(
         self, tickets: Tickets, batch_size: int = 256, view: LabelView | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits ``[n, W]`` of each ticket's own labels, in the order
         :meth:`SharedEstimator.logits` gives them, and their candidate ``rows [n, W]``."""
-        scored = self._run(tickets, view or self.view, batch_size)
+        scored = self._run_tickets(tickets, view, batch_size)
         return scored.logits, scored.rows
 
     def ticket_vectors(self, tickets: Tickets, view: LabelView | None = None) -> np.ndarray:
         """``[n, d]`` unit ticket vectors (what a label's examples fold in)."""
-        return self._run(tickets, view or self.view, 256).vectors
+        return self._run_tickets(tickets, view, 256).vectors
 
     def name_vectors(self, name_embeddings: np.ndarray) -> np.ndarray:
         """``[n, d]`` unit label vectors of label-name embeddings (the label tower)."""
@@ -236,11 +247,37 @@ class OnnxPredictor:
 
     def predict(self, tickets: Tickets, k: int = 5, view: LabelView | None = None) -> Predictions:
         """Top-k labels of each ticket from its own account's labels (the prior without embeddings)."""
-        scored = self._run(tickets, view or self.view, 256)
+        accounts = tickets.meta["account_id"].astype(str).tolist()
+        has = tickets.meta["has_embeddings"].to_numpy()
+        return self.predict_arrays(accounts, tickets.embeddings, tickets.offsets, k, view, has)
+
+    def predict_vectors(
+        self, accounts: list[str], vectors: list[np.ndarray], k: int = 5, view: LabelView | None = None
+    ) -> Predictions:
+        """:meth:`predict` of tickets given as one ``[n_i, 384]`` float32 array each (an API request;
+        no data frame built)."""
+        lengths = np.fromiter((len(v) for v in vectors), np.int64, len(vectors))
+        offsets = np.zeros(len(vectors) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        embeddings = vectors[0] if len(vectors) == 1 else np.concatenate(vectors)
+        return self.predict_arrays(accounts, embeddings, offsets, k, view)
+
+    def predict_arrays(
+        self,
+        accounts: list[str],
+        embeddings: np.ndarray,
+        offsets: np.ndarray,
+        k: int = 5,
+        view: LabelView | None = None,
+        has_embeddings: np.ndarray | None = None,
+    ) -> Predictions:
+        """:meth:`predict` of ragged tickets: ``embeddings[offsets[i]:offsets[i + 1]]`` of ``accounts[i]``
+        (``has_embeddings`` by default: a ticket has sentences)."""
+        scored = self._run(accounts, embeddings, offsets, view or self.view, 256)
         return predictions_from_logits(
             scored.logits,
             scored.rows,
-            tickets.meta["has_embeddings"].to_numpy(),
+            np.diff(offsets) > 0 if has_embeddings is None else has_embeddings,
             scored.prior,
             scored.names,
             self.temperature,

@@ -1,0 +1,156 @@
+"""What every request passes before the API sees it: one plain ASGI middleware (no per-request
+framework objects), in this order:
+
+1. ``/health`` goes straight through: it always answers, whatever the load.
+2. Admission control: at most ``max_in_flight`` requests in this worker at once; past it a request
+   is refused at once with 503 and ``Retry-After`` (counted), so the admitted ones keep their latency
+   instead of every request queueing without bound.
+3. ``/admin/`` paths: the bearer token is checked before anything of the body is read.
+4. The body (chunked or not) is read up to ``max_body_bytes`` (413 past it, a Content-Length over
+   the cap refused unread).
+5. The request gets ``request_timeout_s`` (503 past it).
+
+Every response carries ``Server-Timing: app;dur=MS``, the time from entering the gate to the
+response start (the server's own share of a round trip).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from tagger.serving.limits import Limits
+
+
+@dataclass
+class Admission:
+    """This worker's admission counters (shown by ``/health``)."""
+
+    in_flight: int = 0
+    admitted: int = 0
+    refused: int = 0
+
+
+def refuse_admin(authorization: str | None, admin_token: str | None) -> tuple[int, str] | None:
+    """(status, message) when the admin call must be refused; the token is compared in constant time."""
+    if not admin_token:
+        return 403, "the admin endpoint is disabled (no TAGGER_ADMIN_TOKEN)"
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), admin_token.encode()):
+        return 401, "missing or wrong bearer token"
+    return None
+
+
+def _error(field: str | None, message: str) -> bytes:
+    return orjson.dumps({"detail": {"field": field, "message": message}})
+
+
+async def send_json(send, status: int, body: bytes, headers: list | None = None) -> None:
+    """A complete JSON response through ASGI ``send``."""
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": head + (headers or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Gate:
+    """The ASGI middleware described in the module docstring; ``before`` (if given) runs before
+    every admitted request (the label reload check when it is not done in the background)."""
+
+    def __init__(
+        self, app, limits: Limits, admission: Admission, admin_token: str | None = None, before=None
+    ):
+        self.app, self.limits, self.admission = app, limits, admission
+        self.admin_token, self.before = admin_token, before
+        self.refusal = _error(None, f"over capacity: more than {limits.max_in_flight} requests in flight")
+        self.retry_after = [(b"retry-after", str(limits.retry_after_s).encode())]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+
+        async def timed_send(message):
+            if message["type"] == "http.response.start":
+                ms = (time.perf_counter() - start) * 1000
+                timing = (b"server-timing", f"app;dur={ms:.3f}".encode())
+                message["headers"] = [*message.get("headers", ()), timing]
+            await send(message)
+
+        if self.before is not None:
+            self.before()
+        if scope["path"] == "/health":
+            return await self.app(scope, receive, timed_send)
+        admission = self.admission
+        if admission.in_flight >= self.limits.max_in_flight:
+            admission.refused += 1
+            await _drain(receive)  # so the connection stays open for the client's next request
+            return await send_json(timed_send, 503, self.refusal, self.retry_after)
+        admission.in_flight += 1
+        admission.admitted += 1
+        try:
+            await self._admitted(scope, receive, timed_send)
+        finally:
+            admission.in_flight -= 1
+
+    async def _admitted(self, scope, receive, send):
+        if scope["path"].startswith("/admin/"):
+            headers = dict(scope.get("headers") or [])
+            authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+            refused = refuse_admin(authorization, self.admin_token)
+            if refused:
+                return await send_json(send, refused[0], _error("authorization", refused[1]))
+        body = await _read_body(scope, receive, self.limits.max_body_bytes)
+        if body is None:
+            detail = _error("body", f"over {self.limits.max_body_bytes} bytes")
+            return await send_json(send, 413, detail)
+        started = []
+
+        async def tracked_send(message):
+            started.append(message["type"])
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.limits.request_timeout_s):
+                await self.app(scope, _replay(body, receive), tracked_send)
+        except TimeoutError:
+            if not started:
+                message = f"no answer within {self.limits.request_timeout_s:g} s"
+                await send_json(send, 503, _error(None, message))
+
+
+async def _read_body(scope, receive, max_bytes: int) -> bytes | None:
+    """The whole body, or None past ``max_bytes`` (a declared Content-Length over it: unread)."""
+    for name, value in scope.get("headers") or ():
+        if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
+            return None
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > max_bytes:
+            return None
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _drain(receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
+
+
+def _replay(body: bytes, receive):
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed():  # the body once, then the server's own messages (a disconnect)
+        return pending.pop() if pending else await receive()
+
+    return replayed

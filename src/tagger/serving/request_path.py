@@ -1,0 +1,151 @@
+"""The request path of ``POST /predict`` and ``POST /predict/batch``: body bytes in, response bytes out.
+
+No pydantic over the floats and no data frame per request: the body is parsed once with orjson, a
+ticket's embeddings (a JSON string or an object) go straight into one float32 array
+(:func:`tagger.data.embeddings_json.parse_embeddings`, the ingest's parser), the ticket is scored
+against its own merchant's labels by :meth:`OnnxPredictor.predict_vectors` and the answer is written
+with orjson. Errors name the field, as the pydantic models of :mod:`tagger.serving.schemas` would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from tagger.data.embeddings_json import EMBEDDING_DIM, EmbeddingError, is_empty, parse_embeddings
+from tagger.serving.limits import Limits
+from tagger.serving.onnx_predictor import OnnxPredictor
+
+_NO_SENTENCES = np.zeros((0, EMBEDDING_DIM), np.float32)
+
+
+class ApiError(Exception):
+    """An answer other than 200: ``status``, the ``field`` it is about (None: the request as a
+    whole) and a message; ``errors`` lists several (field, message) pairs for a 422 of schema checks."""
+
+    def __init__(
+        self, status: int, field: str | None, message: str, errors: list[tuple[str, str]] | None = None
+    ):
+        super().__init__(message)
+        self.status, self.field, self.message, self.errors = status, field, message, errors
+
+    def body(self) -> bytes:
+        """The JSON answer: ``{"detail": {"field", "message"}}`` (a list of them for schema errors)."""
+        if self.errors:
+            return orjson.dumps({"detail": [{"field": f, "message": m} for f, m in self.errors]})
+        return orjson.dumps({"detail": {"field": self.field, "message": self.message}})
+
+
+def read_json(body: bytes) -> Any:
+    """The request body as JSON; a 422 naming the body when it is not JSON."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise ApiError(422, "body", "not valid JSON", [("body", f"JSON decode error: {err}")]) from None
+
+
+def ticket_fields(obj: Any, where: str) -> tuple[str, Any]:
+    """(account_id, embeddings value) of one ticket object, checked as ``TicketIn`` would."""
+    place = where.rstrip(".") or "body"
+    if not isinstance(obj, dict):
+        raise ApiError(422, place, "not an object", [(place, "Input should be a valid dictionary")])
+    account = obj.get("account_id")
+    errors = []
+    if account is None:
+        errors.append((f"{where}account_id", "Field required"))
+    elif not isinstance(account, str):
+        errors.append((f"{where}account_id", "Input should be a valid string"))
+    elif not account:
+        errors.append((f"{where}account_id", "String should have at least 1 character"))
+    text = obj.get("email_sentence_embeddings")
+    if not (text is None or isinstance(text, str | dict)):
+        message = "Input should be a JSON object of sentence id -> 384 floats, its text, or null"
+        errors.append((f"{where}email_sentence_embeddings", message))
+    if errors:
+        raise ApiError(422, errors[0][0], errors[0][1], errors)
+    return account, text
+
+
+def ticket_vectors(text: str | dict | None, where: str, limits: Limits) -> np.ndarray:
+    """One ticket's sentence vectors ``[n, 384]`` (float32) from its embeddings field, checked against
+    ``limits`` (``where`` names the ticket in an error)."""
+    if is_empty(text):
+        return _NO_SENTENCES
+    try:
+        _, vectors = parse_embeddings(text)
+    except EmbeddingError as err:
+        raise ApiError(422, f"{where}email_sentence_embeddings", str(err)) from None
+    if len(vectors) > limits.max_sentences:
+        raise ApiError(
+            413,
+            f"{where}email_sentence_embeddings",
+            f"{len(vectors)} sentences; at most {limits.max_sentences} per ticket",
+        )
+    return vectors
+
+
+class RequestScorer:
+    """Scores request bodies with one predictor: :meth:`one` for ``/predict``, :meth:`batch` for
+    ``/predict/batch``; both return the response body (bytes) or raise :class:`ApiError`."""
+
+    def __init__(self, predictor: OnnxPredictor, limits: Limits):
+        self.predictor, self.limits = predictor, limits
+        thresholds = predictor.serving.get("thresholds", {})
+        self.global_threshold = (thresholds.get("global") or {}).get(limits.precision_target)
+        self.per_account = (thresholds.get("per_account") or {}).get(limits.precision_target, {})
+
+    def threshold(self, account: str) -> float | None:
+        """The confidence below which ``account``'s answers abstain (None: always abstain)."""
+        return self.per_account.get(account, self.global_threshold)
+
+    def one(self, body: bytes) -> bytes:
+        """``/predict``: one ticket object."""
+        return orjson.dumps(self.score([ticket_fields(read_json(body), "")], prefix=False)[0])
+
+    def batch(self, body: bytes) -> bytes:
+        """``/predict/batch``: ``{"tickets": [...]}`` of at most ``max_batch`` tickets."""
+        obj = read_json(body)
+        tickets = obj.get("tickets") if isinstance(obj, dict) else None
+        if not isinstance(tickets, list):
+            raise ApiError(422, "tickets", "a list of tickets is required", [("tickets", "Field required")])
+        if len(tickets) > self.limits.max_batch:
+            message = f"{len(tickets)} tickets; at most {self.limits.max_batch} per batch"
+            raise ApiError(413, "tickets", message)
+        fields = [ticket_fields(t, f"tickets[{i}].") for i, t in enumerate(tickets)]
+        return orjson.dumps(self.score(fields, prefix=True) if fields else [])
+
+    def score(self, tickets: list[tuple[str, Any]], prefix: bool) -> list[dict]:
+        """The answers (``PredictionOut`` as dicts) of (account, embeddings value) pairs."""
+        predictor = self.predictor
+        view = predictor.view  # one label generation for the whole request
+        accounts, vectors = [], []
+        for i, (account, text) in enumerate(tickets):
+            where = f"tickets[{i}]." if prefix else ""
+            if account not in view.state.accounts:
+                raise ApiError(404, f"{where}account_id", f"unknown account {account!r}")
+            accounts.append(account)
+            vectors.append(ticket_vectors(text, where, self.limits))
+        pred = predictor.predict_vectors(accounts, vectors, k=self.limits.top_k, view=view)
+        version = f"{predictor.serving['model_version']}/{view.generation}"
+        names = pred.names
+        confidence = pred.confidence.tolist()
+        top_rows, top_probs = pred.top_rows.tolist(), pred.top_probs.tolist()
+        abstained, fallback = pred.abstained.tolist(), pred.fallback.tolist()
+        out = []
+        for i, account in enumerate(accounts):
+            threshold = self.threshold(account)
+            ranked = zip(top_rows[i], top_probs[i], strict=True)
+            top = [{"label": names[r], "score": p} for r, p in ranked if r >= 0]
+            out.append(
+                {
+                    "contact_reason": top[0]["label"] if top and not abstained[i] else None,
+                    "confidence": confidence[i],
+                    "top_k": top,
+                    "abstained": abstained[i] or threshold is None or confidence[i] < threshold,
+                    "fallback": fallback[i],
+                    "model_version": version,
+                }
+            )
+        return out

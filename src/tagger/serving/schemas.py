@@ -1,0 +1,78 @@
+"""The API's request and response schemas (pydantic): the OpenAPI document, and the parsing of the
+admin body. The prediction endpoints parse their bodies with orjson (:mod:`tagger.serving.request_path`)
+and answer exactly these shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class TicketIn(BaseModel):
+    """One ticket: the account and its sentence embeddings exactly as in the parquet."""
+
+    account_id: str = Field(..., min_length=1, examples=["4b80dc56"])
+    email_sentence_embeddings: str | dict[str, Any] | None = Field(
+        None, description="JSON object (or its text) of hashed sentence id -> 384 floats; null or {} if empty"
+    )
+
+
+class BatchIn(BaseModel):
+    tickets: list[TicketIn]
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class PredictionOut(BaseModel):
+    contact_reason: str | None
+    confidence: float
+    top_k: list[LabelScore]
+    abstained: bool = Field(..., description="confidence below the account's threshold (or no answer)")
+    fallback: bool = Field(..., description="no embeddings: scored from the account's label prior")
+    model_version: str
+
+
+class ExampleIn(BaseModel):
+    """A labelled ticket to fold into its label's vector."""
+
+    label: str = Field(..., min_length=1)
+    email_sentence_embeddings: str | dict[str, Any]
+
+
+class LabelUpdateIn(BaseModel):
+    """One merchant's label change; applied whole or not at all."""
+
+    account_id: str = Field(..., min_length=1)
+    add: list[str] = Field([], description="new label names (scored from their names at once)")
+    rename: dict[str, str] = Field({}, description="old name -> new name (the label keeps its vector)")
+    retire: list[str] = Field([], description="labels no longer predicted")
+    examples: list[ExampleIn] = Field([], description="labelled tickets blended into their labels' vectors")
+    create_account: bool = Field(False, description="the account is new (it needs labels in add)")
+
+
+class LabelUpdateOut(BaseModel):
+    generation: str
+    previous: str
+    model_version: str
+    labels: list[str]
+    seconds: float
+
+
+def request_body(model: type[BaseModel]) -> dict:
+    """``openapi_extra`` documenting ``model`` as the JSON body of a route that reads its body itself."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node):  # the nested models written out in place: no reference to a missing component
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        return [inline(v) for v in node] if isinstance(node, list) else node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
