@@ -70,6 +70,16 @@ class LabelView:
     def candidates(self, accounts: list[str]) -> Candidates:
         """What tickets of ``accounts`` are scored against: O(the labels of these merchants)."""
         state = self.state
+        only = state.accounts.get(accounts[0]) if len(accounts) == 1 else None
+        if only is not None and len(only):  # one ticket (a request): its merchant's arrays as they are
+            query = None if state.unknown_query is None else only.query[None].astype(np.float32, copy=False)
+            return Candidates(
+                np.ascontiguousarray(only.vectors, np.float32),
+                np.arange(len(only), dtype=np.int64)[None],
+                only.prior,
+                np.asarray(only.labels, object),
+                query,
+            )
         order = list(dict.fromkeys(accounts))
         parts = [state.accounts.get(a) for a in order]
         sizes = np.array([len(p) if p is not None else 0 for p in parts], np.int64)
@@ -277,7 +287,7 @@ class OnnxPredictor:
         return predictions_from_logits(
             scored.logits,
             scored.rows,
-            np.diff(offsets) > 0 if has_embeddings is None else has_embeddings,
+            offsets[1:] > offsets[:-1] if has_embeddings is None else has_embeddings,
             scored.prior,
             scored.names,
             self.temperature,
