@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tagger.bench.load import start_load, summarise_load
 from tagger.bench.machine import machine_description
-from tagger.bench.serving import admin_server, request_bodies, start_load, summarise_load
+from tagger.bench.servers import admin_server
+from tagger.bench.serving import request_bodies
 from tagger.model.label_update import LabelUpdate
 from tagger.paths import PROJECT_ROOT, latest_export, shown
 from tagger.serving.admin import update_export

@@ -296,7 +296,9 @@ def label_updates(export_dir: Path, n_accounts: int, n_updates: int) -> dict:
 
 def http(export_dir: Path, n_accounts: int, seconds: float) -> dict:
     """HTTP latency at 100 req/s against ``python -m tagger.serving`` on the export; its memory."""
-    from tagger.bench.serving import api_server, rss_mb, start_load, summarise_load
+    from tagger.bench.load import start_load, summarise_load
+    from tagger.bench.servers import api_server
+    from tagger.bench.servers import tree_rss_mb as rss_mb
 
     t0 = time.perf_counter()
     with api_server(export_dir) as (server, url):

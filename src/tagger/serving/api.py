@@ -19,9 +19,11 @@ FastAPI declarations below give the OpenAPI document and are never reached.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import sys
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -116,6 +118,14 @@ class LabelWork:
         self.call(self.predictor.refresh)
 
 
+def _lower_priority(nice: int) -> None:
+    """Run the calling thread ``nice`` steps below the rest of the process (Linux): when the CPU is
+    short, the event loop, which admits and refuses requests, goes before the scoring."""
+    if nice:
+        with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
 def _poll_labels(work: weakref.ref, interval: float) -> None:
     """Every ``interval`` seconds, catch up with the live label generation; ends with its app."""
     stop = threading.Event()
@@ -136,6 +146,7 @@ def create_app(
     admin_token: str | None = None,
     embed: TextEmbedder | None = None,
     reload_interval: float = 0.25,
+    scoring_nice: int = 0,
 ) -> FastAPI:
     """The API serving the export directory ``export_dir``. ``admin_token`` enables
     ``POST /admin/labels``; ``embed`` embeds label names (default: the export's all-MiniLM-L6-v2
@@ -152,7 +163,9 @@ def create_app(
         )
         poller.start()
     scorer = RequestScorer(predictor, limits)
-    scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
+    scoring = ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="scoring", initializer=_lower_priority, initargs=(scoring_nice,)
+    )
     admission = Admission()
     app = FastAPI(
         title="tagger",
@@ -295,12 +308,15 @@ def app_from_config(cfg, export_dir: str | os.PathLike) -> FastAPI:
     from tagger.manifest import ArtifactError
 
     token = os.environ.get("TAGGER_ADMIN_TOKEN") or None
+    # the event loop (admitting and refusing) takes the GIL back from the scoring thread within this
+    sys.setswitchinterval(float(cfg.gil_switch_interval))
     try:
         return create_app(
             Path(export_dir),
             Limits.from_config(cfg.limits),
             admin_token=token,
             reload_interval=float(cfg.reload_interval),
+            scoring_nice=int(cfg.scoring_nice),
         )
     except (ArtifactError, OSError, ValueError, KeyError) as err:
         raise SystemExit(f"tagger API refuses to start: {export_dir}: {type(err).__name__}: {err}") from None

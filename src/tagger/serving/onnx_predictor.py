@@ -210,11 +210,7 @@ class OnnxPredictor:
         for start in range(0, n, batch_size):
             idx = np.arange(start, min(start + batch_size, n))
             cand = view.candidates(accounts[start : idx[-1] + 1])
-            x, mask = pad_sentences(embeddings, offsets, idx, self.max_sentences)
-            feed = {"sentences": x, "mask": mask, "label_vectors": cand.vectors, "label_index": cand.index}
-            if cand.queries is not None:
-                feed["account_query"] = cand.queries
-            logits, vectors = self.session.run(None, {k: v for k, v in feed.items() if k in self._inputs})
+            logits, vectors = self.session.run(None, self.feed(cand, embeddings, offsets, idx))
             batches.append((idx, logits, vectors, cand))
         if len(batches) == 1:  # one request: its candidates as they are
             _, logits, vectors, cand = batches[0]
@@ -234,6 +230,15 @@ class OnnxPredictor:
             out.vectors[idx] = vectors
             offset += len(cand.prior)
         return out
+
+    def feed(self, cand: Candidates, embeddings: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> dict:
+        """The inputs of ``model.onnx`` for tickets ``idx`` (ragged ``embeddings``/``offsets``) scored
+        against ``cand``."""
+        x, mask = pad_sentences(embeddings, offsets, idx, self.max_sentences)
+        feed = {"sentences": x, "mask": mask, "label_vectors": cand.vectors, "label_index": cand.index}
+        if cand.queries is not None and "account_query" in self._inputs:
+            feed["account_query"] = cand.queries
+        return feed
 
     def _run_tickets(self, tickets: Tickets, view: LabelView | None, batch_size: int) -> Scored:
         accounts = tickets.meta["account_id"].astype(str).tolist()

@@ -1,0 +1,134 @@
+"""Server processes the serving benchmark drives, each on a free loopback port: this code
+(``python -m tagger.serving``), the code of an earlier commit (a git worktree, served as it was
+deployed), and a reference FastAPI app that answers a constant."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tagger.paths import PROJECT_ROOT
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server_process(command: list[str], port: int, env: dict | None = None, cwd: Path | None = None):
+    """Run ``command`` (a server on ``port``) until ``/health`` answers 200; yields the process,
+    stops it (and its workers) on exit."""
+    server = subprocess.Popen(command, env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+    try:
+        for _ in range(600):
+            if server.poll() is not None:
+                raise RuntimeError(f"the server exited with status {server.returncode}: {command}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"the server did not start: {command}")
+        yield server
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def this_code(export_dir: Path, port: int, overrides: tuple[str, ...] = ()) -> dict:
+    """The command serving ``export_dir`` with this checkout's code."""
+    command = [sys.executable, "-m", "tagger.serving", f"export_dir={export_dir}", f"port={port}", *overrides]
+    return {"command": command}
+
+
+def before_code(
+    worktree: Path, export_dir: Path, port: int, http: str = "h11", loop: str = "asyncio"
+) -> dict:
+    """The command serving ``export_dir`` with an earlier commit's code checked out in ``worktree``,
+    as that commit deployed it (``uvicorn tagger.serving.api:app``; before this issue uvicorn ran
+    with the pure-Python h11 parser and asyncio, httptools and uvloop not being installed)."""
+    command = [sys.executable, "-m", "uvicorn", "tagger.serving.api:app", "--port", str(port)]
+    command += ["--http", http, "--loop", loop, "--log-level", "warning", "--no-access-log"]
+    env = {"PYTHONPATH": str(worktree / "src"), "TAGGER_EXPORT_DIR": str(export_dir), "MALLOC_ARENA_MAX": "2"}
+    return {"command": command, "env": env, "cwd": worktree}
+
+
+def constant_app(port: int) -> dict:
+    """The command serving :mod:`tagger.bench.constant_app` (FastAPI, the same server settings)."""
+    command = [sys.executable, "-m", "uvicorn", "tagger.bench.constant_app:app", "--port", str(port)]
+    command += ["--http", "httptools", "--loop", "uvloop", "--log-level", "warning", "--no-access-log"]
+    return {"command": command}
+
+
+@contextmanager
+def worktree(ref: str) -> Iterator[Path]:
+    """A detached git worktree of commit ``ref`` of this project, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="tagger-before-") as tmp:
+        path = Path(tmp) / "src-tree"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", "--force", str(path), ref],
+            cwd=PROJECT_ROOT,
+            check=True,
+            capture_output=True,
+        )
+        try:
+            yield path
+        finally:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(path)], cwd=PROJECT_ROOT, capture_output=True
+            )
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (a server's workers), MB."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += int(status.split("VmRSS:")[1].split()[0]) / 1024
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, IndexError):
+            continue
+    return total
+
+
+@contextmanager
+def api_server(export_dir: Path, **env):
+    """The API (``python -m tagger.serving``) on a free loopback port, as a separate process;
+    yields (process, url)."""
+    port = free_port()
+    with server_process(this_code(export_dir, port)["command"], port, env) as server:
+        yield server, f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def admin_server(export_dir: Path):
+    """A copy of ``export_dir`` served with a random admin token (label updates change the copy only);
+    yields (process, url, the served copy, the Authorization header)."""
+    token = secrets.token_urlsafe(24)
+    with tempfile.TemporaryDirectory(prefix="tagger-served-") as work:
+        served = Path(work) / "onnx"
+        shutil.copytree(export_dir, served)
+        with api_server(served, TAGGER_ADMIN_TOKEN=token) as (server, url):
+            yield server, url, served, {"Authorization": f"Bearer {token}"}

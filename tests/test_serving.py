@@ -1,0 +1,204 @@
+"""The serving request path: same answers as the predictor, Server-Timing, admission control, and
+real server processes (``python -m tagger.serving``) with two workers and under overload."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import orjson
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+from test_export import trained  # noqa: F401  (the module-scoped trained model)
+
+from tagger.bench.load import http_request, run_load
+from tagger.bench.servers import free_port, server_process
+from tagger.data.embeddings_json import parse_embeddings
+from tagger.data.tickets import Tickets
+from tagger.serving.api import create_app
+from tagger.serving.limits import Limits
+from tagger.serving.onnx_export import export_model
+from tagger.serving.onnx_predictor import OnnxPredictor
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def base_export(trained):  # noqa: F811
+    model_dir, _, tmp = trained
+    out = tmp / "serving-onnx"
+    if not out.exists():
+        export_model(model_dir, out, parity_tickets=50)
+    return out
+
+
+@pytest.fixture()
+def export_dir(base_export, tmp_path):
+    shutil.copytree(base_export, tmp_path / "onnx")
+    return tmp_path / "onnx"
+
+
+@pytest.fixture(scope="module")
+def bodies(trained):  # noqa: F811
+    """Every ticket of the toy file as a request body (the embeddings field as in the parquet)."""
+    _, data, _ = trained
+    table = pq.read_table(data, columns=["account_id", "email_sentence_embeddings"]).to_pylist()
+    return table[:300]
+
+
+def test_the_request_path_gives_the_predictors_answers(base_export, bodies):
+    """Each answer of /predict equals what OnnxPredictor.predict gives the same ticket through a
+    Tickets frame (the backtest's path), for the embeddings as a string and as an object."""
+    client = TestClient(create_app(base_export), raise_server_exceptions=False)
+    predictor = OnnxPredictor(base_export)
+    serving = predictor.serving
+    thresholds = serving["thresholds"]
+    known = [b for b in bodies if predictor.view.labels_of(b["account_id"]) is not None]
+    vectors = [
+        parse_embeddings(b["email_sentence_embeddings"])[1]
+        if b["email_sentence_embeddings"]
+        else np.zeros((0, 384), np.float32)
+        for b in known
+    ]
+    assert len(known) > 100 and any(len(v) == 0 for v in vectors)
+    for body, v in zip(known, vectors, strict=True):
+        # one ticket a frame, as a request scores it (a batch pads differently: last-bit float noise)
+        expected = predictor.predict(Tickets.from_vectors([body["account_id"]], [v]), k=3)
+        text = body["email_sentence_embeddings"]
+        as_object = {**body, "email_sentence_embeddings": json.loads(text) if text else None}
+        threshold = thresholds["per_account"]["0.95"].get(body["account_id"], thresholds["global"]["0.95"])
+        ranked = zip(expected.top_rows[0], expected.top_probs[0], strict=True)
+        top = [(expected.names[r], float(p)) for r, p in ranked if r >= 0]
+        for sent in (body, as_object):
+            got = client.post("/predict", json=sent).json()
+            assert [(t["label"], t["score"]) for t in got["top_k"]] == top
+            assert got["confidence"] == float(expected.confidence[0])
+            assert got["fallback"] == bool(expected.fallback[0])
+            assert got["abstained"] == bool(expected.abstained[0] or got["confidence"] < threshold)
+            assert got["contact_reason"] == (top[0][0] if top and not expected.abstained[0] else None)
+
+
+def test_every_answer_says_how_long_the_server_took(base_export):
+    client = TestClient(create_app(base_export), raise_server_exceptions=False)
+    for r in (
+        client.post("/predict", json={"account_id": "a", "email_sentence_embeddings": None}),
+        client.get("/health"),
+        client.post("/predict", content=b"not json"),
+    ):
+        name, _, duration = r.headers["server-timing"].partition(";dur=")
+        assert name == "app" and 0 < float(duration) < 10_000
+
+
+def test_past_max_in_flight_a_request_is_refused_at_once_with_retry_after(base_export, monkeypatch):
+    import tagger.serving.onnx_predictor as op
+
+    original = op.OnnxPredictor.predict_arrays
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.5)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(op.OnnxPredictor, "predict_arrays", slow)
+    app = create_app(base_export, Limits(max_in_flight=1, retry_after_s=2))
+    body = {"account_id": "a", "email_sentence_embeddings": None}
+
+    async def burst():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            first = asyncio.create_task(client.post("/predict", json=body))
+            await asyncio.sleep(0.1)  # the first one is being scored
+            started = time.perf_counter()
+            refused = await client.post("/predict", json=body)
+            refusal_s = time.perf_counter() - started
+            health = await client.get("/health")
+            return await first, refused, refusal_s, health
+
+    first, refused, refusal_s, health = asyncio.run(burst())
+    assert first.status_code == 200
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+    assert "over capacity" in refused.json()["detail"]["message"]
+    assert refusal_s < 0.2  # at once, not after the request in flight
+    assert health.status_code == 200 and health.json()["refused"] == 1 and health.json()["in_flight"] == 1
+
+
+def _serve(export_dir, *overrides: str, **env):
+    port = free_port()
+    command = [sys.executable, "-m", "tagger.serving", f"export_dir={export_dir}", f"port={port}", *overrides]
+    return server_process(command, port, env), port
+
+
+def test_a_real_server_with_two_workers_takes_label_updates_in_every_worker(export_dir):
+    """``python -m tagger.serving workers=2``: both worker processes answer; label updates sent at
+    the same time (each lands in whichever worker accepts it) are all kept, and every worker serves
+    the last generation within a second."""
+    server, port = _serve(export_dir, "workers=2", "reload_interval=0.1", TAGGER_ADMIN_TOKEN=TOKEN)
+    url = f"http://127.0.0.1:{port}"
+    with server as process:
+        workers = set()
+        for _ in range(200):  # a fresh connection each time: the kernel hands it to either worker
+            workers.add(httpx.get(f"{url}/health").json()["worker"])
+            if len(workers) == 2:
+                break
+        assert len(workers) == 2
+        updates = [{"account_id": a, "add": [f"New reason {a}"]} for a in ("a", "b", "c")]
+        answers = []
+
+        def send(update):
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            answers.append(httpx.post(f"{url}/admin/labels", json=update, headers=headers, timeout=60))
+
+        threads = [threading.Thread(target=send, args=(u,)) for u in updates]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [r.status_code for r in answers] == [200, 200, 200], [r.text for r in answers]
+        last = max(r.json()["generation"] for r in answers)
+        deadline, current = time.monotonic() + 1.0, {}
+        while time.monotonic() < deadline and not (
+            set(current) == workers and set(current.values()) == {last}
+        ):
+            health = httpx.get(f"{url}/health").json()
+            current[health["worker"]] = health["label_generation"]
+        assert set(current) == workers and set(current.values()) == {last}, current
+        for account in ("a", "b", "c"):
+            labels = {x["label"] for x in httpx.get(f"{url}/accounts/{account}/labels").json()["labels"]}
+            assert f"New reason {account}" in labels
+    assert process.poll() is not None  # stopped with its workers
+
+
+def test_a_real_server_under_overload_refuses_the_excess_and_keeps_serving(export_dir, bodies):
+    """64 connections sending as fast as they can against 4 admitted requests: the excess gets 503
+    with Retry-After, nothing else fails, /health answers throughout, and the process stops cleanly."""
+    server, port = _serve(export_dir, "limits.max_in_flight=4")
+    requests = [http_request("/predict", orjson.dumps(b)) for b in bodies[:100]]
+    with server:
+        health = []
+        stop = threading.Event()
+
+        def watch():
+            while not stop.is_set():
+                health.append(httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            result = run_load(port, requests, None, 3.0, connections=64)
+        finally:
+            stop.set()
+            watcher.join()
+        summary = result.summary()
+        after = httpx.get(f"http://127.0.0.1:{port}/health").json()
+        r = httpx.post(f"http://127.0.0.1:{port}/predict", json=bodies[0])
+        assert r.status_code == 200
+    assert set(summary["statuses"]) == {"200", "503"}, summary["statuses"]
+    assert summary["connection_errors"] == 0 and summary["ok"]["n"] > 100
+    assert after["refused"] == summary["statuses"]["503"] and after["in_flight"] == 0
+    assert health and set(health) == {200}
