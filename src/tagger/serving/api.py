@@ -29,26 +29,17 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from tagger.model.label_update import LabelUpdate, UpdateError
-from tagger.serving.admin import TextEmbedder, update_export
+from tagger.serving import routes
+from tagger.serving.admin import TextEmbedder
 from tagger.serving.gate import Admission, Gate, send_json
 from tagger.serving.limits import Limits
 from tagger.serving.name_encoder import NameEncoder
 from tagger.serving.onnx_predictor import OnnxPredictor
-from tagger.serving.request_path import ApiError, RequestScorer, ticket_vectors
-from tagger.serving.schemas import (
-    BatchIn,
-    LabelUpdateIn,
-    LabelUpdateOut,
-    PredictionOut,
-    TicketIn,
-    request_body,
-)
+from tagger.serving.request_path import ApiError, RequestScorer
 
 __all__ = ["ApiError", "Limits", "app_from_config", "app_from_env", "create_app", "serve_config"]
 log = logging.getLogger(__name__)
@@ -166,112 +157,27 @@ def create_app(
     scoring = ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="scoring", initializer=_lower_priority, initargs=(scoring_nice,)
     )
-    admission = Admission()
+    service = routes.Service(predictor, scorer, labels, Admission(), limits, admin_token, embed)
     app = FastAPI(
         title="tagger",
         version=predictor.version,
         description="Contact-reason tagging: each merchant gets a label from its own label set.",
     )
+    app.state.service = service
     app.add_middleware(
         PredictRoutes, routes={"/predict": scorer.one, "/predict/batch": scorer.batch}, pool=scoring
     )
     app.add_middleware(  # added last: the outer layer
         Gate,
         limits=limits,
-        admission=admission,
+        admission=service.admission,
         admin_token=admin_token,
         before=labels.refresh if reload_interval <= 0 else None,
     )
     _error_handlers(app)
-
-    @app.post("/predict", response_model=PredictionOut, openapi_extra=request_body(TicketIn))
-    async def predict(request: Request) -> Response:  # answered by PredictRoutes; the schema only
-        """The contact reason of one ticket."""
-        raise NotImplementedError
-
-    @app.post("/predict/batch", response_model=list[PredictionOut], openapi_extra=request_body(BatchIn))
-    async def predict_batch(request: Request) -> Response:  # answered by PredictRoutes; the schema only
-        """Contact reasons of up to ``max_batch`` tickets."""
-        raise NotImplementedError
-
-    @app.get("/health")
-    def health() -> dict:
-        view = predictor.view
-        return {
-            "status": "ok",
-            "model_version": f"{predictor.serving['model_version']}/{view.generation}",
-            "label_generation": view.generation,
-            "last_reload_error": predictor.last_reload_error,
-            "admin": "ready" if admin_token else "disabled",
-            "accounts": len(view.state.accounts),
-            "labels": view.state.n_labels,
-            "worker": os.getpid(),
-            "in_flight": admission.in_flight,
-            "admitted": admission.admitted,
-            "refused": admission.refused,
-        }
-
-    @app.get("/accounts/{account_id}/labels")
-    def account_labels(account_id: str) -> dict:
-        view = predictor.view
-        account = view.labels_of(account_id)
-        if account is None:
-            raise ApiError(404, "account_id", f"unknown account {account_id!r}")
-        return {
-            "account_id": account_id,
-            "label_generation": view.generation,
-            "threshold": scorer.threshold(account_id),
-            "labels": [
-                {"label": name, "n_train": int(n), "prior": float(p)}
-                for name, n, p in zip(account.labels, account.n_train, account.prior, strict=True)
-            ],
-        }
-
-    @app.post(
-        "/admin/labels",
-        response_model=LabelUpdateOut,
-        responses={401: {"description": "missing or wrong token"}, 403: {"description": "admin disabled"}},
-    )
-    async def update_labels(
-        body: LabelUpdateIn,
-        authorization: str | None = Header(None, description="Bearer TOKEN (checked before the body)"),
-    ) -> LabelUpdateOut:
-        """Add, rename or retire one merchant's labels, folding in examples; live at once, no restart."""
-        update = _label_update(body, limits)
-        try:
-            result = await labels.run(update_export, predictor, [update], embed, "api")
-        except UpdateError as err:
-            raise ApiError(err.status, err.field, err.message) from None
-        return LabelUpdateOut(
-            generation=result["generation"],
-            previous=result["previous"],
-            model_version=result["model_version"],
-            labels=result["accounts"][update.account_id],
-            seconds=result["seconds"],
-        )
-
+    for router in (routes.predictions, routes.labels, routes.admin):
+        app.include_router(router)
     return app
-
-
-def _label_update(body: LabelUpdateIn, limits: Limits) -> LabelUpdate:
-    """The update a request asks for, its sizes checked against ``limits`` (413/422 naming the field)."""
-    if len(body.examples) > limits.max_batch:
-        raise ApiError(413, "examples", f"{len(body.examples)} examples; at most {limits.max_batch}")
-    changes = len(body.add) + len(body.rename) + len(body.retire)
-    if changes > limits.max_label_changes:
-        raise ApiError(413, "body", f"{changes} label changes; at most {limits.max_label_changes}")
-    names = [("add", n) for n in body.add] + [(f"rename.{k}", v) for k, v in body.rename.items()]
-    for where, name in names:
-        if len(name) > limits.max_label_name:
-            message = f"a label name of {len(name)} characters; at most {limits.max_label_name}"
-            raise ApiError(422, where, message)
-    examples: dict[str, list[np.ndarray]] = {}
-    for i, ex in enumerate(body.examples):
-        vectors = ticket_vectors(ex.email_sentence_embeddings, f"examples[{i}].", limits)
-        if not len(vectors):
-            raise ApiError(422, f"examples[{i}].email_sentence_embeddings", "an example needs sentences")
-        examples.setdefault(ex.label, []).append(vectors)
-    return LabelUpdate(body.account_id, body.add, body.rename, body.retire, examples, body.create_account)
 
 
 def _error_handlers(app: FastAPI) -> None:
