@@ -211,9 +211,11 @@ def overload(server, port: int, requests: list[bytes], rate: float, seconds: flo
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
-    from tagger.paths import PROJECT_ROOT, latest_export, shown
+NEW, TWO, CONSTANT = "this code, 1 worker", "this code, 2 workers", "constant FastAPI app"
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    from tagger.paths import PROJECT_ROOT
 
     parser = argparse.ArgumentParser(
         prog="python -m tagger.bench.serving",
@@ -229,92 +231,105 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rates", type=float, nargs="*", default=[100, 300, 1000], help="offered req/s")
     parser.add_argument("--out-dir", type=Path, default=PROJECT_ROOT / "results" / "benchmarks")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def by_bucket(export_dir: Path, per_bucket: int = 200) -> dict[str, list[dict]]:
+    """Up to ``per_bucket`` held-out tickets of each sentence-count bucket (all of them are read:
+    only a few emails have 50 sentences or more)."""
+    every = request_bodies(export_dir, 10**9, seed=1)
+    sizes = [n_sentences(b) for b in every]
+    return {
+        bucket: [b for b, n in zip(every, sizes, strict=True) if lo <= n <= hi][:per_bucket]
+        for bucket, (lo, hi) in BUCKETS.items()
+    }
+
+
+def bare_onnx_ms(export_dir: Path, buckets: dict[str, list[dict]], repeats: int = 300) -> dict[str, float]:
+    """p50 of the bare ONNX session call for the tickets of each bucket."""
+    from tagger.serving.onnx_predictor import OnnxPredictor
+
+    predictor = OnnxPredictor(export_dir)
+    out = {}
+    for bucket, bodies in buckets.items():
+        feeds = bare_feeds(predictor, bodies)
+        ms = []
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            predictor.session.run(None, feeds[i % len(feeds)])
+            ms.append((time.perf_counter() - t0) * 1000)
+        out[bucket] = float(np.percentile(ms, 50))
+    return out
+
+
+def http_figures(export_dir: Path, args, mix: list[bytes], groups: dict[str, list[bytes]]) -> dict:
+    """Every HTTP measurement, with the four servers running side by side."""
+    old = f"before ({args.before})"
+    with ExitStack() as stack:
+        tree = stack.enter_context(worktree(args.before))
+        specs = {
+            NEW: lambda p: this_code(export_dir, p, ("workers=1",)),
+            TWO: lambda p: this_code(export_dir, p, ("workers=2",)),
+            old: lambda p: before_code(tree, export_dir, p),
+            CONSTANT: constant_app,
+        }
+        servers = {}
+        for name, spec in specs.items():
+            port = free_port()
+            servers[name] = (stack.enter_context(server_process(port=port, **spec(port))), port)
+        port = {name: p for name, (_, p) in servers.items()}
+        f = {"answers": answers_agree(port[NEW], port[old], mix)}
+        print("answers", f["answers"], flush=True)
+        f["round_trip"] = {
+            name: round_trips(port[name], groups, args.repeats) for name in (NEW, old, CONSTANT)
+        }
+        f["open_loop"] = {
+            name: {
+                f"{rate:g}": run_load(port[name], mix, rate, args.seconds, 64).summary()
+                for rate in args.rates
+            }
+            for name in (NEW, TWO, old)
+        }
+        # 32 connections a worker: enough to keep both busy when the kernel spreads connections
+        # unevenly over the workers, never more than one worker's max_in_flight on average
+        connections = {NEW: 32, TWO: 64, old: 32, CONSTANT: 32}
+        seconds = max(3.0, args.seconds / 2)
+        f["saturation"] = {
+            name: saturation(port[name], mix, seconds, args.repeats, n) for name, n in connections.items()
+        }
+        f["overload"] = {
+            name: overload(*servers[name], mix, 2 * f["saturation"][name]["throughput"], args.seconds)
+            for name in (NEW, TWO)
+        }
+    return f
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    from tagger.paths import latest_export, shown
+
+    args = _arguments(argv)
     export_dir = Path(args.export_dir or latest_export()).resolve()
     bodies = request_bodies(export_dir, args.tickets)
-    mix = encoded(bodies)
+    buckets = by_bucket(export_dir)
     groups = {}
-    sizes = [n_sentences(b) for b in bodies]
-    every = request_bodies(export_dir, 10**9, seed=1)  # enough long emails for the 50+ bucket
-    every_sizes = [n_sentences(b) for b in every]
-    for bucket, (lo, hi) in BUCKETS.items():
-        chosen = [b for b, n in zip(every, every_sizes, strict=True) if lo <= n <= hi][:200]
+    for bucket, chosen in buckets.items():
         groups[f"{bucket} string"] = encoded(chosen)
         groups[f"{bucket} object"] = encoded([as_object(b) for b in chosen])
-    counts = {bucket: len(groups[f"{bucket} string"]) for bucket in BUCKETS}
+    counts = {bucket: len(chosen) for bucket, chosen in buckets.items()}
     print(f"{len(bodies):,} tickets; by sentences {counts}", flush=True)
     figures = {
         "export_dir": shown(export_dir),
         "before": args.before,
         "machine": machine_description(),
         "tickets": len(bodies),
-        "mean_sentences": float(np.mean(sizes)),
+        "mean_sentences": float(np.mean([n_sentences(b) for b in bodies])),
         "bucket_tickets": counts,
         "in_process": in_process(export_dir, bodies),
+        "bare_onnx_by_bucket": bare_onnx_ms(export_dir, buckets),
     }
-    figures["bare_onnx_by_bucket"] = {}
-    from tagger.serving.onnx_predictor import OnnxPredictor
-
-    predictor = OnnxPredictor(export_dir)
-    for bucket, (lo, hi) in BUCKETS.items():
-        chosen = [b for b, n in zip(every, every_sizes, strict=True) if lo <= n <= hi][:200]
-        feeds = bare_feeds(predictor, chosen)
-        ms = []
-        for i in range(300):
-            t0 = time.perf_counter()
-            predictor.session.run(None, feeds[i % len(feeds)])
-            ms.append((time.perf_counter() - t0) * 1000)
-        figures["bare_onnx_by_bucket"][bucket] = float(np.percentile(ms, 50))
-    del predictor
-    print("in process done", flush=True)
-    with ExitStack() as stack:
-        tree = stack.enter_context(worktree(args.before))
-        servers = {}
-        for name, spec in (
-            ("this code, 1 worker", lambda p: this_code(export_dir, p, ("workers=1",))),
-            ("this code, 2 workers", lambda p: this_code(export_dir, p, ("workers=2",))),
-            (f"before ({args.before})", lambda p: before_code(tree, export_dir, p)),
-            ("constant FastAPI app", constant_app),
-        ):
-            port = free_port()
-            process = stack.enter_context(server_process(port=port, **spec(port)))
-            servers[name] = (process, port)
-        old_name = f"before ({args.before})"
-        figures["answers"] = answers_agree(servers["this code, 1 worker"][1], servers[old_name][1], mix)
-        print("answers", figures["answers"], flush=True)
-        figures["round_trip"] = {
-            name: round_trips(servers[name][1], groups, args.repeats)
-            for name in ("this code, 1 worker", old_name, "constant FastAPI app")
-        }
-        print("round trips done", flush=True)
-        figures["open_loop"] = {
-            name: {
-                f"{rate:g}": run_load(servers[name][1], mix, rate, args.seconds, 64).summary()
-                for rate in args.rates
-            }
-            for name in ("this code, 1 worker", "this code, 2 workers", old_name)
-        }
-        print("open loop done", flush=True)
-        figures["saturation"] = {
-            # 32 connections a worker: enough to keep both busy when the kernel spreads connections
-            # unevenly over the workers, never more than one worker's max_in_flight on average
-            name: saturation(
-                servers[name][1], mix, max(3.0, args.seconds / 2), args.repeats, 64 if "2" in name else 32
-            )
-            for name in ("this code, 1 worker", "this code, 2 workers", old_name, "constant FastAPI app")
-        }
-        print("saturation done", flush=True)
-        figures["overload"] = {
-            name: overload(
-                servers[name][0],
-                servers[name][1],
-                mix,
-                2 * figures["saturation"][name]["throughput"],
-                args.seconds,
-            )
-            for name in ("this code, 1 worker", "this code, 2 workers")
-        }
-    figures["goals"] = goals(figures, old_name)
+    figures |= http_figures(export_dir, args, encoded(bodies), groups)
+    figures["goals"] = goals(figures, f"before ({args.before})")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "serving.json").write_text(json.dumps(figures, indent=2))
     text = markdown(figures, args)
@@ -325,9 +340,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def goals(f: dict, old: str) -> list[dict]:
     """The issue's goals, each with the measured figure and whether it is met."""
-    new, rt = "this code, 1 worker", f["round_trip"]
+    new, rt = NEW, f["round_trip"]
     sat = f["saturation"]
-    best = max(sat["this code, 1 worker"]["throughput"], sat["this code, 2 workers"]["throughput"])
+    best = max(sat[NEW]["throughput"], sat[TWO]["throughput"])
     rows = [
         (
             "server time, one-sentence ticket (string; object) < 0.7 ms",
@@ -346,7 +361,7 @@ def goals(f: dict, old: str) -> list[dict]:
             max(rt[new]["50+ string"]["p50"], rt[new]["50+ object"]["p50"]) < 5,
         ),
     ]
-    for name in ("this code, 1 worker", "this code, 2 workers"):
+    for name in (NEW, TWO):
         p99 = f["open_loop"][name]["100"]["p99"]
         rows.append((f"100 req/s p99 < 10 ms ({name})", f"{p99:.2f} ms", p99 < 10))
     ratio = best / sat[old]["throughput"]
@@ -394,7 +409,7 @@ def _ms(x) -> str:
 def markdown(f: dict, args) -> str:
     """The report: goals first, then each table."""
     old = f"before ({f['before']})"
-    new = "this code, 1 worker"
+    new = NEW
     lines = [
         "# Serving benchmark",
         "",
@@ -434,7 +449,7 @@ def markdown(f: dict, args) -> str:
             a, b, c = (
                 f["round_trip"][old][key],
                 f["round_trip"][new][key],
-                f["round_trip"]["constant FastAPI app"][key],
+                f["round_trip"][CONSTANT][key],
             )
             lines.append(
                 f"| {bucket} | {kind} | {f['bucket_tickets'][bucket]} | {_ms(a['p50'])} | {_ms(b['p50'])} | "
