@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
+
+from tagger.paths import PROJECT_ROOT
 
 DIM = 384
 
@@ -134,8 +137,11 @@ TEST_TRAINER = {
     "enable_progress_bar": False,
     "num_sanity_val_steps": 0,
     "log_every_n_steps": 5,
-    "patience": 4,
 }
+# the callbacks and the logger exactly as conf/ gives them to train.py
+TEST_CALLBACKS = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "callbacks" / "default.yaml"))
+TEST_LOGGER = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "logger" / "csv.yaml"))
+SETUP = {"callbacks": TEST_CALLBACKS, "logger": TEST_LOGGER}
 TEST_MODEL = {
     "name": "shared",
     "encoder": {

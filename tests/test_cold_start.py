@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DIM, TEST_MODEL, TEST_TRAINER, FakeEmbedder, make_tickets
+from conftest import DIM, SETUP, TEST_MODEL, TEST_TRAINER, FakeEmbedder, make_tickets
 
 from tagger.data.labels import label_text
 from tagger.model.cold_start import label_state, update_labels, with_labels, with_state
@@ -39,6 +39,7 @@ def trained(tmp_path_factory):
         seed=0,
         log_dir=tmp_path_factory.mktemp("logs"),
         embedder=FakeEmbedder(),
+        **SETUP,
     ).fit(train, val)
 
 

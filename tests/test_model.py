@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TEST_MODEL, TEST_TRAINER, FakeEmbedder, make_tickets, toy_problem, unit_vectors
+from conftest import SETUP, TEST_MODEL, TEST_TRAINER, FakeEmbedder, make_tickets, toy_problem, unit_vectors
 
 from tagger.manifest import ArtifactError
 from tagger.metrics import outcomes, summary
@@ -118,7 +118,12 @@ def fitted(tmp_path_factory):
     n = len(data)
     train, val = data.subset(np.arange(n) < 0.7 * n), data.subset(np.arange(n) >= 0.7 * n)
     est = SharedEstimator(
-        TEST_MODEL, TEST_TRAINER, seed=0, log_dir=tmp_path_factory.mktemp("logs"), embedder=FakeEmbedder()
+        TEST_MODEL,
+        TEST_TRAINER,
+        seed=0,
+        log_dir=tmp_path_factory.mktemp("logs"),
+        embedder=FakeEmbedder(),
+        **SETUP,
     ).fit(train, val)
     return est, train, val
 
@@ -184,9 +189,9 @@ def test_artifact_round_trip_and_checks(fitted, tmp_path):
 
 def test_same_seed_same_model(fitted, tmp_path):
     est, train, val = fitted
-    again = SharedEstimator(TEST_MODEL, TEST_TRAINER, seed=0, log_dir=tmp_path, embedder=FakeEmbedder()).fit(
-        train, val
-    )
+    again = SharedEstimator(
+        TEST_MODEL, TEST_TRAINER, seed=0, log_dir=tmp_path, embedder=FakeEmbedder(), **SETUP
+    ).fit(train, val)
     np.testing.assert_array_equal(again.logits(val)[0], est.logits(val)[0])
 
 

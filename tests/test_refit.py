@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import (
+    SETUP,
     TEST_MODEL,
     TEST_TRAINER,
     FakeEmbedder,
@@ -53,7 +54,9 @@ def _with_new_label(n_new: int = 12) -> Tickets:
 
 def test_early_stopping_chooses_by_the_figure_the_reports_lead_with(tmp_path):
     train, val = _split(toy_problem(n_per_label=30))
-    est = SharedEstimator(TEST_MODEL, TEST_TRAINER, seed=0, log_dir=tmp_path, embedder=FakeEmbedder())
+    est = SharedEstimator(
+        TEST_MODEL, TEST_TRAINER, seed=0, log_dir=tmp_path, embedder=FakeEmbedder(), **SETUP
+    )
     est.fit(train, val)
     # the best checkpoint's logged score is the per-account macro-F1 the backtest computes
     reported = selection_score(est.predict(val), val, train)
@@ -66,7 +69,9 @@ def test_shared_refit_carries_its_choices_and_learns_the_validation_labels(tmp_p
     tickets = _with_new_label()
     train, val = _split(tickets, share=1 - 12 / len(tickets))
     assert "Returns::Late" not in set(train.meta["label"])
-    est = SharedEstimator(TEST_MODEL, TEST_TRAINER, seed=0, log_dir=tmp_path, embedder=FakeEmbedder())
+    est = SharedEstimator(
+        TEST_MODEL, TEST_TRAINER, seed=0, log_dir=tmp_path, embedder=FakeEmbedder(), **SETUP
+    )
     est.fit(train, val)
     refit = est.refit(tickets)
     assert refit is not est and refit.temperature == est.temperature  # chosen on validation, kept

@@ -34,7 +34,15 @@ def make_estimator(model_cfg: dict, cfg: DictConfig, log_dir: Path | None = None
 
         trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
         embedder = SentenceEmbedder(resolve(cfg.data.sentence_cache_dir))
-        return SharedEstimator(model_cfg, trainer, seed=cfg.seed, log_dir=log_dir, embedder=embedder)
+        return SharedEstimator(
+            model_cfg,
+            trainer,
+            seed=cfg.seed,
+            log_dir=log_dir,
+            embedder=embedder,
+            callbacks=OmegaConf.to_container(cfg.callbacks, resolve=True),
+            logger=OmegaConf.to_container(cfg.logger, resolve=True),
+        )
     if name not in BASELINES:
         raise ValueError(f"unknown model {name!r}: shared, {', '.join(BASELINES)}")
     params, grid = split_grid(model_cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 import warnings
@@ -13,14 +14,14 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from tagger.data.tickets import Tickets
 from tagger.metrics import selection_score
 from tagger.model.base import AccountPrior, Estimator, Predictions, predictions_from_logits
 from tagger.model.batches import MAX_SENTENCES, TicketBatches
+from tagger.model.datamodule import TicketDataModule
 from tagger.model.label_table import LabelTable
 from tagger.model.lit import LitShared
 from tagger.model.shared import MASKED, SharedConfig, SharedModel
@@ -45,15 +46,27 @@ BATCHING = {"max_sentences", "sentence_dropout"}
 
 class SharedEstimator(Estimator):
     """One model for every account. ``cfg`` is the ``model`` config (conf/model/shared.yaml),
-    ``trainer`` the ``trainer`` config (conf/trainer/default.yaml)."""
+    ``trainer`` the ``trainer`` config (conf/trainer/default.yaml: Lightning Trainer arguments),
+    ``callbacks`` and ``logger`` the configs of conf/callbacks and conf/logger (``_target_`` +
+    arguments, built with ``hydra.utils.instantiate``; None: no early stopping or checkpoint, no
+    logger)."""
 
     name = "shared"
 
     def __init__(
-        self, cfg: dict, trainer: dict, seed: int = 0, log_dir: str | Path | None = None, embedder=None
+        self,
+        cfg: dict,
+        trainer: dict,
+        seed: int = 0,
+        log_dir: str | Path | None = None,
+        embedder=None,
+        callbacks: dict | None = None,
+        logger: dict | None = None,
     ):
         check_config(cfg)
+        check_trainer(trainer)
         self.cfg, self.trainer_cfg, self.seed = cfg, trainer, seed
+        self.callbacks_cfg, self.logger_cfg = callbacks, logger
         self.log_dir = log_dir
         self.embedder = embedder
         self.temperature = 1.0
@@ -120,44 +133,23 @@ class SharedEstimator(Estimator):
         )
         has = train.meta["has_embeddings"].to_numpy()
         train_data = self._batches(train.subset(has), train=True)
-        batch_size = opt.get("batch_size", 128)
-        train_loader = DataLoader(
-            train_data,
-            batch_size=batch_size,
-            shuffle=True,
-            collate_fn=train_data.collate,
-            generator=torch.Generator().manual_seed(self.seed),
-        )
-        val_loader = None
+        val_data = None
         if val is not None and val.meta["has_embeddings"].any():
             val_data = self._batches(val.subset(val.meta["has_embeddings"].to_numpy()))
-            val_loader = DataLoader(val_data, batch_size=512, collate_fn=val_data.collate)
-        tcfg = dict(self.trainer_cfg)
-        patience = tcfg.pop("patience", 4)
-        monitor = tcfg.pop("monitor", SelectionScore.key)
+        data = TicketDataModule(train_data, val_data, opt.get("batch_size", 128), seed=self.seed)
         log_dir = Path(self.log_dir or tempfile.mkdtemp(prefix="tagger-logs-"))
-        callbacks: list[Callback] = []
-        checkpoint = None
-        if val_loader is not None:
-            callbacks.append(SelectionScore(self, train, val))
-            checkpoint = ModelCheckpoint(
-                dirpath=log_dir / "checkpoints",
-                monitor=monitor,
-                mode="max",
-                save_top_k=1,
-                filename="best-{epoch}",
-            )
-            callbacks += [EarlyStopping(monitor=monitor, mode="max", patience=patience), checkpoint]
-        if val_loader is None:  # a refit keeps its last epoch: no checkpoint to choose from
+        callbacks, checkpoint = self._callbacks(train, val, log_dir) if val_data is not None else ([], None)
+        tcfg = dict(self.trainer_cfg)
+        if val_data is None:  # a refit keeps its last epoch: no checkpoint to choose from
             tcfg.setdefault("enable_checkpointing", False)
         trainer = L.Trainer(
-            logger=CSVLogger(log_dir, name="shared"), callbacks=callbacks, enable_model_summary=False, **tcfg
+            logger=self._logger(log_dir), callbacks=callbacks, enable_model_summary=False, **tcfg
         )
         t0 = time.perf_counter()
         with warnings.catch_warnings():
-            if val_loader is None:  # a refit: nothing is left to validate on, by design
+            if val_data is None:  # a refit: nothing is left to validate on, by design
                 warnings.filterwarnings("ignore", message="You defined a `validation_step`")
-            trainer.fit(lit, train_loader, val_loader)
+            trainer.fit(lit, datamodule=data)
         seconds = time.perf_counter() - t0
         if checkpoint is not None and checkpoint.best_model_path:
             state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)[
@@ -176,9 +168,39 @@ class SharedEstimator(Estimator):
             "tickets_per_second": len(train_data) * max(trainer.current_epoch, 1) / max(seconds, 1e-9),
             "is_global_zero": trainer.is_global_zero,
         }
-        if self.cfg.get("confidence", {}).get("fit_temperature", True) and val_loader is not None:
-            self.temperature = self._fit_temperature(val_loader)
+        if self.cfg.get("confidence", {}).get("fit_temperature", True) and val_data is not None:
+            self.temperature = self._fit_temperature(data.val_dataloader())
         return self
+
+    def _callbacks(
+        self, train: Tickets, val: Tickets, log_dir: Path
+    ) -> tuple[list[Callback], ModelCheckpoint | None]:
+        """The selection score, then the configured callbacks (conf/callbacks); the checkpoint, if
+        one is configured, writes under ``log_dir`` and gives the best epoch."""
+        built: list[Callback] = [SelectionScore(self, train, val)]
+        checkpoint = None
+        for name, spec in (self.callbacks_cfg or {}).items():
+            extra = (
+                {"dirpath": log_dir / "checkpoints"} if "ModelCheckpoint" in spec.get("_target_", "") else {}
+            )
+            callback = _instantiate(f"callbacks.{name}", spec, **extra)
+            built.append(callback)
+            if isinstance(callback, ModelCheckpoint):
+                checkpoint = callback
+        return built, checkpoint
+
+    def _logger(self, log_dir: Path):
+        """The configured logger (conf/logger), writing under ``log_dir`` where it writes files."""
+        if not self.logger_cfg:
+            return False
+        target = self.logger_cfg.get("_target_", "")
+        if not target.endswith("MLFlowLogger"):
+            return _instantiate("logger", self.logger_cfg, save_dir=str(log_dir))
+        if str(self.logger_cfg.get("tracking_uri", "")).startswith("file:"):
+            # MLflow 3 keeps its file store only on request (it asks for a database otherwise,
+            # which the skinny client cannot write); a local store needs no server
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        return _instantiate("logger", self.logger_cfg)
 
     def refit(self, window: Tickets) -> SharedEstimator:
         """A model trained from scratch on the whole ``window`` for as many epochs as this one's best
@@ -190,7 +212,15 @@ class SharedEstimator(Estimator):
         epochs = (best + 1) if best is not None else max(int(self.fit_info["epochs"]), 1)
         log_dir = Path(self.log_dir) / "refit" if self.log_dir else None
         trainer = {**self.trainer_cfg, "max_epochs": epochs}
-        refit = SharedEstimator(self.cfg, trainer, seed=self.seed, log_dir=log_dir, embedder=self.embedder)
+        refit = SharedEstimator(
+            self.cfg,
+            trainer,
+            seed=self.seed,
+            log_dir=log_dir,
+            embedder=self.embedder,
+            callbacks=self.callbacks_cfg,
+            logger=self.logger_cfg,
+        )
         refit.fit(window)
         refit.temperature = self.temperature
         refit.fit_info["selection"] = {
@@ -286,6 +316,27 @@ def check_config(cfg: dict) -> None:
     unknown |= {f"{s}.{k}" for s in ARCHITECTURE for k in cfg.get(s) or {} if k not in known}
     if unknown:
         raise ValueError(f"unknown keys in the shared model's config: {', '.join(sorted(unknown))}")
+
+
+def check_trainer(trainer: dict) -> None:
+    """Refuse a trainer config key that is not an argument of ``lightning.Trainer``."""
+    import inspect
+
+    accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
+    unknown = sorted(str(k) for k in trainer if k not in accepted)
+    if unknown:
+        raise ValueError(f"not Lightning Trainer arguments (conf/trainer): {', '.join(unknown)}")
+
+
+def _instantiate(where: str, spec: dict, **extra):
+    """``hydra.utils.instantiate`` of one ``_target_`` config; a bad one is a ValueError naming ``where``."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(spec, **extra)
+    except InstantiationException as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def _epoch_of(path: str) -> int | None:

@@ -12,5 +12,5 @@ VARIANTS = {
     "logit adjustment tau=1": ["model.imbalance.method=logit_adjust", "model.imbalance.tau=1.0"],
     "3 prototypes per label": ["model.score.prototypes=3"],
     "a learned bias per label": ["model.score.label_bias=true"],
-    "no early stopping (30 epochs)": ["trainer.patience=1000"],
+    "no early stopping (30 epochs)": ["callbacks.early_stopping.patience=1000"],
 }
