@@ -100,7 +100,8 @@ def test_update_caps(client):
     assert r.status_code == 422 and r.json()["detail"]["field"] == "add"
 
 
-def test_the_token_is_compared_in_constant_time(client, monkeypatch):
+def test_the_token_is_checked_with_hmac_compare_digest(client, monkeypatch):
+    """Constant time is hmac.compare_digest's promise; this checks that the gate relies on it."""
     import hmac
 
     calls = []
@@ -131,3 +132,4 @@ def test_the_launcher_binds_to_loopback_and_refuses_a_broken_export(fresh, monke
     with pytest.raises(SystemExit, match=r"refuses to start.*model\.onnx does not match"):
         launcher.main([f"export_dir={fresh}"])
     assert launcher.main(["not-a-key-value"]) == 2
+    assert launcher.main(["wokers=2"]) == 2  # a misspelt key of conf/serve.yaml

@@ -30,7 +30,13 @@ def main(argv: list[str] | None = None, reexec: bool = False) -> int:
     if bad:
         print(f"expected key=value overrides of conf/serve.yaml, got {bad}", file=sys.stderr)
         return 2
-    cfg = serve_config(argv)
+    from hydra.errors import HydraException
+
+    try:
+        cfg = serve_config(argv)
+    except HydraException as err:  # a misspelt key: one line, not a traceback
+        print(f"conf/serve.yaml: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
     arenas = str(cfg.malloc_arena_max)
     if reexec and arenas != "0" and os.environ.get("MALLOC_ARENA_MAX") is None:
         # glibc reads MALLOC_ARENA_MAX at start-up only: run again with it set. One arena per

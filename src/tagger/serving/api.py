@@ -199,13 +199,13 @@ def _error_handlers(app: FastAPI) -> None:
 
 
 def serve_config(overrides: list[str] | None = None):
-    """conf/serve.yaml with ``key=value`` overrides applied."""
-    from omegaconf import OmegaConf
+    """conf/serve.yaml composed by Hydra with ``key=value`` overrides (an unknown key is an error)."""
+    from hydra import compose, initialize_config_dir
 
     from tagger.paths import PROJECT_ROOT
 
-    cfg = OmegaConf.load(PROJECT_ROOT / "conf" / "serve.yaml")
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides or []))
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return compose("serve", overrides=list(overrides or []))
 
 
 def app_from_config(cfg, export_dir: str | os.PathLike) -> FastAPI:
