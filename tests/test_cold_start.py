@@ -108,3 +108,88 @@ def test_rename_keeps_the_vector_and_retire_removes_the_row(trained):
     assert renamed.table.row("a", "Topic 2") == -1 and renamed.table.row("b", "Subject 0") >= 0
     with pytest.raises(UpdateError, match="unknown account"):
         update_labels(trained, [LabelUpdate("zz", add=["X"])])
+
+
+# Real text through the real all-MiniLM-L6-v2 (the fake embedder above shows the mechanics; this
+# shows that meaning transfers from a label's name to tickets that say the same thing in other words).
+KNOWN = {
+    "Order Status": [
+        "Where is my order? It has not arrived yet.",
+        "Can you tell me when my package will be delivered?",
+        "The tracking number you sent does not show any updates.",
+        "My parcel was supposed to arrive on Monday.",
+        "Has my order shipped yet?",
+        "I have been waiting two weeks for my delivery.",
+    ],
+    "Refund Request": [
+        "I would like my money back for this purchase.",
+        "Please refund the amount you charged me.",
+        "I returned the item last week and still have no refund.",
+        "Can I get a refund for the broken product?",
+        "When will the refund show up on my card?",
+        "I want to be reimbursed for the damaged goods.",
+    ],
+    "Change Shipping Address": [
+        "I need to send the order to a different address.",
+        "I moved, please update the delivery address.",
+        "Can you ship it to my office instead of my home?",
+        "The street name on my order is wrong, can you fix it?",
+        "Please change where the package is delivered.",
+        "I typed the wrong postcode at checkout.",
+    ],
+    "Product Question": [
+        "Is this jacket waterproof?",
+        "What size should I choose for the shoes?",
+        "Does the blender come with a warranty?",
+        "Is the table made of solid wood?",
+        "How long does the battery last?",
+        "Are these headphones compatible with my phone?",
+    ],
+}
+UNSEEN = {
+    "Password Reset": [
+        "I forgot my password and cannot log in.",
+        "The link to reset my password does not work.",
+        "How do I change the password of my account?",
+        "I am locked out of my account after too many attempts.",
+    ],
+    "Gift Card Balance": [
+        "How much money is left on my gift card?",
+        "Can you check the remaining balance of my voucher?",
+        "My gift card says zero but I never used it.",
+        "I want to know the value left on a gift certificate.",
+    ],
+}
+
+
+def test_meaning_transfers_from_real_label_names(tmp_path_factory):
+    """Trained on four labels with real sentence embeddings, the model is given two new labels by
+    name only; tickets about each, worded unlike its name, go to the right new label."""
+    from tagger.embed import SentenceEmbedder
+
+    embedder = SentenceEmbedder(tmp_path_factory.mktemp("sentences"))
+    rng = np.random.default_rng(0)
+    rows = []
+    for account in ("shop", "store"):
+        for label, sentences in KNOWN.items():
+            vectors = embedder.embed(sentences, progress=False)
+            for _ in range(30):
+                pick = rng.choice(len(sentences), size=rng.integers(1, 3), replace=False)
+                rows.append((account, label, vectors[pick]))
+    order = rng.permutation(len(rows))
+    data = make_tickets([rows[i] for i in order])
+    n = len(data)
+    train, val = data.subset(np.arange(n) < 0.8 * n), data.subset(np.arange(n) >= 0.8 * n)
+    from omegaconf import OmegaConf
+
+    from tagger.paths import PROJECT_ROOT
+
+    model = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "model" / "shared.yaml"))
+    est = SharedEstimator(model, TEST_TRAINER, seed=0, embedder=embedder, **SETUP).fit(train, val)
+    extended = with_labels(est, {"shop": list(UNSEEN)})
+    asked = [(label, sentence) for label, sentences in UNSEEN.items() for sentence in sentences]
+    vectors = embedder.embed([s for _, s in asked], progress=False)
+    tickets = make_tickets([("shop", label, v[None]) for (label, _), v in zip(asked, vectors, strict=True)])
+    predicted = extended.predict(tickets).labels()
+    right = np.mean(predicted == tickets.meta["label"].to_numpy())
+    assert right >= 0.75, list(zip([s for _, s in asked], predicted, strict=True))  # chance: 1 in 6
