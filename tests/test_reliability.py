@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from conftest import FakeEmbedder, embeddings_json, unit_vectors
@@ -10,7 +11,7 @@ from fastapi.testclient import TestClient
 from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
 import tagger.serving.__main__ as launcher
-from tagger.reliability.faults import run_faults
+from tagger.reliability.faults import broken_exports, run_faults
 from tagger.reliability.fuzz import fuzz_app
 from tagger.serving.api import Limits, create_app
 from tagger.serving.onnx_export import export_model
@@ -44,12 +45,35 @@ def test_schemathesis_finds_no_server_error(fresh):
     assert ok > 10  # the fuzzing reaches past validation
 
 
-def test_every_fault_case_behaves(trained, export_dir):  # noqa: F811
+@pytest.fixture(scope="module")
+def faults(trained, export_dir):  # noqa: F811
+    """Every fault case, run once (src/tagger/reliability/faults.py), by name."""
     model_dir, data, _ = trained
-    result = run_faults(export_dir, model_dir, data)
-    failed = [c for c in result["cases"] if not c["ok"]]
+    return {c["case"]: c for c in run_faults(export_dir, model_dir, data)["cases"]}
+
+
+@pytest.mark.parametrize("name", [name for name, _ in broken_exports(Path("."))])
+def test_a_broken_export_refuses_to_start(faults, name):
+    case = faults[f"start-up: {name}"]
+    assert case["ok"], case["outcome"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "at_least"),
+    [("hot reload: ", 5), ("parquet", 2), ("a required column", 1), ("model save", 1)],
+)
+def test_other_fault_cases_behave(faults, kind, at_least):
+    cases = [c for name, c in faults.items() if name.startswith(kind)]
+    assert len(cases) >= at_least, sorted(faults)
+    failed = [c for c in cases if not c["ok"]]
     assert not failed, failed
-    assert len(result["cases"]) >= 20
+
+
+def test_every_fault_case_behaves(faults):
+    """The cases no test above names (a new kind added to faults.py) must behave too."""
+    assert len(faults) >= 20
+    failed = [c for c in faults.values() if not c["ok"]]
+    assert not failed, failed
 
 
 @pytest.fixture()

@@ -77,7 +77,8 @@ def _truncate(name: str) -> Callable[[Path], None]:
     return go
 
 
-def _broken_exports(export_dir: Path) -> list[tuple[str, Callable[[Path], None]]]:
+def broken_exports(export_dir: Path) -> list[tuple[str, Callable[[Path], None]]]:
+    """(name, what breaks a copy of the export) of every start-up case."""
     rel = "labels/base"
 
     def remove(name: str) -> Callable[[Path], None]:
@@ -106,7 +107,7 @@ def _broken_exports(export_dir: Path) -> list[tuple[str, Callable[[Path], None]]
 def startup_cases(export_dir: Path, tmp: Path) -> list[dict]:
     """The server refuses each broken copy of ``export_dir``."""
     out = []
-    for i, (name, breaker) in enumerate(_broken_exports(export_dir)):
+    for i, (name, breaker) in enumerate(broken_exports(export_dir)):
         copy = tmp / f"startup-{i}"
         shutil.copytree(export_dir, copy)
         breaker(copy)
