@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import platform
 from pathlib import Path
+
+import psutil
 
 
 def machine_description() -> str:
@@ -16,9 +17,6 @@ def machine_description() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    memory = ""
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        kb = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
-        memory = f", {kb / 2**20:.0f} GiB RAM"
-    return f"{cpu}, {os.cpu_count()} cores{memory}, Python {platform.python_version()}, {platform.system()}"
+    memory = f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
+    python = f"Python {platform.python_version()}"
+    return f"{cpu}, {psutil.cpu_count()} cores, {memory}, {python}, {platform.system()}"
