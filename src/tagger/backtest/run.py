@@ -61,40 +61,118 @@ def model_configs(cfg: DictConfig) -> dict[str, dict]:
     return out
 
 
+@dataclass
+class Collected:
+    """What the folds produced. ``frames``: each model's test outcomes, fold by fold (the first
+    seed's for a seeded model); ``more_seeds``: the other seeds' (headline metrics only);
+    ``before_refit``: each model's selection fit scored on the same tickets; ``named``: scored with
+    every merchant's declared taxonomy; ``window``/``test``: the last fold's (the learning curve's)."""
+
+    frames: dict[str, list[pd.DataFrame]]
+    more_seeds: dict[str, dict[int, list[pd.DataFrame]]]
+    before_refit: dict[str, list[pd.DataFrame]]
+    named: dict[str, list[pd.DataFrame]]
+    fold_rows: list[dict]
+    fold_info: list[dict]
+    window: Tickets | None = None
+    test: Tickets | None = None
+
+
 def run_backtest(cfg: DictConfig) -> dict:
     """Run every fold, write the report; returns metrics.json's content."""
-    bt = cfg.backtest
     started = time.perf_counter()
     tickets = load_dataset(cfg.data)
+    folds = configured_folds(tickets.meta["unix_timestamp"].to_numpy(), cfg)
+    configs = model_configs(cfg)
+    # the shared model (and its ablations) is fit once per seed; baselines are deterministic
+    seeds = [int(s) for s in (cfg.backtest.get("seeds") or [cfg.seed])]
+    seeded = [name for name in configs if _seeded(name)]
+    taxonomy = Taxonomy(resolve(cfg.data.path), tickets.meta)
+    got = _run_folds(cfg, tickets, folds, configs, seeds, seeded, taxonomy)
+    if got is None:
+        return {}
+    targets = list(cfg.backtest.precision_targets)
+    output_dir = resolve(cfg.output_dir)
+    pooled = {name: pd.concat(parts, ignore_index=True) for name, parts in got.frames.items()}
+    named = {name: pd.concat(parts, ignore_index=True) for name, parts in got.named.items()}
+    cold_start, curve = _cold_start(cfg, got, pooled, named, taxonomy, configs, targets, output_dir)
+    # headline metrics: every seed's outcomes; everything else (slices, per merchant, plots, cold
+    # start) reads pooled, the first seed's
+    runs = {
+        name: {
+            seeds[0] if name in seeded else None: frame,
+            **{s: pd.concat(parts, ignore_index=True) for s, parts in got.more_seeds.get(name, {}).items()},
+        }
+        for name, frame in pooled.items()
+    }
+    baselines = [n for n in pooled if n not in seeded]
+    pairs = [("shared", b) for b in baselines] if "shared" in pooled else []
+    intervals = _intervals(cfg, {name: list(r.values()) for name, r in runs.items()}, targets, pairs)
+    models = {
+        name: _model_metrics(name, frame, runs[name], name in seeded, intervals, got.fold_rows, targets)
+        for name, frame in pooled.items()
+    }
+    before = {name: pd.concat(parts, ignore_index=True) for name, parts in got.before_refit.items()}
+    per_merchant = _per_merchant(pooled, targets)
+    result = {
+        "models": models,
+        "seeds": seeds,
+        "seeded_models": seeded,
+        "intervals": _describe(intervals),
+        "paired_bootstrap": _comparison(models, intervals, baselines, targets)
+        if pairs and baselines
+        else None,
+        "final_holdout": _final_holdout(cfg, folds[-1], runs, baselines, pairs, targets),
+        "refit": _refit_effect(cfg, pooled, before, targets) if before else None,
+        "staleness": _staleness({**pooled, **{f"{n} (no refit)": f for n, f in before.items()}}),
+        "cold_start": cold_start,
+        "folds": got.fold_info,
+        "per_merchant_coverage_at_95_precision": {
+            name: dict(zip(g["account_id"], g["coverage_at_95_precision"], strict=True))
+            for name, g in per_merchant.groupby("model")
+        },
+        "data": {"file": shown(resolve(cfg.data.path)), "sha256": tickets.digest, "tickets": len(tickets)},
+        "seconds": time.perf_counter() - started,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    _write_outputs(output_dir, result, got.fold_rows, per_merchant, runs, before, named, seeds, seeded, curve)
+    write_report(result, pooled, per_merchant, output_dir, before)
+    print((output_dir / "report.md").read_text().split("\n## ", 2)[1][:4000])
+    print(
+        f"\nwrote {output_dir}/report.md, metrics.json, folds.csv, per_merchant.csv, outcomes.parquet, plots"
+    )
+    return result
+
+
+def _run_folds(
+    cfg: DictConfig,
+    tickets: Tickets,
+    folds: list,
+    configs: dict[str, dict],
+    seeds: list[int],
+    seeded: list[str],
+    taxonomy: Taxonomy,
+) -> Collected | None:
+    """Fit, choose, refit and score every model on every fold (None: a worker process of a
+    multi-process fit, which leaves once its part is done)."""
     ts = tickets.meta["unix_timestamp"].to_numpy()
     align = bool(cfg.data.get("align_days", False))
-    folds = configured_folds(ts, cfg)
-    configs = model_configs(cfg)
-    targets = list(bt.precision_targets)
-    output_dir = resolve(cfg.output_dir)
-    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in configs}
-    # the shared model (and its ablations) is fit once per seed; frames holds the first seed's
-    # outcomes, more_seeds the others' (headline metrics only), baselines are deterministic
-    seeds = [int(s) for s in (bt.get("seeds") or [cfg.seed])]
-    seeded = [name for name in configs if _seeded(name)]
-    more_seeds: dict[str, dict[int, list[pd.DataFrame]]] = {n: {s: [] for s in seeds[1:]} for n in seeded}
-    fold_rows, fold_info = [], []
-    cold = bt.get("cold_start") or {}
-    named_frames: dict[str, list[pd.DataFrame]] = {}  # "shared+names" and the zero-shot names baseline
-    taxonomy = Taxonomy(resolve(cfg.data.path), tickets.meta)
-    fits = len(configs) + len(seeded) * (len(seeds) - 1)
     refit = bool(cfg.get("refit", False))
-    before_refit: dict[str, list[pd.DataFrame]] = {}  # each model's selection fit (first seed), scored too
+    got = Collected(
+        {name: [] for name in configs}, {n: {s: [] for s in seeds[1:]} for n in seeded}, {}, {}, [], []
+    )
+    fits = len(configs) + len(seeded) * (len(seeds) - 1)
     progress = tqdm(total=len(folds) * fits, desc="backtest", unit="fit")
     for fold in folds:
         train_mask, test_mask = fold.masks(ts, last=fold.index == len(folds) - 1)
-        window, test = tickets.subset(train_mask), tickets.subset(test_mask)
-        end = fold.validation_end(align)
-        inner_train, inner_val, split = time_split(window, cfg.data.val_days, align, end)
+        got.window, got.test = window, test = tickets.subset(train_mask), tickets.subset(test_mask)
+        inner_train, inner_val, split = time_split(
+            window, cfg.data.val_days, align, fold.validation_end(align)
+        )
         data = FoldData(
             fold.index, inner_train, inner_val, window, test, cutoff_seconds(split), fold.train_end, refit
         )
-        fold_info.append(
+        got.fold_info.append(
             {
                 **fold.describe(),
                 "train_tickets": split["train_tickets"],
@@ -106,51 +184,61 @@ def run_backtest(cfg: DictConfig) -> dict:
         fitted: dict[str, tuple] = {}
         for name, model_cfg in configs.items():
             progress.set_postfix_str(f"fold {fold.index} {name}")
-            seed = seeds[0] if name in seeded else None
-            fit = _fit(cfg, name, model_cfg, seed, data)
+            fit = _fit(cfg, name, model_cfg, seeds[0] if name in seeded else None, data)
             if fit is None:
-                return {}
-            frames[name].append(fit.test)
+                return None
+            got.frames[name].append(fit.test)
             if fit.before_refit is not None:
-                before_refit.setdefault(name, []).append(fit.before_refit)
+                got.before_refit.setdefault(name, []).append(fit.before_refit)
             fitted[name] = fit.served, fit.thresholds
-            fold_rows.extend(fit.rows)
+            got.fold_rows.extend(fit.rows)
             progress.update()
-        if "shared" in fitted and cold.get("declare_names"):
-            # every model given each merchant's whole declared taxonomy at the test window's end
-            declared = taxonomy.at(fold.test_end)
-            rows = test.meta[["account_id", "label"]].astype(str).reset_index(drop=True)
-            # which test labels the model's training data names elsewhere, or whose intent it lacks:
-            # the same rows for every model, so computed once
-            seen = data.seen.meta
-            flags = {
-                "name_seen_elsewhere": name_seen_elsewhere(rows, seen),
-                "intent_unseen": taxonomy.intent_unseen(rows, seen),
-            }
-            for name, (estimator, thresholds) in fitted.items():
-                if name == "shared":
-                    named = with_labels(estimator, declared)  # PyTorch: label updates need the model
-                elif name == "names":
-                    named = _chosen(estimator).with_candidates(declared)
-                else:
-                    continue
-                named_out = _fold_outcomes(
-                    named, test, data.seen, fold.index, thresholds, data.trained_until
-                ).assign(**flags)
-                named_frames.setdefault(f"{name}+names" if name == "shared" else name, []).append(named_out)
+        if "shared" in fitted and (cfg.backtest.get("cold_start") or {}).get("declare_names"):
+            for name, frame in _declared(fitted, taxonomy.at(fold.test_end), taxonomy, data).items():
+                got.named.setdefault(name, []).append(frame)
         for name in seeded:
             for seed in seeds[1:]:
                 progress.set_postfix_str(f"fold {fold.index} {name} seed {seed}")
                 fit = _fit(cfg, name, configs[name], seed, data)
                 if fit is None:
-                    return {}
-                more_seeds[name][seed].append(fit.test)
-                fold_rows.extend(fit.rows)
+                    return None
+                got.more_seeds[name][seed].append(fit.test)
+                got.fold_rows.extend(fit.rows)
                 progress.update()
     progress.close()
-    pooled = {name: pd.concat(parts, ignore_index=True) for name, parts in frames.items()}
+    return got
+
+
+def _declared(fitted: dict[str, tuple], declared: dict, taxonomy: Taxonomy, data: FoldData) -> dict:
+    """Each model that can take names, given every merchant's whole declared taxonomy at the test
+    window's end, scored on the test window: ``shared+names`` and the zero-shot ``names``."""
+    test = data.test
+    rows = test.meta[["account_id", "label"]].astype(str).reset_index(drop=True)
+    # which test labels the model's training data names elsewhere, or whose intent it lacks: the
+    # same rows for every model, so computed once
+    seen = data.seen.meta
+    flags = {
+        "name_seen_elsewhere": name_seen_elsewhere(rows, seen),
+        "intent_unseen": taxonomy.intent_unseen(rows, seen),
+    }
+    out = {}
+    for name, (estimator, thresholds) in fitted.items():
+        if name == "shared":
+            named = with_labels(estimator, declared)  # PyTorch: label updates need the model
+        elif name == "names":
+            named = _chosen(estimator).with_candidates(declared)
+        else:
+            continue
+        scored = _fold_outcomes(named, test, data.seen, data.index, thresholds, data.trained_until)
+        out[f"{name}+names" if name == "shared" else name] = scored.assign(**flags)
+    return out
+
+
+def _cold_start(
+    cfg, got: Collected, pooled, named, taxonomy, configs, targets, output_dir
+) -> tuple[dict, pd.DataFrame]:
+    """The declared-taxonomy and zero-shot figures, and the learning curve on the last fold."""
     cold_start = {}
-    named = {name: pd.concat(parts, ignore_index=True) for name, parts in named_frames.items()}
     if "shared+names" in named:
         named_all = named["shared+names"]
         cold_start = {
@@ -159,66 +247,48 @@ def run_backtest(cfg: DictConfig) -> dict:
             "zero_shot": zero_shot_summary(named_all, pooled["shared"], named.get("names")),
         }
     curve = pd.DataFrame()
+    cold = cfg.backtest.get("cold_start") or {}
     if cold.get("learning_curve") and cold.learning_curve.labels and "shared" in configs:
-        curve = learning_curve(cfg, window, test, configs, output_dir / "logs" / "learning_curve")
+        curve = learning_curve(cfg, got.window, got.test, configs, output_dir / "logs" / "learning_curve")
         cold_start["learning_curve"] = curve.to_dict(orient="records")
+    return cold_start, curve
 
-    # headline metrics: every seed's outcomes; everything else (slices, per merchant, plots, cold
-    # start) reads pooled, the first seed's
-    runs = {
-        name: {
-            seeds[0] if name in seeded else None: frame,
-            **{s: pd.concat(parts, ignore_index=True) for s, parts in more_seeds.get(name, {}).items()},
-        }
-        for name, frame in pooled.items()
-    }
-    baselines = [n for n in pooled if n not in seeded]
-    pairs = [("shared", b) for b in baselines] if "shared" in pooled else []
-    intervals = _intervals(cfg, {name: list(r.values()) for name, r in runs.items()}, targets, pairs)
-    models = {}
-    for name, frame in pooled.items():
-        per_seed = {s: summary(f, _row_thresholds(f, targets)) for s, f in runs[name].items()}
-        models[name] = {
-            "overall": _mean_over_seeds(list(per_seed.values())),
-            "ci95": intervals.ci[name] if intervals else {},
-            **(
-                {"seeds": {str(s): v for s, v in per_seed.items()}, "seed_spread": _spread(per_seed)}
-                if name in seeded
-                else {}
-            ),
-            "folds": [r for r in fold_rows if r["model"] == name],
-            "slices": {
-                column: {
-                    str(value): summary(part, _row_thresholds(part, targets))
-                    for value, part in frame.groupby(column)
-                }
-                for column in SLICES
-            },
-        }
-    comparison = _comparison(models, intervals, baselines, targets) if pairs and baselines else None
-    final = _final_holdout(cfg, folds[-1], runs, baselines, pairs, targets)
-    before = {name: pd.concat(parts, ignore_index=True) for name, parts in before_refit.items()}
-    refit_effect = _refit_effect(cfg, pooled, before, targets) if before else None
-    per_merchant = _per_merchant(pooled, targets)
-    result = {
-        "models": models,
-        "seeds": seeds,
-        "seeded_models": seeded,
-        "intervals": _describe(intervals),
-        "paired_bootstrap": comparison,
-        "final_holdout": final,
-        "refit": refit_effect,
-        "staleness": _staleness({**pooled, **{f"{n} (no refit)": f for n, f in before.items()}}),
-        "cold_start": cold_start,
-        "folds": fold_info,
-        "per_merchant_coverage_at_95_precision": {
-            name: dict(zip(g["account_id"], g["coverage_at_95_precision"], strict=True))
-            for name, g in per_merchant.groupby("model")
+
+def _model_metrics(
+    name: str,
+    frame: pd.DataFrame,
+    runs: dict,
+    seeded: bool,
+    intervals: Intervals | None,
+    fold_rows: list[dict],
+    targets: list[float],
+) -> dict:
+    """One model's metrics.json entry: the mean over seeds, its interval, each seed, each fold, slices."""
+    per_seed = {s: summary(f, _row_thresholds(f, targets)) for s, f in runs.items()}
+    return {
+        "overall": _mean_over_seeds(list(per_seed.values())),
+        "ci95": intervals.ci[name] if intervals else {},
+        **(
+            {"seeds": {str(s): v for s, v in per_seed.items()}, "seed_spread": _spread(per_seed)}
+            if seeded
+            else {}
+        ),
+        "folds": [r for r in fold_rows if r["model"] == name],
+        "slices": {
+            column: {
+                str(value): summary(part, _row_thresholds(part, targets))
+                for value, part in frame.groupby(column)
+            }
+            for column in SLICES
         },
-        "data": {"file": shown(resolve(cfg.data.path)), "sha256": tickets.digest, "tickets": len(tickets)},
-        "seconds": time.perf_counter() - started,
-        "config": OmegaConf.to_container(cfg, resolve=True),
     }
+
+
+def _write_outputs(
+    output_dir, result, fold_rows, per_merchant, runs, before, named, seeds, seeded, curve
+) -> None:
+    """metrics.json, folds.csv, per_merchant.csv, outcomes.parquet (every run, the selection fits,
+    the declared-taxonomy runs) and learning_curve.csv."""
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
     pd.DataFrame(fold_rows).astype({"seed": "Int64"}).to_csv(output_dir / "folds.csv", index=False)
@@ -239,12 +309,6 @@ def run_backtest(cfg: DictConfig) -> dict:
     pd.concat([*every_run, *unrefit, *named_part]).to_parquet(output_dir / "outcomes.parquet", index=False)
     if len(curve):
         curve.to_csv(output_dir / "learning_curve.csv", index=False)
-    write_report(result, pooled, per_merchant, output_dir, before)
-    print((output_dir / "report.md").read_text().split("\n## ", 2)[1][:4000])
-    print(
-        f"\nwrote {output_dir}/report.md, metrics.json, folds.csv, per_merchant.csv, outcomes.parquet, plots"
-    )
-    return result
 
 
 def _runtime(estimator, runtime: str, val, export_dir: Path):
