@@ -105,7 +105,31 @@ def write_report(
 ) -> None:
     """Write report.md and the PNG plots into ``out`` (``before_refit``: each model's selection
     fit's test outcomes, when the scored models are refits)."""
-    models = result["models"]
+    lines = [
+        *_overall_section(result),
+        *_seeds_section(result),
+        *_comparison_section(result),
+        *_final_holdout_section(result),
+        *_refit_section(result),
+        *_staleness_section(result),
+        *_search_section(result),
+        *_cold_start_section(result.get("cold_start") or {}),
+        "",
+        "## Conclusions",
+        "",
+        *_conclusions(result),
+        *_slices_section(result["models"]),
+        *_folds_section(result),
+        *_plots_section(result, bool(before_refit)),
+    ]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    _plots(result, pooled, per_merchant, out)
+    if before_refit:
+        _staleness_plot(pooled, before_refit, out / "staleness.png")
+
+
+def _overall_section(result: dict) -> list[str]:
+    """The title, what was run, and the headline table with its intervals."""
     lines = [
         "# Backtest report",
         "",
@@ -133,7 +157,7 @@ def write_report(
         "chance top-3 | parent acc. | ECE | coverage @90% (prec.) | coverage @95% (prec.) |",
         "|---|---|---:|---|---|---:|---|---:|---:|---:|---:|---|",
     ]
-    for name, m in models.items():
+    for name, m in result["models"].items():
         o = m["overall"]
         lines.append(
             f"| {name} | {_f(o['accuracy'])}{_ci(m, 'accuracy')} | {_f(o.get('accuracy_chance'))} | "
@@ -145,18 +169,12 @@ def write_report(
             f"{_f(o.get('coverage_at_95_precision'))}{_ci(m, 'coverage_at_95_precision')} "
             f"({_f(o.get('precision_at_95_target'))}) |"
         )
-    lines += _seeds_section(result)
-    lines += _comparison_section(result)
-    lines += _final_holdout_section(result)
-    lines += _refit_section(result)
-    lines += _staleness_section(result)
-    lines += _search_section(result)
-    lines += _cold_start_section(result.get("cold_start") or {})
-    lines += [
-        "",
-        "## Conclusions",
-        "",
-        *_conclusions(result),
+    return lines
+
+
+def _slices_section(models: dict) -> list[str]:
+    """Accuracy / macro-F1 / n of every slice value, a column per model."""
+    lines = [
         "",
         "## Slices",
         "",
@@ -176,14 +194,22 @@ def write_report(
                     f"{_f(s.get('accuracy'))} / {_f(s.get('macro_f1'))} / {s['n']:,}" if s["n"] else "-"
                 )
             lines.append(f"| {column} | {value} | " + " | ".join(cells) + " |")
-    lines += ["", "## Folds", "", "| fold | train | test | train / val / test tickets |", "|---|---|---|---|"]
+    return lines
+
+
+def _folds_section(result: dict) -> list[str]:
+    lines = ["", "## Folds", "", "| fold | train | test | train / val / test tickets |", "|---|---|---|---|"]
     for f in result["folds"]:
         lines.append(
             f"| {f['fold']} | {f['train_start'][:10]} .. {f['train_end'][:10]} | "
             f"{f['test_start'][:10]} .. {f['test_end'][:10]} | "
             f"{f['train_tickets']:,} / {f['val_tickets']:,} / {f['test_tickets']:,} |"
         )
-    lines += [
+    return lines
+
+
+def _plots_section(result: dict, staleness: bool) -> list[str]:
+    return [
         "",
         "Per fold and model: `folds.csv`. Per merchant (accuracy, macro-F1, coverage at 90% and 95% "
         "precision for every model): `per_merchant.csv`. Every test ticket's outcome: `outcomes.parquet`.",
@@ -194,17 +220,13 @@ def write_report(
         "![reliability](reliability.png)",
         "![per fold](per_fold.png)",
         "![per merchant](per_merchant.png)",
-        *(["![staleness](staleness.png)"] if before_refit else []),
+        *(["![staleness](staleness.png)"] if staleness else []),
         *(
             ["![learning curve](learning_curve.png)"]
             if (result.get("cold_start") or {}).get("learning_curve")
             else []
         ),
     ]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    _plots(result, pooled, per_merchant, out)
-    if before_refit:
-        _staleness_plot(pooled, before_refit, out / "staleness.png")
 
 
 def _cold_start_section(cold: dict) -> list[str]:
