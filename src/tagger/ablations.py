@@ -1,54 +1,76 @@
 """Ablations of the shared model: each design choice switched off in turn, on the same split.
 
-    python -m tagger.ablations [--only NAME ...] [extra hydra overrides ...]
+    python -m tagger.ablations                      # every conf/experiment/*.yaml, then the table
+    python -m tagger.ablations --only mean_pooling,max_pooling data.path=/x.parquet
+    python -m tagger.ablations --report             # the table from the runs already there
 
-Writes results/ablations/ablations.md and .json (one train.py run per variant, baselines off).
+Each variant is a Hydra experiment config (conf/experiment/NAME.yaml); the runs are one Hydra
+multirun of train.py with baselines, model saving and the refit off:
+
+    python train.py -m "+experiment=glob(*)" compare_with=[] save_model=false refit=false
+
+Each writes ablations_dir/NAME/metrics.json; this command then writes ablations_dir/ablations.md
+and .json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from tagger.model.variants import experiments
+from tagger.paths import PROJECT_ROOT, resolve
 
-from tagger.model.variants import VARIANTS
-from tagger.paths import PROJECT_ROOT
-from tagger.training import run
+# scored on validation, which a refit learns from: the backtest compares refits
+FIXED = ["compare_with=[]", "save_model=false", "refit=false", "trainer.enable_progress_bar=false"]
+
+
+def multirun_command(names: list[str], overrides: list[str]) -> list[str]:
+    """The train.py multirun over the experiment configs ``names``."""
+    return [
+        sys.executable,
+        str(PROJECT_ROOT / "train.py"),
+        "-m",
+        f"+experiment={','.join(names)}",
+        *FIXED,
+        *overrides,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the variants and write the table."""
+    """Run the variants (a Hydra multirun) and write the table."""
+    by_slug = {slug: name for name, slug in experiments().items()}
     parser = argparse.ArgumentParser(
         prog="python -m tagger.ablations",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--only", nargs="*", choices=list(VARIANTS), help="run these variants only")
-    parser.add_argument("--out", default="results/ablations")
-    parser.add_argument("--resume", action="store_true", help="reuse variants that already have results")
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated experiments to run (of: {', '.join(sorted(by_slug))})"
+    )
+    parser.add_argument("--resume", action="store_true", help="skip experiments that already have results")
+    parser.add_argument("--report", action="store_true", help="only write the table from existing runs")
     parser.add_argument("overrides", nargs="*", help="hydra overrides applied to every variant")
     args = parser.parse_args(argv)
-    out_dir = PROJECT_ROOT / args.out
+    out_dir = _ablations_dir(args.overrides)
+    only = [s for s in args.only.split(",") if s]
+    unknown = sorted(set(only) - set(by_slug))
+    if unknown:
+        parser.error(f"unknown experiments {unknown}: conf/experiment/ has {', '.join(sorted(by_slug))}")
+    slugs = _ordered(only or list(by_slug))
+    todo = [s for s in slugs if not (args.resume and (out_dir / s / "metrics.json").exists())]
+    if todo and not args.report:
+        done = subprocess.run(multirun_command(todo, args.overrides), cwd=PROJECT_ROOT)
+        if done.returncode:
+            return done.returncode
     rows = {}
-    for name in args.only or list(VARIANTS):
-        run_dir = f"{args.out}/{_slug(name)}"
-        done = PROJECT_ROOT / run_dir / "metrics.json"
-        if args.resume and done.exists():
-            rows[name] = _row(name, json.loads(done.read_text())["models"]["shared"])
-            continue
-        overrides = [
-            *args.overrides,
-            *VARIANTS[name],
-            "compare_with=[]",
-            "save_model=false",
-            "refit=false",  # scored on validation, which a refit learns from: the backtest compares refits
-            f"output_dir={run_dir}",
-            "trainer.enable_progress_bar=false",
-        ]
-        with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
-        rows[name] = _row(name, run(cfg)["models"]["shared"])
+    for slug in slugs:
+        metrics = out_dir / slug / "metrics.json"
+        if metrics.exists():
+            rows[by_slug[slug]] = _row(slug, json.loads(metrics.read_text())["models"]["shared"])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ablations.json").write_text(json.dumps(rows, indent=2))
     (out_dir / "ablations.md").write_text(_markdown(rows))
@@ -56,19 +78,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _row(name: str, result: dict) -> dict:
+def _ablations_dir(overrides: list[str]) -> Path:
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("ablations_dir=")]
+    return resolve(given[-1] if given else "results/ablations")
+
+
+def _ordered(slugs: list[str]) -> list[str]:
+    return sorted(slugs, key=lambda s: (s != "default", s))  # the default first: the others read against it
+
+
+def _row(slug: str, result: dict) -> dict:
+    from tagger.model.variants import variant_overrides
+
     return {
-        "overrides": VARIANTS[name],
+        "experiment": slug,
+        "overrides": variant_overrides(slug),
         "overall": result["overall"],
         "small_merchants": result["small_merchants"],
         "best_epoch": result["fit"]["best_epoch"],
         "epochs": result["fit"]["epochs"],
         "fit_seconds": result["fit_seconds"],
     }
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
 def _markdown(rows: dict) -> str:
@@ -78,7 +108,7 @@ def _markdown(rows: dict) -> str:
         "train.py's validation slice of the built-in dataset: the 21 days before the final holdout (the "
         "last 14 days, which no ablation sees); every row trains from scratch. These choices are made here, "
         "so the backtest's final-holdout fold is the only figure no choice has touched.",
-        "Command: `python -m tagger.ablations`",
+        "Command: `python -m tagger.ablations` (a Hydra multirun of train.py over conf/experiment/*.yaml)",
         "",
         "| variant | accuracy | macro-F1 | macro-F1 (account mean) | top-3 | acc <200 | F1 <200 "
         "| best epoch / run |",

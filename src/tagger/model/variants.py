@@ -1,16 +1,40 @@
-"""Variants of the shared model, each a list of Hydra overrides: each design choice switched off
-(or one part added) in turn. Run on train.py's split by ``python -m tagger.ablations`` and beside
-the baselines by ``python backtest.py "backtest.ablations=[NAME, ...]"``."""
+"""Variants of the shared model: the Hydra experiment configs in conf/experiment/ (each design
+choice switched off, or one part added, in turn), as lists of overrides by ablation name. Run on
+train.py's split by ``python -m tagger.ablations`` (a Hydra multirun over the experiments) and
+beside the baselines by ``python backtest.py "backtest.ablations=[NAME, ...]"``."""
 
-VARIANTS = {
-    "default": [],
-    "mean pooling": ["model.encoder.pooling=mean"],
-    "max pooling": ["model.encoder.pooling=max"],
-    "no account-conditioned query": ["model.encoder.account_query=false"],
-    "labels from random init (no names)": ["model.labels.label_init=random"],
-    "untied label tower": ["model.labels.tie_label_tower=false"],
-    "logit adjustment tau=1": ["model.imbalance.method=logit_adjust", "model.imbalance.tau=1.0"],
-    "3 prototypes per label": ["model.score.prototypes=3"],
-    "a learned bias per label": ["model.score.label_bias=true"],
-    "no early stopping (30 epochs)": ["callbacks.early_stopping.patience=1000"],
-}
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from tagger.paths import PROJECT_ROOT
+
+EXPERIMENTS = PROJECT_ROOT / "conf" / "experiment"
+_META = ("ablation", "output_dir")  # what an experiment says about itself, not about the model
+
+
+def _overrides(node, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict):
+        return [f"{prefix}={'true' if node is True else 'false' if node is False else node}"]
+    return [
+        o
+        for key, value in node.items()
+        for o in _overrides(value, f"{prefix}{key}" if not prefix else f"{prefix}.{key}")
+    ]
+
+
+def experiments() -> dict[str, str]:
+    """``{ablation name: experiment config name}`` of conf/experiment/*.yaml."""
+    out = {}
+    for path in sorted(EXPERIMENTS.glob("*.yaml")):
+        out[str(OmegaConf.load(path).ablation)] = path.stem
+    return out
+
+
+def variant_overrides(experiment: str) -> list[str]:
+    """The overrides an experiment config applies to the model and training (its meta keys left out)."""
+    cfg = OmegaConf.to_container(OmegaConf.load(EXPERIMENTS / f"{experiment}.yaml"))
+    return _overrides({k: v for k, v in cfg.items() if k not in _META})
+
+
+VARIANTS = {name: variant_overrides(stem) for name, stem in experiments().items()}
