@@ -30,3 +30,15 @@ def shown(path: str | os.PathLike) -> str:
         return path.relative_to(PROJECT_ROOT).as_posix()
     except ValueError:
         return str(path)
+
+
+def compose_config(name: str, overrides: list[str] | None = None):
+    """conf/NAME.yaml composed by Hydra with ``overrides``, the way the commands compose it (inside a
+    running Hydra app its already initialised search path, which is conf/ too)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(name, overrides=list(overrides or []))
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return compose(name, overrides=list(overrides or []))

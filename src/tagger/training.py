@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
@@ -65,16 +66,7 @@ def run(cfg: DictConfig) -> dict:
     development, holdout = holdout_split(tickets, cfg.data.get("holdout_days", 0), align)
     train, val, split = time_split(development, cfg.data.val_days, align)
     split.update(holdout)
-    print(
-        f"split: {split['train_tickets']:,} training tickets before {split['cutoff'][:16]}, "
-        f"{split['val_tickets']:,} validation tickets after"
-        + (
-            f"; the final holdout ({holdout['holdout_tickets']:,} tickets from "
-            f"{holdout['holdout_start'][:16]}) is left out, for the backtest alone"
-            if holdout["holdout_days"]
-            else ""
-        )
-    )
+    print(_split_words(split, holdout))
     output_dir = resolve(cfg.output_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results: dict = {}
@@ -82,55 +74,12 @@ def run(cfg: DictConfig) -> dict:
     for model_cfg in model_configs(cfg):
         name = model_cfg["name"]
         print(f"\n== {name} ==")
-        estimator = make_estimator(model_cfg, cfg, log_dir=output_dir / "logs")
-        started = time.perf_counter()
-        estimator.fit(train, val)
-        fit_seconds = time.perf_counter() - started
-        served, refit_seconds = estimator, 0.0
-        if cfg.get("refit", False):
-            # the choices are made (epoch, temperature, C or k); what is saved learns from every
-            # ticket before the holdout, the validation weeks' new labels and merchants included.
-            # Under DDP every rank takes part in the refit's fit, so no rank leaves before it
-            started = time.perf_counter()
-            served = estimator.refit(development)
-            refit_seconds = time.perf_counter() - started
-        if not getattr(estimator, "fit_info", {}).get("is_global_zero", True):
+        fitted = _fit_and_score(cfg, model_cfg, train, val, development, output_dir)
+        if fitted is None:
             return {}  # a DDP worker: rank 0 evaluates and saves
-        started = time.perf_counter()
-        pred = estimator.predict(val)
-        predict_seconds = time.perf_counter() - started
-        metrics, val_outcomes = evaluate(pred, val, train)
-        results[name] = {
-            **metrics,
-            "fit_seconds": fit_seconds,
-            "predict_seconds": predict_seconds,
-            **(
-                {"fit": estimator.fit_info, "temperature": estimator.temperature}
-                if hasattr(estimator, "fit_info")
-                else {}
-            ),
-            **(search_record(estimator) if isinstance(estimator, Tuned) else {}),
-            "refit": refit_record(served, refit_seconds) if served is not estimator else None,
-        }
+        served, results[name], val_outcomes = fitted
         if name == "shared" and cfg.save_model:
-            from tagger.model.artifacts import save_shared
-            from tagger.model.thresholds import Thresholds
-
-            thresholds = Thresholds(val_outcomes, list(cfg.precision_targets), cfg.min_account_val)
-            data = {
-                "file": str(resolve(cfg.data.path)),
-                "sha256": tickets.digest,
-                "split": split,
-                "cache_dir": str(resolve(cfg.data.cache_dir)),
-            }
-            saved = save_shared(
-                served,
-                resolve(cfg.models_dir) / f"shared-{stamp}",
-                OmegaConf.to_yaml(cfg, resolve=True),
-                data,
-                results[name],
-                thresholds.to_dict(),
-            )
+            saved = _save(cfg, served, results[name], val_outcomes, tickets.digest, split, stamp)
             print(f"saved {saved}")
     out = {
         "models": results,
@@ -142,10 +91,91 @@ def run(cfg: DictConfig) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(out, indent=2, default=str))
     print("\n" + format_table(results))
+    for line in _fit_lines(results, bool(cfg.get("refit", False))):
+        print(line)
+    print(f"\nwrote {output_dir / 'metrics.json'}")
+    return {**out, "model_dir": str(saved) if saved else None}  # in process: the path as it is
+
+
+def _split_words(split: dict, holdout: dict) -> str:
+    return (
+        f"split: {split['train_tickets']:,} training tickets before {split['cutoff'][:16]}, "
+        f"{split['val_tickets']:,} validation tickets after"
+        + (
+            f"; the final holdout ({holdout['holdout_tickets']:,} tickets from "
+            f"{holdout['holdout_start'][:16]}) is left out, for the backtest alone"
+            if holdout["holdout_days"]
+            else ""
+        )
+    )
+
+
+def _fit_and_score(cfg: DictConfig, model_cfg: dict, train, val, development, output_dir):
+    """Fit one model on ``train`` choosing on ``val``, refit it on ``development`` when configured,
+    and score the selection fit on ``val``: (the model to serve, its metrics record, the validation
+    outcomes), or None on a DDP worker rank."""
+    estimator = make_estimator(model_cfg, cfg, log_dir=output_dir / "logs")
+    started = time.perf_counter()
+    estimator.fit(train, val)
+    fit_seconds = time.perf_counter() - started
+    served, refit_seconds = estimator, 0.0
+    if cfg.get("refit", False):
+        # the choices are made (epoch, temperature, C or k); what is saved learns from every
+        # ticket before the holdout, the validation weeks' new labels and merchants included.
+        # Under DDP every rank takes part in the refit's fit, so no rank leaves before it
+        started = time.perf_counter()
+        served = estimator.refit(development)
+        refit_seconds = time.perf_counter() - started
+    if not getattr(estimator, "fit_info", {}).get("is_global_zero", True):
+        return None
+    started = time.perf_counter()
+    pred = estimator.predict(val)
+    predict_seconds = time.perf_counter() - started
+    metrics, val_outcomes = evaluate(pred, val, train)
+    record = {
+        **metrics,
+        "fit_seconds": fit_seconds,
+        "predict_seconds": predict_seconds,
+        **(
+            {"fit": estimator.fit_info, "temperature": estimator.temperature}
+            if hasattr(estimator, "fit_info")
+            else {}
+        ),
+        **(search_record(estimator) if isinstance(estimator, Tuned) else {}),
+        "refit": refit_record(served, refit_seconds) if served is not estimator else None,
+    }
+    return served, record, val_outcomes
+
+
+def _save(cfg: DictConfig, served, record: dict, val_outcomes, digest: str, split: dict, stamp: str) -> Path:
+    """The served shared model, its config, data record, metrics and thresholds under models_dir."""
+    from tagger.model.artifacts import save_shared
+    from tagger.model.thresholds import Thresholds
+
+    thresholds = Thresholds(val_outcomes, list(cfg.precision_targets), cfg.min_account_val)
+    data = {
+        "file": str(resolve(cfg.data.path)),
+        "sha256": digest,
+        "split": split,
+        "cache_dir": str(resolve(cfg.data.cache_dir)),
+    }
+    return save_shared(
+        served,
+        resolve(cfg.models_dir) / f"shared-{stamp}",
+        OmegaConf.to_yaml(cfg, resolve=True),
+        data,
+        record,
+        thresholds.to_dict(),
+    )
+
+
+def _fit_lines(results: dict, refit: bool) -> list[str]:
+    """Epochs, speed and temperature of each fit, and what each refit learnt from."""
+    lines = []
     for name, r in results.items():
         if "fit" in r:
             f = r["fit"]
-            print(
+            lines.append(
                 f"{name}: {f['epochs']} epochs (best {f['best_epoch']}), "
                 f"{f['tickets_per_second']:,.0f} training tickets/s, "
                 f"temperature {r.get('temperature', 1.0):.2f}"
@@ -153,16 +183,15 @@ def run(cfg: DictConfig) -> dict:
     for name, r in results.items():
         if r.get("refit"):
             f = r["refit"]
-            print(
+            lines.append(
                 f"{name}: refit on the whole window, {f['train_tickets']:,} tickets, "
                 f"{f['accounts']} merchants, {f['labels']:,} labels ({f['seconds']:.0f} s)"
             )
-    if cfg.get("refit", False):
-        print(
+    if refit:
+        lines.append(
             "(the table scores each model's fit before its refit, which has learnt from the validation slice)"
         )
-    print(f"\nwrote {output_dir / 'metrics.json'}")
-    return {**out, "model_dir": str(saved) if saved else None}  # in process: the path as it is
+    return lines
 
 
 def format_table(results: dict) -> str:

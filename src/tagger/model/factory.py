@@ -12,7 +12,7 @@ from tagger.metrics import selection_score
 from tagger.model.base import Estimator
 from tagger.model.baselines import KNN, CrossMerchantLogReg, LogReg, Majority, NameSimilarity, NearestCentroid
 from tagger.model.selection import Tuned, split_grid
-from tagger.paths import PROJECT_ROOT, resolve
+from tagger.paths import compose_config, resolve
 
 BASELINES = {
     "majority": Majority,
@@ -62,5 +62,6 @@ def search_record(tuned: Tuned) -> dict:
 
 
 def load_model_config(name: str) -> dict:
-    """The model config ``conf/model/NAME.yaml`` (a baseline compared beside the main model)."""
-    return OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "model" / f"{name}.yaml"))
+    """The model config ``conf/model/NAME.yaml`` as Hydra composes it (a baseline compared beside the
+    main model)."""
+    return OmegaConf.to_container(compose_config("config", [f"model={name}"]).model, resolve=True)

@@ -200,12 +200,9 @@ def _error_handlers(app: FastAPI) -> None:
 
 def serve_config(overrides: list[str] | None = None):
     """conf/serve.yaml composed by Hydra with ``key=value`` overrides (an unknown key is an error)."""
-    from hydra import compose, initialize_config_dir
+    from tagger.paths import compose_config
 
-    from tagger.paths import PROJECT_ROOT
-
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        return compose("serve", overrides=list(overrides or []))
+    return compose_config("serve", overrides)
 
 
 def app_from_config(cfg, export_dir: str | os.PathLike) -> FastAPI:

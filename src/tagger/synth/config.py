@@ -7,9 +7,7 @@ from dataclasses import dataclass, fields
 
 from omegaconf import OmegaConf
 
-from tagger.paths import PROJECT_ROOT
-
-DEFAULTS = PROJECT_ROOT / "conf" / "data" / "default.yaml"
+from tagger.paths import compose_config
 
 
 @dataclass
@@ -52,7 +50,9 @@ class BuildConfig:
     @classmethod
     def from_config(cls, build: dict | None = None, **overrides) -> BuildConfig:
         """From a ``build:`` mapping (default: the one in conf/data/default.yaml), with overrides."""
-        values = dict(build) if build is not None else OmegaConf.to_container(OmegaConf.load(DEFAULTS).build)
+        if build is None:  # conf/data/default.yaml's build section, as Hydra composes it
+            build = OmegaConf.to_container(compose_config("config").data.build, resolve=True)
+        values = dict(build)
         values.update(overrides)
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
