@@ -162,6 +162,33 @@ def apply_update(
 ) -> LabelState:
     """The state after ``update``; raises :class:`UpdateError` (and changes nothing) if it is invalid.
     Only the account's own labels are read and written."""
+    account, current = _account(state, update)
+    names = _LabelNames(account, current.labels if current is not None else ())
+    for i, raw in enumerate(update.retire):
+        names.retire(raw, f"retire[{i}]")
+    for old, new in update.rename.items():
+        names.rename(old, new, f"rename.{old}")
+    for i, raw in enumerate(update.add):
+        names.add(raw, f"add[{i}]")
+    _, _, dim = _shapes(current if current is not None else state.some())
+    examples = {
+        names.known(raw, f"examples.{raw}"): [
+            _example(t, f"examples.{raw}[{j}]", dim) for j, t in enumerate(tickets)
+        ]
+        for raw, tickets in update.examples.items()
+    }
+    if not names.labels:
+        raise UpdateError("retire", f"account {account!r} would have no label left")
+    if not (update.add or update.rename or update.retire or any(examples.values()) or update.create_account):
+        raise UpdateError("body", "nothing to change")
+    mine = _account_labels(state, current, names.labels, encode_names)
+    for name, tickets in examples.items():
+        _fold_in(mine, mine.labels.index(name), encode_tickets(mine, tickets), name_weight)
+    return state.replace({account: mine})
+
+
+def _account(state: LabelState, update: LabelUpdate) -> tuple[str, AccountLabels | None]:
+    """The update's account id and its current labels (None for a new account), checked."""
     account = str(update.account_id or "").strip()
     if not account:
         raise UpdateError("account_id", "empty account id")
@@ -170,49 +197,56 @@ def apply_update(
         raise UpdateError("account_id", f"account {account!r} already exists")
     if not update.create_account and current is None:
         raise UpdateError("account_id", f"unknown account {account!r} (set create_account to add it)", 404)
+    return account, current
 
-    old_labels = current.labels if current is not None else ()
-    labels = {name: i for i, name in enumerate(old_labels)}  # name -> old position (-1: new)
-    folded = {name.casefold(): name for name in labels}
 
-    def known(raw: str, where: str) -> str:
+class _LabelNames:
+    """An account's label names being edited: name -> old position (-1: new), compared
+    case-insensitively; each refusal names the field it came from."""
+
+    def __init__(self, account: str, old_labels: tuple[str, ...]):
+        self.account = account
+        self.labels = {name: i for i, name in enumerate(old_labels)}
+        self.folded = {name.casefold(): name for name in self.labels}
+
+    def known(self, raw: str, where: str) -> str:
         name = normalise_label(raw)
-        if name.casefold() not in folded:
-            raise UpdateError(where, f"account {account!r} has no label {raw!r}")
-        return folded[name.casefold()]
+        if name.casefold() not in self.folded:
+            raise UpdateError(where, f"account {self.account!r} has no label {raw!r}")
+        return self.folded[name.casefold()]
 
-    def fresh(raw: str, where: str) -> str:
+    def _fresh(self, raw: str, where: str) -> str:
         name = normalise_label(raw) if isinstance(raw, str) else ""
         if not name:
             raise UpdateError(where, "empty label name")
-        if name.casefold() in folded:
-            raise UpdateError(where, f"account {account!r} already has a label {folded[name.casefold()]!r}")
+        if name.casefold() in self.folded:
+            taken = self.folded[name.casefold()]
+            raise UpdateError(where, f"account {self.account!r} already has a label {taken!r}")
         return name
 
-    for i, raw in enumerate(update.retire):
-        name = known(raw, f"retire[{i}]")
-        del labels[name], folded[name.casefold()]
-    for old_raw, new_raw in update.rename.items():
-        old = known(old_raw, f"rename.{old_raw}")
-        del folded[old.casefold()]
-        new = fresh(new_raw, f"rename.{old_raw}")
-        labels[new] = labels.pop(old)
-        folded[new.casefold()] = new
-    for i, raw in enumerate(update.add):
-        name = fresh(raw, f"add[{i}]")
-        labels[name] = -1
-        folded[name.casefold()] = name
-    k, d, dim = _shapes(current if current is not None else state.some())
-    examples: dict[str, list[np.ndarray]] = {}
-    for raw, tickets in update.examples.items():
-        name = known(raw, f"examples.{raw}")
-        examples[name] = [_example(t, f"examples.{raw}[{j}]", dim) for j, t in enumerate(tickets)]
-    if not labels:
-        raise UpdateError("retire", f"account {account!r} would have no label left")
-    if not (update.add or update.rename or update.retire or any(examples.values()) or update.create_account):
-        raise UpdateError("body", "nothing to change")
+    def retire(self, raw: str, where: str) -> None:
+        name = self.known(raw, where)
+        del self.labels[name], self.folded[name.casefold()]
 
-    # the account's new rows, in label order as LabelTable.from_meta sorts them
+    def rename(self, old_raw: str, new_raw: str, where: str) -> None:
+        old = self.known(old_raw, where)
+        del self.folded[old.casefold()]
+        new = self._fresh(new_raw, where)
+        self.labels[new] = self.labels.pop(old)
+        self.folded[new.casefold()] = new
+
+    def add(self, raw: str, where: str) -> None:
+        name = self._fresh(raw, where)
+        self.labels[name] = -1
+        self.folded[name.casefold()] = name
+
+
+def _account_labels(
+    state: LabelState, current: AccountLabels | None, labels: dict[str, int], encode_names: NameEncoder
+) -> AccountLabels:
+    """The account's new rows, in label order as LabelTable.from_meta sorts them: kept labels keep
+    their vectors, counts and priors; new ones get their vectors from their names."""
+    k, d, dim = _shapes(current if current is not None else state.some())
     names = sorted(labels)
     old_pos = np.array([labels[n] for n in names], np.int64)
     new_names = [n for n in names if labels[n] < 0]
@@ -229,17 +263,18 @@ def apply_update(
         name_emb[~seen], vectors[~seen] = emb, np.asarray(vec, np.float32)[:, None, :]
     prior = prior / prior.sum() if prior.sum() > 0 else np.full(len(names), 1.0 / len(names))
     query = current.query if current is not None else state.unknown_query
-    mine = AccountLabels(
+    return AccountLabels(
         tuple(names), tuple(label_text(n) for n in names), n_train, prior, vectors, name_emb, query
     )
-    for name, tickets in examples.items():
-        row = names.index(name)
-        ticket_vectors = encode_tickets(mine, tickets)
-        weight = name_weight + float(n_train[row])
-        blended = weight * vectors[row] + ticket_vectors.sum(0)[None, :]
-        vectors[row] = blended / np.maximum(np.linalg.norm(blended, axis=-1, keepdims=True), 1e-12)
-        n_train[row] += len(tickets)
-    return state.replace({account: mine})
+
+
+def _fold_in(mine: AccountLabels, row: int, ticket_vectors: np.ndarray, name_weight: float) -> None:
+    """Blend a label's example tickets into its vector (in place): its name counts ``name_weight``
+    tickets, its training tickets one each."""
+    weight = name_weight + float(mine.n_train[row])
+    blended = weight * mine.vectors[row] + ticket_vectors.sum(0)[None, :]
+    mine.vectors[row] = blended / np.maximum(np.linalg.norm(blended, axis=-1, keepdims=True), 1e-12)
+    mine.n_train[row] += len(ticket_vectors)
 
 
 def _shapes(some: AccountLabels | None) -> tuple[int, int, int]:
