@@ -406,10 +406,13 @@ def _ms(x) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _table(head: str, align: str, rows: list[str]) -> list[str]:
+    return [head, align, *rows]
+
+
 def markdown(f: dict, args) -> str:
-    """The report: goals first, then each table."""
+    """The report: what ran, the goals, then each table."""
     old = f"before ({f['before']})"
-    new = NEW
     lines = [
         "# Serving benchmark",
         "",
@@ -428,89 +431,117 @@ def markdown(f: dict, args) -> str:
         "",
         "## Goals",
         "",
-        "| goal | measured | met |",
-        "|---|---|---|",
+        *_table(
+            "| goal | measured | met |",
+            "|---|---|---|",
+            [f"| {g['goal']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |" for g in f["goals"]],
+        ),
+        *_round_trip_section(f, old),
+        *_open_loop_section(f),
+        *_saturation_section(f, old),
+        *_overload_section(f),
+        "",
+        "## In process (one thread)",
+        "",
+        *_table(
+            "| path | p50 ms | p99 ms | mean ms |",
+            "|---|---:|---:|---:|",
+            [
+                f"| {name} | {r['p50']:.3f} | {r['p99']:.3f} | {r['mean']:.3f} |"
+                for name, r in f["in_process"].items()
+            ],
+        ),
     ]
-    lines += [f"| {g['goal']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |" for g in f["goals"]]
-    lines += [
+    return "\n".join(lines) + "\n"
+
+
+def _round_trip_section(f: dict, old: str) -> list[str]:
+    rows = []
+    for bucket in BUCKETS:
+        for kind in ("string", "object"):
+            key = f"{bucket} {kind}"
+            a, b, c = (f["round_trip"][name][key] for name in (old, NEW, CONSTANT))
+            rows.append(
+                f"| {bucket} | {kind} | {f['bucket_tickets'][bucket]} | {_ms(a['p50'])} | {_ms(b['p50'])} | "
+                f"{a['p50'] / b['p50']:.1f}x | {_ms(b['p99'])} | {_ms(b['server_p50'])} | {_ms(c['p50'])} | "
+                f"{f['bare_onnx_by_bucket'][bucket]:.3f} |"
+            )
+    return [
         "",
         "## One ticket at a time (one keep-alive connection, sequential)",
         "",
         "Round trip p50 / p99 in ms; server: the Server-Timing the API reports "
         "(gate entry to response start).",
         "",
-        "| sentences | embeddings | tickets | before p50 | this p50 | ratio | this p99 | server p50 "
-        "| constant app p50 | bare ONNX p50 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *_table(
+            "| sentences | embeddings | tickets | before p50 | this p50 | ratio | this p99 | server p50 "
+            "| constant app p50 | bare ONNX p50 |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            rows,
+        ),
     ]
-    for bucket in BUCKETS:
-        for kind in ("string", "object"):
-            key = f"{bucket} {kind}"
-            a, b, c = (
-                f["round_trip"][old][key],
-                f["round_trip"][new][key],
-                f["round_trip"][CONSTANT][key],
-            )
-            lines.append(
-                f"| {bucket} | {kind} | {f['bucket_tickets'][bucket]} | {_ms(a['p50'])} | {_ms(b['p50'])} | "
-                f"{a['p50'] / b['p50']:.1f}x | {_ms(b['p99'])} | {_ms(b['server_p50'])} | {_ms(c['p50'])} | "
-                f"{f['bare_onnx_by_bucket'][bucket]:.3f} |"
-            )
-    lines += [
+
+
+def _open_loop_section(f: dict) -> list[str]:
+    rows = [
+        f"| {name} | {rate} | {r['throughput']:.0f} | {_ms(r['p50'])} | {_ms(r['p99'])} | "
+        f"{_ms(r['max'])} | {r['statuses']} | {r['connection_errors']} |"
+        for name, by_rate in f["open_loop"].items()
+        for rate, r in by_rate.items()
+    ]
+    return [
         "",
         "## Fixed offered rates (open loop, 64 connections, real ticket mix)",
         "",
         "Latency counts from when a request was due, so queueing counts.",
         "",
-        "| server | offered req/s | answered 200/s | p50 ms | p99 ms | max ms | statuses "
-        "| connection errors |",
-        "|---|---:|---:|---:|---:|---:|---|---:|",
+        *_table(
+            "| server | offered req/s | answered 200/s | p50 ms | p99 ms | max ms | statuses "
+            "| connection errors |",
+            "|---|---:|---:|---:|---:|---:|---|---:|",
+            rows,
+        ),
     ]
-    for name, by_rate in f["open_loop"].items():
-        for rate, r in by_rate.items():
-            lines.append(
-                f"| {name} | {rate} | {r['throughput']:.0f} | {_ms(r['p50'])} | {_ms(r['p99'])} | "
-                f"{_ms(r['max'])} | {r['statuses']} | {r['connection_errors']} |"
-            )
-    lines += [
+
+
+def _saturation_section(f: dict, old: str) -> list[str]:
+    base = f["saturation"][old]["throughput"]
+    rows = [
+        f"| {name} | {r['throughput']:.0f} | {', '.join(f'{x:.0f}' for x in r['runs'])} | "
+        f"{r['throughput'] / base:.1f}x |"
+        for name, r in f["saturation"].items()
+    ]
+    return [
         "",
         "## Saturation (closed loop, 32 connections a worker)",
         "",
-        "| server | answers 200/s (median) | runs | ratio to before |",
-        "|---|---:|---|---:|",
+        *_table("| server | answers 200/s (median) | runs | ratio to before |", "|---|---:|---|---:|", rows),
     ]
-    base = f["saturation"][old]["throughput"]
-    for name, r in f["saturation"].items():
-        runs = ", ".join(f"{x:.0f}" for x in r["runs"])
-        lines.append(f"| {name} | {r['throughput']:.0f} | {runs} | {r['throughput'] / base:.1f}x |")
-    lines += [
-        "",
-        "## Twice saturation (open loop, 256 connections): admission control",
-        "",
-        "| server | offered req/s | admitted 200/s | admitted p50 / p99 ms | refused (503) "
-        "| refusal p50 / p99 / max ms | refusal p99 from sent | client lag p99 | other 5xx "
-        "| connection errors | memory MB start / max / end |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
+
+
+def _overload_section(f: dict) -> list[str]:
+    rows = []
     for name, o in f["overload"].items():
         ok, ref = o["ok"], o["refused"]
-        lines.append(
+        rows.append(
             f"| {name} | {o['offered']:.0f} | {o['throughput']:.0f} | {_ms(ok['p50'])} / {_ms(ok['p99'])} | "
             f"{ref['n']:,} | {_ms(ref['p50'])} / {_ms(ref['p99'])} / {_ms(ref['max'])} | "
             f"{_ms(ref['from_send_p99'])} | {_ms(o['client_lag_p99'])} | {o['other_5xx']} | "
             f"{o['connection_errors']} | "
             f"{o['rss_mb_start']:.0f} / {o['rss_mb_max']:.0f} / {o['rss_mb_end']:.0f} |"
         )
-    lines += [
+    return [
         "",
-        "## In process (one thread)",
+        "## Twice saturation (open loop, 256 connections): admission control",
         "",
-        "| path | p50 ms | p99 ms | mean ms |",
-        "|---|---:|---:|---:|",
+        *_table(
+            "| server | offered req/s | admitted 200/s | admitted p50 / p99 ms | refused (503) "
+            "| refusal p50 / p99 / max ms | refusal p99 from sent | client lag p99 | other 5xx "
+            "| connection errors | memory MB start / max / end |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            rows,
+        ),
     ]
-    for name, r in f["in_process"].items():
-        lines.append(f"| {name} | {r['p50']:.3f} | {r['p99']:.3f} | {r['mean']:.3f} |")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
