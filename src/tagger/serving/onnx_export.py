@@ -122,48 +122,9 @@ def export_estimator(
     out_dir = Path(out_dir)
     if estimator.model.label_bias is not None:
         raise ExportError("export needs score.label_bias: false (label vectors are inputs; a bias is not)")
-    scoring = _Scoring(estimator.model.eval()).eval()
     with atomic_directory(out_dir) as tmp:
         state = label_state(estimator)
-        some = state.some()
-        inputs = ["sentences", "mask", "label_vectors", "label_index"]
-        example = [
-            torch.zeros(2, 3, 384),
-            torch.ones(2, 3, dtype=torch.bool),
-            torch.from_numpy(np.ascontiguousarray(some.vectors, np.float32)),
-            torch.tensor([[0, -1], [0, -1]]),
-        ]
-        if state.unknown_query is not None:
-            inputs.append("account_query")
-            example.append(torch.zeros(2, len(state.unknown_query)))
-        torch.onnx.export(
-            scoring,
-            tuple(example),
-            str(tmp / "model.onnx"),
-            dynamo=False,
-            opset_version=opset,
-            input_names=inputs,
-            output_names=["logits", "ticket_vectors"],
-            dynamic_axes={
-                "sentences": {0: "batch", 1: "n_sentences"},
-                "mask": {0: "batch", 1: "n_sentences"},
-                "label_vectors": {0: "n_candidates"},
-                "label_index": {0: "batch", 1: "width"},
-                **({"account_query": {0: "batch"}} if state.unknown_query is not None else {}),
-                "logits": {0: "batch", 1: "width"},
-                "ticket_vectors": {0: "batch"},
-            },
-        )
-        torch.onnx.export(
-            _LabelTower(estimator.model.eval()).eval(),
-            (torch.zeros(2, 384),),
-            str(tmp / "label_tower.onnx"),
-            dynamo=False,
-            opset_version=opset,
-            input_names=["names"],
-            output_names=["label_vectors"],
-            dynamic_axes={"names": {0: "n"}, "label_vectors": {0: "n"}},
-        )
+        _export_graphs(estimator, state, tmp, opset)
         encoder_dir = name_encoder.cached(resolve(name_encoder_cache), opset)
         for name in name_encoder.FILES:
             shutil.copyfile(encoder_dir / name, tmp / name)
@@ -173,29 +134,7 @@ def export_estimator(
         except onnx.checker.ValidationError as err:
             raise ExportError(f"onnx.checker rejected the model: {err}") from err
         write_base(tmp, state, {"kind": "export", "model_version": info.get("model_version")})
-        serving = {
-            **info,
-            "model_version": f"{info.get('model_version', 'shared')}+{sha256(tmp / 'model.onnx')[:12]}",
-            "temperature": estimator.temperature,
-            "max_sentences": estimator.max_sentences,
-            "null_fallback": estimator.cfg.get("confidence", {}).get("null_fallback", "prior"),
-            "embedding_dim": 384,
-            "opset": opset,
-            "cold_start": {"name_weight": name_weight(estimator)},
-            "inputs": {
-                "sentences": "float32 [batch, n_sentences, 384]",
-                "mask": "bool [batch, n_sentences]",
-                "label_vectors": "float32 [M, K, d]: the label vectors of the batch's merchants "
-                "(labels/base/label_vectors.npy rows, or labels/accounts/*/v*/label_vectors.npy)",
-                "label_index": "int64 [batch, W]: each ticket's own labels as rows of label_vectors, -1 pads",
-                "account_query": "float32 [batch, q]: each ticket's account's query shift (labels/base/"
-                "account_queries.npy row, or query.npy of the merchant's version)",
-            },
-            "outputs": {
-                "logits": "float32 [batch, W]: -1e9 at the pads",
-                "ticket_vectors": "float32 [batch, d]: unit ticket vectors",
-            },
-        }
+        serving = _serving_record(estimator, info, tmp, opset)
         (tmp / "serving.json").write_text(json.dumps(serving, indent=2))
         write_manifest(tmp, EXPORT_FILES)
         serving["parity"] = parity = check_parity(estimator, OnnxPredictor(tmp), parity_tickets)
@@ -207,6 +146,77 @@ def export_estimator(
         (tmp / "serving.json").write_text(json.dumps(serving, indent=2))
         write_manifest(tmp, EXPORT_FILES)
     return serving
+
+
+def _export_graphs(estimator, state, tmp: Path, opset: int) -> None:
+    """model.onnx (tickets and their candidate labels in, logits and ticket vectors out) and
+    label_tower.onnx (name embeddings in, label vectors out), with dynamic axes."""
+    some = state.some()
+    inputs = ["sentences", "mask", "label_vectors", "label_index"]
+    example = [
+        torch.zeros(2, 3, 384),
+        torch.ones(2, 3, dtype=torch.bool),
+        torch.from_numpy(np.ascontiguousarray(some.vectors, np.float32)),
+        torch.tensor([[0, -1], [0, -1]]),
+    ]
+    if state.unknown_query is not None:
+        inputs.append("account_query")
+        example.append(torch.zeros(2, len(state.unknown_query)))
+    torch.onnx.export(
+        _Scoring(estimator.model.eval()).eval(),
+        tuple(example),
+        str(tmp / "model.onnx"),
+        dynamo=False,
+        opset_version=opset,
+        input_names=inputs,
+        output_names=["logits", "ticket_vectors"],
+        dynamic_axes={
+            "sentences": {0: "batch", 1: "n_sentences"},
+            "mask": {0: "batch", 1: "n_sentences"},
+            "label_vectors": {0: "n_candidates"},
+            "label_index": {0: "batch", 1: "width"},
+            **({"account_query": {0: "batch"}} if state.unknown_query is not None else {}),
+            "logits": {0: "batch", 1: "width"},
+            "ticket_vectors": {0: "batch"},
+        },
+    )
+    torch.onnx.export(
+        _LabelTower(estimator.model.eval()).eval(),
+        (torch.zeros(2, 384),),
+        str(tmp / "label_tower.onnx"),
+        dynamo=False,
+        opset_version=opset,
+        input_names=["names"],
+        output_names=["label_vectors"],
+        dynamic_axes={"names": {0: "n"}, "label_vectors": {0: "n"}},
+    )
+
+
+def _serving_record(estimator, info: dict, tmp: Path, opset: int) -> dict:
+    """serving.json: the model version (with model.onnx's hash), temperature, fallback, the inputs."""
+    return {
+        **info,
+        "model_version": f"{info.get('model_version', 'shared')}+{sha256(tmp / 'model.onnx')[:12]}",
+        "temperature": estimator.temperature,
+        "max_sentences": estimator.max_sentences,
+        "null_fallback": estimator.cfg.get("confidence", {}).get("null_fallback", "prior"),
+        "embedding_dim": 384,
+        "opset": opset,
+        "cold_start": {"name_weight": name_weight(estimator)},
+        "inputs": {
+            "sentences": "float32 [batch, n_sentences, 384]",
+            "mask": "bool [batch, n_sentences]",
+            "label_vectors": "float32 [M, K, d]: the label vectors of the batch's merchants "
+            "(labels/base/label_vectors.npy rows, or labels/accounts/*/v*/label_vectors.npy)",
+            "label_index": "int64 [batch, W]: each ticket's own labels as rows of label_vectors, -1 pads",
+            "account_query": "float32 [batch, q]: each ticket's account's query shift (labels/base/"
+            "account_queries.npy row, or query.npy of the merchant's version)",
+        },
+        "outputs": {
+            "logits": "float32 [batch, W]: -1e9 at the pads",
+            "ticket_vectors": "float32 [batch, d]: unit ticket vectors",
+        },
+    }
 
 
 def check_parity(estimator, predictor: OnnxPredictor, tickets: Tickets) -> dict:
