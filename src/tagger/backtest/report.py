@@ -232,68 +232,86 @@ def _plots_section(result: dict, staleness: bool) -> list[str]:
 def _cold_start_section(cold: dict) -> list[str]:
     if not cold:
         return []
-    lines = ["", "## Cold start: labels and merchants the training window never saw", ""]
+    return [
+        "",
+        "## Cold start: labels and merchants the training window never saw",
+        "",
+        *_zero_shot_lines(cold),
+        *_learning_curve_lines(cold),
+    ]
+
+
+def _zero_shot_lines(cold: dict) -> list[str]:
+    """The declared-taxonomy (zero-shot) table of the cold-start section."""
+    lines: list[str] = []
     zero = cold.get("zero_shot")
-    if zero:
-        has_names = any("names_baseline_accuracy" in z for z in zero.values() if isinstance(z, dict))
-        lines += [
-            '"shared+names" is the fitted shared model given, by name only, each merchant\'s whole declared '
-            f"taxonomy at the end of the test window (from {cold.get('candidates', 'the labels used')}): "
-            "labels it never saw in training and new merchants' labels, no retraining. "
+    if not zero:
+        return lines
+    has_names = any("names_baseline_accuracy" in z for z in zero.values() if isinstance(z, dict))
+    lines += [
+        '"shared+names" is the fitted shared model given, by name only, each merchant\'s whole declared '
+        f"taxonomy at the end of the test window (from {cold.get('candidates', 'the labels used')}): "
+        "labels it never saw in training and new merchants' labels, no retraining. "
+        + (
+            '"names" is the zero-shot baseline given the same candidates: cosine between the ticket\'s '
+            "mean-pooled embedding and all-MiniLM-L6-v2's embedding of each label name. "
+            if has_names
+            else ""
+        )
+        + "Chance: one over the number of candidate labels of the merchant (top-3: three over it). "
+        "Every model fit before a label appeared and not given its name scores 0 on it. "
+        '"whose intent no training merchant had": labels of intents that no label in the training '
+        "window covered (from the build record), the control for meaning learned from other "
+        "merchants' tickets rather than from the name.",
+        "",
+        "| slice | tickets | merchants | accuracy | top-3 | chance acc. | chance top-3 "
+        "| candidate labels per merchant | shared without names"
+        + (" | names: acc. / top-3" if has_names else "")
+        + " |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_names else ""),
+    ]
+    for key, title in (
+        ("new_labels", "new labels of known merchants"),
+        ("new_labels_name_unseen", "... whose name no other merchant uses"),
+        ("new_labels_intent_unseen", "... whose intent no training merchant had"),
+        ("new_merchants", "new merchants"),
+        ("new_merchants_names_unseen", "... labels whose name no other merchant uses"),
+    ):
+        z = zero.get(key)
+        if not z or not z["tickets"]:
+            continue
+        lines.append(
+            f"| {title} | {z['tickets']:,} | {z['accounts']} | {_f(z['accuracy'])} "
+            f"| {_f(z['top3_accuracy'])} | {_f(z['chance_accuracy'])} | {_f(z['chance_top3'])} "
+            f"| {z['mean_labels']:.1f} | {_f(z['without_names_accuracy'])}"
             + (
-                '"names" is the zero-shot baseline given the same candidates: cosine between the ticket\'s '
-                "mean-pooled embedding and all-MiniLM-L6-v2's embedding of each label name. "
+                f" | {_f(z.get('names_baseline_accuracy'))} / {_f(z.get('names_baseline_top3'))}"
                 if has_names
                 else ""
             )
-            + "Chance: one over the number of candidate labels of the merchant (top-3: three over it). "
-            "Every model fit before a label appeared and not given its name scores 0 on it. "
-            '"whose intent no training merchant had": labels of intents that no label in the training '
-            "window covered (from the build record), the control for meaning learned from other "
-            "merchants' tickets rather than from the name.",
+            + " |"
+        )
+    e = zero.get("new_labels_with_embeddings")
+    if e:
+        lines += [
             "",
-            "| slice | tickets | merchants | accuracy | top-3 | chance acc. | chance top-3 "
-            "| candidate labels per merchant | shared without names"
-            + (" | names: acc. / top-3" if has_names else "")
-            + " |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_names else ""),
+            f"New labels of known merchants, tickets with embeddings only ({e['tickets']:,}): top-3 "
+            f"{_f(e['top3_accuracy'])} (a ticket without embeddings is scored from the label prior, "
+            "which a new label does not have yet).",
         ]
-        for key, title in (
-            ("new_labels", "new labels of known merchants"),
-            ("new_labels_name_unseen", "... whose name no other merchant uses"),
-            ("new_labels_intent_unseen", "... whose intent no training merchant had"),
-            ("new_merchants", "new merchants"),
-            ("new_merchants_names_unseen", "... labels whose name no other merchant uses"),
-        ):
-            z = zero.get(key)
-            if not z or not z["tickets"]:
-                continue
-            lines.append(
-                f"| {title} | {z['tickets']:,} | {z['accounts']} | {_f(z['accuracy'])} "
-                f"| {_f(z['top3_accuracy'])} | {_f(z['chance_accuracy'])} | {_f(z['chance_top3'])} "
-                f"| {z['mean_labels']:.1f} | {_f(z['without_names_accuracy'])}"
-                + (
-                    f" | {_f(z.get('names_baseline_accuracy'))} / {_f(z.get('names_baseline_top3'))}"
-                    if has_names
-                    else ""
-                )
-                + " |"
-            )
-        e = zero.get("new_labels_with_embeddings")
-        if e:
-            lines += [
-                "",
-                f"New labels of known merchants, tickets with embeddings only ({e['tickets']:,}): top-3 "
-                f"{_f(e['top3_accuracy'])} (a ticket without embeddings is scored from the label prior, "
-                "which a new label does not have yet).",
-            ]
-        o = cold.get("overall")
-        if o:
-            lines += [
-                "",
-                f"All test tickets with the declared names: accuracy {_f(o['accuracy'])}, macro-F1 "
-                f"{_f(o['macro_f1'])}, top-3 {_f(o['top3_accuracy'])}.",
-            ]
+    o = cold.get("overall")
+    if o:
+        lines += [
+            "",
+            f"All test tickets with the declared names: accuracy {_f(o['accuracy'])}, macro-F1 "
+            f"{_f(o['macro_f1'])}, top-3 {_f(o['top3_accuracy'])}.",
+        ]
+    return lines
+
+
+def _learning_curve_lines(cold: dict) -> list[str]:
+    """The learning-curve table of the cold-start section (the last fold)."""
+    lines: list[str] = []
     curve = pd.DataFrame(cold.get("learning_curve") or [])
     if len(curve):
         lines += [
