@@ -648,6 +648,14 @@ def _conclusions(result: dict) -> list[str]:
 
 
 def _plots(result: dict, pooled: dict[str, pd.DataFrame], per_merchant: pd.DataFrame, out: Path) -> None:
+    for plot in (_coverage_plot, _reliability_plot, _per_fold_plot, _learning_curve_plot, _per_merchant_plot):
+        plot(result, pooled, per_merchant, out)
+
+
+def _coverage_plot(
+    result: dict, pooled: dict[str, pd.DataFrame], per_merchant: pd.DataFrame, out: Path
+) -> None:
+    """Precision against coverage of every model."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, frame in pooled.items():
         answered = frame[~frame["abstained"]].sort_values("confidence", ascending=False)
@@ -668,6 +676,11 @@ def _plots(result: dict, pooled: dict[str, pd.DataFrame], per_merchant: pd.DataF
     fig.savefig(out / "coverage_precision.png", dpi=110)
     plt.close(fig)
 
+
+def _reliability_plot(
+    result: dict, pooled: dict[str, pd.DataFrame], per_merchant: pd.DataFrame, out: Path
+) -> None:
+    """Reliability diagram of the shared model and per-merchant logreg."""
     fig, ax = plt.subplots(figsize=(5, 5))
     for name in [n for n in pooled if n == "shared" or n in ("logreg",)]:
         frame = pooled[name][~pooled[name]["abstained"]]
@@ -687,6 +700,11 @@ def _plots(result: dict, pooled: dict[str, pd.DataFrame], per_merchant: pd.DataF
     fig.savefig(out / "reliability.png", dpi=110)
     plt.close(fig)
 
+
+def _per_fold_plot(
+    result: dict, pooled: dict[str, pd.DataFrame], per_merchant: pd.DataFrame, out: Path
+) -> None:
+    """Accuracy and macro-F1 of every model per fold."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for metric, ax in zip(("accuracy", "macro_f1"), axes, strict=True):
         for name, m in result["models"].items():
@@ -699,6 +717,11 @@ def _plots(result: dict, pooled: dict[str, pd.DataFrame], per_merchant: pd.DataF
     fig.savefig(out / "per_fold.png", dpi=110)
     plt.close(fig)
 
+
+def _learning_curve_plot(
+    result: dict, pooled: dict[str, pd.DataFrame], per_merchant: pd.DataFrame, out: Path
+) -> None:
+    """The learning curve of the held-out labels (when there is one)."""
     curve = pd.DataFrame((result.get("cold_start") or {}).get("learning_curve") or [])
     if len(curve):
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -719,6 +742,11 @@ def _plots(result: dict, pooled: dict[str, pd.DataFrame], per_merchant: pd.DataF
         fig.savefig(out / "learning_curve.png", dpi=110)
         plt.close(fig)
 
+
+def _per_merchant_plot(
+    result: dict, pooled: dict[str, pd.DataFrame], per_merchant: pd.DataFrame, out: Path
+) -> None:
+    """Shared against the strongest baseline, merchant by merchant."""
     comparison = result.get("paired_bootstrap")
     if comparison:
         b = comparison["strongest"]["macro_f1"]["baseline"]
