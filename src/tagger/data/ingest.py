@@ -12,6 +12,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,7 @@ def read_schema(path: str | os.PathLike, require_labels: bool = True) -> pa.Sche
     missing = [c for c in required if c not in schema.names]
     if missing:
         raise SchemaError(
-            f"{path}: missing required column(s) {', '.join(missing)}; "
-            f"the file has {', '.join(schema.names)}"
+            f"{path}: missing required column(s) {', '.join(missing)}; the file has {', '.join(schema.names)}"
         )
     return schema
 
@@ -159,7 +159,9 @@ def _embedding_batches(path: Path) -> Iterator[list]:
         valid = column.is_valid().to_numpy(zero_copy_only=False)
         yield [
             data[start:end] if ok else None
-            for start, end, ok in zip(offsets[:-1].tolist(), offsets[1:].tolist(), valid.tolist(), strict=True)
+            for start, end, ok in zip(
+                offsets[:-1].tolist(), offsets[1:].tolist(), valid.tolist(), strict=True
+            )
         ]
 
 
@@ -179,20 +181,61 @@ def parse_file(
     schema = read_schema(path, require_labels)
     problems: list[RowProblem] = []
     frame = _scalar_frame(path, schema, require_labels, problems)
+    parsed = _write_embeddings(path, out_dir, frame, problems, progress)
+    meta = frame[parsed.keep].reset_index(drop=True)
+    meta["has_embeddings"] = parsed.has_embeddings[parsed.keep]
+    meta["n_sentences"] = np.diff(np.asarray(parsed.offsets, np.int64)).astype(np.int32)
+    _add_labels(meta)
+    np.save(out_dir / "offsets.npy", np.asarray(parsed.offsets, np.int64))
+    np.save(
+        out_dir / "sentence_ids.npy",
+        np.concatenate(parsed.sentence_ids) if parsed.sentence_ids else np.empty(0, np.int32),
+    )
+    np.save(out_dir / "sentence_vocab.npy", np.asarray(list(parsed.vocab), dtype=str))
+    meta.to_parquet(out_dir / "meta.parquet", index=False)
+    report = ValidationReport(
+        n_rows=len(frame),
+        n_kept=int(parsed.keep.sum()),
+        n_no_embeddings=int((~meta["has_embeddings"]).sum()),
+        quarantined=sorted(problems, key=lambda p: p.row),
+    )
+    pd.DataFrame(report.rows(), columns=["row", "ticket_id", "field", "problem", "detail"]).to_parquet(
+        out_dir / "quarantine.parquet", index=False
+    )
+    return {"report": report, "n_tickets": len(meta), "n_sentences": parsed.n_sentences, "dim": EMBEDDING_DIM}
+
+
+@dataclass
+class _Parsed:
+    """What the embeddings pass produced: per kept ticket its sentence offsets and ids, the sentence
+    vocabulary, and per row whether it is kept and has embeddings."""
+
+    offsets: list[int]
+    sentence_ids: list[np.ndarray]
+    vocab: dict[str, int]
+    has_embeddings: np.ndarray
+    keep: np.ndarray
+    n_sentences: int
+
+
+def _write_embeddings(
+    path: Path, out_dir: Path, frame: pd.DataFrame, problems: list, progress: bool
+) -> _Parsed:
+    """Stream the embeddings column in record batches, appending each good ticket's vectors to
+    ``embeddings.f32``; a bad field quarantines its row (added to ``problems``)."""
     n_rows = len(frame)
     bad_rows = {p.row for p in problems}
     ids = frame["ticket_id"].fillna("<missing>").to_numpy()
-
-    vocab: dict[str, int] = {}
-    offsets = [0]
-    sentence_ids: list[np.ndarray] = []
-    has_embeddings = np.zeros(n_rows, bool)
-    keep = np.ones(n_rows, bool)
+    out = _Parsed([0], [], {}, np.zeros(n_rows, bool), np.ones(n_rows, bool), 0)
+    vocab, offsets, has_embeddings, keep = out.vocab, out.offsets, out.has_embeddings, out.keep
     n_sentences = 0
     row = 0
-    with open(out_dir / "embeddings.f32", "wb") as sink, tqdm(
-        total=n_rows, desc=f"parse {path.name}", unit="ticket", disable=not progress, leave=False
-    ) as bar:
+    with (
+        open(out_dir / "embeddings.f32", "wb") as sink,
+        tqdm(
+            total=n_rows, desc=f"parse {path.name}", unit="ticket", disable=not progress, leave=False
+        ) as bar,
+    ):
         for texts in _embedding_batches(path):
             for text in texts:
                 if row in bad_rows:
@@ -207,7 +250,7 @@ def parse_file(
                         keep[row] = False
                     else:
                         sink.write(vectors.tobytes())
-                        sentence_ids.append(
+                        out.sentence_ids.append(
                             np.fromiter((vocab.setdefault(k, len(vocab)) for k in keys), np.int32, len(keys))
                         )
                         n_sentences += len(keys)
@@ -215,28 +258,8 @@ def parse_file(
                         has_embeddings[row] = len(keys) > 0
                 row += 1
             bar.update(len(texts))
-
-    meta = frame[keep].reset_index(drop=True)
-    meta["has_embeddings"] = has_embeddings[keep]
-    meta["n_sentences"] = np.diff(np.asarray(offsets, np.int64)).astype(np.int32)
-    _add_labels(meta)
-    np.save(out_dir / "offsets.npy", np.asarray(offsets, np.int64))
-    np.save(
-        out_dir / "sentence_ids.npy",
-        np.concatenate(sentence_ids) if sentence_ids else np.empty(0, np.int32),
-    )
-    np.save(out_dir / "sentence_vocab.npy", np.asarray(list(vocab), dtype=str))
-    meta.to_parquet(out_dir / "meta.parquet", index=False)
-    report = ValidationReport(
-        n_rows=n_rows,
-        n_kept=int(keep.sum()),
-        n_no_embeddings=int((~meta["has_embeddings"]).sum()),
-        quarantined=sorted(problems, key=lambda p: p.row),
-    )
-    pd.DataFrame(report.rows(), columns=["row", "ticket_id", "field", "problem", "detail"]).to_parquet(
-        out_dir / "quarantine.parquet", index=False
-    )
-    return {"report": report, "n_tickets": len(meta), "n_sentences": n_sentences, "dim": EMBEDDING_DIM}
+    out.n_sentences = n_sentences
+    return out
 
 
 def _add_labels(meta: pd.DataFrame) -> None:
