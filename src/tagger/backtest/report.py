@@ -582,28 +582,8 @@ def _conclusions(result: dict) -> list[str]:
         return ["- (no shared model in this run)"]
     shared = models["shared"]
     o = shared["overall"]
-    out = []
-    comparison = result.get("paired_bootstrap")
-    for metric, c in (comparison or {}).get("strongest", {}).items():
-        label, b = LABELS.get(metric, metric), c["baseline"]
-        figures = f"{_f(c['shared_value'])} against {_f(c['baseline_value'])}"
-        interval = f"the merchant-clustered interval {_signed_ci(c.get('ci95'))}"
-        if abs(c["difference"]) < 0.0005:
-            out.append(
-                f"- {label}: the shared model and the strongest baseline there, {b}, are level ({figures})."
-            )
-            continue
-        verdict = "better" if c["difference"] > 0 else "worse"
-        if "ci95" not in c:
-            sure = " (no interval)"
-        elif c["excludes_zero"]:
-            sure = f"; {interval} excludes zero"
-        else:
-            sure = f"; {interval} includes zero: no clear difference"
-        out.append(
-            f"- {label}: the shared model is {abs(c['difference']):.3f} {verdict} than the strongest "
-            f"baseline there, {b} ({figures}){sure}."
-        )
+    comparison = result.get("paired_bootstrap") or {}
+    out = [_against_strongest(metric, c) for metric, c in comparison.get("strongest", {}).items()]
     if "top3_chance" in o:
         out.append(
             f"- Against chance (guessing among the merchant's labels): accuracy {_f(o['accuracy'])} vs "
@@ -619,22 +599,8 @@ def _conclusions(result: dict) -> list[str]:
         listed = ", ".join(map(str, seeds))
         out.append(f"- Across seeds {listed} the shared model's " + ", ".join(parts) + ".")
     which = f"the shared model (seed {seeds[0]})" if len(seeds) > 1 else "the shared model"
-    for other in (comparison or {}).get("against", {}):
-        for column, values in shared["slices"].items():
-            for value, s in values.items():
-                if value == "False":  # the complement of a yes/no slice says nothing new
-                    continue
-                base = models[other]["slices"][column].get(value, {})
-                if (
-                    s.get("n", 0) >= 30
-                    and base.get("accuracy") is not None
-                    and (s["accuracy"] < base["accuracy"] - 0.01)
-                ):
-                    out.append(
-                        f"- Where {which} loses: {column} = {value} "
-                        f"(accuracy {s['accuracy']:.3f} vs {base['accuracy']:.3f} for {other}, "
-                        f"n={s['n']:,})."
-                    )
+    for other in comparison.get("against", {}):
+        out += _where_it_loses(shared, models[other], other, which)
     cov = o.get("coverage_at_95_precision")
     if cov is not None:
         reached = o.get("precision_at_95_target", float("nan"))
@@ -644,6 +610,47 @@ def _conclusions(result: dict) -> list[str]:
             f"- At the 95% precision target the shared model would auto-tag {cov:.1%} of tickets, "
             f"reaching {reached} precision on the test windows."
         )
+    return out
+
+
+def _against_strongest(metric: str, c: dict) -> str:
+    """One conclusion: the shared model against the strongest baseline on ``metric``."""
+    label, b = LABELS.get(metric, metric), c["baseline"]
+    figures = f"{_f(c['shared_value'])} against {_f(c['baseline_value'])}"
+    interval = f"the merchant-clustered interval {_signed_ci(c.get('ci95'))}"
+    if abs(c["difference"]) < 0.0005:
+        return f"- {label}: the shared model and the strongest baseline there, {b}, are level ({figures})."
+    verdict = "better" if c["difference"] > 0 else "worse"
+    if "ci95" not in c:
+        sure = " (no interval)"
+    elif c["excludes_zero"]:
+        sure = f"; {interval} excludes zero"
+    else:
+        sure = f"; {interval} includes zero: no clear difference"
+    return (
+        f"- {label}: the shared model is {abs(c['difference']):.3f} {verdict} than the strongest "
+        f"baseline there, {b} ({figures}){sure}."
+    )
+
+
+def _where_it_loses(shared: dict, base_model: dict, other: str, which: str) -> list[str]:
+    """The slices (of at least 30 tickets) where the shared model is more than a point below ``other``."""
+    out = []
+    for column, values in shared["slices"].items():
+        for value, s in values.items():
+            if value == "False":  # the complement of a yes/no slice says nothing new
+                continue
+            base = base_model["slices"][column].get(value, {})
+            if (
+                s.get("n", 0) >= 30
+                and base.get("accuracy") is not None
+                and (s["accuracy"] < base["accuracy"] - 0.01)
+            ):
+                out.append(
+                    f"- Where {which} loses: {column} = {value} "
+                    f"(accuracy {s['accuracy']:.3f} vs {base['accuracy']:.3f} for {other}, "
+                    f"n={s['n']:,})."
+                )
     return out
 
 
