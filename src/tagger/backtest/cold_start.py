@@ -194,21 +194,9 @@ def learning_curve(
             "other_accuracy": float(rest["correct"].mean()) if len(rest) else float("nan"),
         }
 
-    rows = []
-    models = ["shared", *lc.models]
-    progress = tqdm(total=len(models), desc="learning curve", unit="model")
+    progress = tqdm(total=1 + len(lc.models), desc="learning curve", unit="model")
     shared = make_estimator(configs["shared"], cfg, log_dir=log_dir).fit(train_wo, val_wo)
-    no_name = copy.copy(shared)
-    no_name.cfg = {**shared.cfg, "cold_start": {**shared.cfg.get("cold_start", {}), "name_weight": 0.0}}
-    for n in shots:
-        for name, base in (("shared", shared), ("shared[examples only]", no_name)):
-            if name != "shared" and n == 0:
-                continue
-            updates = [
-                LabelUpdate(a, add=[lab], examples={lab: _examples(train, pool[(a, lab)][:n])} if n else {})
-                for a, lab in held
-            ]
-            rows.append({"model": name, "shots": n, **score(update_labels(base, updates))})
+    rows = [{**row, **score(model)} for row, model in _named_with_examples(shared, shots, held, pool, train)]
     progress.update()
     # per-account baselines only need the affected merchants' tickets
     affected = train.meta["account_id"].astype(str).isin(accounts).to_numpy() & ~is_held
@@ -226,6 +214,22 @@ def learning_curve(
     progress.close()
     seen = name_seen_elsewhere(pd.DataFrame(held, columns=["account_id", "label"]), train_wo.meta)
     return pd.DataFrame(rows).assign(held_out_labels=len(held), held_out_names_seen_elsewhere=int(seen.sum()))
+
+
+def _named_with_examples(shared, shots: list[int], held: list, pool: dict, train: Tickets):
+    """(row, model) for each number of examples: the shared model given each held-out label back by
+    name plus N of its training tickets, and without the name's weight (``shared[examples only]``)."""
+    no_name = copy.copy(shared)
+    no_name.cfg = {**shared.cfg, "cold_start": {**shared.cfg.get("cold_start", {}), "name_weight": 0.0}}
+    for n in shots:
+        for name, base in (("shared", shared), ("shared[examples only]", no_name)):
+            if name != "shared" and n == 0:
+                continue
+            updates = [
+                LabelUpdate(a, add=[lab], examples={lab: _examples(train, pool[(a, lab)][:n])} if n else {})
+                for a, lab in held
+            ]
+            yield {"model": name, "shots": n}, update_labels(base, updates)
 
 
 def _held_out_pairs(
