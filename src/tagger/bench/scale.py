@@ -409,9 +409,8 @@ def _plot(f: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _markdown(f: dict) -> str:
-    rows = f["rows"]
-    first = rows[0]
+def _scale_table(f: dict) -> list[str]:
+    """The title, what ran, and one row per merchant count."""
     lines = [
         "# Scale: cost against the number of merchants",
         "",
@@ -429,7 +428,7 @@ def _markdown(f: dict) -> str:
         "| server memory | label storage |",
         "|" + "---:|" * 16,
     ]
-    for r in rows:
+    for r in f["rows"]:
         before = r.get("train_before")
         step_before = f"{before['step_ms']:.0f} ms" if before else "not run"
         peak_before = f"{before['peak_rss_mb']:,.0f} MB" if before else "not run"
@@ -444,6 +443,13 @@ def _markdown(f: dict) -> str:
             f"| {r['update_bytes'] / 1024:,.0f} KiB | {r['reload_p50_ms']:.1f} ms | {r['startup_s']:.2f} s "
             f"| {r['server_rss_mb']:,.0f} MB | {r['label_storage_mb']:,.0f} MB |"
         )
+    return lines
+
+
+def _markdown(f: dict) -> str:
+    rows = f["rows"]
+    first = rows[0]
+    lines = _scale_table(f)
     last = rows[-1]
     ratio = last["train"]["step_ms"] / first["train"]["step_ms"]
     ticket = last["ticket_p99_ms"] / first["ticket_p99_ms"]

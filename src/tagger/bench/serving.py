@@ -373,33 +373,38 @@ def goals(f: dict, old: str) -> list[dict]:
         )
     )
     for name, o in f["overload"].items():
-        refused = o["refused"]
-        rows += [
-            (
-                f"2x saturation, admitted p99 < 200 ms ({name})",
-                f"{o['ok']['p99']:.1f} ms",
-                o["ok"]["p99"] < 200,
-            ),
-            (
-                f"2x saturation, refusal p99 < 10 ms ({name})",
-                f"{refused['p99']:.1f} ms from due, {refused['from_send_p99']:.1f} ms from sent "
-                f"({refused['n']:,} refused; the client's own lag p99 {o['client_lag_p99']:.1f} ms)"
-                if refused["n"]
-                else "none refused",
-                not refused["n"] or refused["p99"] < 10,
-            ),
-            (
-                f"2x saturation, no other 5xx, no connection error ({name})",
-                f"{o['other_5xx']} / {o['connection_errors']}",
-                o["other_5xx"] == 0 and o["connection_errors"] == 0,
-            ),
-            (
-                f"2x saturation, memory flat ({name})",
-                f"{o['rss_mb_start']:.0f} -> max {o['rss_mb_max']:.0f} -> {o['rss_mb_end']:.0f} MB",
-                o["rss_mb_max"] - o["rss_mb_start"] < 50,
-            ),
-        ]
+        rows += _overload_goals(name, o)
     return [{"goal": g, "measured": m, "met": bool(ok)} for g, m, ok in rows]
+
+
+def _overload_goals(name: str, o: dict) -> list[tuple]:
+    """The goals at twice saturation of one server: admitted latency, refusals, errors, memory."""
+    refused = o["refused"]
+    return [
+        (
+            f"2x saturation, admitted p99 < 200 ms ({name})",
+            f"{o['ok']['p99']:.1f} ms",
+            o["ok"]["p99"] < 200,
+        ),
+        (
+            f"2x saturation, refusal p99 < 10 ms ({name})",
+            f"{refused['p99']:.1f} ms from due, {refused['from_send_p99']:.1f} ms from sent "
+            f"({refused['n']:,} refused; the client's own lag p99 {o['client_lag_p99']:.1f} ms)"
+            if refused["n"]
+            else "none refused",
+            not refused["n"] or refused["p99"] < 10,
+        ),
+        (
+            f"2x saturation, no other 5xx, no connection error ({name})",
+            f"{o['other_5xx']} / {o['connection_errors']}",
+            o["other_5xx"] == 0 and o["connection_errors"] == 0,
+        ),
+        (
+            f"2x saturation, memory flat ({name})",
+            f"{o['rss_mb_start']:.0f} -> max {o['rss_mb_max']:.0f} -> {o['rss_mb_end']:.0f} MB",
+            o["rss_mb_max"] - o["rss_mb_start"] < 50,
+        ),
+    ]
 
 
 def _ms(x) -> str:
