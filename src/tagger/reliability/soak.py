@@ -36,7 +36,6 @@ def soak(
     examples = [b["email_sentence_embeddings"] for b in bodies if b["email_sentence_embeddings"]][:3]
     accounts = sorted({b["account_id"] for b in bodies})
     seconds = minutes * 60
-    updates: list[dict] = []
     memory: list[tuple[float, float]] = []
     with admin_server(export_dir) as (server, url, _, auth), httpx.Client(timeout=30) as client:
         rss_ready = rss_mb(server.pid)
@@ -55,55 +54,15 @@ def soak(
 
         sampler = threading.Thread(target=sample_memory, daemon=True)
         sampler.start()
-        added: dict[str, str] = {}
-        i = 0
-        while time.monotonic() - started < seconds - update_every_s / 2:
-            time.sleep(max(0.0, started + (i + 1) * update_every_s - time.monotonic()))
-            account = accounts[(i // 2) % len(accounts)]  # add a label, then retire it
-            if account in added:  # retire what was added last time: the table stays the same size
-                body = {"account_id": account, "retire": [added.pop(account)]}
-            else:
-                label = f"Soak label {i}"
-                added[account] = label
-                body = {
-                    "account_id": account,
-                    "add": [label],
-                    "examples": [{"label": label, "email_sentence_embeddings": e} for e in examples],
-                }
-            t0 = time.monotonic()
-            r = client.post(f"{url}/admin/labels", json=body, headers=auth)
-            updates.append(
-                {
-                    "at_s": t0 - started,
-                    "status": r.status_code,
-                    "ms": (time.monotonic() - t0) * 1000,
-                    "kind": "retire" if "retire" in body else "add + 3 examples",
-                }
-            )
-            i += 1
+        updates = _label_updates(client, url, auth, accounts, examples, started, seconds, update_every_s)
         got = queue.get()
         proc.join()
         stop.set()
         sampler.join()
         rss_end = rss_mb(server.pid)
 
-    sent = np.asarray(got["sent"])
+    windows, near_update = _windows(got, seconds, window_s, updates)
     ms = np.asarray(got["latencies"])
-    codes = np.asarray(got["codes"])
-    windows = []
-    for start in np.arange(0, seconds, window_s):
-        sel = (sent >= start) & (sent < start + window_s)
-        windows.append(
-            {
-                "start_s": float(start),
-                "requests": int(sel.sum()),
-                "errors": int((codes[sel] != 200).sum()),
-                **percentiles(ms[sel].tolist()),
-            }
-        )
-    near_update = np.zeros(len(sent), bool)
-    for u in updates:
-        near_update |= (sent >= u["at_s"]) & (sent < u["at_s"] + 1.0)
     return {
         "machine": machine_description(),
         "export_dir": shown(export_dir),
@@ -127,6 +86,62 @@ def soak(
             "samples": memory,
         },
     }
+
+
+def _label_updates(client, url, auth, accounts, examples, started, seconds, update_every_s) -> list[dict]:
+    """Every ``update_every_s`` seconds a label update through the admin endpoint, in turn: a new
+    label with three examples, then that label retired (the table keeps its size); each timed."""
+    updates, added = [], {}
+    i = 0
+    while time.monotonic() - started < seconds - update_every_s / 2:
+        time.sleep(max(0.0, started + (i + 1) * update_every_s - time.monotonic()))
+        account = accounts[(i // 2) % len(accounts)]  # add a label, then retire it
+        if account in added:  # retire what was added last time: the table stays the same size
+            body = {"account_id": account, "retire": [added.pop(account)]}
+        else:
+            label = f"Soak label {i}"
+            added[account] = label
+            body = {
+                "account_id": account,
+                "add": [label],
+                "examples": [{"label": label, "email_sentence_embeddings": e} for e in examples],
+            }
+        t0 = time.monotonic()
+        r = client.post(f"{url}/admin/labels", json=body, headers=auth)
+        updates.append(
+            {
+                "at_s": t0 - started,
+                "status": r.status_code,
+                "ms": (time.monotonic() - t0) * 1000,
+                "kind": "retire" if "retire" in body else "add + 3 examples",
+            }
+        )
+        i += 1
+    return updates
+
+
+def _windows(
+    got: dict, seconds: float, window_s: float, updates: list[dict]
+) -> tuple[list[dict], np.ndarray]:
+    """Latency and errors per ``window_s`` of the load, and which requests came within 1 s of an update."""
+    sent = np.asarray(got["sent"])
+    ms = np.asarray(got["latencies"])
+    codes = np.asarray(got["codes"])
+    windows = []
+    for start in np.arange(0, seconds, window_s):
+        sel = (sent >= start) & (sent < start + window_s)
+        windows.append(
+            {
+                "start_s": float(start),
+                "requests": int(sel.sum()),
+                "errors": int((codes[sel] != 200).sum()),
+                **percentiles(ms[sel].tolist()),
+            }
+        )
+    near_update = np.zeros(len(sent), bool)
+    for u in updates:
+        near_update |= (sent >= u["at_s"]) & (sent < u["at_s"] + 1.0)
+    return windows, near_update
 
 
 def plot(result: dict, out: Path) -> None:
