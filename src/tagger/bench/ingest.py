@@ -3,12 +3,11 @@
 All in one run on the same file, median of several runs, written to
 ``results/benchmarks/ingest.md`` (and ``.json``)::
 
-    python -m tagger.bench.ingest [--path data/tickets.parquet] [--repeats 5]
+    python -m tagger.bench.ingest [path=data/tickets.parquet] [repeats=5]   (conf/bench/ingest.yaml)
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import shutil
@@ -21,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from tagger.bench.config import bench_config
 from tagger.bench.machine import machine_description
 from tagger.data.cache import load_tickets
 from tagger.data.embeddings_json import is_empty
 from tagger.data.ingest import EMBEDDINGS
-from tagger.paths import PROJECT_ROOT as ROOT
 
 
 def _baseline(parse: Callable[[str], dict], texts: list) -> int:
@@ -154,17 +153,10 @@ def _markdown(f: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tagger.bench.ingest",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--path", type=Path, default=ROOT / "data" / "tickets.parquet")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--ast-rows", type=int, default=2000, help="rows for the slow ast baseline")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "results" / "benchmarks")
-    args = parser.parse_args(argv)
-    figures = run(args.path, args.repeats, args.ast_rows, args.out_dir)
+    from tagger.paths import resolve
+
+    cfg = bench_config("ingest", argv, __doc__)
+    figures = run(resolve(cfg.path), int(cfg.repeats), int(cfg.ast_rows), resolve(cfg.out_dir))
     print(_markdown(figures))
     return 0
 

@@ -1,6 +1,6 @@
 """Label updates against a running API under load: how soon is each one live, does any request fail?
 
-    python -m tagger.bench.label_update [--export-dir DIR] [--updates 10] [--rate 100]
+    python -m tagger.bench.label_update [export_dir=DIR] [updates=10] [rate=100]
 
 A copy of the export is served by uvicorn (one worker, admin token set) while another process sends
 real held-out tickets at ``--rate`` requests/s. Two kinds of update alternate:
@@ -16,19 +16,19 @@ retires the one added before. Writes results/benchmarks/label_update.md (and .js
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from tagger.bench.config import bench_config
 from tagger.bench.load import start_load, summarise_load
 from tagger.bench.machine import machine_description
 from tagger.bench.servers import admin_server
 from tagger.bench.serving import request_bodies
 from tagger.model.label_update import LabelUpdate
-from tagger.paths import PROJECT_ROOT, latest_export, shown
+from tagger.paths import latest_export, resolve, shown
 from tagger.serving.admin import update_export
 from tagger.serving.name_encoder import NameEncoder
 from tagger.serving.onnx_predictor import OnnxPredictor
@@ -162,21 +162,13 @@ def _markdown(f: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tagger.bench.label_update",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--export-dir", type=Path, default=None, help="default: the latest under models/")
-    parser.add_argument("--updates", type=int, default=10)
-    parser.add_argument("--rate", type=float, default=100.0, help="requests/s of /predict during the updates")
-    parser.add_argument("--tickets", type=int, default=1000)
-    parser.add_argument("--out-dir", type=Path, default=PROJECT_ROOT / "results" / "benchmarks")
-    args = parser.parse_args(argv)
-    figures = run(args.export_dir or latest_export(), args.updates, args.rate, args.tickets)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "label_update.json").write_text(json.dumps(figures, indent=2))
-    (args.out_dir / "label_update.md").write_text(_markdown(figures))
+    """Entry point."""
+    cfg = bench_config("label_update", argv, __doc__)
+    figures = run(cfg.export_dir or latest_export(), int(cfg.updates), float(cfg.rate), int(cfg.tickets))
+    out_dir = resolve(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "label_update.json").write_text(json.dumps(figures, indent=2))
+    (out_dir / "label_update.md").write_text(_markdown(figures))
     print(_markdown(figures))
     return 0
 

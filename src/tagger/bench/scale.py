@@ -1,9 +1,9 @@
 """Scale benchmark: what a training step, a ticket and a label update cost as merchants are added.
 
-    python -m tagger.bench.scale [--merchants 60 1000 5000 20000] [--labels 30] [--seconds 10]
-                                 [--before 60 1000 5000] [--export-dir DIR]
+    python -m tagger.bench.scale [merchants=[60,1000,5000,20000]] [labels=30] [seconds=10]
+                                 [before=[60,1000,5000]] [export_dir=DIR]
 
-Synthetic merchants (``--labels`` random unit label vectors each; cost does not depend on what the
+Synthetic merchants (``labels`` random unit label vectors each; cost does not depend on what the
 vectors mean) around the real model graph of the latest export. For each merchant count:
 
 - training step (forward, loss, backward, both optimisers; batch 128 x 4 sentences, one thread,
@@ -22,11 +22,9 @@ Writes results/benchmarks/scale.md, scale.json and scale.png (log-log, each cost
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import multiprocessing as mp
-import os
 import shutil
 import statistics
 import subprocess
@@ -36,9 +34,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
+from tagger.bench.config import bench_config
 from tagger.bench.machine import machine_description
-from tagger.paths import PROJECT_ROOT, latest_export
+from tagger.paths import PROJECT_ROOT, latest_export, resolve
 
 BEFORE = "c3b6ff6"  # the last commit with the [accounts, labels] layout
 BATCH, SENTENCES, DIM = 128, 4, 384
@@ -322,7 +322,8 @@ def http(export_dir: Path, n_accounts: int, seconds: float) -> dict:
 
 
 # ---- the run ----------------------------------------------------------------------------------------
-def run(args: argparse.Namespace) -> dict:
+def run(args: DictConfig) -> dict:
+    """Every measurement at every merchant count of conf/bench/scale.yaml (``args``)."""
     source = Path(args.export_dir) if args.export_dir else latest_export()
     rows = []
     with tempfile.TemporaryDirectory(prefix="tagger-scale-") as work:
@@ -352,7 +353,7 @@ def run(args: argparse.Namespace) -> dict:
         "machine": machine_description(),
         "command": "python -m tagger.bench.scale " + " ".join(sys.argv[1:]),
         "model": f"the graphs of {source.parent.name}/onnx; synthetic merchants of {args.labels} labels",
-        "settings": {k: v for k, v in vars(args).items() if k != "export_dir"},
+        "settings": {k: v for k, v in OmegaConf.to_container(args).items() if k != "export_dir"},
         "before": BEFORE,
         "rows": rows,
     }
@@ -498,30 +499,9 @@ def _markdown(f: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tagger.bench.scale",
-        description="Training step, ticket latency, HTTP latency, label update and memory against the "
-        "number of merchants; writes results/benchmarks/scale.md, .json and .png.",
-    )
-    parser.add_argument("--merchants", type=int, nargs="+", default=[60, 1000, 5000, 20000])
-    parser.add_argument("--labels", type=int, default=30, help="labels per merchant")
-    parser.add_argument(
-        "--before",
-        type=int,
-        nargs="*",
-        default=[60, 1000, 5000],
-        help="merchant counts at which the pre-layout model is measured too",
-    )
-    parser.add_argument("--steps", type=int, default=30, help="timed training steps")
-    parser.add_argument("--before-steps", type=int, default=3, help="timed steps of the pre-layout model")
-    parser.add_argument("--repeats", type=int, default=3000, help="single-ticket predictions timed")
-    parser.add_argument("--updates", type=int, default=10, help="label updates timed")
-    parser.add_argument("--seconds", type=float, default=10.0, help="HTTP load duration")
-    parser.add_argument("--export-dir", help="the export whose model graphs are used (default: the latest)")
-    parser.add_argument("--out", default="results/benchmarks", help="where scale.md/.json/.png go")
-    args = parser.parse_args(argv)
+    args = bench_config("scale", argv, __doc__)
     figures = run(args)
-    out = PROJECT_ROOT / args.out if not os.path.isabs(args.out) else Path(args.out)
+    out = resolve(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scale.json").write_text(json.dumps(figures, indent=2))
     _plot(figures, out / "scale.png")

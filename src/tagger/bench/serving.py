@@ -1,8 +1,8 @@
 """Serving benchmark: the HTTP API on real held-out tickets, side by side in one run with the code
-before the fast request path (a git worktree of ``--before``), a FastAPI app answering a constant
+before the fast request path (a git worktree of ``before``), a FastAPI app answering a constant
 (the floor of an HTTP round trip here) and the bare ONNX call (the floor of the model).
 
-    python -m tagger.bench.serving [--export-dir DIR] [--before COMMIT] [--seconds 8] [--repeats 3]
+    python -m tagger.bench.serving [export_dir=DIR] [before=COMMIT] [seconds=8] [repeats=3]
 
 Measures the single-ticket round trip by sentence count for string and object embeddings, p50/p99
 at fixed offered rates (open loop), the saturation throughput of 1 and 2 workers (closed loop), and
@@ -12,7 +12,6 @@ results/benchmarks/serving.md (and .json).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import threading
@@ -24,6 +23,7 @@ import numpy as np
 import orjson
 import pyarrow.parquet as pq
 
+from tagger.bench.config import bench_config
 from tagger.bench.load import http_request, percentiles, run_load, sequential
 from tagger.bench.machine import machine_description
 from tagger.bench.servers import (
@@ -56,8 +56,6 @@ def request_bodies(export_dir: Path, n: int, seed: int = 0) -> list[dict]:
     ]
 
 
-# the commit before the fast request path (issue 15): what "before" runs unless --before says otherwise
-BEFORE = "36c2db1"
 BUCKETS = {"1": (1, 1), "2-3": (2, 3), "8-20": (8, 20), "50+": (50, 10**9)}
 
 
@@ -214,26 +212,6 @@ def overload(server, port: int, requests: list[bytes], rate: float, seconds: flo
 NEW, TWO, CONSTANT = "this code, 1 worker", "this code, 2 workers", "constant FastAPI app"
 
 
-def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    from tagger.paths import PROJECT_ROOT
-
-    parser = argparse.ArgumentParser(
-        prog="python -m tagger.bench.serving",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--export-dir", type=Path, default=None, help="default: the latest export")
-    parser.add_argument("--before", default=BEFORE, help="the commit to compare with (default: %(default)s)")
-    parser.add_argument("--tickets", type=int, default=2000, help="real held-out tickets to send")
-    parser.add_argument("--seconds", type=float, default=8.0, help="per load run")
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="runs of each round-trip and saturation figure"
-    )
-    parser.add_argument("--rates", type=float, nargs="*", default=[100, 300, 1000], help="offered req/s")
-    parser.add_argument("--out-dir", type=Path, default=PROJECT_ROOT / "results" / "benchmarks")
-    return parser.parse_args(argv)
-
-
 def by_bucket(export_dir: Path, per_bucket: int = 200) -> dict[str, list[dict]]:
     """Up to ``per_bucket`` held-out tickets of each sentence-count bucket (all of them are read:
     only a few emails have 50 sentences or more)."""
@@ -306,9 +284,9 @@ def http_figures(export_dir: Path, args, mix: list[bytes], groups: dict[str, lis
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
-    from tagger.paths import latest_export, shown
+    from tagger.paths import latest_export, resolve, shown
 
-    args = _arguments(argv)
+    args = bench_config("serving", argv, __doc__)
     export_dir = Path(args.export_dir or latest_export()).resolve()
     bodies = request_bodies(export_dir, args.tickets)
     buckets = by_bucket(export_dir)
@@ -330,10 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     figures |= http_figures(export_dir, args, encoded(bodies), groups)
     figures["goals"] = goals(figures, f"before ({args.before})")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "serving.json").write_text(json.dumps(figures, indent=2))
+    out_dir = resolve(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "serving.json").write_text(json.dumps(figures, indent=2))
     text = markdown(figures, args)
-    (args.out_dir / "serving.md").write_text(text)
+    (out_dir / "serving.md").write_text(text)
     print(text)
     return 0
 
