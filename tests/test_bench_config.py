@@ -1,0 +1,24 @@
+"""The benchmarks read conf/bench/*.yaml through Hydra: overrides apply, mistakes stop with one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from tagger.bench.config import bench_config
+
+
+@pytest.mark.parametrize("name", ["serving", "ingest", "scale", "label_update"])
+def test_every_benchmark_has_its_config(name):
+    assert bench_config(name, [], "")
+
+
+def test_overrides_apply_and_mistakes_stop_the_command(capsys):
+    cfg = bench_config("serving", ["seconds=2", "rates=[50]"], "")
+    assert cfg.seconds == 2 and list(cfg.rates) == [50] and cfg.repeats == 3
+    with pytest.raises(SystemExit, match="secnds"):
+        bench_config("serving", ["secnds=2"], "")
+    with pytest.raises(SystemExit, match="key=value"):
+        bench_config("serving", ["--seconds", "2"], "")
+    with pytest.raises(SystemExit) as stop:
+        bench_config("scale", ["--help"], "Scale benchmark.")
+    assert stop.value.code == 0 and "merchants:" in capsys.readouterr().out
