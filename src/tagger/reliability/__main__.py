@@ -1,4 +1,6 @@
-"""python -m tagger.reliability {fuzz,soak,faults,report,all}: run the checks, write results/reliability.md.
+"""python -m tagger.reliability {fuzz,soak,faults,report,all} [key=value ...]: run the checks, write
+results/reliability.md. Settings: conf/reliability.yaml (export_dir, examples, minutes, rate,
+update_every), e.g. ``python -m tagger.reliability soak minutes=5 rate=200``.
 
     fuzz    schemathesis against the API's OpenAPI schema (in process, admin token set)
     soak    the API under load with label updates (default 10 min at 100 req/s)
@@ -98,21 +100,32 @@ def write_report() -> Path:
     return report
 
 
+COMMANDS = ("fuzz", "soak", "faults", "report", "all")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tagger.reliability",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("command", choices=["fuzz", "soak", "faults", "report", "all"])
-    parser.add_argument("--export-dir", type=Path, default=None, help="default: the latest under models/")
-    parser.add_argument("--examples", type=int, default=300, help="fuzz: cases per operation and mode")
-    parser.add_argument("--minutes", type=float, default=10.0, help="soak: duration")
-    parser.add_argument("--rate", type=float, default=100.0, help="soak: requests per second")
-    parser.add_argument(
-        "--update-every", type=float, default=20.0, help="soak: seconds between label updates"
-    )
-    args = parser.parse_args(argv)
+    """Entry point: a command, then ``key=value`` overrides of conf/reliability.yaml."""
+    import sys
+
+    from hydra.errors import HydraException
+
+    from tagger.paths import compose_config
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    bad = [a for a in argv[1:] if "=" not in a]
+    if bad:
+        print(f"expected key=value overrides of conf/reliability.yaml, got {bad}", file=sys.stderr)
+        return 2
+    try:
+        cfg = compose_config("reliability", argv[1:])
+    except HydraException as err:
+        print(f"conf/reliability.yaml: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    args = argparse.Namespace(command=argv[0], **{k: cfg[k] for k in cfg})
+    args.export_dir = Path(args.export_dir) if args.export_dir else None
     if args.command != "report":
         args.export_dir = args.export_dir or latest_export()
     steps = {
