@@ -157,3 +157,11 @@ def test_the_launcher_binds_to_loopback_and_refuses_a_broken_export(fresh, monke
         launcher.main([f"export_dir={fresh}"])
     assert launcher.main(["not-a-key-value"]) == 2
     assert launcher.main(["wokers=2"]) == 2  # a misspelt key of conf/serve.yaml
+
+
+def test_the_reliability_command_reads_its_settings_from_conf(capsys):
+    from tagger.reliability.__main__ import main as reliability
+
+    assert reliability(["soak", "minuts=1"]) == 2  # a misspelt key of conf/reliability.yaml
+    assert reliability(["soak", "--minutes", "1"]) == 2  # flags are gone: key=value
+    assert reliability(["nothing"]) == 2 and "fuzz" in capsys.readouterr().out
