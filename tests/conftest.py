@@ -220,3 +220,23 @@ def tiny_backtest(tmp: Path, data: Path, n_folds: int, *extra: str):
     ]
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
         return compose("backtest", overrides=overrides)
+
+
+def exported(trained: tuple, name: str) -> Path:
+    """The ONNX export of a test module's ``trained`` model (model_dir, data, tmp), made once as
+    ``tmp / name``."""
+    from tagger.serving.onnx_export import export_model
+
+    model_dir, _, tmp = trained
+    out = tmp / name
+    if not out.exists():
+        export_model(model_dir, out, parity_tickets=50)
+    return out
+
+
+def served_copy(export_dir: Path, tmp_path: Path) -> Path:
+    """A copy of ``export_dir`` a test may change (label updates, broken files)."""
+    import shutil
+
+    shutil.copytree(export_dir, tmp_path / "onnx")
+    return tmp_path / "onnx"

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 
 import numpy as np
 import pytest
-from conftest import FakeEmbedder, embeddings_json, unit_vectors
+from conftest import FakeEmbedder, embeddings_json, exported, served_copy, unit_vectors
 from fastapi.testclient import TestClient
 from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
 from tagger.serving import admin, label_store
 from tagger.serving.api import create_app
 from tagger.serving.label_store import current_generation, labels_dir
-from tagger.serving.onnx_export import export_model
 from tagger.serving.onnx_predictor import OnnxPredictor
 
 TOKEN = "s3cret-token"
@@ -28,12 +26,7 @@ def _embed(texts: list[str]) -> np.ndarray:
 
 @pytest.fixture()
 def export_dir(trained, tmp_path):  # noqa: F811
-    model_dir, _, tmp = trained
-    base = tmp / "admin-onnx"
-    if not base.exists():
-        export_model(model_dir, base, parity_tickets=50)
-    shutil.copytree(base, tmp_path / "onnx")
-    return tmp_path / "onnx"
+    return served_copy(exported(trained, "admin-onnx"), tmp_path)
 
 
 @pytest.fixture()

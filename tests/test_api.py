@@ -6,19 +6,18 @@ import json
 
 import numpy as np
 import pytest
-from conftest import embeddings_json, unit_vectors
+from conftest import embeddings_json, exported, unit_vectors
 from fastapi.testclient import TestClient
 from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
 from tagger.serving.api import Limits, create_app
-from tagger.serving.onnx_export import export_model
 
 
 @pytest.fixture(scope="module")
 def client(trained):  # noqa: F811
-    model_dir, _, tmp = trained
-    export_model(model_dir, tmp / "api-onnx", parity_tickets=50)
-    app = create_app(tmp / "api-onnx", Limits(max_sentences=10, max_batch=3, max_body_bytes=200_000))
+    app = create_app(
+        exported(trained, "api-onnx"), Limits(max_sentences=10, max_batch=3, max_body_bytes=200_000)
+    )
     return TestClient(app, raise_server_exceptions=False)
 
 

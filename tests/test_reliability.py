@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FakeEmbedder, embeddings_json, unit_vectors
+from conftest import FakeEmbedder, embeddings_json, exported, served_copy, unit_vectors
 from fastapi.testclient import TestClient
 from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
@@ -14,24 +13,18 @@ import tagger.serving.__main__ as launcher
 from tagger.reliability.faults import broken_exports, run_faults
 from tagger.reliability.fuzz import fuzz_app
 from tagger.serving.api import Limits, create_app
-from tagger.serving.onnx_export import export_model
 
 TOKEN = "t0ken"
 
 
 @pytest.fixture(scope="module")
 def export_dir(trained):  # noqa: F811
-    model_dir, _, tmp = trained
-    out = tmp / "rel-onnx"
-    if not out.exists():
-        export_model(model_dir, out, parity_tickets=50)
-    return out
+    return exported(trained, "rel-onnx")
 
 
 @pytest.fixture()
 def fresh(export_dir, tmp_path):
-    shutil.copytree(export_dir, tmp_path / "onnx")
-    return tmp_path / "onnx"
+    return served_copy(export_dir, tmp_path)
 
 
 def test_schemathesis_finds_no_server_error(fresh):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import sys
 import threading
 import time
@@ -15,6 +14,7 @@ import numpy as np
 import orjson
 import pyarrow.parquet as pq
 import pytest
+from conftest import exported, served_copy
 from fastapi.testclient import TestClient
 from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
@@ -24,7 +24,6 @@ from tagger.data.embeddings_json import parse_embeddings
 from tagger.data.tickets import Tickets
 from tagger.serving.api import create_app
 from tagger.serving.limits import Limits
-from tagger.serving.onnx_export import export_model
 from tagger.serving.onnx_predictor import OnnxPredictor
 
 TOKEN = "s3cret-token"
@@ -32,17 +31,12 @@ TOKEN = "s3cret-token"
 
 @pytest.fixture(scope="module")
 def base_export(trained):  # noqa: F811
-    model_dir, _, tmp = trained
-    out = tmp / "serving-onnx"
-    if not out.exists():
-        export_model(model_dir, out, parity_tickets=50)
-    return out
+    return exported(trained, "serving-onnx")
 
 
 @pytest.fixture()
 def export_dir(base_export, tmp_path):
-    shutil.copytree(base_export, tmp_path / "onnx")
-    return tmp_path / "onnx"
+    return served_copy(base_export, tmp_path)
 
 
 @pytest.fixture(scope="module")

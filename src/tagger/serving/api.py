@@ -39,11 +39,11 @@ from tagger.serving.gate import Admission, Gate, send_json
 from tagger.serving.limits import Limits
 from tagger.serving.name_encoder import NameEncoder
 from tagger.serving.onnx_predictor import OnnxPredictor
-from tagger.serving.request_path import ApiError, RequestScorer
+from tagger.serving.request_path import ApiError, RequestScorer, error_body
 
 __all__ = ["ApiError", "Limits", "app_from_config", "app_from_env", "create_app", "serve_config"]
 log = logging.getLogger(__name__)
-INTERNAL_ERROR = b'{"detail":{"field":null,"message":"internal error"}}'
+INTERNAL_ERROR = error_body(None, "internal error")
 
 
 class PredictRoutes:
@@ -195,7 +195,7 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, err: Exception):  # never a stack trace in a response
-        return JSONResponse({"detail": {"field": None, "message": "internal error"}}, status_code=500)
+        return Response(INTERNAL_ERROR, status_code=500, media_type="application/json")
 
 
 def serve_config(overrides: list[str] | None = None):

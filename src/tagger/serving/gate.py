@@ -21,9 +21,8 @@ import hmac
 import time
 from dataclasses import dataclass
 
-import orjson
-
 from tagger.serving.limits import Limits
+from tagger.serving.request_path import error_body
 
 
 @dataclass
@@ -45,10 +44,6 @@ def refuse_admin(authorization: str | None, admin_token: str | None) -> tuple[in
     return None
 
 
-def _error(field: str | None, message: str) -> bytes:
-    return orjson.dumps({"detail": {"field": field, "message": message}})
-
-
 async def send_json(send, status: int, body: bytes, headers: list | None = None) -> None:
     """A complete JSON response through ASGI ``send``."""
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -65,7 +60,7 @@ class Gate:
     ):
         self.app, self.limits, self.admission = app, limits, admission
         self.admin_token, self.before = admin_token, before
-        self.refusal = _error(None, f"over capacity: more than {limits.max_in_flight} requests in flight")
+        self.refusal = error_body(None, f"over capacity: more than {limits.max_in_flight} requests in flight")
         self.retry_after = [(b"retry-after", str(limits.retry_after_s).encode())]
 
     async def __call__(self, scope, receive, send):
@@ -102,10 +97,10 @@ class Gate:
             authorization = headers.get(b"authorization", b"").decode("latin-1") or None
             refused = refuse_admin(authorization, self.admin_token)
             if refused:
-                return await send_json(send, refused[0], _error("authorization", refused[1]))
+                return await send_json(send, refused[0], error_body("authorization", refused[1]))
         body = await _read_body(scope, receive, self.limits.max_body_bytes)
         if body is None:
-            detail = _error("body", f"over {self.limits.max_body_bytes} bytes")
+            detail = error_body("body", f"over {self.limits.max_body_bytes} bytes")
             return await send_json(send, 413, detail)
         started = []
 
@@ -119,7 +114,7 @@ class Gate:
         except TimeoutError:
             if not started:
                 message = f"no answer within {self.limits.request_timeout_s:g} s"
-                await send_json(send, 503, _error(None, message))
+                await send_json(send, 503, error_body(None, message))
 
 
 async def _read_body(scope, receive, max_bytes: int) -> bytes | None:

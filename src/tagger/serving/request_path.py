@@ -21,6 +21,11 @@ from tagger.serving.onnx_predictor import OnnxPredictor
 _NO_SENTENCES = np.zeros((0, EMBEDDING_DIM), np.float32)
 
 
+def error_body(field: str | None, message: str) -> bytes:
+    """The JSON of every refusal the API makes: ``{"detail": {"field", "message"}}``."""
+    return orjson.dumps({"detail": {"field": field, "message": message}})
+
+
 class ApiError(Exception):
     """An answer other than 200: ``status``, the ``field`` it is about (None: the request as a
     whole) and a message; ``errors`` lists several (field, message) pairs for a 422 of schema checks."""
@@ -35,7 +40,7 @@ class ApiError(Exception):
         """The JSON answer: ``{"detail": {"field", "message"}}`` (a list of them for schema errors)."""
         if self.errors:
             return orjson.dumps({"detail": [{"field": f, "message": m} for f, m in self.errors]})
-        return orjson.dumps({"detail": {"field": self.field, "message": self.message}})
+        return error_body(self.field, self.message)
 
 
 def read_json(body: bytes) -> Any:
