@@ -1,4 +1,4 @@
-"""Imports run one way: data -> model -> training -> serving -> backtest -> the CLIs on top ->
+"""Imports run one way: data -> model -> training -> serving -> backtest and batch scoring -> the CLIs on top ->
 benchmarks and reliability. No module imports a layer above its own, and no private name crosses
 a package boundary. Fails when an upward import comes back."""
 
@@ -20,6 +20,7 @@ LAYERS = {
     "training": 2,
     "serving": 3,
     "backtest": 4,
+    "batch": 4,
     "ablations": 5,
     "bench": 6,
     "reliability": 6,

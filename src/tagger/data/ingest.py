@@ -72,11 +72,41 @@ def _timestamps(values: pd.Series, field: pa.Field) -> pd.Series:
 def _scalar_frame(
     path: Path, schema: pa.Schema, require_labels: bool, problems: list[RowProblem]
 ) -> pd.DataFrame:
-    columns = [c for c in (*REQUIRED_COLUMNS, LABEL_COLUMN, *OPTIONAL_COLUMNS) if c in schema.names]
-    columns.remove(EMBEDDINGS)
-    table = pq.read_table(path, columns=columns)
-    frame = pd.DataFrame({"row": np.arange(table.num_rows, dtype=np.int64)})
-    for name in columns:
+    table = pq.read_table(path, columns=scalar_columns(schema))
+    return scalar_frame(table, schema, require_labels, problems)
+
+
+def scalar_columns(schema: pa.Schema) -> list[str]:
+    """The columns read besides the embeddings: the required ones, the label and the optional ones."""
+    names = (*REQUIRED_COLUMNS, LABEL_COLUMN, *OPTIONAL_COLUMNS)
+    return [c for c in names if c in schema.names and c != EMBEDDINGS]
+
+
+def duplicate_rows(path: str | os.PathLike) -> dict[int, int]:
+    """``{row: first row with the same ticket_id}`` of every repeated ticket id of ``path`` (only the
+    id column is read, so a file scored in chunks is checked for duplicates across its chunks)."""
+    ids = pq.read_table(path, columns=["ticket_id"]).column(0).to_pandas()
+    ids = _string_column(ids, "ticket_id")
+    dup = ids.notna() & ids.duplicated(keep="first")
+    if not dup.any():
+        return {}
+    first = pd.Series(np.arange(len(ids)), index=ids).groupby(level=0).first()
+    return {int(r): int(first[ids.iat[r]]) for r in np.flatnonzero(dup.to_numpy())}
+
+
+def scalar_frame(
+    table: pa.Table,
+    schema: pa.Schema,
+    require_labels: bool,
+    problems: list[RowProblem],
+    first_row: int = 0,
+    duplicate_of: dict[int, int] | None = None,
+) -> pd.DataFrame:
+    """The scalar columns of ``table`` (rows ``first_row`` on of the file) checked row by row; each
+    bad field adds a :class:`RowProblem` to ``problems``. Duplicated ticket ids are found within
+    ``table`` unless ``duplicate_of`` (:func:`duplicate_rows` of the whole file) is given."""
+    frame = pd.DataFrame({"row": np.arange(first_row, first_row + table.num_rows, dtype=np.int64)})
+    for name in table.column_names:
         values = table.column(name).to_pandas()
         if name == "unix_timestamp":
             frame[name] = _timestamps(values, schema.field(name))
@@ -87,7 +117,9 @@ def _scalar_frame(
 
     def flag(mask: np.ndarray, field: str, problem: str, detail=None) -> None:
         for r in np.flatnonzero(mask):
-            problems.append(RowProblem(int(r), str(ids[r]), field, problem, detail(r) if detail else ""))
+            problems.append(
+                RowProblem(first_row + int(r), str(ids[r]), field, problem, detail(r) if detail else "")
+            )
 
     flag(frame["ticket_id"].isna().to_numpy(), "ticket_id", "missing")
     flag(frame["account_id"].isna().to_numpy(), "account_id", "missing")
@@ -104,18 +136,17 @@ def _scalar_frame(
         empty = frame[LABEL_COLUMN].isna() | (frame[LABEL_COLUMN].str.strip("\"' ") == "")
         if require_labels:
             flag(empty.to_numpy(), LABEL_COLUMN, "missing")
-    dup = frame["ticket_id"].notna() & frame["ticket_id"].duplicated(keep="first")
-    first_row = frame.drop_duplicates("ticket_id").set_index("ticket_id")["row"]
-    flag(
-        dup.to_numpy(),
-        "ticket_id",
-        "duplicate",
-        lambda r: f"first seen at row {first_row[ids[r]]}",
-    )
+    if duplicate_of is None:
+        dup = frame["ticket_id"].notna() & frame["ticket_id"].duplicated(keep="first")
+        first_row_of = frame.drop_duplicates("ticket_id").set_index("ticket_id")["row"]
+        flag(dup.to_numpy(), "ticket_id", "duplicate", lambda r: f"first seen at row {first_row_of[ids[r]]}")
+    elif duplicate_of:
+        dup = np.fromiter((first_row + r in duplicate_of for r in range(len(frame))), bool, len(frame))
+        flag(dup, "ticket_id", "duplicate", lambda r: f"first seen at row {duplicate_of[first_row + r]}")
     return frame
 
 
-def _prefetched(items: Iterator, depth: int = 2) -> Iterator:
+def prefetched(items: Iterator, depth: int = 2) -> Iterator:
     """``items`` produced by a background thread: parquet decompression (which releases the GIL)
     overlaps the JSON parsing on another core."""
     done = object()
@@ -140,7 +171,7 @@ def _embedding_batches(path: Path) -> Iterator[list]:
     """Rows of the embeddings column, batch by batch, as zero-copy byte views (None for null)."""
     parquet = pq.ParquetFile(path)
     batches = parquet.iter_batches(batch_size=BATCH_ROWS, columns=[EMBEDDINGS])
-    for batch in _prefetched(batches):
+    for batch in prefetched(batches):
         column = batch.column(0)
         if pa.types.is_null(column.type):  # every row null (a writer could not infer a type): no sentences
             yield [None] * len(column)
@@ -229,7 +260,7 @@ def _write_embeddings(
     out = _Parsed([0], [], {}, np.zeros(n_rows, bool), np.ones(n_rows, bool), 0)
     vocab, offsets, has_embeddings, keep = out.vocab, out.offsets, out.has_embeddings, out.keep
     n_sentences = 0
-    row = 0
+    start = 0
     with (
         open(out_dir / "embeddings.f32", "wb") as sink,
         tqdm(
@@ -237,29 +268,47 @@ def _write_embeddings(
         ) as bar,
     ):
         for texts in _embedding_batches(path):
-            for text in texts:
-                if row in bad_rows:
+            chunk_ids = ids[start : start + len(texts)]
+            for row, keys, vectors in parsed_embeddings(texts, start, chunk_ids, bad_rows, problems):
+                if keys is None:
                     keep[row] = False
-                elif is_empty(text):
-                    offsets.append(n_sentences)
-                else:
-                    try:
-                        keys, vectors = parse_embeddings(text)
-                    except EmbeddingError as err:
-                        problems.append(RowProblem(row, str(ids[row]), EMBEDDINGS, err.kind, err.detail))
-                        keep[row] = False
-                    else:
-                        sink.write(vectors.tobytes())
-                        out.sentence_ids.append(
-                            np.fromiter((vocab.setdefault(k, len(vocab)) for k in keys), np.int32, len(keys))
-                        )
-                        n_sentences += len(keys)
-                        offsets.append(n_sentences)
-                        has_embeddings[row] = len(keys) > 0
-                row += 1
+                    continue
+                sink.write(vectors.tobytes())
+                out.sentence_ids.append(
+                    np.fromiter((vocab.setdefault(k, len(vocab)) for k in keys), np.int32, len(keys))
+                )
+                n_sentences += len(keys)
+                offsets.append(n_sentences)
+                has_embeddings[row] = len(keys) > 0
+            start += len(texts)
             bar.update(len(texts))
     out.n_sentences = n_sentences
     return out
+
+
+_NO_SENTENCES = np.empty((0, EMBEDDING_DIM), np.float32)
+
+
+def parsed_embeddings(
+    texts: list, first_row: int, ids: np.ndarray, bad_rows: set[int], problems: list[RowProblem]
+) -> Iterator[tuple[int, list[str] | None, np.ndarray | None]]:
+    """``(row, sentence ids, [n, 384] vectors)`` of each embeddings field of ``texts`` (rows
+    ``first_row`` on of the file; ``ids`` their ticket ids). A null or empty field gives no
+    sentences; a row in ``bad_rows`` or a malformed field gives
+    ``(row, None, None)``, the latter with a :class:`RowProblem` added to ``problems``."""
+    for row, text in enumerate(texts, first_row):
+        if row in bad_rows:
+            yield row, None, None
+        elif is_empty(text):
+            yield row, [], _NO_SENTENCES
+        else:
+            try:
+                keys, vectors = parse_embeddings(text)
+            except EmbeddingError as err:
+                problems.append(RowProblem(row, str(ids[row - first_row]), EMBEDDINGS, err.kind, err.detail))
+                yield row, None, None
+            else:
+                yield row, keys, vectors
 
 
 def _add_labels(meta: pd.DataFrame) -> None:

@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +153,8 @@ class OnnxPredictor:
 
         self.last_reload_error: str | None = None
         self._refused: str | None = None
+        # a Counter here collects the seconds spent padding and in ONNX Runtime (batch scoring)
+        self.timings: Counter | None = None
 
     # ---- the live label generation ----------------------------------------------------------
     @property
@@ -210,7 +214,13 @@ class OnnxPredictor:
         for start in range(0, n, batch_size):
             idx = np.arange(start, min(start + batch_size, n))
             cand = view.candidates(accounts[start : idx[-1] + 1])
-            logits, vectors = self.session.run(None, self.feed(cand, embeddings, offsets, idx))
+            started = time.perf_counter()
+            feed = self.feed(cand, embeddings, offsets, idx)
+            padded = time.perf_counter()
+            logits, vectors = self.session.run(None, feed)
+            if self.timings is not None:
+                self.timings["pad"] += padded - started
+                self.timings["onnx"] += time.perf_counter() - padded
             batches.append((idx, logits, vectors, cand))
         if len(batches) == 1:  # one request: its candidates as they are
             _, logits, vectors, cand = batches[0]
@@ -285,10 +295,11 @@ class OnnxPredictor:
         k: int = 5,
         view: LabelView | None = None,
         has_embeddings: np.ndarray | None = None,
+        batch_size: int = 256,
     ) -> Predictions:
         """:meth:`predict` of ragged tickets: ``embeddings[offsets[i]:offsets[i + 1]]`` of ``accounts[i]``
-        (``has_embeddings`` by default: a ticket has sentences)."""
-        scored = self._run(accounts, embeddings, offsets, view or self.view, 256)
+        (``has_embeddings`` by default: a ticket has sentences), ``batch_size`` tickets per ONNX call."""
+        scored = self._run(accounts, embeddings, offsets, view or self.view, batch_size)
         return predictions_from_logits(
             scored.logits,
             scored.rows,

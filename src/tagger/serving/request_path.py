@@ -15,10 +15,13 @@ import numpy as np
 import orjson
 
 from tagger.data.embeddings_json import EMBEDDING_DIM, EmbeddingError, is_empty, parse_embeddings
+from tagger.model.base import Predictions
 from tagger.serving.limits import Limits
 from tagger.serving.onnx_predictor import OnnxPredictor
 
 _NO_SENTENCES = np.zeros((0, EMBEDDING_DIM), np.float32)
+# what a ticket's answer holds besides its model version (API: PredictionOut; predict.py: its columns)
+ANSWER_COLUMNS = ("label", "confidence", "top_labels", "top_scores", "abstained", "fallback")
 
 
 def error_body(field: str | None, message: str) -> bytes:
@@ -134,23 +137,37 @@ class RequestScorer:
             vectors.append(ticket_vectors(text, where, self.limits))
         pred = predictor.predict_vectors(accounts, vectors, k=self.limits.top_k, view=view)
         version = f"{predictor.serving['model_version']}/{view.generation}"
+        cols = self.answer_columns(pred, accounts)
+        return [
+            {
+                "contact_reason": label,
+                "confidence": confidence,
+                "top_k": [{"label": n, "score": p} for n, p in zip(names, scores, strict=True)],
+                "abstained": abstained,
+                "fallback": fallback,
+                "model_version": version,
+            }
+            for label, confidence, names, scores, abstained, fallback in zip(
+                *(cols[c] for c in ANSWER_COLUMNS), strict=True
+            )
+        ]
+
+    def answer_columns(self, pred: Predictions, accounts: list[str]) -> dict[str, list]:
+        """The answers of ``pred`` (tickets of ``accounts``) as columns (:data:`ANSWER_COLUMNS`): the
+        one place where a prediction becomes an answer, for the API and for ``predict.py``. A ticket
+        abstains where the model did or its confidence is under its account's threshold."""
         names = pred.names
         confidence = pred.confidence.tolist()
         top_rows, top_probs = pred.top_rows.tolist(), pred.top_probs.tolist()
         abstained, fallback = pred.abstained.tolist(), pred.fallback.tolist()
-        out = []
+        cols: dict[str, list] = {c: [] for c in ANSWER_COLUMNS}
         for i, account in enumerate(accounts):
             threshold = self.threshold(account)
-            ranked = zip(top_rows[i], top_probs[i], strict=True)
-            top = [{"label": names[r], "score": p} for r, p in ranked if r >= 0]
-            out.append(
-                {
-                    "contact_reason": top[0]["label"] if top and not abstained[i] else None,
-                    "confidence": confidence[i],
-                    "top_k": top,
-                    "abstained": abstained[i] or threshold is None or confidence[i] < threshold,
-                    "fallback": fallback[i],
-                    "model_version": version,
-                }
-            )
-        return out
+            ranked = [(names[r], p) for r, p in zip(top_rows[i], top_probs[i], strict=True) if r >= 0]
+            cols["label"].append(ranked[0][0] if ranked and not abstained[i] else None)
+            cols["confidence"].append(confidence[i])
+            cols["top_labels"].append([n for n, _ in ranked])
+            cols["top_scores"].append([p for _, p in ranked])
+            cols["abstained"].append(abstained[i] or threshold is None or confidence[i] < threshold)
+            cols["fallback"].append(fallback[i])
+        return cols

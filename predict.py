@@ -1,0 +1,25 @@
+"""Score a ticket parquet file with an export: the predictions as the API gives them, file to file.
+
+    python predict.py                                       # built-in data, the latest export
+    python predict.py data.path=/x/tickets.parquet out=/x/predictions.parquet
+    python predict.py engine=ray ray.workers=2              # Ray Data, a local cluster
+    python predict.py engine=ray ray.address=auto           # join a running Ray cluster
+
+Writes out (ticket_id, account_id, label, confidence, top_labels, top_scores, abstained, fallback,
+model_version), <out stem>.quarantine.parquet (the rows refused, as the ingest names them) and
+<out stem>.json (the summary). Settings: conf/predict.yaml.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    from tagger.batch.run import format_summary, predict_file
+
+    print(format_summary(predict_file(cfg)))
+
+
+if __name__ == "__main__":
+    main()
