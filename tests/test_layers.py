@@ -1,6 +1,6 @@
-"""Imports run one way: data -> model -> training -> serving -> backtest and batch scoring -> the CLIs on top ->
-benchmarks and reliability. No module imports a layer above its own, and no private name crosses
-a package boundary. Fails when an upward import comes back."""
+"""Imports run one way: data -> model -> training -> serving -> backtest and batch scoring -> the
+CLIs on top -> benchmarks and reliability. No module imports a layer above its own, and no private
+name crosses a package boundary. Fails when an upward import comes back."""
 
 from __future__ import annotations
 
