@@ -12,17 +12,12 @@ so pages shared between Ray's processes count once) while it runs. Writes
 
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -31,7 +26,8 @@ from tqdm.auto import tqdm
 from tagger.batch.run import outputs
 from tagger.bench.config import bench_config
 from tagger.bench.machine import machine_description
-from tagger.paths import PROJECT_ROOT, latest_export, resolve, shown
+from tagger.bench.processes import sampled_run
+from tagger.paths import latest_export, resolve, shown
 
 # (name, predict.py overrides)
 ENGINES = (
@@ -65,47 +61,20 @@ def make_big_file(source: Path, out: Path, tickets: int, row_group_rows: int = 8
     return out
 
 
-def _tree_memory(pid: int) -> tuple[float, float]:
-    """(sum of proportional set sizes, sum of resident sizes) of a process and its descendants, MB."""
-    pss = rss = 0
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0, 0.0
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            info = process.memory_full_info()
-            pss, rss = pss + info.pss, rss + info.rss
-    return pss / 2**20, rss / 2**20
-
-
 def run_predict(data: Path, export_dir: Path, out: Path, overrides: tuple[str, ...], every: float) -> dict:
     """One ``python predict.py`` process: its summary, its wall time and its peak memory."""
     command = [
         sys.executable, "predict.py", f"data.path={data}", f"export_dir={export_dir}", f"out={out}",
         "progress=false", *overrides,
     ]  # fmt: skip
-    started = time.perf_counter()
-    pipe = subprocess.PIPE
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=pipe, stderr=pipe, text=True)
-    peak = [0.0, 0.0]
-
-    def sample() -> None:
-        while process.poll() is None:
-            pss, rss = _tree_memory(process.pid)
-            peak[0], peak[1] = max(peak[0], pss), max(peak[1], rss)
-            time.sleep(every)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, stderr = process.communicate()
-    wall = time.perf_counter() - started
-    sampler.join()
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
+    run = sampled_run(command, every)
     summary = json.loads(outputs(out)["summary"].read_text())
-    return {"summary": summary, "wall_seconds": wall, "peak_pss_mb": peak[0], "peak_rss_sum_mb": peak[1]}
+    return {
+        "summary": summary,
+        "wall_seconds": run.wall_seconds,
+        "peak_pss_mb": run.peak_pss_mb,
+        "peak_rss_sum_mb": run.peak_rss_sum_mb,
+    }
 
 
 def _same_rows(a: Path, b: Path) -> bool:

@@ -34,8 +34,14 @@ class Tickets:
         offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
         meta = pd.DataFrame({"account_id": list(account_ids), "has_embeddings": lengths > 0})
         embeddings = np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, 384), np.float32)
-        return cls(meta, embeddings, offsets, np.zeros(int(offsets[-1]), np.int32), np.array([], str),
-                   ValidationReport(len(meta), len(meta), int((lengths == 0).sum())))
+        return cls(
+            meta,
+            embeddings,
+            offsets,
+            np.zeros(int(offsets[-1]), np.int32),
+            np.array([], str),
+            ValidationReport(len(meta), len(meta), int((lengths == 0).sum())),
+        )
 
     def __len__(self) -> int:
         return len(self.meta)
@@ -50,24 +56,31 @@ class Tickets:
         return np.diff(self.offsets)
 
     def subset(self, index: np.ndarray) -> Tickets:
-        """The tickets at ``index`` (positions or a boolean mask), embeddings gathered into RAM."""
+        """The tickets at ``index`` (positions or a boolean mask). When their sentences form one block
+        of the store, in order (a time split of a time-ordered file, tickets without embeddings
+        left out or not), the embeddings are a view of it, so a memory-mapped store stays mapped
+        and several processes share its pages; otherwise they are gathered into RAM."""
         index = np.asarray(index)
         if index.dtype == bool:
             index = np.flatnonzero(index)
         starts, ends = self.offsets[index], self.offsets[index + 1]
         lengths = ends - starts
-        rows = (
-            np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)])
-            if len(index)
-            else np.empty(0, np.int64)
-        )
         offsets = np.zeros(len(index) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
+        filled = lengths > 0
+        first, last = starts[filled], ends[filled]
+        if np.array_equal(first[1:], last[:-1]):  # one block in order: a view
+            lo = int(first[0]) if len(first) else 0
+            hi = int(last[-1]) if len(first) else 0
+            embeddings, sentence_ids = self.embeddings[lo:hi], self.sentence_ids[lo:hi]
+        else:
+            rows = np.concatenate([np.arange(s, e) for s, e in zip(first, last, strict=True)])
+            embeddings, sentence_ids = np.asarray(self.embeddings[rows]), np.asarray(self.sentence_ids[rows])
         return Tickets(
             meta=self.meta.iloc[index].reset_index(drop=True),
-            embeddings=np.asarray(self.embeddings[rows]),
+            embeddings=embeddings,
             offsets=offsets,
-            sentence_ids=np.asarray(self.sentence_ids[rows]),
+            sentence_ids=sentence_ids,
             sentence_vocab=self.sentence_vocab,
             report=self.report,
             digest=self.digest,

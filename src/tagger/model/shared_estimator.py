@@ -167,6 +167,8 @@ class SharedEstimator(Estimator):
             "train_tickets": len(train_data),
             "tickets_per_second": len(train_data) * max(trainer.current_epoch, 1) / max(seconds, 1e-9),
             "is_global_zero": trainer.is_global_zero,
+            "world_size": trainer.world_size,  # processes that shared the training tickets (DDP)
+            "batches_per_epoch": int(trainer.num_training_batches),  # of one process: its shard
         }
         if self.cfg.get("confidence", {}).get("fit_temperature", True) and val_data is not None:
             self.temperature = self._fit_temperature(data.val_dataloader())
