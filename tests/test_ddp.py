@@ -46,9 +46,8 @@ def _train(tmp_path, data, name: str, *extra: str) -> dict:
         f"hydra.run.dir={tmp_path / name / 'hydra'}",
         *extra,
     ]
-    done = subprocess.run(
-        [sys.executable, "train.py", *overrides], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600
-    )
+    command = [sys.executable, "train.py", *overrides]
+    done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((tmp_path / name / "metrics.json").read_text())["models"]["shared"]
 
