@@ -17,8 +17,13 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     from tagger.batch.run import format_summary, predict_file
+    from tagger.data.validation import SchemaError
 
-    print(format_summary(predict_file(cfg)))
+    try:
+        summary = predict_file(cfg)
+    except (SchemaError, FileNotFoundError, ValueError) as err:  # one line, not a traceback
+        raise SystemExit(f"predict.py: {err}") from None
+    print(format_summary(summary))
 
 
 if __name__ == "__main__":

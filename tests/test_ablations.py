@@ -25,7 +25,7 @@ def test_the_ablations_run_as_a_multirun_and_write_the_table(tmp_path):
         sys.executable,
         "-m",
         "tagger.ablations",
-        "--only=default,mean_pooling",
+        "only=[default,mean_pooling]",
         *tiny_run(tmp_path, data),
         "data.val_days=0.05",
         "trainer.max_epochs=2",

@@ -274,13 +274,15 @@ def test_an_account_id_is_stripped_once_for_the_whole_update(export_dir):
 
 def test_the_command(export_dir, capsys):  # the real all-MiniLM-L6-v2 of the export, in ONNX Runtime
     code = admin.main(
-        ["a", "--add", "Damaged Item", "--rename", "Other=Something Else", "--export-dir", str(export_dir)]
+        ["account=a", "add=[Damaged Item]", 'rename=["Other=Something Else"]', f"export_dir={export_dir}"]
     )
     assert code == 0, capsys.readouterr().err
     labels = OnnxPredictor(export_dir).view.labels_of("a").labels
     assert set(labels) == {"Damaged Item", "Refund", "Shipping::Tracking", "Something Else"}
-    assert admin.main(["a", "--retire", "Nope", "--export-dir", str(export_dir)]) == 2
+    assert admin.main(["account=a", "retire=[Nope]", f"export_dir={export_dir}"]) == 2
     assert "no label 'Nope'" in capsys.readouterr().err
+    assert admin.main(["a", "--retire", "Nope"]) == 2  # flags are gone: key=value
+    assert admin.main(["acount=a"]) == 2 and "acount" in capsys.readouterr().err
 
 
 def test_a_writer_that_crashed_before_current_moved_leaves_nothing_live(export_dir, monkeypatch):

@@ -50,13 +50,10 @@ def test_cli_prints_and_writes_json(tmp_path, cache_dir, capsys):
     code = main(
         [
             "describe",
-            str(_file(tmp_path)),
-            "--json",
-            str(out),
-            "--cache-dir",
-            str(cache_dir),
-            "--quarantine",
-            str(quarantine),
+            f"path={_file(tmp_path)}",
+            f"json={out}",
+            f"cache_dir={cache_dir}",
+            f"quarantine={quarantine}",
         ]
     )
     assert code == 0
@@ -68,5 +65,7 @@ def test_cli_prints_and_writes_json(tmp_path, cache_dir, capsys):
 
 def test_cli_names_a_missing_column(tmp_path, cache_dir, capsys):
     path = write_tickets(tmp_path / "t.parquet", [ticket(0, None)], contact_reason=None)
-    assert main(["describe", str(path), "--cache-dir", str(cache_dir)]) == 2
+    assert main(["describe", f"path={path}", f"cache_dir={cache_dir}"]) == 2
     assert "contact_reason" in capsys.readouterr().err
+    assert main(["describe", str(path)]) == 2  # flags and bare words are gone: key=value
+    assert main(["describe", f"path={path}", "wrst=3"]) == 2 and "wrst" in capsys.readouterr().err

@@ -1,8 +1,11 @@
 """Ablations of the shared model: each design choice switched off in turn, on the same split.
 
     python -m tagger.ablations                      # every conf/experiment/*.yaml, then the table
-    python -m tagger.ablations --only mean_pooling,max_pooling data.path=/x.parquet
-    python -m tagger.ablations --report             # the table from the runs already there
+    python -m tagger.ablations only=[mean_pooling,max_pooling] data.path=/x.parquet
+    python -m tagger.ablations report=true          # the table from the runs already there
+
+Settings: conf/ablations.yaml (only, resume, report); any other ``key=value`` is a train.py override
+applied to every variant.
 
 Each variant is a Hydra experiment config (conf/experiment/NAME.yaml); the runs are one Hydra
 multirun of train.py with baselines, model saving and the refit off:
@@ -15,14 +18,15 @@ and .json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from tagger.model.variants import experiments
-from tagger.paths import PROJECT_ROOT, resolve
+from tagger.paths import PROJECT_ROOT, command_config, compose_config, resolve
 
 # scored on validation, which a refit learns from: the backtest compares refits
 FIXED = ["compare_with=[]", "save_model=false", "refit=false", "trainer.enable_progress_bar=false"]
@@ -43,27 +47,27 @@ def multirun_command(names: list[str], overrides: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the variants (a Hydra multirun) and write the table."""
     by_slug = {slug: name for name, slug in experiments().items()}
-    parser = argparse.ArgumentParser(
-        prog="python -m tagger.ablations",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--only", default="", help=f"comma-separated experiments to run (of: {', '.join(sorted(by_slug))})"
-    )
-    parser.add_argument("--resume", action="store_true", help="skip experiments that already have results")
-    parser.add_argument("--report", action="store_true", help="only write the table from existing runs")
-    parser.add_argument("overrides", nargs="*", help="hydra overrides applied to every variant")
-    args = parser.parse_args(argv)
-    out_dir = _ablations_dir(args.overrides)
-    only = [s for s in args.only.split(",") if s]
+    argv = sys.argv[1:] if argv is None else argv
+    own = set(OmegaConf.to_container(compose_config("ablations")))
+    mine = [a for a in argv if a.split("=", 1)[0] in own or a in ("-h", "--help") or "=" not in a]
+    overrides = [a for a in argv if a not in mine]
+    try:
+        cfg = command_config("ablations", mine, __doc__)
+    except SystemExit as stop:  # --help, or a mistake said in one line
+        return int(stop.code or 0)
+    out_dir = _ablations_dir(overrides)
+    only = [str(s) for s in cfg.only]
     unknown = sorted(set(only) - set(by_slug))
     if unknown:
-        parser.error(f"unknown experiments {unknown}: conf/experiment/ has {', '.join(sorted(by_slug))}")
+        print(
+            f"unknown experiments {unknown}: conf/experiment/ has {', '.join(sorted(by_slug))}",
+            file=sys.stderr,
+        )
+        return 2
     slugs = _ordered(only or list(by_slug))
-    todo = [s for s in slugs if not (args.resume and (out_dir / s / "metrics.json").exists())]
-    if todo and not args.report:
-        done = subprocess.run(multirun_command(todo, args.overrides), cwd=PROJECT_ROOT)
+    todo = [s for s in slugs if not (cfg.resume and (out_dir / s / "metrics.json").exists())]
+    if todo and not cfg.report:
+        done = subprocess.run(multirun_command(todo, overrides), cwd=PROJECT_ROOT)
         if done.returncode:
             return done.returncode
     rows = {}

@@ -42,3 +42,27 @@ def compose_config(name: str, overrides: list[str] | None = None):
         return compose(name, overrides=list(overrides or []))
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
         return compose(name, overrides=list(overrides or []))
+
+
+def command_config(name: str, argv: list[str], doc: str):
+    """conf/NAME.yaml with a command line's ``key=value`` overrides, for the ``python -m`` commands:
+    ``--help`` prints ``doc`` and the settings; a stray word or a misspelt key stops the command
+    with one line (exit status 2)."""
+    import sys
+
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(doc.strip() + f"\n\nSettings (conf/{name}.yaml; override with key=value):\n")
+        print(OmegaConf.to_yaml(compose_config(name)))
+        raise SystemExit(0)
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        print(f"expected key=value overrides of conf/{name}.yaml, got {bad}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        return compose_config(name, argv)
+    except HydraException as err:
+        print(f"conf/{name}.yaml: {str(err).splitlines()[0]}", file=sys.stderr)
+        raise SystemExit(2) from None

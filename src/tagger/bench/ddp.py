@@ -1,6 +1,7 @@
 """Training on several processes: ``python train.py`` on one process and with
-``trainer.strategy=ddp trainer.devices=N`` (gloo on CPU), same data and config, side by side:
-validation metrics, epochs, time, and the peak memory of each run's whole process tree.
+``trainer.strategy=ddp trainer.devices=2`` (gloo on CPU), same data and config, side by side (the
+runs of conf/bench/ddp.yaml): validation metrics, epochs, time, and the peak memory of each run's
+whole process tree.
 
     python -m tagger.bench.ddp [key=value ...]          (conf/bench/ddp.yaml)
 
@@ -21,7 +22,8 @@ from tagger.paths import resolve, shown
 def run_train(name: str, overrides: list[str], cfg) -> dict:
     """One ``python train.py`` run (its metrics.json under ``runs_dir/name``), memory sampled."""
     out = resolve(cfg.runs_dir) / name
-    command = [sys.executable, "train.py", *cfg.train_overrides, f"output_dir={out}", *overrides]
+    # relative to the project (train.py resolves it there): the metrics name no path of this machine
+    command = [sys.executable, "train.py", *cfg.train_overrides, f"output_dir={shown(out)}", *overrides]
     run = sampled_run(command, cfg.sample_every)
     shared = json.loads((out / "metrics.json").read_text())["models"]["shared"]
     fit, refit = shared["fit"], shared.get("refit") or {}
@@ -71,16 +73,19 @@ def markdown(result: dict) -> list[str]:
             f"| {r['fit_seconds']:.0f} | {refit} | {r['tickets_per_second']:,.0f} | {r['wall_seconds']:.0f} "
             f"| {r['peak_pss_mb']:,.0f} | {r['peak_rss_sum_mb']:,.0f} |"
         )
+    lines += [
+        "",
+        "`training tickets/s`: training tickets times epochs over the selection fit's time, all processes "
+        "together. Under DDP each process takes every other ticket of an epoch, so an epoch has half the "
+        "optimiser steps, each over a global batch of devices x `model.optim.batch_size`.",
+    ]
     lines += ["", "Commands:", ""] + [f"- {r['run']}: `{r['command']}`" for r in result["runs"]]
     return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = bench_config("ddp", argv, __doc__)
-    runs = [
-        run_train("single", [], cfg),
-        run_train("ddp", ["trainer.strategy=ddp", f"trainer.devices={cfg.devices}"], cfg),
-    ]
+    runs = [run_train(name, [str(o) for o in overrides], cfg) for name, overrides in cfg.runs.items()]
     result = {"machine": machine_description(), "sample_every": float(cfg.sample_every), "runs": runs}
     out_dir = resolve(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,13 +13,13 @@ told otherwise. Figures go to results/reliability/*.json and the report to resul
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
-from tagger.paths import PROJECT_ROOT, latest_export, shown
+from tagger.paths import PROJECT_ROOT, command_config, latest_export, shown
 from tagger.reliability import faults, fuzz, soak
 
 OUT = PROJECT_ROOT / "results" / "reliability"
@@ -107,24 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: a command, then ``key=value`` overrides of conf/reliability.yaml."""
     import sys
 
-    from hydra.errors import HydraException
-
-    from tagger.paths import compose_config
-
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    bad = [a for a in argv[1:] if "=" not in a]
-    if bad:
-        print(f"expected key=value overrides of conf/reliability.yaml, got {bad}", file=sys.stderr)
-        return 2
     try:
-        cfg = compose_config("reliability", argv[1:])
-    except HydraException as err:
-        print(f"conf/reliability.yaml: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
-    args = argparse.Namespace(command=argv[0], **{k: cfg[k] for k in cfg})
+        cfg = command_config("reliability", argv[1:], __doc__)
+    except SystemExit as stop:  # --help, or a mistake said in one line
+        return int(stop.code or 0)
+    args = SimpleNamespace(command=argv[0], **{k: cfg[k] for k in cfg})
     args.export_dir = Path(args.export_dir) if args.export_dir else None
     if args.command != "report":
         args.export_dir = args.export_dir or latest_export()

@@ -16,27 +16,17 @@ import json
 import os
 import sys
 
-from tagger.paths import latest_export
-from tagger.serving.api import OVERRIDES_ENV, app_from_config, serve_config
+from tagger.paths import command_config, latest_export
+from tagger.serving.api import OVERRIDES_ENV, app_from_config
 
 
 def main(argv: list[str] | None = None, reexec: bool = False) -> int:
     """Entry point; ``reexec``: the command line itself, which may run again with MALLOC_ARENA_MAX set."""
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        print(f"expected key=value overrides of conf/serve.yaml, got {bad}", file=sys.stderr)
-        return 2
-    from hydra.errors import HydraException
-
     try:
-        cfg = serve_config(argv)
-    except HydraException as err:  # a misspelt key: one line, not a traceback
-        print(f"conf/serve.yaml: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
+        cfg = command_config("serve", argv, __doc__)
+    except SystemExit as stop:  # --help, or a mistake said in one line
+        return int(stop.code or 0)
     arenas = str(cfg.malloc_arena_max)
     if reexec and arenas != "0" and os.environ.get("MALLOC_ARENA_MAX") is None:
         # glibc reads MALLOC_ARENA_MAX at start-up only: run again with it set. One arena per

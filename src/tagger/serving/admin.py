@@ -1,9 +1,9 @@
 """Onboarding without retraining: add, rename or retire a merchant's labels in an export directory,
 optionally folding in a few labelled tickets, and make the change live for running APIs.
 
-    python -m tagger.serving.admin ACCOUNT --add "Billing::Invoice copy" --rename "Refund=Refunds" \\
-        --retire "Old label" [--examples tickets.parquet] [--create-account] [--export-dir DIR]
-    python -m tagger.serving.admin ACCOUNT --rollback      # the merchant's previous labels again
+    python -m tagger.serving.admin account=ID 'add=["Billing::Invoice copy"]' 'rename=["Refund=Refunds"]' \\
+        'retire=["Old label"]' [examples=tickets.parquet] [create_account=true] [export_dir=DIR]
+    python -m tagger.serving.admin account=ID rollback=true   # the merchant's previous labels again
 
 The same :func:`update_export` serves the API's ``POST /admin/labels``. The label names are embedded
 with all-MiniLM-L6-v2 in ONNX Runtime (``name_encoder.onnx``, no torch) and go through
@@ -13,7 +13,6 @@ checked before it is made live (:mod:`tagger.serving.label_store`).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -21,11 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from tagger.data.tickets import Tickets
 from tagger.manifest import ArtifactError
 from tagger.model.label_update import AccountLabels, LabelState, LabelUpdate, UpdateError, apply_update
-from tagger.paths import latest_export
+from tagger.paths import command_config, latest_export
 from tagger.serving.label_store import (
     catch_up,
     current_generation,
@@ -119,54 +119,37 @@ def examples_from_parquet(path: str | Path, account: str) -> dict[str, list[np.n
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tagger.serving.admin",
-        description="Add, rename or retire one merchant's labels in an ONNX export (no retraining); "
-        "running APIs pick the change up within a second.",
-    )
-    parser.add_argument("account", help="the merchant's account_id")
-    parser.add_argument("--add", action="append", default=[], metavar="LABEL", help="a new label name")
-    parser.add_argument(
-        "--rename", action="append", default=[], metavar="OLD=NEW", help="rename a label (keeps its vector)"
-    )
-    parser.add_argument(
-        "--retire", action="append", default=[], metavar="LABEL", help="stop predicting a label"
-    )
-    parser.add_argument(
-        "--examples",
-        type=Path,
-        metavar="PARQUET",
-        help="labelled tickets (product schema) of this account to fold into their labels",
-    )
-    parser.add_argument("--create-account", action="store_true", help="the account is new")
-    parser.add_argument(
-        "--rollback",
-        action="store_true",
-        help="bring back the account's previous labels (its last version before the live one)",
-    )
-    parser.add_argument(
-        "--export-dir", type=Path, help="export directory (default: the latest under models/)"
-    )
-    args = parser.parse_args(argv)
+    """Entry point: ``key=value`` overrides of conf/admin.yaml (``account=`` required)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = command_config("admin", argv, __doc__)
+    except SystemExit as stop:  # --help, or a mistake said in one line
+        return int(stop.code or 0)
+    if OmegaConf.is_missing(cfg, "account"):
+        print("python -m tagger.serving.admin: say which merchant, account=ID", file=sys.stderr)
+        return 2
+    account = str(cfg.account)
     rename = {}
-    for pair in args.rename:
-        old, sep, new = pair.partition("=")
+    for pair in cfg.rename:
+        old, sep, new = str(pair).partition("=")
         if not sep:
-            parser.error(f"--rename {pair!r}: expected OLD=NEW")
+            print(f"rename {pair!r}: expected OLD=NEW", file=sys.stderr)
+            return 2
         rename[old] = new
-    if args.rollback:
-        export_dir = args.export_dir or latest_export()
+    export_dir = Path(cfg.export_dir) if cfg.export_dir else latest_export()
+    if cfg.rollback:
         try:
             with lock(export_dir):
-                generation = rollback(export_dir, args.account.strip(), {"by": "cli"})
+                generation = rollback(export_dir, account.strip(), {"by": "cli"})
         except (ValueError, ArtifactError) as err:
             print(f"refused, nothing changed: {err}", file=sys.stderr)
             return 2
-        print(f"{export_dir}: {args.account} rolled back in generation {generation}")
+        print(f"{export_dir}: {account} rolled back in generation {generation}")
         return 0
-    examples = examples_from_parquet(args.examples, args.account) if args.examples else {}
-    update = LabelUpdate(args.account, args.add, rename, args.retire, examples, args.create_account)
-    predictor = OnnxPredictor(args.export_dir or latest_export())
+    examples = examples_from_parquet(cfg.examples, account) if cfg.examples else {}
+    names = [str(a) for a in cfg.add], [str(r) for r in cfg.retire]
+    update = LabelUpdate(account, names[0], rename, names[1], examples, bool(cfg.create_account))
+    predictor = OnnxPredictor(export_dir)
     try:
         result = update_export(predictor, [update], NameEncoder(predictor.export_dir).embed, by="cli")
     except UpdateError as err:
@@ -176,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{predictor.export_dir}: generation {result['previous']} -> {result['generation']} "
         f"in {result['seconds']:.2f} s"
     )
-    for account, labels in result["accounts"].items():
-        print(f"  {account}: {len(labels)} labels: {', '.join(labels)}")
+    for changed, labels in result["accounts"].items():
+        print(f"  {changed}: {len(labels)} labels: {', '.join(labels)}")
     return 0
 
 
