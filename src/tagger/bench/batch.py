@@ -143,10 +143,16 @@ def markdown(result: dict) -> list[str]:
             f"| {r['seconds']:.1f} | {r['wall_seconds']:.1f} | {r['peak_pss_mb']:,.0f} "
             f"| {r['peak_rss_sum_mb']:,.0f} | {same} |"
         )
+    return lines + _goals(result)
+
+
+def _goals(result: dict) -> list[str]:
+    """The goals of the issue against the local engine's figures, and where its time goes."""
+    rows = result["rows"]
     big_local = next(r for r in rows if r["file"] == "1M" and r["engine"] == "local")
     small_local = next(r for r in rows if r["file"] == "built-in" and r["engine"] == "local")
     day = result["day_tickets"] / big_local["tickets_per_second"]
-    lines += [
+    lines = [
         "",
         "`run s`: from the first row read to the last written (the summary's own figure, Ray's cluster start",
         "included); `process s`: the whole command, Python and model start included.",
