@@ -26,15 +26,19 @@ class SampledRun:
     peak_rss_sum_mb: float
 
 
+def tree_processes(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants (none if it has gone)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def tree_memory_mb(pid: int) -> tuple[float, float]:
     """(sum of proportional set sizes, sum of resident sizes) of a process and its descendants, MB."""
     pss = rss = 0
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0, 0.0
-    for process in processes:
+    for process in tree_processes(pid):
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             info = process.memory_full_info()
             pss, rss = pss + info.pss, rss + info.rss

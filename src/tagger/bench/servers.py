@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from tagger.bench.processes import tree_processes
 from tagger.paths import PROJECT_ROOT
 
 
@@ -102,13 +103,8 @@ def worktree(ref: str) -> Iterator[Path]:
 
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants (a server's workers), MB."""
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
     total = 0
-    for process in processes:
+    for process in tree_processes(pid):
         with contextlib.suppress(psutil.NoSuchProcess):
             total += process.memory_info().rss
     return total / 2**20
