@@ -14,7 +14,6 @@ import os
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
@@ -47,7 +46,7 @@ def predict_file(cfg: DictConfig) -> dict:
     if cfg.engine not in ENGINES:
         raise ValueError(f"engine={cfg.engine!r}: expected one of {', '.join(ENGINES)}")
     path = resolve(cfg.data.path)
-    schema = read_schema(path, require_labels=False)  # a missing file or column stops here, named
+    read_schema(path, require_labels=False)  # a missing file or column stops here, named
     export_dir = resolve(cfg.export_dir) if cfg.export_dir else latest_export()
     pieces = plan(path)
     n_rows = pq.ParquetFile(path).metadata.num_rows
@@ -67,14 +66,14 @@ def predict_file(cfg: DictConfig) -> dict:
         tables = ray_tables(pieces, scorer_args, int(cfg.ray.workers), cfg.ray.address)
     files = outputs(cfg.out)
     started = time.perf_counter()
-    written = _write(tables, files, n_rows, schema, cfg.progress)
+    written = _write(tables, files, n_rows, cfg.progress)
     seconds = time.perf_counter() - started
     summary = _summary(cfg, path, export_dir, files, written, seconds)
     files["summary"].write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _write(tables, files: dict[str, Path], n_rows: int, schema: pa.Schema, progress: bool) -> dict:
+def _write(tables, files: dict[str, Path], n_rows: int, progress: bool) -> dict:
     """Split each result table into predictions and quarantined rows and append them to their files
     (written under a temporary name, renamed when complete)."""
     files["predictions"].parent.mkdir(parents=True, exist_ok=True)

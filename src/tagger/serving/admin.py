@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{export_dir}: {account} rolled back in generation {generation}")
         return 0
     examples = examples_from_parquet(cfg.examples, account) if cfg.examples else {}
-    names = [str(a) for a in cfg.add], [str(r) for r in cfg.retire]
-    update = LabelUpdate(account, names[0], rename, names[1], examples, bool(cfg.create_account))
+    add, retire = [str(name) for name in cfg.add], [str(name) for name in cfg.retire]
+    update = LabelUpdate(account, add, rename, retire, examples, bool(cfg.create_account))
     predictor = OnnxPredictor(export_dir)
     try:
         result = update_export(predictor, [update], NameEncoder(predictor.export_dir).embed, by="cli")
