@@ -235,8 +235,12 @@ def exported(trained: tuple, name: str) -> Path:
 
 
 def served_copy(export_dir: Path, tmp_path: Path) -> Path:
-    """A copy of ``export_dir`` a test may change (label updates, broken files)."""
-    import shutil
+    """A registry of its own at ``tmp_path / "registry"`` with a copy of ``export_dir`` registered
+    and promoted: what a test serves and may change (label updates, promotions, broken rows)."""
+    from tagger.serving.registry import Registry
 
-    shutil.copytree(export_dir, tmp_path / "onnx")
-    return tmp_path / "onnx"
+    registry = Registry(tmp_path / "registry")
+    version, _ = registry.register(export_dir, by="test")
+    registry.promote(version, by="test")
+    registry.close()
+    return tmp_path / "registry"

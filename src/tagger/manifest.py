@@ -66,6 +66,7 @@ def atomic_directory(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         yield tmp
+        fsync_tree(tmp)  # the files and their directories on disk before the name points at them
         if out_dir.exists():
             if keep_existing:
                 return
@@ -77,5 +78,24 @@ def atomic_directory(
         except OSError:  # another writer's directory appeared in between
             if not (keep_existing and out_dir.exists()):
                 raise
+        fsync_dir(out_dir.parent)  # the rename itself
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Flush a directory's entries (a rename or a new file in it) to disk."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """Flush every file under ``root`` and every directory holding them to disk."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_dir(folder)

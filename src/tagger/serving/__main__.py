@@ -1,13 +1,14 @@
 """Run the HTTP API: ``python -m tagger.serving [key=value ...]`` (keys of conf/serve.yaml).
 
-    python -m tagger.serving                                  # latest export, 127.0.0.1:8000
-    python -m tagger.serving export_dir=models/X/onnx port=9000 limits.max_batch=64
+    python -m tagger.serving                                  # the promoted model of registry/, 127.0.0.1:8000
+    python -m tagger.serving registry_dir=/srv/tagger port=9000 limits.max_batch=64
     python -m tagger.serving workers=2                        # two server processes on one port
-    TAGGER_ADMIN_TOKEN=... python -m tagger.serving           # enables POST /admin/labels
+    TAGGER_ADMIN_TOKEN=... python -m tagger.serving           # enables the /admin/ routes
 
 Binds to loopback unless ``host=`` says otherwise; runs with ``MALLOC_ARENA_MAX`` set (conf/serve.yaml
-``malloc_arena_max``) unless the environment already sets it. A missing, truncated or altered export refuses
-to start with one line saying which file is wrong (exit status 1).
+``malloc_arena_max``) unless the environment already sets it. A missing registry, a registry with no
+promoted model, or a missing, truncated or altered export refuses to start with one line saying what
+is wrong (exit status 1).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import json
 import os
 import sys
 
-from tagger.paths import command_config, latest_export
-from tagger.serving.api import OVERRIDES_ENV, app_from_config
+from tagger.paths import command_config, resolve
+from tagger.serving.api import OVERRIDES_ENV, REGISTRY_ENV, app_from_config
 
 
 def main(argv: list[str] | None = None, reexec: bool = False) -> int:
@@ -33,17 +34,17 @@ def main(argv: list[str] | None = None, reexec: bool = False) -> int:
         # request thread let the resident memory creep up under a long load with label updates.
         os.environ["MALLOC_ARENA_MAX"] = arenas
         os.execv(sys.executable, [sys.executable, "-m", "tagger.serving", *argv])
-    export_dir = str(cfg.export_dir or os.environ.get("TAGGER_EXPORT_DIR") or latest_export())
+    registry_dir = str(os.environ.get(REGISTRY_ENV) or resolve(cfg.registry_dir))
     workers = int(cfg.workers)
     if workers > 1:
         # each worker process builds its own app (its own predictor and scoring thread) from the
-        # same export; check the export here so a bad one refuses to start once, with one line
-        _check_export(export_dir)
-        os.environ["TAGGER_EXPORT_DIR"] = export_dir
+        # same registry; check it here so a bad one refuses to start once, with one line
+        _check_registry(registry_dir)
+        os.environ[REGISTRY_ENV] = registry_dir
         os.environ[OVERRIDES_ENV] = json.dumps(argv)
         app = "tagger.serving.api:app_from_env"
     else:
-        app = app_from_config(cfg, export_dir)
+        app = app_from_config(cfg, registry_dir)
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: the API listens on {cfg.host}, not only on loopback", file=sys.stderr)
     import uvicorn
@@ -63,14 +64,22 @@ def main(argv: list[str] | None = None, reexec: bool = False) -> int:
     return 0
 
 
-def _check_export(export_dir: str) -> None:
+def _check_registry(registry_dir: str) -> None:
+    import sqlite3
+
     from tagger.manifest import ArtifactError, verify
     from tagger.serving.onnx_predictor import EXPORT_FILES
+    from tagger.serving.registry import Registry
 
     try:
-        verify(export_dir, EXPORT_FILES)
-    except (ArtifactError, OSError, ValueError) as err:
-        raise SystemExit(f"tagger API refuses to start: {export_dir}: {type(err).__name__}: {err}") from None
+        registry = Registry(registry_dir, create=False)
+        served = registry.served()
+        if served is None:
+            raise LookupError("no model is promoted: `python -m tagger.serving.models promote`")
+        verify(registry.model_dir(served[1]), EXPORT_FILES)
+        registry.close()
+    except (ArtifactError, OSError, ValueError, LookupError, sqlite3.Error) as err:
+        raise SystemExit(f"tagger API refuses to start: {registry_dir}: {type(err).__name__}: {err}") from None
 
 
 if __name__ == "__main__":

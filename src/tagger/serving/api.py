@@ -1,13 +1,15 @@
 """The HTTP API: FastAPI over the ONNX Runtime predictor (no torch in the serving process).
 
     python -m tagger.serving [key=value ...]                       # conf/serve.yaml, workers included
-    TAGGER_EXPORT_DIR=models/shared-.../onnx uvicorn --factory tagger.serving.api:app_from_env
+    TAGGER_REGISTRY_DIR=registry uvicorn --factory tagger.serving.api:app_from_env
 
-POST /predict, POST /predict/batch, GET /health, GET /accounts/{account_id}/labels, docs at /docs;
-POST /admin/labels (``Authorization: Bearer $TAGGER_ADMIN_TOKEN``) adds, renames or retires a
-merchant's labels without a restart. Every process serving the same export directory picks up a
-new label generation within ``reload_interval`` seconds (a background thread looks; no request
-waits for it); one that fails its checks is refused and the previous one keeps serving.
+It serves the model promoted in a registry (:mod:`tagger.serving.registry`) with every merchant's
+label changes. POST /predict, POST /predict/batch, GET /health, GET /ready,
+GET /accounts/{account_id}/labels, docs at /docs; with ``Authorization: Bearer $TAGGER_ADMIN_TOKEN``:
+POST /admin/labels (add, rename or retire a merchant's labels without a restart),
+POST /admin/labels/rollback, POST /admin/promote, POST /admin/rollback, GET /admin/models. Every
+process serving the same registry picks up a promotion or a label change within ``reload_interval``
+seconds (a background thread looks; no request waits for it, none fails during a swap).
 
 The prediction endpoints are answered by :class:`PredictRoutes`, a plain ASGI layer in front of
 FastAPI's router (FastAPI's request handling cost more than the model: 0.19 ms a request): the body
@@ -23,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import sqlite3
 import sys
 import threading
 import weakref
@@ -34,11 +37,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from tagger.serving import routes
-from tagger.serving.admin import TextEmbedder
 from tagger.serving.gate import Admission, Gate, send_json
 from tagger.serving.limits import Limits
+from tagger.serving.live import Live
 from tagger.serving.name_encoder import NameEncoder
-from tagger.serving.onnx_predictor import OnnxPredictor
+from tagger.serving.registry import Registry, TextEmbedder
 from tagger.serving.request_path import ApiError, RequestScorer, error_body
 
 __all__ = ["ApiError", "Limits", "app_from_config", "app_from_env", "create_app", "serve_config"]
@@ -81,19 +84,19 @@ def _release_free_memory() -> None:
 
 
 class LabelWork:
-    """Label updates and reloads, all in one thread: they allocate megabytes, and one thread keeps
+    """Label changes and reloads, all in one thread: they allocate megabytes, and one thread keeps
     that memory in one malloc arena (spread over request threads, memory grew with every update)."""
 
-    def __init__(self, predictor: OnnxPredictor):
-        self.predictor = predictor
+    def __init__(self, live: Live):
+        self.live = live
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labels")
 
     def _then_release(self, fn, *args):
-        before = self.predictor.view.generation
+        before = self.live.current
         try:
             return fn(*args)
         finally:
-            if self.predictor.view.generation != before:  # the old generation's memory is free now
+            if self.live.current is not before:  # the old model's or labels' memory is free now
                 _release_free_memory()
 
     def call(self, fn, *args):
@@ -105,8 +108,8 @@ class LabelWork:
         return await asyncio.get_running_loop().run_in_executor(self.pool, self._then_release, fn, *args)
 
     def refresh(self) -> None:
-        """Catch up with the live label generation now."""
-        self.call(self.predictor.refresh)
+        """Catch up with the registry now."""
+        self.call(self.live.refresh)
 
 
 def _lower_priority(nice: int) -> None:
@@ -132,40 +135,47 @@ def _poll_labels(work: weakref.ref, interval: float) -> None:
 
 
 def create_app(
-    export_dir: str | os.PathLike,
+    registry_dir: str | os.PathLike,
     limits: Limits | None = None,
     admin_token: str | None = None,
     embed: TextEmbedder | None = None,
     reload_interval: float = 0.25,
     scoring_nice: int = 0,
+    lock_wait: float = 5.0,
 ) -> FastAPI:
-    """The API serving the export directory ``export_dir``. ``admin_token`` enables
-    ``POST /admin/labels``; ``embed`` embeds label names (default: the export's all-MiniLM-L6-v2
-    in ONNX Runtime, loaded only when the admin endpoint is enabled). ``reload_interval`` 0 checks
-    for a new label generation before every request instead of in the background (tests)."""
+    """The API serving the model promoted in the registry at ``registry_dir``. ``admin_token``
+    enables the admin routes; ``embed`` embeds label names (default: the export's all-MiniLM-L6-v2
+    in ONNX Runtime, loaded only when the admin routes are enabled). ``reload_interval`` 0 looks at
+    the registry before every request instead of in the background (tests). ``lock_wait``: the
+    longest an admin change waits for another writer."""
     limits = limits or Limits()
-    predictor = OnnxPredictor(export_dir)
+    live = Live(Registry(registry_dir, create=False, lock_wait=lock_wait), lambda p: RequestScorer(p, limits))
     if admin_token and embed is None:
-        embed = NameEncoder(export_dir).embed
-    labels = LabelWork(predictor)
+        embed = NameEncoder(live.predictor.export_dir).embed
+    labels = LabelWork(live)
     if reload_interval > 0:
         poller = threading.Thread(
             target=_poll_labels, args=(weakref.ref(labels), reload_interval), name="label-reload", daemon=True
         )
         poller.start()
-    scorer = RequestScorer(predictor, limits)
     scoring = ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="scoring", initializer=_lower_priority, initargs=(scoring_nice,)
     )
-    service = routes.Service(predictor, scorer, labels, Admission(), limits, admin_token, embed)
+    service = routes.Service(live, labels, Admission(), limits, admin_token, embed)
     app = FastAPI(
         title="tagger",
-        version=predictor.version,
+        version=live.current.version,
         description="Contact-reason tagging: each merchant gets a label from its own label set.",
     )
     app.state.service = service
+    # a request takes the model served when it starts (live.current) and keeps it to its end
     app.add_middleware(
-        PredictRoutes, routes={"/predict": scorer.one, "/predict/batch": scorer.batch}, pool=scoring
+        PredictRoutes,
+        routes={
+            "/predict": lambda body: live.current.scorer.one(body),
+            "/predict/batch": lambda body: live.current.scorer.batch(body),
+        },
+        pool=scoring,
     )
     app.add_middleware(  # added last: the outer layer
         Gate,
@@ -205,9 +215,10 @@ def serve_config(overrides: list[str] | None = None):
     return compose_config("serve", overrides)
 
 
-def app_from_config(cfg, export_dir: str | os.PathLike) -> FastAPI:
-    """The API for ``export_dir`` as conf/serve.yaml (``cfg``) and $TAGGER_ADMIN_TOKEN say; a bad export
-    refuses to start with one clear line (SystemExit), not a traceback."""
+def app_from_config(cfg, registry_dir: str | os.PathLike) -> FastAPI:
+    """The API for the registry at ``registry_dir`` as conf/serve.yaml (``cfg``) and
+    $TAGGER_ADMIN_TOKEN say; a missing registry, no promoted model or a bad export refuses to start
+    with one clear line (SystemExit), not a traceback."""
     from tagger.manifest import ArtifactError
 
     token = os.environ.get("TAGGER_ADMIN_TOKEN") or None
@@ -215,25 +226,28 @@ def app_from_config(cfg, export_dir: str | os.PathLike) -> FastAPI:
     sys.setswitchinterval(float(cfg.gil_switch_interval))
     try:
         return create_app(
-            Path(export_dir),
+            Path(registry_dir),
             Limits.from_config(cfg.limits),
             admin_token=token,
             reload_interval=float(cfg.reload_interval),
             scoring_nice=int(cfg.scoring_nice),
+            lock_wait=float(cfg.lock_wait),
         )
-    except (ArtifactError, OSError, ValueError, KeyError) as err:
-        raise SystemExit(f"tagger API refuses to start: {export_dir}: {type(err).__name__}: {err}") from None
+    except (ArtifactError, OSError, ValueError, KeyError, LookupError, sqlite3.Error) as err:
+        raise SystemExit(
+            f"tagger API refuses to start: {registry_dir}: {type(err).__name__}: {err}"
+        ) from None
 
 
 OVERRIDES_ENV = "TAGGER_SERVE_OVERRIDES"
+REGISTRY_ENV = "TAGGER_REGISTRY_DIR"
 
 
 def app_from_env() -> FastAPI:
-    """The app factory each server worker calls: $TAGGER_EXPORT_DIR (else the config's
-    ``export_dir``, else the latest export) and conf/serve.yaml with the overrides in
-    $TAGGER_SERVE_OVERRIDES (a JSON list of ``key=value``, as ``python -m tagger.serving`` sets it)."""
-    from tagger.paths import latest_export
+    """The app factory each server worker calls: $TAGGER_REGISTRY_DIR (else the config's
+    ``registry_dir``) and conf/serve.yaml with the overrides in $TAGGER_SERVE_OVERRIDES (a JSON list
+    of ``key=value``, as ``python -m tagger.serving`` sets it)."""
+    from tagger.paths import resolve
 
     cfg = serve_config(json.loads(os.environ.get(OVERRIDES_ENV) or "[]"))
-    export_dir = os.environ.get("TAGGER_EXPORT_DIR") or cfg.export_dir or latest_export()
-    return app_from_config(cfg, export_dir)
+    return app_from_config(cfg, os.environ.get(REGISTRY_ENV) or resolve(cfg.registry_dir))

@@ -13,8 +13,8 @@ parity with PyTorch on real held-out tickets before the export directory appears
     tokenizer.json    its tokenizer: a label name is embedded without torch
     serving.json      model version, temperature, thresholds, max_sentences, fallback, opset, parity
     manifest.json     SHA-256 of each file (written last)
-    labels/           the label side, in generations (tagger.serving.label_store): updated without
-                      touching model.onnx
+    labels/base/      the labels the model was exported with (tagger.serving.label_store); merchants'
+                      later changes live in the registry, never in this directory
 """
 
 from __future__ import annotations
@@ -117,12 +117,13 @@ def export_estimator(
     atol: float = 1e-4,
     name_encoder_cache: str | os.PathLike = "data/cache/name_encoder",
 ) -> dict:
-    """Write the export directory of a fitted :class:`SharedEstimator` (atomically) after checking it
+    """Write the export directory of a fitted :class:`SharedEstimator` (atomically; an existing
+    ``out_dir`` is refused, never replaced) after checking it
     with onnx.checker and against PyTorch on ``parity_tickets``; raises :class:`ExportError`."""
     out_dir = Path(out_dir)
     if estimator.model.label_bias is not None:
         raise ExportError("export needs score.label_bias: false (label vectors are inputs; a bias is not)")
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, replace=False) as tmp:
         state = label_state(estimator)
         _export_graphs(estimator, state, tmp, opset)
         encoder_dir = name_encoder.cached(resolve(name_encoder_cache), opset)

@@ -2,17 +2,18 @@
 
 Scores go through the same :func:`tagger.model.base.predictions_from_logits` as the PyTorch
 model, so the backtest, the parity check and the API share one scoring path. The label side
-(vectors, account queries, priors) is an input of ``model.onnx`` read from the live label
-generation (:mod:`tagger.serving.label_store`), so a label update never touches the model file and
-:meth:`OnnxPredictor.refresh` swaps it in while requests are being served.
+(vectors, account queries, priors) is an input of ``model.onnx`` given as a :class:`LabelView`
+(the export's own labels by default; a server's come from :mod:`tagger.serving.registry`), so a
+label update never touches the model file and :meth:`OnnxPredictor.use` swaps it in while requests
+are being served.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ from tagger.model.base import MASKED, Predictions, predictions_from_logits
 from tagger.model.batches import pad_sentences
 from tagger.model.label_table import gather_rows
 from tagger.model.label_update import AccountLabels, LabelState
-from tagger.serving.label_store import catch_up, current_generation, generation_number, read_generation
+from tagger.serving.label_store import read_base
 
+BASE_GENERATION = "g000000"  # the export's own labels, before any change
 EXPORT_FILES = ("model.onnx", "label_tower.onnx", "name_encoder.onnx", "tokenizer.json", "serving.json")
 log = logging.getLogger(__name__)
 
@@ -125,7 +127,7 @@ class OnnxPredictor:
     how many other merchants the export holds; a reload reads only the merchants that changed.
     """
 
-    def __init__(self, export_dir: str | os.PathLike, threads: int = 1):
+    def __init__(self, export_dir: str | os.PathLike, threads: int = 1, view: LabelView | None = None):
         self.export_dir = Path(export_dir)
         self.manifest = verify(self.export_dir, EXPORT_FILES)
         self.serving = json.loads((self.export_dir / "serving.json").read_text())
@@ -146,45 +148,26 @@ class OnnxPredictor:
             str(self.export_dir / "label_tower.onnx"), options, providers=["CPUExecutionProvider"]
         )
         self._inputs = {i.name for i in self.session.get_inputs()}
-        self._lock = threading.Lock()
-        self.view = LabelView(*read_generation(self.export_dir))
-        some = self.view.state.some()
+        base = LabelView(BASE_GENERATION, read_base(self.export_dir))
+        some = base.state.some()
         self._label_shape = some.vectors.shape[1:] if some is not None else None
-
-        self.last_reload_error: str | None = None
-        self._refused: str | None = None
+        self.view = base
+        if view is not None:
+            self.use(view)
         # a Counter here collects the seconds spent padding and in ONNX Runtime (batch scoring)
         self.timings: Counter | None = None
 
-    # ---- the live label generation ----------------------------------------------------------
     @property
     def version(self) -> str:
+        """The model version and its label generation, as answers name them."""
         return f"{self.serving['model_version']}/{self.view.generation}"
 
-    def refresh(self) -> bool:
-        """Catch up with the live generation if it moved, reading only the merchants that changed;
-        True if it did. A generation that fails its checks is refused: the current one keeps
-        serving and ``last_reload_error`` says why."""
-        try:
-            name = current_generation(self.export_dir)
-        except OSError as err:
-            self.last_reload_error = f"labels/CURRENT: {err}"
-            return False
-        if name in (self.view.generation, self._refused):  # generations never change once written
-            return False
-        with self._lock:
-            if name in (self.view.generation, self._refused):
-                return False
-            try:
-                since = generation_number(self.view.generation)
-                state, changed = catch_up(self.export_dir, self.view.state, since, generation_number(name))
-                self.use(LabelView(name, state), changed)
-            except Exception as err:  # a bad generation must never take the service down
-                self._refused = name
-                self.last_reload_error = f"generation {name} refused: {err}"
-                log.error("label reload refused, still serving %s: %s", self.view.generation, err)
-                return False
-        return True
+    def with_view(self, view: LabelView) -> OnnxPredictor:
+        """A predictor sharing this one's ONNX sessions, serving ``view``."""
+        other = copy.copy(self)
+        other.timings = None
+        other.use(view)
+        return other
 
     def use(self, view: LabelView, changed: list[str] | None = None) -> None:
         """Serve ``view`` from the next request on (a checked generation); ``changed`` names the
@@ -196,7 +179,7 @@ class OnnxPredictor:
                 raise ValueError(
                     f"label vectors {vectors.shape} of {account!r} do not fit this model {shape}"
                 )
-        self.view, self.last_reload_error = view, None
+        self.view = view
 
     # ---- scoring ----------------------------------------------------------------------------
     def _run(

@@ -4,25 +4,29 @@ health, and the admin endpoint."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import time
 from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, Header, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from tagger.model.label_update import LabelUpdate, UpdateError
-from tagger.serving.admin import TextEmbedder, update_export
 from tagger.serving.gate import Admission
 from tagger.serving.limits import Limits
-from tagger.serving.onnx_predictor import OnnxPredictor
-from tagger.serving.request_path import ApiError, RequestScorer, ticket_vectors
+from tagger.serving.live import Live
+from tagger.serving.registry import LockTimeout, Registry, TextEmbedder
+from tagger.serving.request_path import ApiError, ticket_vectors
 from tagger.serving.schemas import (
+    AccountIn,
     BatchIn,
     LabelUpdateIn,
     LabelUpdateOut,
     PredictionOut,
+    PromoteIn,
     TicketIn,
     request_body,
 )
@@ -30,16 +34,40 @@ from tagger.serving.schemas import (
 
 @dataclass
 class Service:
-    """What the routes share: the predictor, its request scorer, the label thread (``labels``: an
-    object with an awaitable ``run(fn, *args)``), the admission counters and the settings."""
+    """What the routes share: the live model (``live.current``: predictor and request scorer), the
+    registry, the label thread (``labels``: an object with an awaitable ``run(fn, *args)``), the
+    admission counters and the settings."""
 
-    predictor: OnnxPredictor
-    scorer: RequestScorer
+    live: Live
     labels: object
     admission: Admission
     limits: Limits
     admin_token: str | None
     embed: TextEmbedder | None
+
+    @property
+    def registry(self) -> Registry:
+        return self.live.registry
+
+    def deadline(self) -> float:
+        """When an admin change must have committed or been refused: inside the request's deadline,
+        so that it is never committed after the gate answered 503."""
+        return time.monotonic() + 0.8 * float(self.limits.request_timeout_s)
+
+    async def change(self, fn, *args):
+        """``fn(*args)`` in the label thread, then this worker serves its result at once."""
+
+        def then_refresh():
+            out = fn(*args)
+            self.live.refresh(now=True)
+            return out
+
+        try:
+            return await self.labels.run(then_refresh)
+        except UpdateError as err:
+            raise ApiError(err.status, err.field, err.message) from None
+        except LockTimeout as err:
+            raise ApiError(503, None, str(err)) from None
 
 
 def service(request: Request) -> Service:
@@ -69,13 +97,16 @@ async def predict_batch(request: Request) -> Response:  # answered by PredictRou
 
 @labels.get("/health")
 def health(s: ServiceDep) -> dict:
-    """The model version, the live label generation, and this worker's admission counters."""
-    view = s.predictor.view
+    """Liveness: the served model and label generation, quarantined merchants, this worker's counters."""
+    current = s.live.current
+    view = current.predictor.view
     return {
         "status": "ok",
-        "model_version": f"{s.predictor.serving['model_version']}/{view.generation}",
+        "model_version": current.predictor.version,
+        "promotion": current.promotion,
         "label_generation": view.generation,
-        "last_reload_error": s.predictor.last_reload_error,
+        "last_reload_error": s.live.last_reload_error,
+        "quarantined": sorted(s.live.quarantined),
         "admin": "ready" if s.admin_token else "disabled",
         "accounts": len(view.state.accounts),
         "labels": view.state.n_labels,
@@ -86,17 +117,33 @@ def health(s: ServiceDep) -> dict:
     }
 
 
+@labels.get("/ready", responses={503: {"description": "the last look at the registry failed"}})
+def ready(s: ServiceDep) -> Response:
+    """Readiness: 200 while the served model is up to date with the registry (merchants in
+    quarantine are listed; the others are served), 503 while the registry cannot be read."""
+    current = s.live.current
+    body = {
+        "ready": s.live.last_reload_error is None,
+        "model_version": current.predictor.version,
+        "quarantined": dict(sorted(s.live.quarantined.items())),
+        "last_reload_error": s.live.last_reload_error,
+    }
+    return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+
 @labels.get("/accounts/{account_id}/labels")
 def account_labels(account_id: str, s: ServiceDep) -> dict:
     """One merchant's live labels with their training counts and priors, and its threshold."""
-    view = s.predictor.view
+    current = s.live.current
+    view = current.predictor.view
     account = view.labels_of(account_id)
     if account is None:
         raise ApiError(404, "account_id", f"unknown account {account_id!r}")
     return {
         "account_id": account_id,
         "label_generation": view.generation,
-        "threshold": s.scorer.threshold(account_id),
+        "quarantined": account_id in s.live.quarantined,
+        "threshold": current.scorer.threshold(account_id),
         "labels": [
             {"label": name, "n_train": int(n), "prior": float(p)}
             for name, n, p in zip(account.labels, account.n_train, account.prior, strict=True)
@@ -104,29 +151,77 @@ def account_labels(account_id: str, s: ServiceDep) -> dict:
     }
 
 
-@admin.post(
-    "/admin/labels",
-    response_model=LabelUpdateOut,
-    responses={401: {"description": "missing or wrong token"}, 403: {"description": "admin disabled"}},
-)
+ADMIN_ERRORS = {
+    401: {"description": "missing or wrong token"},
+    403: {"description": "admin disabled"},
+    503: {"description": "another change held the registry, or the deadline passed: nothing changed"},
+}
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="the same key applies the change once and answers the same every time",
+    ),
+]
+ChangedBy = Annotated[
+    str | None, Header(alias="X-Changed-By", max_length=200, description="who makes the change (recorded)")
+]
+
+
+def _who(changed_by: str | None) -> str:
+    return f"api:{changed_by}" if changed_by else "api"
+
+
+@admin.post("/admin/labels", response_model=LabelUpdateOut, responses=ADMIN_ERRORS)
 async def update_labels(
+    request: Request,
     body: LabelUpdateIn,
     s: ServiceDep,
+    idempotency_key: IdempotencyKey = None,
+    changed_by: ChangedBy = None,
     authorization: Annotated[str | None, Header(description="Bearer TOKEN (checked before the body)")] = None,
 ) -> LabelUpdateOut:
-    """Add, rename or retire one merchant's labels, folding in examples; live at once, no restart."""
+    """Add, rename or retire one merchant's labels, folding in examples; live at once, no restart,
+    recorded in the registry so that it outlives the model it was made on."""
     update = label_update(body, s.limits)
-    try:
-        result = await s.labels.run(update_export, s.predictor, [update], s.embed, "api")
-    except UpdateError as err:
-        raise ApiError(err.status, err.field, err.message) from None
-    return LabelUpdateOut(
-        generation=result["generation"],
-        previous=result["previous"],
-        model_version=result["model_version"],
-        labels=result["accounts"][update.account_id],
-        seconds=result["seconds"],
+    digest = hashlib.sha256(await request.body()).hexdigest()
+    result = await s.change(
+        s.registry.update, update, _who(changed_by), s.embed, idempotency_key, digest, s.deadline()
     )
+    return LabelUpdateOut(**{k: result[k] for k in LabelUpdateOut.model_fields if k in result})
+
+
+@admin.post("/admin/labels/rollback", response_model=LabelUpdateOut, responses=ADMIN_ERRORS)
+async def rollback_labels(
+    body: AccountIn, s: ServiceDep, idempotency_key: IdempotencyKey = None, changed_by: ChangedBy = None
+) -> LabelUpdateOut:
+    """Undo the merchant's last label change still in effect (recorded as a change of its own)."""
+    result = await s.change(
+        s.registry.revert, body.account_id.strip(), _who(changed_by), idempotency_key, s.deadline()
+    )
+    return LabelUpdateOut(**{k: result[k] for k in LabelUpdateOut.model_fields if k in result})
+
+
+@admin.post("/admin/promote", responses=ADMIN_ERRORS)
+async def promote(body: PromoteIn, s: ServiceDep, changed_by: ChangedBy = None) -> dict:
+    """Serve a registered model, every merchant's label changes replayed onto it; every worker
+    swaps to it within ``reload_interval``, no request fails. The report says what could not be
+    carried as asked."""
+    version = body.model_version.strip()
+    return await s.change(s.registry.promote, version, _who(changed_by), s.embed, "promote", s.deadline())
+
+
+@admin.post("/admin/rollback", responses=ADMIN_ERRORS)
+async def rollback(s: ServiceDep, changed_by: ChangedBy = None) -> dict:
+    """Serve again the model served before the current one (label changes replayed onto it)."""
+    return await s.change(s.registry.rollback, _who(changed_by), s.embed, s.deadline())
+
+
+@admin.get("/admin/models", responses=ADMIN_ERRORS)
+def models(s: ServiceDep) -> dict:
+    """Every registered model, and the last promotions (newest first)."""
+    return {"models": s.registry.models(), "promotions": s.registry.promotions()}
 
 
 def label_update(body: LabelUpdateIn, limits: Limits) -> LabelUpdate:

@@ -55,11 +55,21 @@ class LabelUpdateIn(BaseModel):
 
 
 class LabelUpdateOut(BaseModel):
-    generation: str
+    generation: str = Field(..., description="the label state after this change (g + its change number)")
     previous: str
     model_version: str
-    labels: list[str]
+    labels: list[str] = Field(..., description="the merchant's labels after the change")
     seconds: float
+    by: str = Field(..., description="who made the change (X-Changed-By, else the API)")
+    replayed: bool = Field(False, description="the answer of an earlier request with this Idempotency-Key")
+
+
+class AccountIn(BaseModel):
+    account_id: str = Field(..., min_length=1)
+
+
+class PromoteIn(BaseModel):
+    model_version: str = Field(..., min_length=1, description="a registered model (GET /admin/models)")
 
 
 def request_body(model: type[BaseModel]) -> dict:
