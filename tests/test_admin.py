@@ -1,7 +1,9 @@
-"""Label updates on a served export: the admin endpoint, the command, refusals, hot reload under load."""
+"""Label changes on a served registry: the admin endpoint, the command, refusals, hot reload under
+load, rollback of a merchant's change, a damaged row quarantining one merchant only."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 
@@ -11,10 +13,10 @@ from conftest import FakeEmbedder, embeddings_json, exported, served_copy, unit_
 from fastapi.testclient import TestClient
 from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
-from tagger.serving import admin, label_store
+from tagger.model.label_update import LabelUpdate, UpdateError
+from tagger.serving import admin
 from tagger.serving.api import create_app
-from tagger.serving.label_store import current_generation, labels_dir
-from tagger.serving.onnx_predictor import OnnxPredictor
+from tagger.serving.registry import Registry
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -25,7 +27,7 @@ def _embed(texts: list[str]) -> np.ndarray:
 
 
 @pytest.fixture()
-def export_dir(trained, tmp_path):  # noqa: F811
+def export_dir(trained, tmp_path):  # noqa: F811  (a registry serving a copy of the export)
     return served_copy(exported(trained, "admin-onnx"), tmp_path)
 
 
@@ -37,6 +39,21 @@ def client(export_dir):
 
 def _labels(client, account: str) -> dict[str, int]:
     return {x["label"]: x["n_train"] for x in client.get(f"/accounts/{account}/labels").json()["labels"]}
+
+
+def _generation(registry_dir) -> int:
+    return Registry(registry_dir).head()[1]
+
+
+def _update(registry: Registry, account: str, **change) -> dict:
+    return registry.update(LabelUpdate(account, **change), "test", _embed)
+
+
+def _served_labels(registry_dir, account: str) -> tuple[str, ...]:
+    """What a server started now would serve for ``account``."""
+    registry = Registry(registry_dir)
+    view, _ = registry.label_view(registry.served()[1])
+    return view.labels_of(account).labels
 
 
 def test_update_round_trip_through_the_endpoint(client):
@@ -118,14 +135,14 @@ def test_a_new_account_from_its_label_names(client):
     ],
 )
 def test_a_bad_update_is_refused_and_nothing_changes(client, export_dir, headers, body, status, field):
-    generation = current_generation(export_dir)
+    generation = _generation(export_dir)
     r = client.post("/admin/labels", json=body, headers=headers)
     assert r.status_code == status, r.text
     detail = r.json()["detail"]
     fields = [d["field"] for d in detail] if isinstance(detail, list) else [detail["field"]]
     assert field in fields, fields
-    assert current_generation(export_dir) == generation
-    assert client.get("/health").json()["label_generation"] == generation
+    assert _generation(export_dir) == generation
+    assert client.get("/health").json()["label_generation"] == f"g{generation:06d}"
 
 
 def test_the_admin_endpoint_is_off_without_a_token(export_dir):
@@ -135,7 +152,7 @@ def test_the_admin_endpoint_is_off_without_a_token(export_dir):
 
 
 def test_hot_reload_under_concurrent_requests(export_dir):
-    """A second server process on the same export sees a label update within 1 s; no request fails."""
+    """A server sees a label change another writer made within 1 s; no request fails."""
     serving = TestClient(create_app(export_dir, reload_interval=0.05), raise_server_exceptions=False)
     before = serving.get("/health").json()["label_generation"]
     bodies = [
@@ -157,9 +174,8 @@ def test_hot_reload_under_concurrent_requests(export_dir):
         t.start()
     try:
         time.sleep(0.3)
-        writer = OnnxPredictor(export_dir)  # the command's path: another process writing the update
-        update = admin.LabelUpdate("b", add=["Chargeback"], rename={"Billing": "Billing::Invoices"})
-        result = admin.update_export(writer, [update], _embed, by="test")
+        writer = Registry(export_dir)  # the command's path: another writer of the registry
+        result = _update(writer, "b", add=["Chargeback"], rename={"Billing": "Billing::Invoices"})
         written = time.perf_counter()
         while serving.get("/health").json()["label_generation"] != result["generation"]:
             assert time.perf_counter() - written < 1.0, "the update was not live within 1 s"
@@ -175,140 +191,128 @@ def test_hot_reload_under_concurrent_requests(export_dir):
     assert labels == {"Billing::Invoices", "Chargeback", "Other"}
 
 
-def test_a_broken_generation_is_refused_and_the_last_good_one_keeps_serving(client, export_dir):
-    good = current_generation(export_dir)
-    writer = OnnxPredictor(export_dir)
-    name = label_store.write_generation(export_dir, {"a": writer.view.labels_of("a")}, {"kind": "test"})
-    version = label_store.read_log(export_dir, label_store.generation_number(name))["accounts"]["a"]
-    (labels_dir(export_dir) / version / "label_vectors.npy").write_bytes(b"truncated")
+def _damage_latest_row(registry_dir, account: str) -> None:
+    with sqlite3.connect(registry_dir / "registry.sqlite") as db:
+        (seq,) = db.execute("SELECT max(seq) FROM label_rows WHERE account=?", (account,)).fetchone()
+        db.execute("UPDATE label_rows SET blob=? WHERE account=? AND seq=?", (b"torn", account, seq))
+
+
+def test_a_damaged_row_quarantines_that_merchant_only(client, export_dir):
+    writer = Registry(export_dir)
+    _update(writer, "a", add=["Good"])
+    assert "Good" in _labels(client, "a")
+    _update(writer, "a", add=["Damaged"])
+    _damage_latest_row(export_dir, "a")
     health = client.get("/health").json()
-    assert health["label_generation"] == good and name in health["last_reload_error"]
+    assert health["quarantined"] == ["a"] and health["last_reload_error"] is None
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and "a" in ready.json()["quarantined"]
+    labels = _labels(client, "a")  # its last good labels keep serving
+    assert "Good" in labels and "Damaged" not in labels
     r = client.post("/predict", json={"account_id": "a", "email_sentence_embeddings": None})
     assert r.status_code == 200
+    r = client.post("/admin/labels", json={"account_id": "b", "add": ["Free"]}, headers=AUTH)
+    assert r.status_code == 200 and "Free" in _labels(client, "b")  # other merchants update freely
+    # a server started now serves the merchant's last good row too
+    fresh = TestClient(create_app(export_dir, reload_interval=0.0))
+    assert fresh.get("/health").json()["quarantined"] == ["a"]
+    assert "Good" in {x["label"] for x in fresh.get("/accounts/a/labels").json()["labels"]}
+    # the next change of that merchant is built from the change log (the truth): quarantine over
+    r = client.post("/admin/labels", json={"account_id": "a", "add": ["Later"]}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert {"Good", "Damaged", "Later"} <= set(_labels(client, "a"))
+    assert client.get("/health").json()["quarantined"] == []
 
 
-def test_an_update_writes_only_its_merchants_labels_and_a_reload_reads_only_those(export_dir):
-    """Per-merchant storage: the base is untouched, one version directory and one log entry appear,
-    and a server catching up reads the changed merchant's files only."""
-    root = labels_dir(export_dir)
-    base = {p: p.stat().st_mtime_ns for p in (root / "base").iterdir()}
-    serving = OnnxPredictor(export_dir)
-    before = {a: serving.view.labels_of(a) for a in ("a", "b", "c")}
-    writer = OnnxPredictor(export_dir)
-    admin.update_export(writer, [admin.LabelUpdate("b", add=["Chargeback"])], _embed, by="test")
-    assert {p: p.stat().st_mtime_ns for p in (root / "base").iterdir()} == base
-    assert [p.name for p in (root / "accounts").iterdir()] == [label_store.account_key("b")]
-    assert serving.refresh()
-    assert serving.view.labels_of("a") is before["a"] and serving.view.labels_of("c") is before["c"]
-    assert "Chargeback" in serving.view.labels_of("b").labels
+def test_a_failed_look_at_the_registry_is_retried_not_held_against_it(client, export_dir, monkeypatch):
+    live = client.app.state.service.live
+    real = live.registry.head
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real()
+
+    monkeypatch.setattr(live.registry, "head", flaky)
+    _update(Registry(export_dir), "b", add=["Later"])
+    assert client.get("/ready").status_code == 503  # the first look failed
+    assert "disk I/O error" in client.get("/health").json()["last_reload_error"]
+    deadline = time.monotonic() + 5
+    while "Later" not in _labels(client, "b"):  # retried with a growing pause, then caught up
+        assert time.monotonic() < deadline, "never recovered"
+        time.sleep(0.05)
+    assert client.get("/ready").status_code == 200
 
 
-def _update(predictor: OnnxPredictor, account: str, **change) -> str:
-    update = admin.LabelUpdate(account, **change)
-    return admin.update_export(predictor, [update], _embed, by="test")["generation"]
+def test_an_update_writes_only_its_merchants_rows_and_a_reload_reads_only_those(client, export_dir):
+    """Per-merchant storage: one change row and one label row for the changed merchant, and a
+    server catching up reads only that merchant's row."""
+    live = client.app.state.service.live
+    before = {a: live.predictor.view.labels_of(a) for a in ("a", "b", "c")}
+    _update(Registry(export_dir), "b", add=["Chargeback"])
+    with sqlite3.connect(export_dir / "registry.sqlite") as db:
+        rows = db.execute("SELECT DISTINCT account FROM label_rows").fetchall()
+    assert rows == [("b",)]
+    client.get("/health")  # catches up
+    view = live.predictor.view
+    assert view.labels_of("a") is before["a"] and view.labels_of("c") is before["c"]
+    assert "Chargeback" in view.labels_of("b").labels
 
 
-def _rollback(export_dir, account: str) -> str:
-    with label_store.lock(export_dir):
-        return label_store.rollback(export_dir, account)
-
-
-def test_rollback_brings_back_a_merchants_previous_labels(export_dir):
-    writer = OnnxPredictor(export_dir)
-    original = writer.view.labels_of("b").labels
+def test_rollback_undoes_a_merchants_last_change_in_effect(client, export_dir):
+    writer = Registry(export_dir)
+    original = _served_labels(export_dir, "b")
     _update(writer, "b", add=["One"])
     _update(writer, "b", add=["Two"])
-    _rollback(export_dir, "b")
-    assert writer.refresh() and set(writer.view.labels_of("b").labels) == {*original, "One"}
+    r = client.post("/admin/labels/rollback", json={"account_id": "b"}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert set(_labels(client, "b")) == {*original, "One"}
     _update(writer, "b", add=["Three"])  # on top of the rolled-back labels
-    _rollback(export_dir, "b")  # back to what "Three" replaced, not to "Two" (rolled back before)
-    assert writer.refresh() and set(writer.view.labels_of("b").labels) == {*original, "One"}
-    _rollback(export_dir, "b")
-    assert writer.refresh() and writer.view.labels_of("b").labels == original
-    with pytest.raises(ValueError, match="no earlier version"):
-        _rollback(export_dir, "b")
-    assert OnnxPredictor(export_dir).view.labels_of("b").labels == original  # what a new server reads
+    writer.revert("b", "test")  # undoes "Three", not "Two" (rolled back before)
+    assert set(_served_labels(export_dir, "b")) == {*original, "One"}
+    writer.revert("b", "test")
+    assert _served_labels(export_dir, "b") == original
+    with pytest.raises(UpdateError, match="no label change to roll back"):
+        writer.revert("b", "test")
+    kinds = [c["kind"] for c in writer.changes("b")]
+    assert kinds == ["revert", "revert", "update", "revert", "update", "update"]  # every change is kept
 
 
 def test_a_merchant_created_by_an_update_cannot_be_rolled_back_to_nothing(export_dir):
-    writer = OnnxPredictor(export_dir)
+    writer = Registry(export_dir)
     _update(writer, "newco", add=["Billing"], create_account=True)
-    with pytest.raises(ValueError, match="no earlier version"):
-        _rollback(export_dir, "newco")
-    assert OnnxPredictor(export_dir).view.labels_of("newco").labels == ("Billing",)
-
-
-def test_a_refused_merchant_version_is_fixed_by_rolling_it_back(client, export_dir):
-    writer = OnnxPredictor(export_dir)
-    good = client.get("/health").json()["label_generation"]
-    bad = _update(writer, "a", add=["Broken"])
-    version = label_store.live_entry(export_dir, "a", label_store.generation_number(bad))["path"]
-    (labels_dir(export_dir) / version / "labels.json").write_text("{}")
-    assert client.get("/health").json()["label_generation"] == good  # refused
-    fixed = _rollback(export_dir, "a")
-    health = client.get("/health").json()
-    assert health["label_generation"] == fixed and health["last_reload_error"] is None
-    assert "Broken" not in _labels(client, "a")
-
-
-def test_startup_reads_the_latest_snapshot_not_the_whole_log(export_dir, monkeypatch):
-    monkeypatch.setattr(label_store, "SNAPSHOT_EVERY", 2)
-    writer = OnnxPredictor(export_dir)
-    for i in range(5):
-        _update(writer, "abc"[i % 3], add=[f"Reason {i}"])
-    log = labels_dir(export_dir) / "log"
-    assert (log / "live-g000004.json").exists()
-    for n in range(1, 5):  # what the snapshot covers is not read again
-        (log / f"g{n:06d}.json").unlink()
-    fresh = OnnxPredictor(export_dir)
-    assert fresh.view.generation == writer.view.generation == "g000005"
-    for account in "abc":
-        assert fresh.view.labels_of(account).labels == writer.view.labels_of(account).labels
+    with pytest.raises(UpdateError, match="created by that change"):
+        writer.revert("newco", "test")
+    assert _served_labels(export_dir, "newco") == ("Billing",)
 
 
 def test_an_account_id_is_stripped_once_for_the_whole_update(export_dir):
-    writer = OnnxPredictor(export_dir)
-    result = admin.update_export(writer, [admin.LabelUpdate(" b ", add=["Padded"])], _embed, by="test")
-    assert "Padded" in result["accounts"]["b"] and "Padded" in writer.view.labels_of("b").labels
+    result = _update(Registry(export_dir), " b ", add=["Padded"])
+    assert "Padded" in result["labels"] and "Padded" in _served_labels(export_dir, "b")
+
+
+def test_every_change_records_who_made_it(client, export_dir):
+    r = client.post(
+        "/admin/labels", json={"account_id": "a", "add": ["Who"]}, headers={**AUTH, "X-Changed-By": "agent-7"}
+    )
+    assert r.status_code == 200 and r.json()["by"] == "api:agent-7"
+    assert Registry(export_dir).changes("a")[0]["by"] == "api:agent-7"
 
 
 def test_the_command(export_dir, capsys):  # the real all-MiniLM-L6-v2 of the export, in ONNX Runtime
     code = admin.main(
-        ["account=a", "add=[Damaged Item]", 'rename=["Other=Something Else"]', f"export_dir={export_dir}"]
+        ["account=a", "add=[Damaged Item]", 'rename=["Other=Something Else"]', f"registry_dir={export_dir}"]
     )
     assert code == 0, capsys.readouterr().err
-    labels = OnnxPredictor(export_dir).view.labels_of("a").labels
+    labels = _served_labels(export_dir, "a")
     assert set(labels) == {"Damaged Item", "Refund", "Shipping::Tracking", "Something Else"}
-    assert admin.main(["account=a", "retire=[Nope]", f"export_dir={export_dir}"]) == 2
+    assert admin.main(["account=a", "retire=[Nope]", f"registry_dir={export_dir}"]) == 2
     assert "no label 'Nope'" in capsys.readouterr().err
+    assert admin.main(["account=a", "history=true", f"registry_dir={export_dir}"]) == 0
+    assert "Damaged Item" in capsys.readouterr().out
+    assert admin.main(["account=a", "rollback=true", f"registry_dir={export_dir}"]) == 0
+    assert "Damaged Item" not in _served_labels(export_dir, "a")
     assert admin.main(["a", "--retire", "Nope"]) == 2  # flags are gone: key=value
     assert admin.main(["acount=a"]) == 2 and "acount" in capsys.readouterr().err
-
-
-def test_a_writer_that_crashed_before_current_moved_leaves_nothing_live(export_dir, monkeypatch):
-    """A crash after the log entry, the histories and the snapshot but before CURRENT: the next
-    writer undoes them, so neither a reader, a rollback nor a snapshot ever sees that generation."""
-    monkeypatch.setattr(label_store, "SNAPSHOT_EVERY", 2)
-    writer = OnnxPredictor(export_dir)
-    _update(writer, "a", add=["First"])  # g000001
-    before = {x: writer.view.labels_of(x).labels for x in "ab"}
-    real = label_store._set_current
-
-    def crash(root, name):
-        raise OSError("disk gone")
-
-    monkeypatch.setattr(label_store, "_set_current", crash)
-    with pytest.raises(OSError):
-        update = [admin.LabelUpdate("a", add=["Never"]), admin.LabelUpdate("b", add=["Never"])]
-        admin.update_export(OnnxPredictor(export_dir), update, _embed, by="test")
-    assert (labels_dir(export_dir) / "log" / "live-g000002.json").exists()  # the crash's leftovers
-    monkeypatch.setattr(label_store, "_set_current", real)
-    _update(OnnxPredictor(export_dir), "c", add=["Later"])  # g000002 again, for another merchant
-    fresh = OnnxPredictor(export_dir)  # reads the new snapshot
-    assert fresh.view.generation == "g000002"
-    assert {x: fresh.view.labels_of(x).labels for x in "ab"} == before
-    assert "Later" in fresh.view.labels_of("c").labels
-    _rollback(export_dir, "a")  # back to the exported labels, not to the update that never went live
-    assert "First" not in OnnxPredictor(export_dir).view.labels_of("a").labels
-    with pytest.raises(ValueError, match="no label update"):
-        _rollback(export_dir, "b")

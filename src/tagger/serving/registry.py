@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tagger.data.labels import normalise_label
 from tagger.manifest import ArtifactError, fsync_dir, fsync_tree, verify
 from tagger.model.label_update import AccountLabels, LabelState, LabelUpdate, UpdateError, apply_update
 from tagger.serving.label_store import decode_labels, encode_labels
@@ -178,7 +179,7 @@ def _partial(model, state, part: LabelUpdate, err: UpdateError, names, tickets) 
         ((old, new),) = part.rename.items()
         mine = state.accounts.get(part.account_id)
         known = {label.casefold() for label in (mine.labels if mine is not None else ())}
-        if new.strip().casefold() in known and old.strip().casefold() in known:
+        if normalise_label(new).casefold() in known and normalise_label(old).casefold() in known:
             try:
                 retired = apply_update(state, LabelUpdate(part.account_id, retire=[old]), names, tickets)
                 return (
@@ -187,7 +188,9 @@ def _partial(model, state, part: LabelUpdate, err: UpdateError, names, tickets) 
                 )
             except UpdateError as again:
                 return state, f"rename {old!r} -> {new!r} not carried: {again.message}"
-        if new.strip().casefold() not in known and old.strip().casefold() not in known:
+        if normalise_label(new).casefold() in known:  # and the old name is gone already
+            return state, f"rename {old!r} -> {new!r}: this model already has {new!r} and no {old!r}"
+        if normalise_label(new).casefold() not in known and normalise_label(old).casefold() not in known:
             added = apply_update(state, LabelUpdate(part.account_id, add=[new]), names, tickets)
             return (
                 added,
