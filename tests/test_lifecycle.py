@@ -163,7 +163,9 @@ def test_the_same_idempotency_key_applies_a_change_once(registry_dir):
 
 def test_an_update_waits_for_the_lock_less_than_its_deadline_and_never_commits_after(registry_dir):
     limits = Limits(request_timeout_s=2.0)
-    app = create_app(registry_dir, limits, admin_token=TOKEN, embed=_embed, reload_interval=0.0, lock_wait=5.0)
+    app = create_app(
+        registry_dir, limits, admin_token=TOKEN, embed=_embed, reload_interval=0.0, lock_wait=5.0
+    )
     client = TestClient(app, raise_server_exceptions=False)
     holder = sqlite3.connect(registry_dir / "registry.sqlite", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another writer holds the registry
@@ -232,3 +234,15 @@ def test_promote_and_rollback_through_the_api_and_the_command(registry_dir, retr
     assert Registry(registry_dir).served()[1] == first
     assert models.main(["promote", "version=nope", f"registry_dir={registry_dir}"]) == 1
     assert client.get("/admin/models", headers=AUTH).json()["promotions"][0]["kind"] == "rollback"
+
+
+def test_a_writer_killed_at_random_instants_always_leaves_a_committed_state(registry_dir, retrained):
+    """kill -9 during label updates and promotions (python -m tagger.reliability crash runs 100 points)."""
+    from tagger.reliability.crash import run_crash
+
+    registry = Registry(registry_dir)
+    versions = [registry.served()[1], registry.register(retrained, by="test")[0]]
+    registry.close()
+    result = run_crash(registry_dir, versions, points=12, seed=1)
+    assert result["recovered"] == 12, result["failures"]
+    assert result["acknowledged_lost"] == 0 and result["acknowledged_updates"] > 0

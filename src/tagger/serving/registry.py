@@ -128,12 +128,16 @@ class Model:
 
 
 def fold(
-    model: Model, account: str, changes: list[Change], embed: TextEmbedder | None = None
+    model: Model,
+    account: str,
+    changes: list[Change],
+    embed: TextEmbedder | None = None,
+    start: AccountLabels | None = None,
 ) -> tuple[AccountLabels | None, list[str]]:
-    """A merchant's labels under ``model``: its exported labels with ``changes`` (its effective
-    updates, in order) replayed; and a note for each part of a change that could not be carried as
-    asked. None when the merchant has no labels under this model."""
-    state = _mini_state(model, account, model.base.accounts.get(account))
+    """A merchant's labels under ``model``: its exported labels (or ``start``) with ``changes`` (its
+    effective updates, in order) replayed; and a note for each part of a change that could not be
+    carried as asked. None when the merchant has no labels under this model."""
+    state = _mini_state(model, account, start if start is not None else model.base.accounts.get(account))
     notes: list[str] = []
     for change in changes:
         state, said = replay(model, state, change, embed)
@@ -622,11 +626,12 @@ class Registry:
             return model.base.accounts.get(account)
         return fold(model, account, effective, embed)[0]
 
-    def _effective(self, db, account: str) -> list[Change]:
-        """The merchant's updates still in effect (not rolled back), in order."""
+    def _effective(self, db, account: str, after: int = 0) -> list[Change]:
+        """The merchant's updates still in effect (not rolled back), in order; those after change
+        ``after`` only."""
         rows = db.execute(
-            "SELECT seq, kind, payload, arrays, sha, reverts FROM changes WHERE account=? ORDER BY seq",
-            (account,),
+            "SELECT seq, kind, payload, arrays, sha, reverts FROM changes WHERE account=? AND seq>? ORDER BY seq",
+            (account, after),
         ).fetchall()
         reverted = {r[5] for r in rows if r[1] == "revert"}
         out = []
@@ -645,29 +650,47 @@ class Registry:
         return [r[0] for r in rows]
 
     def _materialise(self, model: Model, accounts: list[str], embed, txn=None) -> dict[str, list[str]]:
-        """Rows under ``model`` for ``accounts`` (each its changes folded onto the model's labels),
-        skipping a merchant whose latest row is already at its latest change; notes by merchant.
-        ``txn``: the open write transaction to do it in (else one short transaction each)."""
+        """Rows under ``model`` for ``accounts``, skipping a merchant whose latest row is already at
+        its latest change; notes by merchant. A merchant's changes are folded onto its last good row
+        under this model when only updates came after it (what a promotion costs grows with the
+        changes since the model last served), else onto the model's exported labels. ``txn``: the
+        open write transaction to do it in (else one short transaction each)."""
         notes = {}
         for account in accounts:
             with self._read() if txn is None else _same(txn) as db:
                 last = db.execute("SELECT max(seq) FROM changes WHERE account=?", (account,)).fetchone()[0]
-                have = db.execute(
-                    "SELECT sha, blob FROM label_rows WHERE model=? AND account=? AND seq=?",
-                    (model.version, account, last),
-                ).fetchone()
-                if have is not None and hashlib.sha256(have[1]).hexdigest() == have[0]:
+                since, start = self._last_good(db, model.version, account)
+                if since == last:
                     continue
+                later = db.execute(
+                    "SELECT count(*) FROM changes WHERE account=? AND seq>? AND kind!='update'",
+                    (account, since),
+                ).fetchone()[0]
+                if start is None or later:
+                    since, start = 0, None
                 try:
-                    effective = self._effective(db, account)
+                    effective = self._effective(db, account, since)
                 except ArtifactError as err:
                     notes[account] = [f"not carried: {err}"]
                     continue
-            labels, notes[account] = fold(model, account, effective, embed)
+            labels, notes[account] = fold(model, account, effective, embed, start)
             if labels is not None:
                 with self._write() if txn is None else _same(txn) as db:
                     self._put_row(db, model.version, account, last, labels)
         return notes
+
+    def _last_good(self, db, version: str, account: str) -> tuple[int, AccountLabels | None]:
+        """``(its change number, labels)`` of the merchant's latest readable row under ``version``."""
+        rows = db.execute(
+            "SELECT seq, sha, blob FROM label_rows WHERE model=? AND account=? ORDER BY seq DESC",
+            (version, account),
+        ).fetchall()
+        for seq, sha, blob in rows:
+            try:
+                return int(seq), decode_labels(blob, sha)
+            except ArtifactError:
+                continue
+        return 0, None
 
 
 @contextmanager
