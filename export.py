@@ -1,7 +1,7 @@
 """Export a trained shared model to ONNX for ONNX Runtime, with a parity check against PyTorch, and
 register it in the model registry (a new immutable directory, never written again).
 
-    python export.py                                  # the latest models/shared-* -> registry/models/<version>
+    python export.py                         # the latest models/shared-* -> registry/models/<version>
     python export.py model_dir=models/shared-20230601-120000 promote=true
     python export.py out_dir=exports/v1               # a standalone directory instead (refused if it exists)
 
@@ -60,7 +60,8 @@ def main(cfg: DictConfig) -> None:
     )
     if registry is None:
         print(
-            f"written to {shown(out_dir)} (not registered: serve it with `python -m tagger.serving.models register`)"
+            f"written to {shown(out_dir)} (not registered: "
+            "`python -m tagger.serving.models register path=...` adds it to a registry)"
         )
         return
     by = str(cfg.by or who())
@@ -85,7 +86,8 @@ def main(cfg: DictConfig) -> None:
         print_report(registry.promote(version, by=by))
     elif registry.served() and registry.served()[1] != version:
         print(
-            f"served: {registry.served()[1]}; to serve this one: python -m tagger.serving.models promote version={version}"
+            f"served: {registry.served()[1]}; to serve this one: "
+            f"python -m tagger.serving.models promote version={version}"
         )
 
 

@@ -1,6 +1,6 @@
 """Run the HTTP API: ``python -m tagger.serving [key=value ...]`` (keys of conf/serve.yaml).
 
-    python -m tagger.serving                                  # the promoted model of registry/, 127.0.0.1:8000
+    python -m tagger.serving                              # registry/'s promoted model, 127.0.0.1:8000
     python -m tagger.serving registry_dir=/srv/tagger port=9000 limits.max_batch=64
     python -m tagger.serving workers=2                        # two server processes on one port
     TAGGER_ADMIN_TOKEN=... python -m tagger.serving           # enables the /admin/ routes
@@ -79,7 +79,8 @@ def _check_registry(registry_dir: str) -> None:
         verify(registry.model_dir(served[1]), EXPORT_FILES)
         registry.close()
     except (ArtifactError, OSError, ValueError, LookupError, sqlite3.Error) as err:
-        raise SystemExit(f"tagger API refuses to start: {registry_dir}: {type(err).__name__}: {err}") from None
+        message = f"tagger API refuses to start: {registry_dir}: {type(err).__name__}: {err}"
+        raise SystemExit(message) from None
 
 
 if __name__ == "__main__":

@@ -113,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refused, nothing changed: {err}", file=sys.stderr)
         return 2
     print(
-        f"{registry.root}: {result['model_version']} ({'rolled back change ' + str(result['reverted']) if 'reverted' in result else 'updated'} "
-        f"by {by}); running servers serve it within their reload interval"
+        f"{registry.root}: {result['model_version']} "
+        f"({f'rolled back change {result['reverted']}' if 'reverted' in result else 'updated'} by {by}); "
+        "running servers serve it within their reload interval"
     )
     print(f"  {account}: {len(result['labels'])} labels: {', '.join(result['labels'])}")
     return 0

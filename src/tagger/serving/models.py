@@ -1,7 +1,7 @@
 """The life of a model in the registry: list, register, promote, roll back.
 
-    python -m tagger.serving.models list                       # registered models, what is served, last promotions
-    python -m tagger.serving.models promote version=VERSION    # serve it (every merchant's label changes replayed)
+    python -m tagger.serving.models list                     # the models, what is served, the last promotions
+    python -m tagger.serving.models promote version=VERSION  # serve it (every merchant's label changes replayed)
     python -m tagger.serving.models promote                    # the newest registered model
     python -m tagger.serving.models rollback                   # serve again the model served before
     python -m tagger.serving.models register path=EXPORT_DIR   # add a standalone export directory (copied)
@@ -27,8 +27,9 @@ def print_report(report: dict) -> None:
         print(f"{report['version']} is already served: nothing changed")
         return
     print(
-        f"{report['kind']}: now serving {report['version']} (was {report['previous']}) in {report['seconds']:.2f} s; "
-        f"label changes of {report['merchants_carried']} merchants carried (through change {report['through_change']})"
+        f"{report['kind']}: now serving {report['version']} (was {report['previous']}) "
+        f"in {report['seconds']:.2f} s; label changes of {report['merchants_carried']} merchants carried "
+        f"(through change {report['through_change']})"
     )
     for account, notes in report["not_carried_as_asked"].items():
         for note in notes:
@@ -45,7 +46,8 @@ def _list(registry: Registry) -> None:
     for m in registry.models():
         mark = "*" if served and served[1] == m["version"] else " "
         print(
-            f" {mark} {m['version']}  registered {_when(m['registered'])} by {m['by']}  last promoted {_when(m['last_promoted'])}"
+            f" {mark} {m['version']}  registered {_when(m['registered'])} by {m['by']}  "
+            f"last promoted {_when(m['last_promoted'])}"
         )
     for p in registry.promotions(5):
         print(f"   promotion {p['seq']}: {p['kind']} {p['version']} at {_when(p['at'])} by {p['by']}")

@@ -553,7 +553,8 @@ class Registry:
         with self._read() as db:
             seq = _last_change(db)
             rows = db.execute(
-                "SELECT account, seq, sha, blob FROM label_rows WHERE model=? AND seq>? AND seq<=? ORDER BY seq",
+                "SELECT account, seq, sha, blob FROM label_rows "
+                "WHERE model=? AND seq>? AND seq<=? ORDER BY seq",
                 (version, since, seq),
             ).fetchall()
         changed, damaged = {}, {}
@@ -630,7 +631,8 @@ class Registry:
         """The merchant's updates still in effect (not rolled back), in order; those after change
         ``after`` only."""
         rows = db.execute(
-            "SELECT seq, kind, payload, arrays, sha, reverts FROM changes WHERE account=? AND seq>? ORDER BY seq",
+            "SELECT seq, kind, payload, arrays, sha, reverts FROM changes "
+            "WHERE account=? AND seq>? ORDER BY seq",
             (account, after),
         ).fetchall()
         reverted = {r[5] for r in rows if r[1] == "revert"}
