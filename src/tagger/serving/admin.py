@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UpdateError, LockTimeout) as err:
         print(f"refused, nothing changed: {err}", file=sys.stderr)
         return 2
+    what = f"rolled back change {result['reverted']}" if "reverted" in result else "updated"
     print(
-        f"{registry.root}: {result['model_version']} "
-        f"({f'rolled back change {result['reverted']}' if 'reverted' in result else 'updated'} by {by}); "
+        f"{registry.root}: {result['model_version']} ({what} by {by}); "
         "running servers serve it within their reload interval"
     )
     print(f"  {account}: {len(result['labels'])} labels: {', '.join(result['labels'])}")

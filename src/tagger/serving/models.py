@@ -1,7 +1,7 @@
 """The life of a model in the registry: list, register, promote, roll back.
 
     python -m tagger.serving.models list                     # the models, what is served, the last promotions
-    python -m tagger.serving.models promote version=VERSION  # serve it (every merchant's label changes replayed)
+    python -m tagger.serving.models promote version=VERSION  # serve it, every merchant's label changes replayed
     python -m tagger.serving.models promote                    # the newest registered model
     python -m tagger.serving.models rollback                   # serve again the model served before
     python -m tagger.serving.models register path=EXPORT_DIR   # add a standalone export directory (copied)
