@@ -1,10 +1,10 @@
 """The life of a model in the registry: list, register, promote, roll back.
 
     python -m tagger.serving.models list                     # the models, what is served, the last promotions
-    python -m tagger.serving.models promote version=VERSION  # serve it, every merchant's label changes replayed
-    python -m tagger.serving.models promote                    # the newest registered model
-    python -m tagger.serving.models rollback                   # serve again the model served before
-    python -m tagger.serving.models register path=EXPORT_DIR   # add a standalone export directory (copied)
+    python -m tagger.serving.models promote version=VERSION  # serve it, label changes replayed onto it
+    python -m tagger.serving.models promote                  # the newest registered model
+    python -m tagger.serving.models rollback                 # serve again the model served before
+    python -m tagger.serving.models register path=EXPORT_DIR # add a standalone export directory (copied)
 
 Running servers of the registry swap to a promoted model within their ``reload_interval``, with no
 restart and no failed request. Settings: conf/models.yaml (registry_dir, version, path, by).
