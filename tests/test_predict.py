@@ -12,15 +12,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import exported
+from conftest import FakeEmbedder, exported, served_copy
 from fastapi.testclient import TestClient
 from hydra import compose, initialize_config_dir
 from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
 from tagger.batch.run import outputs, predict_file
 from tagger.data.cache import load_tickets
+from tagger.model.label_update import LabelUpdate
 from tagger.paths import PROJECT_ROOT
 from tagger.serving.api import create_app
+from tagger.serving.registry import Registry
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +82,18 @@ def test_rows_are_quarantined_exactly_as_the_ingest_does_and_the_rest_scored(bad
 
 
 def test_each_row_is_what_the_api_answers_for_the_same_ticket(trained, export_dir, tmp_path):  # noqa: F811
+    """By default predict.py scores with the registry's promoted model and every label change, as
+    the API serves them."""
     _, data, _ = trained
-    predict_file(_config(data, export_dir, tmp_path / "p.parquet"))
+    registry = served_copy(export_dir, tmp_path)
+    Registry(registry).update(LabelUpdate("a", add=["Added since"]), "test", FakeEmbedder().embed)
+    summary = predict_file(_config(data, "null", tmp_path / "p.parquet", f"registry_dir={registry}"))
+    assert summary["model_version"].endswith("/g000001")
     predictions = pd.read_parquet(tmp_path / "p.parquet")
     rows = pq.read_table(data).to_pylist()
     assert len(predictions) == len(rows)
-    client = TestClient(create_app(export_dir), raise_server_exceptions=False)
+    assert "Added since" in {label for labels in predictions["top_labels"] for label in labels}
+    client = TestClient(create_app(registry), raise_server_exceptions=False)
     for i in range(0, len(rows), 7):  # a spread of tickets, those without embeddings included
         body = {
             "account_id": rows[i]["account_id"],

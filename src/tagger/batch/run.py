@@ -23,9 +23,11 @@ from tagger.batch.engines import local_tables, ray_tables
 from tagger.batch.score import PREDICTION_COLUMNS, PROBLEM_COLUMNS, STEPS, Timings, plan
 from tagger.data.ingest import duplicate_rows, read_schema
 from tagger.data.validation import RowProblem, ValidationReport
-from tagger.paths import latest_export, resolve, shown
-from tagger.serving.label_store import current_generation
+from tagger.manifest import ArtifactError
+from tagger.paths import resolve, shown
 from tagger.serving.limits import Limits
+from tagger.serving.onnx_predictor import BASE_GENERATION
+from tagger.serving.registry import Registry
 
 ENGINES = ("local", "ray")
 
@@ -40,6 +42,28 @@ def outputs(out: str | os.PathLike) -> dict[str, Path]:
     }
 
 
+def _model(cfg: DictConfig) -> dict:
+    """What scores the file: ``export_dir=`` with its own labels, else the registry's promoted
+    model with every merchant's label changes (and the label generation it starts on)."""
+    if cfg.export_dir:
+        export_dir = resolve(cfg.export_dir)
+        return {"export_dir": export_dir, "registry_dir": None, "version": None, "generation": None}
+    # the registry's served model, its labels checked again by every scorer (a Ray actor too)
+    registry = Registry(resolve(cfg.registry_dir), create=False)
+    served = registry.served()
+    if served is None:
+        message = "no model is promoted: `python -m tagger.serving.models promote`"
+        raise ArtifactError(f"{registry.root}: {message}")
+    view, _ = registry.label_view(served[1])
+    registry.close()
+    return {
+        "export_dir": registry.model_dir(served[1]),
+        "generation": view.generation,
+        "registry_dir": registry.root,
+        "version": served[1],
+    }
+
+
 def predict_file(cfg: DictConfig) -> dict:
     """Score ``cfg.data.path`` with ``cfg.export_dir`` on ``cfg.engine``; write the outputs and
     return the summary."""
@@ -47,13 +71,12 @@ def predict_file(cfg: DictConfig) -> dict:
         raise ValueError(f"engine={cfg.engine!r}: expected one of {', '.join(ENGINES)}")
     path = resolve(cfg.data.path)
     read_schema(path, require_labels=False)  # a missing file or column stops here, named
-    export_dir = resolve(cfg.export_dir) if cfg.export_dir else latest_export()
+    model = _model(cfg)
     pieces = plan(path)
     n_rows = pq.ParquetFile(path).metadata.num_rows
     scorer_args = {
         "path": str(path),
-        "export_dir": str(export_dir),
-        "generation": current_generation(export_dir),
+        **{k: (str(v) if v is not None else None) for k, v in model.items()},
         "threads": int(cfg.threads),
         "batch_rows": int(cfg.batch_rows),
         "onnx_batch": int(cfg.onnx_batch),
@@ -68,7 +91,7 @@ def predict_file(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     written = _write(tables, files, n_rows, cfg.progress)
     seconds = time.perf_counter() - started
-    summary = _summary(cfg, path, export_dir, files, written, seconds)
+    summary = _summary(cfg, path, model, files, written, seconds)
     files["summary"].write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -114,14 +137,17 @@ def _write(tables, files: dict[str, Path], n_rows: int, progress: bool) -> dict:
     return {"counts": counts, "report": report, "timings": timings}
 
 
-def _summary(cfg, path: Path, export_dir: Path, files: dict, written: dict, seconds: float) -> dict:
+def _summary(cfg, path: Path, model: dict, files: dict, written: dict, seconds: float) -> dict:
     import resource
 
     report, counts, timings = written["report"], written["counts"], written["timings"]
+    version = json.loads((Path(model["export_dir"]) / "serving.json").read_text())["model_version"]
     return {
         "command": "python predict.py",
         "data": shown(path),
-        "export_dir": shown(export_dir),
+        "export_dir": shown(model["export_dir"]),
+        "registry_dir": shown(model["registry_dir"]) if model["registry_dir"] else None,
+        "model_version": f"{version}/{model['generation'] or BASE_GENERATION}",
         "engine": cfg.engine,
         "workers": int(cfg.ray.workers) if cfg.engine == "ray" else 1,
         "outputs": {k: shown(v) for k, v in files.items()},

@@ -33,6 +33,7 @@ from tagger.data.ingest import (
 from tagger.data.validation import RowProblem
 from tagger.serving.limits import Limits
 from tagger.serving.onnx_predictor import OnnxPredictor
+from tagger.serving.registry import Registry
 from tagger.serving.request_path import ANSWER_COLUMNS, RequestScorer
 
 RESULT_SCHEMA = pa.schema(
@@ -99,8 +100,10 @@ class PieceScorer:
     def __init__(
         self,
         path: str | os.PathLike,
-        export_dir: str | os.PathLike,
+        export_dir: str | os.PathLike | None = None,
         generation: str | None = None,
+        registry_dir: str | os.PathLike | None = None,
+        version: str | None = None,
         threads: int = 1,
         batch_rows: int = 2048,
         onnx_batch: int = 64,
@@ -110,11 +113,17 @@ class PieceScorer:
         self.path = Path(path)
         self.schema = read_schema(self.path, require_labels=False)
         self.columns = [*scalar_columns(self.schema), EMBEDDINGS]
-        self.predictor = OnnxPredictor(export_dir, threads=threads)
+        if registry_dir is not None:  # the registry's model with its merchants' label changes
+            registry = Registry(registry_dir, create=False)
+            view, _ = registry.label_view(version)
+            self.predictor = OnnxPredictor(registry.model_dir(version), threads=threads, view=view)
+            registry.close()
+        else:  # an export with the labels it was made with
+            self.predictor = OnnxPredictor(export_dir, threads=threads)
         if generation is not None and self.predictor.view.generation != generation:
             raise RuntimeError(
-                f"the labels of {export_dir} moved to {self.predictor.view.generation} while the run "
-                f"started on {generation}: run it again"
+                f"the labels moved to {self.predictor.view.generation} while the run started on "
+                f"{generation}: run it again"
             )
         self.answers = RequestScorer(self.predictor, limits or Limits())
         self.batch_rows, self.onnx_batch = batch_rows, onnx_batch
