@@ -7,8 +7,8 @@ real held-out tickets at ``--rate`` requests/s. Two kinds of update alternate:
 
 - through the endpoint (``POST /admin/labels``): the time until the response, then until
   ``GET /accounts/{id}/labels`` shows the change;
-- from another process (what ``python -m tagger.serving.admin`` does): the time from the new
-  generation being written until the server's ``/health`` reports it.
+- from another process (what ``python -m tagger.serving.admin`` does): the time from the change
+  being committed to the registry until the server's ``/health`` reports it.
 
 Each update adds a label to a merchant (with a few of its real tickets as examples), renames one or
 retires the one added before. Writes results/benchmarks/label_update.md (and .json).
@@ -29,9 +29,8 @@ from tagger.bench.servers import admin_server
 from tagger.bench.serving import request_bodies
 from tagger.model.label_update import LabelUpdate
 from tagger.paths import latest_export, resolve, shown
-from tagger.serving.admin import update_export
 from tagger.serving.name_encoder import NameEncoder
-from tagger.serving.onnx_predictor import OnnxPredictor
+from tagger.serving.registry import Registry
 
 
 def _wait(check, timeout: float = 5.0) -> float:
@@ -54,8 +53,8 @@ def run(export_dir: Path, n_updates: int, rate: float, tickets: int) -> dict:
     rng = np.random.default_rng(0)
     endpoint, other = [], []
     with admin_server(export_dir) as (_, url, served, auth), httpx.Client(timeout=30) as client:
-        embed = NameEncoder(served).embed
-        writer = OnnxPredictor(served)  # another process's view of the same export, as the command has
+        writer = Registry(served)  # another writer of the same registry, as the command is
+        embed = NameEncoder(writer.model_dir(writer.served()[1])).embed
         seconds = max(10.0, n_updates * 1.5 + 4)
         proc, queue = start_load(f"{url}/predict", bodies, rate, seconds, 8)
         time.sleep(2.0)
@@ -90,7 +89,7 @@ def run(export_dir: Path, n_updates: int, rate: float, tickets: int) -> dict:
                 )
             else:  # from another process, as the command does
                 t0 = time.perf_counter()
-                result = update_export(writer, [LabelUpdate(account, add=[label])], embed, by="benchmark")
+                result = writer.update(LabelUpdate(account, add=[label]), "benchmark", embed)
                 written = time.perf_counter()
                 live = _wait(
                     lambda g=result["generation"]: client.get(f"{url}/health").json()["label_generation"] == g

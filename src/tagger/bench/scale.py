@@ -182,7 +182,7 @@ def synthetic_export(source: Path, out: Path, n_accounts: int, labels: int, seed
 
     from tagger.model.label_table import LabelTable
     from tagger.model.label_update import LabelState
-    from tagger.serving.label_store import labels_dir, read_base, write_base
+    from tagger.serving.label_store import read_base, write_base
 
     shutil.copytree(source, out, ignore=shutil.ignore_patterns("labels"))
     some = read_base(source).some()
@@ -200,7 +200,7 @@ def synthetic_export(source: Path, out: Path, n_accounts: int, labels: int, seed
     queries = None if q is None else (0.1 * rng.normal(size=(n_accounts + 1, q))).astype(np.float32)
     state = LabelState.from_table(LabelTable(frame), vectors, np.full(n, 1.0 / labels), name_emb, queries)
     write_base(out, state, {"kind": "scale benchmark", "merchants": n_accounts})
-    return {"label_storage_mb": _du(labels_dir(out)) / 2**20}
+    return {"label_storage_mb": _du(out / "labels") / 2**20}
 
 
 def _du(path: Path) -> int:
@@ -261,22 +261,27 @@ def in_process(export_dir: Path, n_accounts: int, repeats: int) -> dict:
 
 
 def label_updates(export_dir: Path, n_accounts: int, n_updates: int) -> dict:
-    """``n_updates`` one-merchant label additions through the admin path; another predictor catches up."""
-    from tagger.model.label_update import LabelUpdate
-    from tagger.serving.admin import update_export
-    from tagger.serving.label_store import labels_dir
-    from tagger.serving.name_encoder import NameEncoder
-    from tagger.serving.onnx_predictor import OnnxPredictor
+    """``n_updates`` one-merchant label additions through the admin path (the registry); a server
+    process's view (:class:`Live`) catches up. Bytes written: the registry's growth (SQLite + WAL)."""
+    import tempfile
 
-    writer, reader = OnnxPredictor(export_dir), OnnxPredictor(export_dir)
+    from tagger.bench.servers import registry_of
+    from tagger.model.label_update import LabelUpdate
+    from tagger.serving.live import Live
+    from tagger.serving.name_encoder import NameEncoder
+    from tagger.serving.registry import Registry
+
+    root = registry_of(export_dir, Path(tempfile.mkdtemp(prefix="tagger-scale-")) / "registry")
+    writer = Registry(root)
+    reader = Live(Registry(root))
     embed = NameEncoder(export_dir).embed
     rng = np.random.default_rng(2)
     seconds, written, reloads = [], [], []
     for i in range(n_updates + 1):  # the first warms the name encoder: not counted
         account = f"m{int(rng.integers(0, n_accounts)):06d}"
-        before = _du(labels_dir(export_dir))
+        before = _du(root) - _du(root / "models")
         t0 = time.perf_counter()
-        update_export(writer, [LabelUpdate(account, add=[f"New reason {i}"])], embed, by="bench")
+        writer.update(LabelUpdate(account, add=[f"New reason {i}"]), "bench", embed)
         took = time.perf_counter() - t0
         t0 = time.perf_counter()
         if not reader.refresh():
@@ -284,7 +289,7 @@ def label_updates(export_dir: Path, n_accounts: int, n_updates: int) -> dict:
         reload = time.perf_counter() - t0
         if i:
             seconds.append(took * 1000)
-            written.append(_du(labels_dir(export_dir)) - before)
+            written.append(_du(root) - _du(root / "models") - before)
             reloads.append(reload * 1000)
     return {
         "update_p50_ms": statistics.median(seconds),

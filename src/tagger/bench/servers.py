@@ -5,9 +5,9 @@ deployed), and a reference FastAPI app that answers a constant."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -57,9 +57,28 @@ def server_process(command: list[str], port: int, env: dict | None = None, cwd: 
             server.wait()
 
 
+def registry_of(export_dir: Path, root: Path | None = None) -> Path:
+    """A registry serving ``export_dir`` (a registry itself is returned as it is): under ``root``,
+    else one scratch registry per export directory in the temporary directory."""
+    from tagger.serving.registry import DB, Registry
+
+    export_dir = Path(export_dir)
+    if (export_dir / DB).exists():
+        return export_dir
+    key = hashlib.sha256(str(export_dir.resolve()).encode()).hexdigest()[:12]
+    root = root or Path(tempfile.gettempdir()) / f"tagger-registry-{key}"
+    registry = Registry(root)
+    version, _ = registry.register(export_dir, by="bench")
+    if registry.served() is None or registry.served()[1] != version:
+        registry.promote(version, by="bench")
+    registry.close()
+    return root
+
+
 def this_code(export_dir: Path, port: int, overrides: tuple[str, ...] = ()) -> dict:
-    """The command serving ``export_dir`` with this checkout's code."""
-    command = [sys.executable, "-m", "tagger.serving", f"export_dir={export_dir}", f"port={port}", *overrides]
+    """The command serving ``export_dir`` (an export, or a registry) with this checkout's code."""
+    registry = registry_of(export_dir)
+    command = [sys.executable, "-m", "tagger.serving", f"registry_dir={registry}", f"port={port}", *overrides]
     return {"command": command}
 
 
@@ -121,11 +140,10 @@ def api_server(export_dir: Path, **env):
 
 @contextmanager
 def admin_server(export_dir: Path):
-    """A copy of ``export_dir`` served with a random admin token (label updates change the copy only);
-    yields (process, url, the served copy, the Authorization header)."""
+    """A scratch registry serving ``export_dir`` with a random admin token (label changes go to the
+    scratch registry only); yields (process, url, the registry, the Authorization header)."""
     token = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory(prefix="tagger-served-") as work:
-        served = Path(work) / "onnx"
-        shutil.copytree(export_dir, served)
+        served = registry_of(export_dir, Path(work) / "registry")
         with api_server(served, TAGGER_ADMIN_TOKEN=token) as (server, url):
             yield server, url, served, {"Authorization": f"Bearer {token}"}

@@ -36,7 +36,7 @@ from tagger.bench.servers import (
     worktree,
 )
 from tagger.data.splits import cutoff_seconds
-from tagger.serving.label_store import read_generation
+from tagger.serving.label_store import read_base
 
 
 def request_bodies(export_dir: Path, n: int, seed: int = 0) -> list[dict]:
@@ -46,7 +46,7 @@ def request_bodies(export_dir: Path, n: int, seed: int = 0) -> list[dict]:
     table = pq.read_table(data["file"], columns=["account_id", "unix_timestamp", "email_sentence_embeddings"])
     cutoff = cutoff_seconds(data["split"])
     rows = np.flatnonzero(table.column("unix_timestamp").to_numpy() >= cutoff)
-    known = set(read_generation(export_dir)[1].accounts)
+    known = set(read_base(export_dir).accounts)
     accounts = table.column("account_id").to_pylist()
     rows = [r for r in rows if accounts[r] in known]
     pick = np.random.default_rng(seed).choice(rows, min(n, len(rows)), replace=False)

@@ -1,14 +1,16 @@
-"""python -m tagger.reliability {fuzz,soak,faults,report,all} [key=value ...]: run the checks, write
-results/reliability.md. Settings: conf/reliability.yaml (export_dir, examples, minutes, rate,
-update_every), e.g. ``python -m tagger.reliability soak minutes=5 rate=200``.
+"""python -m tagger.reliability {fuzz,soak,faults,crash,report,all} [key=value ...]: run the checks,
+write results/reliability.md. Settings: conf/reliability.yaml (registry_dir, export_dir, examples,
+minutes, rate, update_every, crash_points), e.g. ``python -m tagger.reliability soak minutes=5``.
 
     fuzz    schemathesis against the API's OpenAPI schema (in process, admin token set)
     soak    the API under load with label updates (default 10 min at 100 req/s)
-    faults  broken exports, broken label generations, corrupt parquet files, a failed model save
+    faults  broken exports and registries, damaged label rows, corrupt parquet files, a failed save
+    crash   kill -9 the registry's writer at random instants of label updates and promotions
     report  rebuild results/reliability.md from what the others wrote (each also rebuilds it)
 
-Each uses the latest export (models/shared-*/onnx), its model directory and its data file unless
-told otherwise. Figures go to results/reliability/*.json and the report to results/reliability.md.
+Each uses the registry's promoted export, its model directory and its data file unless told
+otherwise (``export_dir=``); each works on scratch copies, never on the registry itself.
+Figures go to results/reliability/*.json and the report to results/reliability.md.
 """
 
 from __future__ import annotations
@@ -19,22 +21,23 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-from tagger.paths import PROJECT_ROOT, command_config, latest_export, shown
+from tagger.paths import PROJECT_ROOT, command_config, resolve, shown
 from tagger.reliability import faults, fuzz, soak
 
 OUT = PROJECT_ROOT / "results" / "reliability"
 
 
 def _fuzz(args) -> None:
+    from tagger.bench.servers import registry_of
     from tagger.serving.api import Limits, create_app
     from tagger.serving.onnx_predictor import OnnxPredictor
 
-    work = Path(tempfile.mkdtemp(prefix="tagger-fuzz-")) / "onnx"
-    shutil.copytree(args.export_dir, work)  # admin updates change the copy only
+    work = Path(tempfile.mkdtemp(prefix="tagger-fuzz-")) / "registry"
+    registry_of(args.export_dir, work)  # admin updates change the scratch registry only
     try:
         token = "fuzz-token"
         app = create_app(work, Limits(), admin_token=token)
-        accounts = sorted(OnnxPredictor(work).view.state.accounts)[:20]
+        accounts = sorted(OnnxPredictor(args.export_dir).view.state.accounts)[:20]
         result = fuzz.fuzz_app(app, args.examples, token=token, accounts=accounts)
     finally:
         shutil.rmtree(work.parent, ignore_errors=True)
@@ -47,6 +50,31 @@ def _soak(args) -> None:
     result = soak.soak(args.export_dir, args.minutes, args.rate, args.update_every)
     soak.save(result, OUT)
     print("\n".join(soak.markdown(result)))
+
+
+def _crash(args) -> None:
+    from tagger.bench.machine import machine_description
+    from tagger.reliability.crash import run_crash
+    from tagger.serving.onnx_export import export_model
+    from tagger.serving.registry import Registry
+
+    work = Path(tempfile.mkdtemp(prefix="tagger-crash-"))
+    try:  # two versions of the served model (opset 17 and 18) in a scratch registry
+        serving = json.loads((args.export_dir / "serving.json").read_text())
+        registry = Registry(work / "registry")
+        versions = [registry.register(args.export_dir, by="crash")[0]]
+        export_model(Path(serving["model_dir"]), work / "other", opset=18, parity_tickets=100)
+        versions.append(registry.register(work / "other", by="crash", move=True)[0])
+        registry.promote(versions[0], by="crash")
+        registry.close()
+        result = run_crash(work / "registry", versions, int(args.crash_points))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result["machine"] = machine_description()
+    result["export_dir"] = shown(args.export_dir)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "crash.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "failures"}, indent=2))
 
 
 def _faults(args) -> None:
@@ -100,7 +128,7 @@ def write_report() -> Path:
     return report
 
 
-COMMANDS = ("fuzz", "soak", "faults", "report", "all")
+COMMANDS = ("fuzz", "soak", "faults", "crash", "report", "all")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,14 +145,23 @@ def main(argv: list[str] | None = None) -> int:
         return int(stop.code or 0)
     args = SimpleNamespace(command=argv[0], **{k: cfg[k] for k in cfg})
     args.export_dir = Path(args.export_dir) if args.export_dir else None
-    if args.command != "report":
-        args.export_dir = args.export_dir or latest_export()
+    if args.command != "report" and args.export_dir is None:
+        from tagger.serving.registry import Registry
+
+        registry = Registry(resolve(args.registry_dir), create=False)
+        served = registry.served()
+        if served is None:
+            raise SystemExit(
+                f"{registry.root}: no model is promoted: `python -m tagger.serving.models promote`"
+            )
+        args.export_dir = registry.model_dir(served[1])
     steps = {
         "fuzz": [_fuzz],
         "soak": [_soak],
         "faults": [_faults],
+        "crash": [_crash],
         "report": [],
-        "all": [_faults, _fuzz, _soak],
+        "all": [_faults, _crash, _fuzz, _soak],
     }
     for step in steps[args.command]:
         step(args)

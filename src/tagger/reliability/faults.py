@@ -1,9 +1,10 @@
-"""Fault cases, each run for real and recorded: broken exports at start-up, broken label generations
-on a hot reload, corrupt ticket files, and a model save that fails half-way.
+"""Fault cases, each run for real and recorded: broken registries and exports at start-up, damaged
+label rows on a hot reload, corrupt ticket files, and a model save that fails half-way.
 
-Expectations: a server never starts on a broken export (one clear line, no traceback); a running
-server keeps serving its last good label generation and says why it refused the new one; a corrupt
-parquet gives a clear error or a quarantine report; a failed save leaves no model directory.
+Expectations: a server never starts on a broken export, a registry with no promoted model or no
+registry (one clear line, no traceback); a running server offered a damaged merchant row keeps that
+merchant's last good labels, quarantines it (said by /health) and serves every other merchant; a
+corrupt parquet gives a clear error or a quarantine report; a failed save leaves no model directory.
 """
 
 from __future__ import annotations
@@ -24,15 +25,8 @@ from tagger.data.cache import load_tickets
 from tagger.data.validation import SchemaError
 from tagger.paths import shown
 from tagger.serving.api import app_from_config, serve_config
-from tagger.serving.label_store import (
-    current_generation,
-    generation_name,
-    generation_number,
-    labels_dir,
-    read_generation,
-    read_log,
-    write_generation,
-)
+from tagger.serving.label_store import encode_labels
+from tagger.serving.registry import Registry
 
 
 class CaseFailed(Exception):
@@ -94,9 +88,6 @@ def broken_exports(export_dir: Path) -> list[tuple[str, Callable[[Path], None]]]
         ("serving.json altered", write("serving.json", "{}")),
         ("manifest.json missing", remove("manifest.json")),
         ("model.onnx from another export (manifest mismatch)", write("model.onnx", "not this model")),
-        ("labels/CURRENT missing", remove("labels/CURRENT")),
-        ("labels/CURRENT names a missing generation", write("labels/CURRENT", "g999999\n")),
-        ("labels/CURRENT names a path outside labels/", write("labels/CURRENT", "../../etc\n")),
         ("label_vectors.npy truncated", _truncate(f"{rel}/label_vectors.npy")),
         ("labels.parquet altered", write(f"{rel}/labels.parquet", "{}")),
         ("label base manifest missing", remove(f"{rel}/manifest.json")),
@@ -104,82 +95,91 @@ def broken_exports(export_dir: Path) -> list[tuple[str, Callable[[Path], None]]]
     ]
 
 
+def _registry(export_dir: Path, root: Path) -> tuple[Registry, str]:
+    """A registry at ``root`` serving a copy of ``export_dir``."""
+    registry = Registry(root)
+    version, _ = registry.register(export_dir, by="faults")
+    registry.promote(version, by="faults")
+    return registry, version
+
+
 def startup_cases(export_dir: Path, tmp: Path) -> list[dict]:
-    """The server refuses each broken copy of ``export_dir``."""
+    """The server refuses a registry whose promoted export is broken, or that serves nothing."""
     out = []
     for i, (name, breaker) in enumerate(broken_exports(export_dir)):
-        copy = tmp / f"startup-{i}"
-        shutil.copytree(export_dir, copy)
+        registry, version = _registry(export_dir, tmp / f"startup-{i}")
+        copy = registry.model_dir(version)
+        for path in copy.rglob("*"):  # registered files are read-only: the fault writes them anyway
+            path.chmod(0o755 if path.is_dir() else 0o644)
         breaker(copy)
         out.append(
             _case(
                 f"start-up: {name}",
                 "refuses to start with a clear message",
-                lambda c=copy: _refuses_to_start(c),
+                lambda r=registry.root: _refuses_to_start(r),
             )
         )
+    empty = tmp / "startup-empty"
+    Registry(empty).register(export_dir, by="faults")
+    out.append(_case("start-up: no model promoted", "refuses to start", lambda: _refuses_to_start(empty)))
+    out.append(
+        _case("start-up: no registry", "refuses to start", lambda: _refuses_to_start(tmp / "nothing-here"))
+    )
     return out
 
 
 # ---- hot reload -----------------------------------------------------------------------------------
 def reload_cases(export_dir: Path, tmp: Path) -> list[dict]:
-    """A running server offered each broken generation keeps serving the last good one."""
+    """A running server offered a damaged merchant row keeps that merchant's last good labels,
+    quarantines it and serves every other merchant."""
+    import sqlite3
+
     from fastapi.testclient import TestClient
 
     from tagger.serving.api import create_app
 
-    account = sorted(read_generation(export_dir)[1].accounts)[0]
-    body = {"account_id": account, "email_sentence_embeddings": None}
-
-    def offer(name: str, make: Callable[[Path], str]) -> str:
-        served = tmp / f"reload-{abs(hash(name))}"  # a fresh server per case: each refusal is its own
-        shutil.copytree(export_dir, served)
-        client = TestClient(create_app(served, reload_interval=0.0), raise_server_exceptions=False)
-        good = client.get("/health").json()["label_generation"]
-        pointer = make(served)
-        (labels_dir(served) / "CURRENT").write_text(pointer + "\n")
+    def offer(name: str, damage: Callable[[bytes, str], tuple[bytes, str]]) -> str:
+        registry, version = _registry(export_dir, tmp / f"reload-{abs(hash(name))}")
+        client = TestClient(create_app(registry.root, reload_interval=0.0), raise_server_exceptions=False)
+        view, _ = registry.label_view(version)
+        account, other = sorted(view.state.accounts)[:2]
+        good = view.labels_of(account)
+        blob, sha = damage(*encode_labels(good))
+        with sqlite3.connect(registry.root / "registry.sqlite") as db:  # a row as a bad disk would leave it
+            seq = db.execute(
+                "INSERT INTO changes (account, at, by, kind, payload, arrays, sha) VALUES (?, 0, 'faults', "
+                "'update', '{}', x'', '')",
+                (account,),
+            ).lastrowid
+            db.execute("INSERT INTO label_rows VALUES (?, ?, ?, ?, ?)", (version, account, seq, sha, blob))
         health = client.get("/health").json()
-        r = client.post("/predict", json=body)
-        _expect(r.status_code == 200, f"/predict answered {r.status_code}")
-        _expect(health["label_generation"] == good, f"now serving {health['label_generation']}")
-        _expect(bool(health["last_reload_error"]), "no reload error reported")
-        said = health["last_reload_error"].replace(str(tmp), "<tmp>")
-        return f"kept serving {good}; /health says: {said[:160]}"
+        _expect(health["quarantined"] == [account], f"quarantined: {health['quarantined']}")
+        for who in (account, other):
+            r = client.post("/predict", json={"account_id": who, "email_sentence_embeddings": None})
+            _expect(r.status_code == 200, f"/predict for {who} answered {r.status_code}")
+        served = client.get(f"/accounts/{account}/labels").json()["labels"]
+        _expect([x["label"] for x in served] == list(good.labels), "its last good labels are not served")
+        return f"{account} quarantined with its last good labels; {other} served as before"
 
-    def broken_version(breaker: Callable[[Path], None]) -> Callable[[Path], str]:
-        """A generation whose merchant version is damaged after it was written."""
+    def altered(blob: bytes, sha: str) -> tuple[bytes, str]:
+        return blob[: len(blob) // 2], sha
 
-        def make(served: Path) -> str:
-            state = read_generation(served)[1]
-            name = write_generation(served, {account: state.accounts[account]}, {"kind": "fault case"})
-            breaker(labels_dir(served) / read_log(served, generation_number(name))["accounts"][account])
-            return name
+    def wrong_dimension(blob: bytes, sha: str) -> tuple[bytes, str]:
+        from tagger.serving.label_store import decode_labels
 
-        return make
-
-    def wrong_dimension(served: Path) -> str:
-        labels = read_generation(served)[1].accounts[account]
-        bad = dataclasses.replace(labels, vectors=np.ascontiguousarray(labels.vectors[..., :10]))
-        return write_generation(served, {account: bad}, {"kind": "fault case"})
-
-    def missing_log(served: Path) -> str:
-        return generation_name(generation_number(current_generation(served)) + 1)
+        labels = decode_labels(blob, sha)
+        return encode_labels(
+            dataclasses.replace(labels, vectors=np.ascontiguousarray(labels.vectors[..., :10]))
+        )
 
     cases = [
-        ("label_vectors.npy truncated", broken_version(_truncate("label_vectors.npy"))),
-        ("labels.json altered", broken_version(lambda d: (d / "labels.json").write_text("{}"))),
-        (
-            "manifest missing (a half-written version)",
-            broken_version(lambda d: (d / "manifest.json").unlink()),
-        ),
-        ("vectors of another model (wrong dimension, valid manifest)", wrong_dimension),
-        ("CURRENT names a generation with no log entry", missing_log),
-        ("CURRENT names a path outside labels/", lambda served: "../../etc"),
+        ("a merchant's label row truncated (fails its SHA-256)", altered),
+        ("a merchant's label row of another model (wrong dimension, valid SHA-256)", wrong_dimension),
     ]
     return [
         _case(
             f"hot reload: {name}",
-            "keeps serving the last good generation",
+            "that merchant quarantined with its last good labels, the others served",
             lambda n=name, m=make: offer(n, m),
         )
         for name, make in cases

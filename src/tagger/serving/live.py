@@ -62,7 +62,19 @@ class Live:
     def _load(self, served: tuple[int, str]) -> Served:
         promotion, version = served
         view, quarantined = self.registry.label_view(version)
-        predictor = self.registry.model(version).predictor.with_view(view)
+        base = self.registry.model(version).predictor
+        misfits = _misfits(base, view.state.accounts)
+        if misfits:  # rows of another model's shape: that merchant keeps its exported labels
+            exported = base.view.state.accounts
+            kept = {a: exported[a] for a in misfits if a in exported}
+            state = view.state.replace(kept)
+            state = type(state)(
+                {a: x for a, x in state.accounts.items() if a not in misfits or a in exported},
+                state.unknown_query,
+            )
+            view = LabelView(view.generation, state)
+            quarantined.update(misfits)
+        predictor = base.with_view(view)
         self.quarantined = quarantined
         for account, why in quarantined.items():
             log.error("merchant %r quarantined: its last good labels keep serving: %s", account, why)
@@ -99,6 +111,9 @@ class Live:
             return False
         seq, changed, damaged = self.registry.rows_since(current.version, current.seq)
         predictor = current.predictor
+        for account, why in _misfits(predictor, changed).items():
+            del changed[account]
+            damaged[account] = why
         state = predictor.view.state
         view = LabelView(generation_name(seq), state.replace(changed) if changed else state)
         predictor.use(view, list(changed))
@@ -113,3 +128,13 @@ class Live:
 
 def _number(generation: str) -> int:
     return int(generation.lstrip("g"))
+
+
+def _misfits(predictor: OnnxPredictor, accounts: dict) -> dict[str, str]:
+    """The merchants whose label vectors do not fit ``predictor``'s model, and why."""
+    shape = predictor.view.state.some().vectors.shape[1:] if predictor.view.state.some() is not None else None
+    return {
+        account: f"label vectors {labels.vectors.shape} do not fit this model {shape}"
+        for account, labels in accounts.items()
+        if shape is not None and labels.vectors.shape[1:] != shape
+    }
