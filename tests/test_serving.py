@@ -124,7 +124,8 @@ def test_past_max_in_flight_a_request_is_refused_at_once_with_retry_after(base_e
 
 def _serve(export_dir, *overrides: str, **env):
     port = free_port()
-    command = [sys.executable, "-m", "tagger.serving", f"registry_dir={export_dir}", f"port={port}", *overrides]
+    command = [sys.executable, "-m", "tagger.serving", f"registry_dir={export_dir}", f"port={port}"]
+    command += list(overrides)
     return server_process(command, port, env), port
 
 
