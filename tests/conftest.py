@@ -244,3 +244,12 @@ def served_copy(export_dir: Path, tmp_path: Path) -> Path:
     registry.promote(version, by="test")
     registry.close()
     return tmp_path / "registry"
+
+
+def registry_for(export_dir: Path) -> Path:
+    """A registry beside ``export_dir`` serving it, made once: for tests that only read."""
+    registry = export_dir.parent / f"{export_dir.name}-registry"
+    if not (registry / "registry.sqlite").exists():
+        served_copy(export_dir, registry.parent / f"{export_dir.name}-scratch")
+        (registry.parent / f"{export_dir.name}-scratch" / "registry").rename(registry)
+    return registry

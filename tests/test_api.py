@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import embeddings_json, exported, unit_vectors
+from conftest import embeddings_json, exported, registry_for, unit_vectors
 from fastapi.testclient import TestClient
 from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
@@ -16,7 +16,8 @@ from tagger.serving.api import Limits, create_app
 @pytest.fixture(scope="module")
 def client(trained):  # noqa: F811
     app = create_app(
-        exported(trained, "api-onnx"), Limits(max_sentences=10, max_batch=3, max_body_bytes=200_000)
+        registry_for(exported(trained, "api-onnx")),
+        Limits(max_sentences=10, max_batch=3, max_body_bytes=200_000),
     )
     return TestClient(app, raise_server_exceptions=False)
 

@@ -43,7 +43,13 @@ def test_export_parity_and_one_predictor(trained):
     assert serving["parity"]["max_abs_diff"] < 1e-4 and serving["parity"]["top1_disagreements"] == 0
     assert serving["parity"]["label_tower_max_abs_diff"] < 1e-4
     assert serving["parity"]["name_encoder_max_abs_diff"] < 1e-4  # vs sentence-transformers
-    for name in ("model.onnx", "label_tower.onnx", "serving.json", "manifest.json", "labels/CURRENT"):
+    for name in (
+        "model.onnx",
+        "label_tower.onnx",
+        "serving.json",
+        "manifest.json",
+        "labels/base/manifest.json",
+    ):
         assert (tmp / "onnx" / name).exists()
     predictor = OnnxPredictor(tmp / "onnx")
     estimator = load_shared(model_dir)

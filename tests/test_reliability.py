@@ -13,6 +13,7 @@ import tagger.serving.__main__ as launcher
 from tagger.reliability.faults import broken_exports, run_faults
 from tagger.reliability.fuzz import fuzz_app
 from tagger.serving.api import Limits, create_app
+from tagger.serving.registry import Registry
 
 TOKEN = "t0ken"
 
@@ -53,7 +54,7 @@ def test_a_broken_export_refuses_to_start(faults, name):
 
 @pytest.mark.parametrize(
     ("kind", "at_least"),
-    [("hot reload: ", 5), ("parquet", 2), ("a required column", 1), ("model save", 1)],
+    [("hot reload: ", 3), ("start-up: no ", 2), ("parquet", 2), ("a required column", 1), ("model save", 1)],
 )
 def test_other_fault_cases_behave(faults, kind, at_least):
     cases = [c for name, c in faults.items() if name.startswith(kind)]
@@ -143,11 +144,16 @@ def test_the_launcher_binds_to_loopback_and_refuses_a_broken_export(fresh, monke
     import uvicorn
 
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.update(kw))
-    assert launcher.main([f"export_dir={fresh}", "port=9123"]) == 0
+    assert launcher.main([f"registry_dir={fresh}", "port=9123"]) == 0
     assert calls["host"] == "127.0.0.1" and calls["port"] == 9123
-    (fresh / "model.onnx").write_bytes(b"broken")
+    registry = Registry(fresh)
+    model_onnx = registry.model_dir(registry.served()[1]) / "model.onnx"
+    model_onnx.chmod(0o644)
+    model_onnx.write_bytes(b"broken")
     with pytest.raises(SystemExit, match=r"refuses to start.*model\.onnx does not match"):
-        launcher.main([f"export_dir={fresh}"])
+        launcher.main([f"registry_dir={fresh}"])
+    with pytest.raises(SystemExit, match=r"refuses to start.*no registry"):
+        launcher.main([f"registry_dir={fresh / 'nothing'}"])
     assert launcher.main(["not-a-key-value"]) == 2
     assert launcher.main(["wokers=2"]) == 2  # a misspelt key of conf/serve.yaml
 

@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from conftest import exported, served_copy
+from conftest import exported, registry_for, served_copy
 from fastapi.testclient import TestClient
 from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
@@ -50,7 +50,7 @@ def bodies(trained):  # noqa: F811
 def test_the_request_path_gives_the_predictors_answers(base_export, bodies):
     """Each answer of /predict equals what OnnxPredictor.predict gives the same ticket through a
     Tickets frame (the backtest's path), for the embeddings as a string and as an object."""
-    client = TestClient(create_app(base_export), raise_server_exceptions=False)
+    client = TestClient(create_app(registry_for(base_export)), raise_server_exceptions=False)
     predictor = OnnxPredictor(base_export)
     serving = predictor.serving
     thresholds = serving["thresholds"]
@@ -80,7 +80,7 @@ def test_the_request_path_gives_the_predictors_answers(base_export, bodies):
 
 
 def test_every_answer_says_how_long_the_server_took(base_export):
-    client = TestClient(create_app(base_export), raise_server_exceptions=False)
+    client = TestClient(create_app(registry_for(base_export)), raise_server_exceptions=False)
     for r in (
         client.post("/predict", json={"account_id": "a", "email_sentence_embeddings": None}),
         client.get("/health"),
@@ -100,7 +100,7 @@ def test_past_max_in_flight_a_request_is_refused_at_once_with_retry_after(base_e
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(op.OnnxPredictor, "predict_arrays", slow)
-    app = create_app(base_export, Limits(max_in_flight=1, retry_after_s=2))
+    app = create_app(registry_for(base_export), Limits(max_in_flight=1, retry_after_s=2))
     body = {"account_id": "a", "email_sentence_embeddings": None}
 
     async def burst():

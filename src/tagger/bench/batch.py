@@ -27,7 +27,8 @@ from tagger.batch.run import outputs
 from tagger.bench.config import bench_config
 from tagger.bench.machine import machine_description
 from tagger.bench.processes import sampled_run
-from tagger.paths import latest_export, resolve, shown
+from tagger.bench.servers import promoted_export
+from tagger.paths import resolve, shown
 
 # (name, predict.py overrides)
 ENGINES = (
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.make_only:
         print(f"wrote {shown(big)}")
         return
-    export_dir = resolve(cfg.export_dir) if cfg.export_dir else latest_export()
+    export_dir = resolve(cfg.export_dir) if cfg.export_dir else promoted_export(cfg.get("registry_dir"))
     rows = bench_file("built-in", data, export_dir, int(cfg.repeats), cfg)
     rows += bench_file("1M", big, export_dir, int(cfg.big_repeats), cfg)
     for row in rows:

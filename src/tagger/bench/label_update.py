@@ -2,7 +2,8 @@
 
     python -m tagger.bench.label_update [export_dir=DIR] [updates=10] [rate=100]
 
-A copy of the export is served by uvicorn (one worker, admin token set) while another process sends
+A scratch registry with a copy of the export (by default the model promoted in ``registry/``) is
+served by ``python -m tagger.serving`` (admin token set) while another process sends
 real held-out tickets at ``--rate`` requests/s. Two kinds of update alternate:
 
 - through the endpoint (``POST /admin/labels``): the time until the response, then until
@@ -25,10 +26,10 @@ import numpy as np
 from tagger.bench.config import bench_config
 from tagger.bench.load import start_load, summarise_load
 from tagger.bench.machine import machine_description
-from tagger.bench.servers import admin_server
+from tagger.bench.servers import admin_server, promoted_export
 from tagger.bench.serving import request_bodies
 from tagger.model.label_update import LabelUpdate
-from tagger.paths import latest_export, resolve, shown
+from tagger.paths import resolve, shown
 from tagger.serving.name_encoder import NameEncoder
 from tagger.serving.registry import Registry
 
@@ -163,7 +164,8 @@ def _markdown(f: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     cfg = bench_config("label_update", argv, __doc__)
-    figures = run(cfg.export_dir or latest_export(), int(cfg.updates), float(cfg.rate), int(cfg.tickets))
+    export_dir = resolve(cfg.export_dir) if cfg.export_dir else promoted_export(cfg.get("registry_dir"))
+    figures = run(export_dir, int(cfg.updates), float(cfg.rate), int(cfg.tickets))
     out_dir = resolve(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "label_update.json").write_text(json.dumps(figures, indent=2))

@@ -4,7 +4,8 @@
                                  [before=[60,1000,5000]] [export_dir=DIR]
 
 Synthetic merchants (``labels`` random unit label vectors each; cost does not depend on what the
-vectors mean) around the real model graph of the latest export. For each merchant count:
+vectors mean) around the real model graphs of the registry's promoted model (or ``export_dir``).
+For each merchant count:
 
 - training step (forward, loss, backward, both optimisers; batch 128 x 4 sentences, one thread,
   default architecture) and the peak resident memory of a fresh process building the model;
@@ -13,8 +14,9 @@ vectors mean) around the real model graph of the latest export. For each merchan
 - one ticket in process: OnnxPredictor.predict (and the bare ``session.run`` beside it);
 - HTTP p50/p99 at 100 req/s (``python -m tagger.serving``, load from another process), and the
   server's resident memory;
-- a label update (one merchant gets a label, through the admin path), its bytes written, and the
-  reload of another predictor that catches up with it; startup time of a predictor;
+- a label update (one merchant gets a label, through the registry as the admin path does), its
+  bytes written (the growth of the registry's SQLite file and write-ahead log), and the reload of
+  a server's view that catches up with it; startup time of a predictor;
 - the export's label storage on disk.
 
 Writes results/benchmarks/scale.md, scale.json and scale.png (log-log, each cost against merchants).
@@ -38,7 +40,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from tagger.bench.config import bench_config
 from tagger.bench.machine import machine_description
-from tagger.paths import PROJECT_ROOT, latest_export, resolve
+from tagger.bench.servers import promoted_export, registry_of
+from tagger.paths import PROJECT_ROOT, resolve
 
 BEFORE = "c3b6ff6"  # the last commit with the [accounts, labels] layout
 BATCH, SENTENCES, DIM = 128, 4, 384
@@ -260,18 +263,16 @@ def in_process(export_dir: Path, n_accounts: int, repeats: int) -> dict:
     }
 
 
-def label_updates(export_dir: Path, n_accounts: int, n_updates: int) -> dict:
-    """``n_updates`` one-merchant label additions through the admin path (the registry); a server
-    process's view (:class:`Live`) catches up. Bytes written: the registry's growth (SQLite + WAL)."""
-    import tempfile
-
-    from tagger.bench.servers import registry_of
+def label_updates(export_dir: Path, n_accounts: int, n_updates: int, registry: Path | None = None) -> dict:
+    """``n_updates`` one-merchant label additions through the admin path (the registry: ``registry``
+    serving ``export_dir``, else a scratch one); a server process's view (:class:`Live`) catches up.
+    Bytes written: the registry's growth (SQLite + WAL), its export directories left out."""
     from tagger.model.label_update import LabelUpdate
     from tagger.serving.live import Live
     from tagger.serving.name_encoder import NameEncoder
     from tagger.serving.registry import Registry
 
-    root = registry_of(export_dir, Path(tempfile.mkdtemp(prefix="tagger-scale-")) / "registry")
+    root = registry_of(export_dir, registry or Path(tempfile.mkdtemp(prefix="tagger-scale-")) / "registry")
     writer = Registry(root)
     reader = Live(Registry(root))
     embed = NameEncoder(export_dir).embed
@@ -300,7 +301,8 @@ def label_updates(export_dir: Path, n_accounts: int, n_updates: int) -> dict:
 
 
 def http(export_dir: Path, n_accounts: int, seconds: float) -> dict:
-    """HTTP latency at 100 req/s against ``python -m tagger.serving`` on the export; its memory."""
+    """HTTP latency at 100 req/s against ``python -m tagger.serving`` on the export (or a registry
+    serving it); its memory."""
     from tagger.bench.load import start_load, summarise_load
     from tagger.bench.servers import api_server
     from tagger.bench.servers import tree_rss_mb as rss_mb
@@ -329,7 +331,8 @@ def http(export_dir: Path, n_accounts: int, seconds: float) -> dict:
 # ---- the run ----------------------------------------------------------------------------------------
 def run(args: DictConfig) -> dict:
     """Every measurement at every merchant count of conf/bench/scale.yaml (``args``)."""
-    source = Path(args.export_dir) if args.export_dir else latest_export()
+    source = resolve(args.export_dir) if args.export_dir else promoted_export(args.get("registry_dir"))
+    version = json.loads((source / "serving.json").read_text())["model_version"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="tagger-scale-") as work:
         for n in args.merchants:
@@ -342,9 +345,10 @@ def run(args: DictConfig) -> dict:
                 print(f"   before: training step {row['train_before']['step_ms']:.1f} ms", flush=True)
             export = Path(work) / f"export-{n}"
             row.update(synthetic_export(source, export, n, args.labels))
+            served = registry_of(export, Path(work) / f"registry-{n}")  # served, then updated
             row.update(in_process(export, n, args.repeats))
-            row.update(http(export, n, args.seconds))
-            row.update(label_updates(export, n, args.updates))
+            row.update(http(served, n, args.seconds))
+            row.update(label_updates(export, n, args.updates, served))
             print(
                 f"   ticket p99 {row['ticket_p99_ms']:.2f} ms, HTTP p99 {row['http_p99_ms']:.2f} ms, "
                 f"update {row['update_p50_ms']:.0f} ms ({row['update_bytes'] / 1024:.0f} KiB), "
@@ -353,11 +357,12 @@ def run(args: DictConfig) -> dict:
                 flush=True,
             )
             shutil.rmtree(export)
+            shutil.rmtree(served)
             rows.append(row)
     return {
         "machine": machine_description(),
         "command": "python -m tagger.bench.scale " + " ".join(sys.argv[1:]),
-        "model": f"the graphs of {source.parent.name}/onnx; synthetic merchants of {args.labels} labels",
+        "model": f"the graphs of model {version}; synthetic merchants of {args.labels} labels",
         "settings": {k: v for k, v in OmegaConf.to_container(args).items() if k != "export_dir"},
         "before": BEFORE,
         "rows": rows,

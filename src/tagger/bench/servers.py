@@ -21,7 +21,7 @@ import httpx
 import psutil
 
 from tagger.bench.processes import tree_processes
-from tagger.paths import PROJECT_ROOT
+from tagger.paths import PROJECT_ROOT, resolve
 
 
 def free_port() -> int:
@@ -55,6 +55,26 @@ def server_process(command: list[str], port: int, env: dict | None = None, cwd: 
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def promoted_export(registry_dir: str | os.PathLike | None = None) -> Path:
+    """The export directory of the model promoted in the registry at ``registry_dir`` (relative to
+    the project root; None: ``registry``): what a benchmark or check measures unless told
+    ``export_dir=``. SystemExit with one line when there is no registry or nothing is promoted."""
+    from tagger.manifest import ArtifactError
+    from tagger.serving.registry import Registry
+
+    try:
+        registry = Registry(resolve(registry_dir or "registry"), create=False)
+    except ArtifactError as err:
+        raise SystemExit(str(err)) from None
+    try:
+        served = registry.served()
+    finally:
+        registry.close()
+    if served is None:
+        raise SystemExit(f"{registry.root}: no model is promoted: `python -m tagger.serving.models promote`")
+    return registry.model_dir(served[1])
 
 
 def registry_of(export_dir: Path, root: Path | None = None) -> Path:

@@ -30,6 +30,7 @@ from tagger.bench.servers import (
     before_code,
     constant_app,
     free_port,
+    promoted_export,
     server_process,
     this_code,
     tree_rss_mb,
@@ -284,10 +285,11 @@ def http_figures(export_dir: Path, args, mix: list[bytes], groups: dict[str, lis
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
-    from tagger.paths import latest_export, resolve, shown
+    from tagger.paths import resolve, shown
 
     args = bench_config("serving", argv, __doc__)
-    export_dir = Path(args.export_dir or latest_export()).resolve()
+    export_dir = resolve(args.export_dir) if args.export_dir else promoted_export(args.get("registry_dir"))
+    export_dir = export_dir.resolve()
     bodies = request_bodies(export_dir, args.tickets)
     buckets = by_bucket(export_dir)
     groups = {}

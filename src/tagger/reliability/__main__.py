@@ -144,17 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:  # --help, or a mistake said in one line
         return int(stop.code or 0)
     args = SimpleNamespace(command=argv[0], **{k: cfg[k] for k in cfg})
-    args.export_dir = Path(args.export_dir) if args.export_dir else None
+    args.export_dir = resolve(args.export_dir) if args.export_dir else None
     if args.command != "report" and args.export_dir is None:
-        from tagger.serving.registry import Registry
+        from tagger.bench.servers import promoted_export
 
-        registry = Registry(resolve(args.registry_dir), create=False)
-        served = registry.served()
-        if served is None:
-            raise SystemExit(
-                f"{registry.root}: no model is promoted: `python -m tagger.serving.models promote`"
-            )
-        args.export_dir = registry.model_dir(served[1])
+        args.export_dir = promoted_export(args.registry_dir)
     steps = {
         "fuzz": [_fuzz],
         "soak": [_soak],

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import shutil
 import tempfile
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -129,39 +130,122 @@ def startup_cases(export_dir: Path, tmp: Path) -> list[dict]:
 
 
 # ---- hot reload -----------------------------------------------------------------------------------
+FAULTS_TOKEN = "faults-token"
+
+
+class _Unreadable:
+    """A registry connection whose every statement fails with a disk I/O error while ``failing``:
+    the registry file unreadable for a moment, as a flaky disk or network mount leaves it."""
+
+    def __init__(self, db):
+        self.db, self.failing = db, True
+
+    def execute(self, *args, **kwargs):
+        if self.failing:
+            import sqlite3
+
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.db.execute(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+
 def reload_cases(export_dir: Path, tmp: Path) -> list[dict]:
     """A running server offered a damaged merchant row keeps that merchant's last good labels,
-    quarantines it and serves every other merchant."""
+    quarantines it (said by /health and /ready) and serves and updates every other merchant; a
+    server that cannot read the registry for a moment says so (/ready 503), keeps serving and
+    catches up once it can."""
     import sqlite3
 
     from fastapi.testclient import TestClient
 
+    from tagger.model.label_update import LabelUpdate
     from tagger.serving.api import create_app
+    from tagger.serving.name_encoder import NameEncoder
+
+    auth = {"Authorization": f"Bearer {FAULTS_TOKEN}"}
+
+    def serve(name: str):
+        """A scratch registry, a server on it (looking at the registry before every request), a
+        writer of the same registry (another process's), two of its merchants."""
+        registry, version = _registry(export_dir, tmp / f"reload-{abs(hash(name))}")
+        embed = NameEncoder(registry.model_dir(version)).embed
+        app = create_app(registry.root, reload_interval=0.0, admin_token=FAULTS_TOKEN, embed=embed)
+        account, other = sorted(registry.label_view(version)[0].state.accounts)[:2]
+        return registry, TestClient(app, raise_server_exceptions=False), embed, account, other
+
+    def labels(client, account: str) -> list[str]:
+        r = client.get(f"/accounts/{account}/labels")
+        _expect(r.status_code == 200, f"/accounts/{account}/labels answered {r.status_code}")
+        return [x["label"] for x in r.json()["labels"]]
 
     def offer(name: str, damage: Callable[[bytes, str], tuple[bytes, str]]) -> str:
-        registry, version = _registry(export_dir, tmp / f"reload-{abs(hash(name))}")
-        client = TestClient(create_app(registry.root, reload_interval=0.0), raise_server_exceptions=False)
-        view, _ = registry.label_view(version)
-        account, other = sorted(view.state.accounts)[:2]
-        good = view.labels_of(account)
-        blob, sha = damage(*encode_labels(good))
-        with sqlite3.connect(registry.root / "registry.sqlite") as db:  # a row as a bad disk would leave it
-            seq = db.execute(
-                "INSERT INTO changes (account, at, by, kind, payload, arrays, sha) VALUES (?, 0, 'faults', "
-                "'update', '{}', x'', '')",
-                (account,),
-            ).lastrowid
-            db.execute("INSERT INTO label_rows VALUES (?, ?, ?, ?, ?)", (version, account, seq, sha, blob))
+        registry, client, embed, account, other = serve(name)
+        registry.update(LabelUpdate(account, add=["Fault good"]), "faults", embed)
+        _expect("Fault good" in labels(client, account), "the first change was not served")
+        seq = int(
+            registry.update(LabelUpdate(account, add=["Fault damaged"]), "faults", embed)["generation"][1:]
+        )
+        with sqlite3.connect(registry.root / "registry.sqlite") as db:  # the row as a bad disk left it
+            blob, sha = db.execute(
+                "SELECT blob, sha FROM label_rows WHERE account=? AND seq=?", (account, seq)
+            ).fetchone()
+            db.execute(
+                "UPDATE label_rows SET blob=?, sha=? WHERE account=? AND seq=?",
+                (*damage(blob, sha), account, seq),
+            )
         health = client.get("/health").json()
         _expect(health["quarantined"] == [account], f"quarantined: {health['quarantined']}")
+        _expect(health["last_reload_error"] is None, f"last_reload_error: {health['last_reload_error']}")
+        ready = client.get("/ready")
+        _expect(ready.status_code == 200 and account in ready.json()["quarantined"], f"/ready: {ready.text}")
+        served = labels(client, account)
+        _expect("Fault good" in served and "Fault damaged" not in served, f"{account} serves {served}")
         for who in (account, other):
             r = client.post("/predict", json={"account_id": who, "email_sentence_embeddings": None})
             _expect(r.status_code == 200, f"/predict for {who} answered {r.status_code}")
-        served = client.get(f"/accounts/{account}/labels").json()["labels"]
-        _expect([x["label"] for x in served] == list(good.labels), "its last good labels are not served")
-        return f"{account} quarantined with its last good labels; {other} served as before"
+        r = client.post("/admin/labels", json={"account_id": other, "add": ["Fault other"]}, headers=auth)
+        _expect(r.status_code == 200, f"an update of {other} answered {r.status_code}: {r.text}")
+        _expect("Fault other" in labels(client, other), f"the update of {other} is not served")
+        _expect(client.get("/health").json()["quarantined"] == [account], "the quarantine did not hold")
+        restarted = TestClient(create_app(registry.root, reload_interval=0.0), raise_server_exceptions=False)
+        again = restarted.get("/health").json()["quarantined"]
+        _expect(again == [account], f"a restarted server quarantined {again}")
+        _expect(
+            "Fault damaged" not in labels(restarted, account), "a restarted server serves the damaged row"
+        )
+        return (
+            f"{account} quarantined with its last good labels, {other} served and updated; "
+            f"a restarted server quarantines {account} too"
+        )
 
-    def altered(blob: bytes, sha: str) -> tuple[bytes, str]:
+    def unreadable(name: str) -> str:
+        registry, client, embed, _, other = serve(name)
+        live = client.app.state.service.live
+        fault = _Unreadable(live.registry.db)
+        live.registry.db = fault
+        try:
+            registry.update(LabelUpdate(other, add=["Fault later"]), "faults", embed)
+            r = client.post("/predict", json={"account_id": other, "email_sentence_embeddings": None})
+            _expect(
+                r.status_code == 200, f"/predict answered {r.status_code} while the registry was unreadable"
+            )
+            ready = client.get("/ready")
+            _expect(ready.status_code == 503, f"/ready answered {ready.status_code}")
+            error = client.get("/health").json()["last_reload_error"]
+            _expect(error is not None and "disk I/O error" in error, f"last_reload_error: {error}")
+        finally:
+            fault.failing = False
+        deadline = time.monotonic() + 30
+        while client.get("/ready").status_code != 200:  # retried with a growing pause
+            _expect(time.monotonic() < deadline, "never recovered")
+            time.sleep(0.1)
+        _expect("Fault later" in labels(client, other), "the change made meanwhile is not served")
+        said = error.split(" (")[0]
+        return f"/ready 503 ({said}), requests served; then recovered, the change made meanwhile served"
+
+    def truncated(blob: bytes, sha: str) -> tuple[bytes, str]:
         return blob[: len(blob) // 2], sha
 
     def wrong_dimension(blob: bytes, sha: str) -> tuple[bytes, str]:
@@ -173,17 +257,26 @@ def reload_cases(export_dir: Path, tmp: Path) -> list[dict]:
         )
 
     cases = [
-        ("a merchant's label row truncated (fails its SHA-256)", altered),
+        ("a merchant's label row damaged after it was written (fails its SHA-256)", truncated),
         ("a merchant's label row of another model (wrong dimension, valid SHA-256)", wrong_dimension),
     ]
-    return [
+    out = [
         _case(
             f"hot reload: {name}",
-            "that merchant quarantined with its last good labels, the others served",
+            "that merchant quarantined with its last good labels, the others served and updated",
             lambda n=name, m=make: offer(n, m),
         )
         for name, make in cases
     ]
+    name = "the registry unreadable for a moment (a disk I/O error on every read)"
+    out.append(
+        _case(
+            f"hot reload: {name}",
+            "/ready 503 and last_reload_error said, requests still served, then caught up",
+            lambda: unreadable(name),
+        )
+    )
+    return out
 
 
 # ---- data ----------------------------------------------------------------------------------------

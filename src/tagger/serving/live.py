@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tagger.model.label_update import LabelState
 from tagger.serving.onnx_predictor import LabelView, OnnxPredictor
 from tagger.serving.registry import Registry, generation_name
 
@@ -66,13 +67,9 @@ class Live:
         misfits = _misfits(base, view.state.accounts)
         if misfits:  # rows of another model's shape: that merchant keeps its exported labels
             exported = base.view.state.accounts
-            kept = {a: exported[a] for a in misfits if a in exported}
-            state = view.state.replace(kept)
-            state = type(state)(
-                {a: x for a, x in state.accounts.items() if a not in misfits or a in exported},
-                state.unknown_query,
-            )
-            view = LabelView(view.generation, state)
+            accounts = {a: exported.get(a, x) if a in misfits else x for a, x in view.state.accounts.items()}
+            accounts = {a: x for a, x in accounts.items() if a not in misfits or a in exported}
+            view = LabelView(view.generation, LabelState(accounts, view.state.unknown_query))
             quarantined.update(misfits)
         predictor = base.with_view(view)
         self.quarantined = quarantined

@@ -333,10 +333,10 @@ class Registry:
 
     def models(self) -> list[dict]:
         """Every registered model, oldest first, with when it was last promoted."""
-        rows = self.db.execute(
+        rows = self._query(
             "SELECT m.version, m.path, m.registered, m.by, max(p.at) FROM models m "
             "LEFT JOIN promotions p ON p.version = m.version GROUP BY m.version ORDER BY m.registered"
-        ).fetchall()
+        )
         return [
             {"version": v, "path": p, "registered": r, "by": b, "last_promoted": lp}
             for v, p, r, b, lp in rows
@@ -346,7 +346,8 @@ class Registry:
         """Model ``version`` loaded (its export checked against its manifest), kept for later calls."""
         with self._lock:
             if version not in self._models:
-                row = self.db.execute("SELECT path FROM models WHERE version=?", (version,)).fetchone()
+                rows = self._query("SELECT path FROM models WHERE version=?", (version,))
+                row = rows[0] if rows else None
                 if row is None:
                     raise UpdateError("model_version", f"no registered model {version!r}", 404)
                 export_dir = self.root / row[0]
@@ -361,9 +362,15 @@ class Registry:
             self._models.pop(version, None)
 
     # ---- what is served ----------------------------------------------------------------------
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Rows of one read (under the connection's lock: never inside another thread's transaction)."""
+        with self._lock:
+            return self.db.execute(sql, args).fetchall()
+
     def served(self) -> tuple[int, str] | None:
         """``(promotion number, version)`` of the served model; None before the first promotion."""
-        row = self.db.execute("SELECT seq, version FROM promotions ORDER BY seq DESC LIMIT 1").fetchone()
+        rows = self._query("SELECT seq, version FROM promotions ORDER BY seq DESC LIMIT 1")
+        row = rows[0] if rows else None
         return (int(row[0]), str(row[1])) if row else None
 
     def head(self) -> tuple[tuple[int, str] | None, int]:
@@ -373,9 +380,9 @@ class Registry:
 
     def promotions(self, limit: int = 20) -> list[dict]:
         """The last ``limit`` promotions, newest first."""
-        rows = self.db.execute(
+        rows = self._query(
             "SELECT seq, version, at, by, kind, report FROM promotions ORDER BY seq DESC LIMIT ?", (limit,)
-        ).fetchall()
+        )
         return [
             {"seq": s, "version": v, "at": a, "by": b, "kind": k, "report": json.loads(r)}
             for s, v, a, b, k, r in rows
@@ -398,7 +405,8 @@ class Registry:
         if served and served[1] == version:
             return {"version": version, "previous": version, "kind": kind, "unchanged": True}
         # the long part outside the lock: every merchant with changes, folded onto the new model
-        upto = _last_change(self.db)
+        with self._lock:
+            upto = _last_change(self.db)
         notes = self._materialise(model, self._accounts_changed(0, upto), embed)
         with self._write(self._wait(deadline)) as db:
             now = _last_change(db)
@@ -408,7 +416,7 @@ class Registry:
                 "previous": served[1] if served else None,
                 "kind": kind,
                 "through_change": now,
-                "merchants_carried": self._accounts_changed(0, now),
+                "merchants_carried": len(self._accounts_changed(0, now)),
                 "not_carried_as_asked": {a: n for a, n in sorted(notes.items()) if n},
             }
             db.execute(
@@ -416,13 +424,12 @@ class Registry:
                 (version, time.time(), by, kind, json.dumps(report)),
             )
             _before(deadline)
-        report["merchants_carried"] = len(report["merchants_carried"])
         report["seconds"] = round(time.perf_counter() - started, 4)
         return report
 
     def rollback(self, by: str, embed: TextEmbedder | None = None, deadline: float | None = None) -> dict:
         """Serve again the model served before the current one (label changes replayed onto it)."""
-        rows = self.db.execute("SELECT version FROM promotions ORDER BY seq DESC LIMIT 50").fetchall()
+        rows = self._query("SELECT version FROM promotions ORDER BY seq DESC LIMIT 50")
         if not rows:
             raise UpdateError("model_version", "no model has been promoted", 409)
         current = rows[0][0]
@@ -519,7 +526,7 @@ class Registry:
         args: tuple = ()
         if account is not None:
             query, args = query + " WHERE account=?", (account,)
-        rows = self.db.execute(query + " ORDER BY seq DESC LIMIT ?", (*args, limit)).fetchall()
+        rows = self._query(query + " ORDER BY seq DESC LIMIT ?", (*args, limit))
         return [
             {"seq": s, "account": a, "at": t, "by": b, "kind": k, "change": json.loads(p), "reverts": r}
             for s, a, t, b, k, p, r in rows
@@ -646,9 +653,9 @@ class Registry:
         return out
 
     def _accounts_changed(self, since: int, until: int) -> list[str]:
-        rows = self.db.execute(
+        rows = self._query(
             "SELECT DISTINCT account FROM changes WHERE seq>? AND seq<=? ORDER BY account", (since, until)
-        ).fetchall()
+        )
         return [r[0] for r in rows]
 
     def _materialise(self, model: Model, accounts: list[str], embed, txn=None) -> dict[str, list[str]]:
