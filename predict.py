@@ -1,6 +1,7 @@
-"""Score a ticket parquet file with an export: the predictions as the API gives them, file to file.
+"""Score a ticket parquet file: the predictions as the API gives them, file to file.
 
-    python predict.py                                       # built-in data, the latest export
+    python predict.py                                       # built-in data, the promoted model of registry/
+    python predict.py export_dir=DIR                        # an export with the labels it was made with
     python predict.py data.path=/x/tickets.parquet out=/x/predictions.parquet
     python predict.py engine=ray ray.workers=2              # Ray Data, a local cluster
     python predict.py engine=ray ray.address=auto           # join a running Ray cluster
@@ -18,10 +19,11 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> None:
     from tagger.batch.run import format_summary, predict_file
     from tagger.data.validation import SchemaError
+    from tagger.manifest import ArtifactError
 
     try:
         summary = predict_file(cfg)
-    except (SchemaError, FileNotFoundError, ValueError) as err:  # one line, not a traceback
+    except (SchemaError, FileNotFoundError, ValueError, ArtifactError) as err:  # one line, not a traceback
         raise SystemExit(f"predict.py: {err}") from None
     print(format_summary(summary))
 

@@ -4,6 +4,7 @@ does, the same answers as /predict, and engine=ray giving the same rows as engin
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
 from tagger.batch.run import outputs, predict_file
+from tagger.batch.score import PieceScorer
 from tagger.data.cache import load_tickets
 from tagger.model.label_update import LabelUpdate
 from tagger.paths import PROJECT_ROOT
@@ -110,6 +112,26 @@ def test_each_row_is_what_the_api_answers_for_the_same_ticket(trained, export_di
         assert got["model_version"] == api["model_version"]
 
 
+def test_a_damaged_row_is_said_and_a_scorer_refuses_labels_that_moved(trained, export_dir, tmp_path):  # noqa: F811
+    """A merchant whose latest label row is damaged is scored with its last good labels and named in
+    the summary; a scorer (a Ray actor) refuses to score on labels other than the run started on."""
+    _, data, _ = trained
+    registry = served_copy(export_dir, tmp_path)
+    writer = Registry(registry)
+    writer.update(LabelUpdate("a", add=["Damaged since"]), "test", FakeEmbedder().embed)
+    with sqlite3.connect(registry / "registry.sqlite") as db:
+        db.execute("UPDATE label_rows SET blob=? WHERE account='a'", (b"torn",))
+    summary = predict_file(_config(data, "null", tmp_path / "p.parquet", f"registry_dir={registry}"))
+    assert list(summary["quarantined_merchants"]) == ["a"] and summary["model_version"].endswith("/g000001")
+    predictions = pd.read_parquet(tmp_path / "p.parquet")
+    assert "Damaged since" not in {label for labels in predictions["top_labels"] for label in labels}
+    scorer = {"path": data, "registry_dir": registry, "version": writer.served()[1], "generation": "g000001"}
+    PieceScorer(**scorer)  # the labels the run started on
+    writer.update(LabelUpdate("b", add=["Later"]), "test", FakeEmbedder().embed)
+    with pytest.raises(RuntimeError, match="moved to g000002"):
+        PieceScorer(**scorer)
+
+
 def test_the_ray_engine_gives_the_local_engine_s_rows(bad_file, export_dir, tmp_path):
     pytest.importorskip("ray")
     local = predict_file(_config(bad_file, export_dir, tmp_path / "local.parquet", "batch_rows=16"))
@@ -144,6 +166,14 @@ def test_the_command_line_scores_a_file_and_refuses_a_missing_one(trained, expor
     )
     assert missing.returncode != 0 and "ticket file not found" in missing.stderr
     assert not (tmp_path / "q.parquet").exists()
+    no_registry = subprocess.run(
+        [sys.executable, "predict.py", f"registry_dir={tmp_path / 'none'}", f"data.path={data}"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert no_registry.returncode != 0 and "no registry here" in no_registry.stderr
+    assert "Traceback" not in no_registry.stderr
 
 
 def test_the_defaults_answer_as_the_api_does():

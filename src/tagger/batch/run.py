@@ -42,36 +42,41 @@ def outputs(out: str | os.PathLike) -> dict[str, Path]:
     }
 
 
-def _model(cfg: DictConfig) -> dict:
+def _model(cfg: DictConfig) -> tuple[dict, dict[str, str]]:
     """What scores the file: ``export_dir=`` with its own labels, else the registry's promoted
-    model with every merchant's label changes (and the label generation it starts on)."""
+    model with every merchant's label changes (and the label generation it starts on); and the
+    merchants whose latest label row is damaged (scored with their last good labels), and why."""
     if cfg.export_dir:
         export_dir = resolve(cfg.export_dir)
-        return {"export_dir": export_dir, "registry_dir": None, "version": None, "generation": None}
+        return {"export_dir": export_dir, "registry_dir": None, "version": None, "generation": None}, {}
     # the registry's served model, its labels checked again by every scorer (a Ray actor too)
     registry = Registry(resolve(cfg.registry_dir), create=False)
-    served = registry.served()
-    if served is None:
-        message = "no model is promoted: `python -m tagger.serving.models promote`"
-        raise ArtifactError(f"{registry.root}: {message}")
-    view, _ = registry.label_view(served[1])
-    registry.close()
-    return {
+    try:
+        served = registry.served()
+        if served is None:
+            message = "no model is promoted: `python -m tagger.serving.models promote`"
+            raise ArtifactError(f"{registry.root}: {message}")
+        view, quarantined = registry.label_view(served[1])
+    finally:
+        registry.close()
+    model = {
         "export_dir": registry.model_dir(served[1]),
         "generation": view.generation,
         "registry_dir": registry.root,
         "version": served[1],
     }
+    return model, quarantined
 
 
 def predict_file(cfg: DictConfig) -> dict:
-    """Score ``cfg.data.path`` with ``cfg.export_dir`` on ``cfg.engine``; write the outputs and
-    return the summary."""
+    """Score ``cfg.data.path`` with the registry's promoted model and its label changes (or
+    ``cfg.export_dir`` with its own labels) on ``cfg.engine``; write the outputs and return the
+    summary."""
     if cfg.engine not in ENGINES:
         raise ValueError(f"engine={cfg.engine!r}: expected one of {', '.join(ENGINES)}")
     path = resolve(cfg.data.path)
     read_schema(path, require_labels=False)  # a missing file or column stops here, named
-    model = _model(cfg)
+    model, quarantined = _model(cfg)
     pieces = plan(path)
     n_rows = pq.ParquetFile(path).metadata.num_rows
     scorer_args = {
@@ -91,7 +96,7 @@ def predict_file(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     written = _write(tables, files, n_rows, cfg.progress)
     seconds = time.perf_counter() - started
-    summary = _summary(cfg, path, model, files, written, seconds)
+    summary = _summary(cfg, path, model, files, written, seconds, quarantined)
     files["summary"].write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -137,7 +142,9 @@ def _write(tables, files: dict[str, Path], n_rows: int, progress: bool) -> dict:
     return {"counts": counts, "report": report, "timings": timings}
 
 
-def _summary(cfg, path: Path, model: dict, files: dict, written: dict, seconds: float) -> dict:
+def _summary(
+    cfg, path: Path, model: dict, files: dict, written: dict, seconds: float, quarantined: dict[str, str]
+) -> dict:
     import resource
 
     report, counts, timings = written["report"], written["counts"], written["timings"]
@@ -148,6 +155,8 @@ def _summary(cfg, path: Path, model: dict, files: dict, written: dict, seconds: 
         "export_dir": shown(model["export_dir"]),
         "registry_dir": shown(model["registry_dir"]) if model["registry_dir"] else None,
         "model_version": f"{version}/{model['generation'] or BASE_GENERATION}",
+        # merchants whose latest label row is damaged: scored with their last good labels
+        "quarantined_merchants": dict(sorted(quarantined.items())),
         "engine": cfg.engine,
         "workers": int(cfg.ray.workers) if cfg.engine == "ray" else 1,
         "outputs": {k: shown(v) for k, v in files.items()},
@@ -175,6 +184,10 @@ def format_summary(summary: dict) -> str:
     ]
     for kind, problem in v["problems"].items():
         lines.append(f"  {kind}: {problem['count']:,} (e.g. {', '.join(problem['ticket_ids'][:3])})")
+    lines.append(f"model {summary['model_version']}")
+    if summary["quarantined_merchants"]:  # a damaged label row: said, never scored silently
+        names = ", ".join(summary["quarantined_merchants"])
+        lines.append(f"damaged label rows, scored with their last good labels: {names}")
     total = sum(summary["step_seconds"].values()) or 1.0
     lines.append(
         "time by step (summed over workers): "

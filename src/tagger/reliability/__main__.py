@@ -22,7 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from tagger.paths import PROJECT_ROOT, command_config, resolve, shown
-from tagger.reliability import faults, fuzz, soak
+from tagger.reliability import crash, faults, fuzz, soak
 
 OUT = PROJECT_ROOT / "results" / "reliability"
 
@@ -94,12 +94,13 @@ def write_report() -> Path:
         "# Reliability and security",
         "",
         f"Machine: {machine_description()}. Reproduce: `python -m tagger.reliability all` "
-        "(or one of fuzz, soak, faults).",
+        "(or one of fuzz, soak, faults, crash).",
     ]
     sections = [
         ("fuzz.json", "Fuzzing against the OpenAPI schema (schemathesis)", fuzz.markdown),
         ("soak.json", "Load and soak with concurrent label updates", soak.markdown),
         ("faults.json", "Fault cases", faults.markdown),
+        ("crash.json", "Crash test: kill -9 the registry's writer", crash.markdown),
     ]
     for name, title, render in sections:
         path = OUT / name

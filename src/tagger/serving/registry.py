@@ -554,6 +554,13 @@ class Registry:
                 quarantined.setdefault(account, str(err))
         return LabelView(generation_name(seq), model.base.replace(changed)), quarantined
 
+    def labels_of(self, version: str, account: str) -> AccountLabels | None:
+        """One merchant's labels under model ``version`` now (its latest good row, else its exported
+        labels): one row read."""
+        with self._read() as db:
+            _, labels = self._last_good(db, version, account)
+        return labels if labels is not None else self.model(version).base.accounts.get(account)
+
     def rows_since(self, version: str, since: int) -> tuple[int, dict[str, AccountLabels], dict[str, str]]:
         """What changed for model ``version`` after change ``since``: ``(the last change number, the
         changed merchants' labels, the merchants whose new row is damaged and why)``."""
