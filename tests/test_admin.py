@@ -316,3 +316,32 @@ def test_the_command(export_dir, capsys):  # the real all-MiniLM-L6-v2 of the ex
     assert "Damaged Item" not in _served_labels(export_dir, "a")
     assert admin.main(["a", "--retire", "Nope"]) == 2  # flags are gone: key=value
     assert admin.main(["acount=a"]) == 2 and "acount" in capsys.readouterr().err
+
+
+def test_a_row_of_another_models_shape_is_quarantined_and_rebuilt_by_the_next_change(client, export_dir):
+    import dataclasses
+
+    from tagger.serving.label_store import encode_labels
+
+    writer = Registry(export_dir)
+    _update(writer, "a", add=["Good"])
+    _update(writer, "a", add=["Misfit"])
+    latest = writer.labels_of(writer.served()[1], "a")
+    misfit = dataclasses.replace(latest, vectors=np.ascontiguousarray(latest.vectors[..., :10]))
+    blob, sha = encode_labels(misfit)
+    with sqlite3.connect(export_dir / "registry.sqlite") as db:  # valid SHA-256, wrong shape
+        (seq,) = db.execute("SELECT max(seq) FROM label_rows WHERE account='a'").fetchone()
+        db.execute("UPDATE label_rows SET blob=?, sha=? WHERE account='a' AND seq=?", (blob, sha, seq))
+    assert client.get("/health").json()["quarantined"] == ["a"]
+    fresh = TestClient(create_app(export_dir, reload_interval=0.0))  # a restart keeps the last good row
+    assert fresh.get("/health").json()["quarantined"] == ["a"]
+    assert {"Good"} == {x["label"] for x in fresh.get("/accounts/a/labels").json()["labels"]} - {
+        "Other",
+        "Refund",
+        "Shipping::Tracking",
+    }
+    r = client.post("/admin/labels", json={"account_id": "a", "add": ["Later"]}, headers=AUTH)
+    assert r.status_code == 200, r.text  # rebuilt from the change log, not a 500
+    assert {"Good", "Later"} <= set(_labels(client, "a")) and client.get("/health").json()[
+        "quarantined"
+    ] == []

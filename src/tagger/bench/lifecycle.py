@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,7 +78,7 @@ def run(model_dir: Path, rate: float, promotions: int, updates: int, seed_change
 
         bodies = request_bodies(Registry(registry_dir).model_dir(versions[0]), tickets)
         port = free_port()
-        command = ["python", "-m", "tagger.serving", f"registry_dir={registry_dir}", f"port={port}"]
+        command = [sys.executable, "-m", "tagger.serving", f"registry_dir={registry_dir}", f"port={port}"]
         url = f"http://127.0.0.1:{port}"
         auth = {"Authorization": f"Bearer {TOKEN}", "X-Changed-By": "bench"}
         promote_s, promote_live_s, update_s, update_live_s, notes = [], [], [], [], []

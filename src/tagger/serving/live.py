@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tagger.model.label_update import LabelState
 from tagger.serving.onnx_predictor import LabelView, OnnxPredictor
 from tagger.serving.registry import Registry, generation_name
 
@@ -64,13 +63,6 @@ class Live:
         promotion, version = served
         view, quarantined = self.registry.label_view(version)
         base = self.registry.model(version).predictor
-        misfits = _misfits(base, view.state.accounts)
-        if misfits:  # rows of another model's shape: that merchant keeps its exported labels
-            exported = base.view.state.accounts
-            accounts = {a: exported.get(a, x) if a in misfits else x for a, x in view.state.accounts.items()}
-            accounts = {a: x for a, x in accounts.items() if a not in misfits or a in exported}
-            view = LabelView(view.generation, LabelState(accounts, view.state.unknown_query))
-            quarantined.update(misfits)
         predictor = base.with_view(view)
         self.quarantined = quarantined
         for account, why in quarantined.items():
@@ -108,9 +100,6 @@ class Live:
             return False
         seq, changed, damaged = self.registry.rows_since(current.version, current.seq)
         predictor = current.predictor
-        for account, why in _misfits(predictor, changed).items():
-            del changed[account]
-            damaged[account] = why
         state = predictor.view.state
         view = LabelView(generation_name(seq), state.replace(changed) if changed else state)
         predictor.use(view, list(changed))
@@ -125,13 +114,3 @@ class Live:
 
 def _number(generation: str) -> int:
     return int(generation.lstrip("g"))
-
-
-def _misfits(predictor: OnnxPredictor, accounts: dict) -> dict[str, str]:
-    """The merchants whose label vectors do not fit ``predictor``'s model, and why."""
-    shape = predictor.view.state.some().vectors.shape[1:] if predictor.view.state.some() is not None else None
-    return {
-        account: f"label vectors {labels.vectors.shape} do not fit this model {shape}"
-        for account, labels in accounts.items()
-        if shape is not None and labels.vectors.shape[1:] != shape
-    }

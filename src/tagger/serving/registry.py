@@ -233,7 +233,8 @@ class Registry:
         self.root = Path(root)
         if not create and not (self.root / DB).exists():
             raise ArtifactError(f"{self.root}: no registry here (no {DB}): run `python export.py` first")
-        (self.root / MODELS).mkdir(parents=True, exist_ok=True)
+        if create:
+            (self.root / MODELS).mkdir(parents=True, exist_ok=True)
         self.lock_wait = lock_wait
         self._lock = threading.RLock()
         self._models: dict[str, Model] = {}
@@ -243,11 +244,12 @@ class Registry:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
-        with self._write() as db:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-        fsync_dir(self.root)
+        if create:  # a reader (a server, predict.py) writes nothing, and needs no write access
+            with self._write() as db:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            fsync_dir(self.root)
 
     def close(self) -> None:
         self.db.close()
@@ -355,6 +357,17 @@ class Registry:
                 weight = float(predictor.serving.get("cold_start", {}).get("name_weight", 2.0))
                 self._models[version] = Model(version, export_dir, predictor, predictor.view.state, weight)
             return self._models[version]
+
+    def decode(self, version: str, blob: bytes, sha: str) -> AccountLabels:
+        """A stored row of model ``version``, checked: its SHA-256, and vectors of this model's shape
+        (:class:`ArtifactError` otherwise, as for a damaged row)."""
+        labels = decode_labels(blob, sha)
+        some = self.model(version).base.some()
+        if some is not None and labels.vectors.shape[1:] != some.vectors.shape[1:]:
+            raise ArtifactError(
+                f"label vectors {labels.vectors.shape} do not fit this model {some.vectors.shape[1:]}"
+            )
+        return labels
 
     def forget(self, version: str) -> None:
         """Drop model ``version`` from memory (a server that stopped serving it)."""
@@ -549,7 +562,7 @@ class Registry:
             if account in changed:
                 continue
             try:
-                changed[account] = decode_labels(blob, sha)
+                changed[account] = self.decode(version, blob, sha)
             except ArtifactError as err:
                 quarantined.setdefault(account, str(err))
         return LabelView(generation_name(seq), model.base.replace(changed)), quarantined
@@ -574,7 +587,7 @@ class Registry:
         changed, damaged = {}, {}
         for account, _, sha, blob in rows:
             try:
-                changed[account] = decode_labels(blob, sha)
+                changed[account] = self.decode(version, blob, sha)
                 damaged.pop(account, None)
             except ArtifactError as err:
                 changed.pop(account, None)
@@ -633,7 +646,7 @@ class Registry:
         ).fetchone()
         if row is not None:
             try:
-                return decode_labels(row[1], row[0])
+                return self.decode(model.version, row[1], row[0])
             except ArtifactError:
                 pass  # rebuilt from the change log, the truth
         effective = self._effective(db, account)
@@ -703,7 +716,7 @@ class Registry:
         ).fetchall()
         for seq, sha, blob in rows:
             try:
-                return int(seq), decode_labels(blob, sha)
+                return int(seq), self.decode(version, blob, sha)
             except ArtifactError:
                 continue
         return 0, None
