@@ -152,23 +152,25 @@ def report(f: dict) -> str:
             [
                 "# Promotions and label changes under load",
                 "",
-                f"`{f['command']}`, on {f['machine']}. Model `{f['model_dir']}` exported twice",
-                "(opset 17 and 18:",
-                "two versions, each with its own `model.onnx`), one uvicorn worker, "
-                f"{f['seed_changes']} label changes in the registry before the run",
-                "(replayed by every promotion).",
+                f"`{f['command']}`, on {f['machine']}.",
+                "",
+                f"Model `{f['model_dir']}` exported twice (opset 17 and 18: two versions, each with its own",
+                f"`model.onnx`), one uvicorn worker, {f['seed_changes']} label changes "
+                "in the registry before",
+                "the run (replayed by every promotion).",
                 "",
                 f"- Requests during the run: {load['requests']:,} at {f['rate']:g}/s; **failed (not 200): "
                 f"{load['errors']}**; statuses {load['statuses']}; latency p50 {load['p50']:.1f} ms, "
-                f"p99 {load['p99']:.1f} ms, max {load['max']:.1f} ms.",
+                f"p95 {load['p95']:.1f} ms, p99 {load['p99']:.1f} ms.",
                 f"- Promote ({len(f['promote_s'])}, median): answered in {ms(f['promote_s'])}; "
                 f"served (`/health` shows it) {ms(f['promote_live_s'])} after the answer.",
                 f"- Label change ({len(f['update_s'])}, median): answered in {ms(f['update_s'])}; "
                 f"served {ms(f['update_live_s'])} after the answer.",
                 "",
                 "A promotion is answered once the registry names the new model (every changed merchant",
-                "replayed onto it); each worker then swaps within its `reload_interval` (0.25 s) plus the",
-                "time to load the model's ONNX sessions in its label thread.",
+                "replayed onto it) and the worker that took the request serves it; any other worker swaps",
+                "within its `reload_interval` (0.25 s) plus the time to load the model in its label thread.",
+                "With one worker here, 'served' is that worker's own swap, already done when it answers.",
             ]
         )
         + "\n"
