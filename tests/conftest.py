@@ -253,3 +253,13 @@ def registry_for(export_dir: Path) -> Path:
         served_copy(export_dir, registry.parent / f"{export_dir.name}-scratch")
         (registry.parent / f"{export_dir.name}-scratch" / "registry").rename(registry)
     return registry
+
+
+def wait_for(check, seconds: float, what: str) -> None:
+    """Poll ``check()`` until it is true; fail the test with ``what`` after ``seconds``."""
+    import time
+
+    started = time.perf_counter()
+    while not check():
+        assert time.perf_counter() - started < seconds, f"{what} within {seconds:g} s"
+        time.sleep(0.01)

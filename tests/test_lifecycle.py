@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FakeEmbedder, embeddings_json, exported, served_copy, tiny_run, unit_vectors
+from conftest import FakeEmbedder, embeddings_json, exported, served_copy, tiny_run, unit_vectors, wait_for
 from fastapi.testclient import TestClient
 from hydra import compose, initialize_config_dir
 from test_export import trained  # noqa: F401  (the module-scoped trained model)
@@ -133,10 +133,8 @@ def test_a_promotion_reaches_a_running_server_without_a_failed_request(registry_
         registry = Registry(registry_dir)  # another process's writer: the command
         version, _ = registry.register(retrained, by="test")
         registry.promote(version, by="test")
-        promoted = time.perf_counter()
-        while not serving.get("/health").json()["model_version"].startswith(version):
-            assert time.perf_counter() - promoted < 5, "the promotion was not served within 5 s"
-            time.sleep(0.02)
+        served = lambda: serving.get("/health").json()["model_version"].startswith(version)  # noqa: E731
+        wait_for(served, 5, "the promotion was not served")
         time.sleep(0.3)
     finally:
         stop.set()

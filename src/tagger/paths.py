@@ -66,3 +66,14 @@ def command_config(name: str, argv: list[str], doc: str):
     except HydraException as err:
         print(f"conf/{name}.yaml: {str(err).splitlines()[0]}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def subcommand_config(name: str, argv: list[str], doc: str, commands: tuple[str, ...]):
+    """``(command, config)`` of a ``python -m ... COMMAND [key=value ...]`` command line: the command
+    one of ``commands``, then conf/NAME.yaml with the overrides (:func:`command_config`). Raises
+    SystemExit with the exit status for ``--help`` (0), no or an unknown command (2, the usage
+    printed) or a mistake in the overrides (2)."""
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        print(doc)
+        raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    return argv[0], command_config(name, argv[1:], doc)

@@ -17,14 +17,13 @@ retires the one added before. Writes results/benchmarks/label_update.md (and .js
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from tagger.bench.config import bench_config
-from tagger.bench.load import start_load, summarise_load
+from tagger.bench.config import bench_config, write_figures
+from tagger.bench.load import seconds_until, start_load, summarise_load
 from tagger.bench.machine import machine_description
 from tagger.bench.servers import admin_server, promoted_export
 from tagger.bench.serving import request_bodies
@@ -32,16 +31,6 @@ from tagger.model.label_update import LabelUpdate
 from tagger.paths import resolve, shown
 from tagger.serving.name_encoder import NameEncoder
 from tagger.serving.registry import Registry
-
-
-def _wait(check, timeout: float = 5.0) -> float:
-    """Seconds until ``check()`` is true (polling every 5 ms); inf after ``timeout``."""
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        if check():
-            return time.perf_counter() - start
-        time.sleep(0.005)
-    return float("inf")
 
 
 def run(export_dir: Path, n_updates: int, rate: float, tickets: int) -> dict:
@@ -76,7 +65,7 @@ def run(export_dir: Path, n_updates: int, rate: float, tickets: int) -> dict:
                 answered = time.perf_counter() - t0
                 if r.status_code != 200:
                     raise RuntimeError(f"update refused: {r.status_code} {r.text}")
-                live = _wait(
+                live = seconds_until(
                     lambda a=account, lab=label: (
                         lab in {x["label"] for x in client.get(f"{url}/accounts/{a}/labels").json()["labels"]}
                     )
@@ -92,7 +81,7 @@ def run(export_dir: Path, n_updates: int, rate: float, tickets: int) -> dict:
                 t0 = time.perf_counter()
                 result = writer.update(LabelUpdate(account, add=[label]), "benchmark", embed)
                 written = time.perf_counter()
-                live = _wait(
+                live = seconds_until(
                     lambda g=result["generation"]: client.get(f"{url}/health").json()["label_generation"] == g
                 )
                 other.append({"write_s": written - t0, "live_after_write_s": live})
@@ -166,11 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = bench_config("label_update", argv, __doc__)
     export_dir = resolve(cfg.export_dir) if cfg.export_dir else promoted_export(cfg.get("registry_dir"))
     figures = run(export_dir, int(cfg.updates), float(cfg.rate), int(cfg.tickets))
-    out_dir = resolve(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "label_update.json").write_text(json.dumps(figures, indent=2))
-    (out_dir / "label_update.md").write_text(_markdown(figures))
-    print(_markdown(figures))
+    write_figures(cfg.out_dir, "label_update", figures, _markdown(figures))
     return 0
 
 

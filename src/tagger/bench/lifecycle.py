@@ -15,7 +15,6 @@ another process sends real held-out tickets at ``rate`` requests/s. Meanwhile pr
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile
@@ -24,24 +23,14 @@ from pathlib import Path
 
 import httpx
 
-from tagger.bench.config import bench_config
-from tagger.bench.load import start_load, summarise_load
+from tagger.bench.config import bench_config, write_figures
+from tagger.bench.load import seconds_until, start_load, summarise_load
 from tagger.bench.machine import machine_description
 from tagger.bench.servers import free_port, server_process
 from tagger.bench.serving import request_bodies
 from tagger.paths import resolve, shown
 
 TOKEN = "bench-token"
-
-
-def _until(check, timeout: float = 30.0) -> float:
-    """Seconds until ``check()`` is true (polling every 5 ms); inf after ``timeout``."""
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        if check():
-            return time.perf_counter() - start
-        time.sleep(0.005)
-    return float("inf")
 
 
 def _registry(model_dir: Path, root: Path, seed_changes: int) -> tuple[list[str], list[str]]:
@@ -96,7 +85,7 @@ def run(model_dir: Path, rate: float, promotions: int, updates: int, seed_change
                     r.raise_for_status()
                     notes.append(r.json().get("merchants_carried"))
                     promote_live_s.append(
-                        _until(
+                        seconds_until(
                             lambda t=target: client.get(f"{url}/health").json()["model_version"].startswith(t)
                         )
                     )
@@ -110,7 +99,7 @@ def run(model_dir: Path, rate: float, promotions: int, updates: int, seed_change
                     update_s.append(time.perf_counter() - t0)
                     r.raise_for_status()
                     update_live_s.append(
-                        _until(
+                        seconds_until(
                             lambda a=account, n=name: (
                                 n
                                 in {
@@ -195,11 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         int(cfg.seed_changes),
         int(cfg.tickets),
     )
-    out = resolve(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "lifecycle.json").write_text(json.dumps(figures, indent=2))
-    (out / "lifecycle.md").write_text(report(figures))
-    print(report(figures))
+    write_figures(cfg.out_dir, "lifecycle", figures, report(figures))
     return 0
 
 

@@ -288,6 +288,16 @@ def _load(url: str, bodies: list[dict], rate: float | None, seconds: float, thre
     )
 
 
+def seconds_until(check, timeout: float = 30.0) -> float:
+    """Seconds until ``check()`` is true (polling every 5 ms); inf after ``timeout``."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if check():
+            return time.perf_counter() - start
+        time.sleep(0.005)
+    return float("inf")
+
+
 def start_load(url: str, bodies: list[dict], rate: float | None, seconds: float, threads: int):
     """A load process driving ``url``; returns (process, queue): ``queue.get()`` gives its figures."""
     ctx = mp.get_context("spawn")

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-from tagger.paths import PROJECT_ROOT, command_config, resolve, shown
+from tagger.paths import PROJECT_ROOT, resolve, shown, subcommand_config
 from tagger.reliability import crash, faults, fuzz, soak
 
 OUT = PROJECT_ROOT / "results" / "reliability"
@@ -136,15 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: a command, then ``key=value`` overrides of conf/reliability.yaml."""
     import sys
 
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(__doc__)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
-        cfg = command_config("reliability", argv[1:], __doc__)
+        command, cfg = subcommand_config(
+            "reliability", sys.argv[1:] if argv is None else argv, __doc__, COMMANDS
+        )
     except SystemExit as stop:  # --help, or a mistake said in one line
         return int(stop.code or 0)
-    args = SimpleNamespace(command=argv[0], **{k: cfg[k] for k in cfg})
+    args = SimpleNamespace(command=command, **{k: cfg[k] for k in cfg})
     args.export_dir = resolve(args.export_dir) if args.export_dir else None
     if args.command != "report" and args.export_dir is None:
         from tagger.bench.servers import promoted_export

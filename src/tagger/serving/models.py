@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 
-from tagger.paths import command_config, resolve, shown
+from tagger.paths import resolve, shown, subcommand_config
 from tagger.serving.registry import Registry
 
 COMMANDS = ("list", "promote", "rollback", "register")
@@ -57,15 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: a command, then ``key=value`` overrides of conf/models.yaml."""
     from tagger.serving.admin import who
 
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(__doc__)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
-        cfg = command_config("models", argv[1:], __doc__)
-    except SystemExit as stop:
+        command, cfg = subcommand_config("models", sys.argv[1:] if argv is None else argv, __doc__, COMMANDS)
+    except SystemExit as stop:  # --help, or a mistake said in one line
         return int(stop.code or 0)
-    command, by = argv[0], str(cfg.by or who())
+    by = str(cfg.by or who())
     try:
         registry = Registry(resolve(cfg.registry_dir), create=command == "register")
         if command == "list":

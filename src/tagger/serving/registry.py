@@ -484,17 +484,7 @@ class Registry:
             seq = self._insert_change(
                 db, account, by, "update", _payload(update), _arrays(update, names), key, request_sha
             )
-            answer = {
-                "generation": generation_name(seq),
-                "previous": generation_name(seq - 1),
-                "model_version": f"{model.version}/{generation_name(seq)}",
-                "account_id": account,
-                "labels": list(labels.labels),
-                "by": by,
-            }
-            self._put_row(db, model.version, account, seq, labels)
-            answer["seconds"] = round(time.perf_counter() - started, 4)
-            db.execute("UPDATE changes SET answer=? WHERE seq=?", (json.dumps(answer), seq))
+            answer = self._record(db, model, account, seq, labels, by, started)
             _before(deadline)
         return answer
 
@@ -518,18 +508,7 @@ class Registry:
             seq = self._insert_change(
                 db, account, by, "revert", {"reverts": last.seq}, _npz({}), key, None, reverts=last.seq
             )
-            answer = {
-                "generation": generation_name(seq),
-                "previous": generation_name(seq - 1),
-                "model_version": f"{model.version}/{generation_name(seq)}",
-                "account_id": account,
-                "labels": list(labels.labels),
-                "by": by,
-                "reverted": last.seq,
-                "seconds": round(time.perf_counter() - started, 4),
-            }
-            self._put_row(db, model.version, account, seq, labels)
-            db.execute("UPDATE changes SET answer=? WHERE seq=?", (json.dumps(answer), seq))
+            answer = self._record(db, model, account, seq, labels, by, started, reverted=last.seq)
             _before(deadline)
         return answer
 
@@ -625,6 +604,25 @@ class Registry:
             (account, time.time(), by, kind, text, arrays, sha, reverts, key, request_sha),
         )
         return int(cursor.lastrowid)
+
+    def _record(
+        self, db, model: Model, account: str, seq: int, labels: AccountLabels, by: str, started: float, **more
+    ) -> dict:
+        """Store the merchant's labels after change ``seq`` under ``model`` and that change's answer
+        (what a retry with its idempotency key gets); returns the answer."""
+        self._put_row(db, model.version, account, seq, labels)
+        answer = {
+            "generation": generation_name(seq),
+            "previous": generation_name(seq - 1),
+            "model_version": f"{model.version}/{generation_name(seq)}",
+            "account_id": account,
+            "labels": list(labels.labels),
+            "by": by,
+            **more,
+            "seconds": round(time.perf_counter() - started, 4),
+        }
+        db.execute("UPDATE changes SET answer=? WHERE seq=?", (json.dumps(answer), seq))
+        return answer
 
     def _put_row(self, db, version: str, account: str, seq: int, labels: AccountLabels) -> None:
         blob, sha = encode_labels(labels)
