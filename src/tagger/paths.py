@@ -14,14 +14,6 @@ def resolve(path: str | os.PathLike) -> Path:
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
-def latest_export(models_dir: str | os.PathLike = "models") -> Path:
-    """The newest ``models/shared-*/onnx`` export; SystemExit with what to run if there is none."""
-    exports = sorted(resolve(models_dir).glob("shared-*/onnx"))
-    if not exports:
-        raise SystemExit(f"no export under {resolve(models_dir)}/shared-*/onnx: run `python export.py` first")
-    return exports[-1]
-
-
 def shown(path: str | os.PathLike) -> str:
     """``path`` as results show it: relative to the project root when inside it (results name no
     path of the machine they ran on), else as given."""
