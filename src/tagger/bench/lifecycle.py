@@ -57,8 +57,33 @@ def _registry(model_dir: Path, root: Path, seed_changes: int) -> tuple[list[str]
     return versions, accounts
 
 
-def run(model_dir: Path, rate: float, promotions: int, updates: int, seed_changes: int, tickets: int) -> dict:
-    """Serve a scratch registry under load and time ``promotions`` promotions and ``updates`` changes."""
+def _workers(url: str, n: int) -> set[int]:
+    """The pids of the server's ``n`` workers (a fresh connection each look: any worker may take it)."""
+    seen: set[int] = set()
+    for _ in range(500):
+        seen.add(httpx.get(f"{url}/health").json()["worker"])
+        if len(seen) == n:
+            return seen
+    raise RuntimeError(f"saw {len(seen)} of {n} workers")
+
+
+def _everywhere(url: str, workers: set[int], done) -> float:
+    """Seconds until every worker's ``/health`` satisfies ``done`` (fresh connections); inf after 30 s."""
+    latest: dict[int, dict] = {}
+
+    def check() -> bool:
+        health = httpx.get(f"{url}/health").json()
+        latest[health["worker"]] = health
+        return set(latest) == workers and all(done(h) for h in latest.values())
+
+    return seconds_until(check)
+
+
+def run(
+    model_dir: Path, rate: float, promotions: int, updates: int, seed_changes: int, tickets: int, workers: int
+) -> dict:
+    """Serve a scratch registry with ``workers`` workers under load and time ``promotions`` promotions
+    and ``updates`` label changes, each until every worker serves it."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         versions, accounts = _registry(model_dir, root, seed_changes)
@@ -67,13 +92,21 @@ def run(model_dir: Path, rate: float, promotions: int, updates: int, seed_change
 
         bodies = request_bodies(Registry(registry_dir).model_dir(versions[0]), tickets)
         port = free_port()
-        command = [sys.executable, "-m", "tagger.serving", f"registry_dir={registry_dir}", f"port={port}"]
+        command = [
+            sys.executable,
+            "-m",
+            "tagger.serving",
+            f"registry_dir={registry_dir}",
+            f"port={port}",
+            f"workers={workers}",
+        ]
         url = f"http://127.0.0.1:{port}"
         auth = {"Authorization": f"Bearer {TOKEN}", "X-Changed-By": "bench"}
         promote_s, promote_live_s, update_s, update_live_s, notes = [], [], [], [], []
         steps = max(promotions, updates)
         seconds = 4.0 + steps * 3.0
         with server_process(command, port, {"TAGGER_ADMIN_TOKEN": TOKEN}), httpx.Client(timeout=60) as client:
+            pids = _workers(url, workers)
             proc, queue = start_load(f"{url}/predict", bodies, rate, seconds, threads=8)
             time.sleep(2.0)
             for step in range(steps):
@@ -85,9 +118,7 @@ def run(model_dir: Path, rate: float, promotions: int, updates: int, seed_change
                     r.raise_for_status()
                     notes.append(r.json().get("merchants_carried"))
                     promote_live_s.append(
-                        seconds_until(
-                            lambda t=target: client.get(f"{url}/health").json()["model_version"].startswith(t)
-                        )
+                        _everywhere(url, pids, lambda h, t=target: h["model_version"].startswith(t))
                     )
                 time.sleep(0.5)
                 if step < updates:
@@ -98,16 +129,9 @@ def run(model_dir: Path, rate: float, promotions: int, updates: int, seed_change
                     )
                     update_s.append(time.perf_counter() - t0)
                     r.raise_for_status()
+                    generation = r.json()["generation"]
                     update_live_s.append(
-                        seconds_until(
-                            lambda a=account, n=name: (
-                                n
-                                in {
-                                    x["label"]
-                                    for x in client.get(f"{url}/accounts/{a}/labels").json()["labels"]
-                                }
-                            )
-                        )
+                        _everywhere(url, pids, lambda h, g=generation: h["label_generation"] >= g)
                     )
                 time.sleep(0.5)
             got = queue.get(timeout=seconds + 60)
@@ -118,6 +142,7 @@ def run(model_dir: Path, rate: float, promotions: int, updates: int, seed_change
         "versions": versions,
         "rate": rate,
         "seed_changes": seed_changes,
+        "workers": workers,
         "merchants_carried": notes,
         "load": summarise_load(got),
         "promote_s": promote_s,
@@ -125,7 +150,7 @@ def run(model_dir: Path, rate: float, promotions: int, updates: int, seed_change
         "update_s": update_s,
         "update_live_s": update_live_s,
         "command": f"python -m tagger.bench.lifecycle rate={rate:g} promotions={promotions} "
-        f"updates={updates}",
+        f"updates={updates} workers={workers}",
     }
 
 
@@ -144,7 +169,7 @@ def report(f: dict) -> str:
                 f"`{f['command']}`, on {f['machine']}.",
                 "",
                 f"Model `{f['model_dir']}` exported twice (opset 17 and 18: two versions, each with its own",
-                f"`model.onnx`), one uvicorn worker, {f['seed_changes']} label changes "
+                f"`model.onnx`), {f['workers']} uvicorn worker(s), {f['seed_changes']} label changes "
                 "in the registry before",
                 "the run (replayed by every promotion).",
                 "",
@@ -152,14 +177,15 @@ def report(f: dict) -> str:
                 f"{load['errors']}**; statuses {load['statuses']}; latency p50 {load['p50']:.1f} ms, "
                 f"p95 {load['p95']:.1f} ms, p99 {load['p99']:.1f} ms.",
                 f"- Promote ({len(f['promote_s'])}, median): answered in {ms(f['promote_s'])}; "
-                f"served (`/health` shows it) {ms(f['promote_live_s'])} after the answer.",
+                f"served by every worker (each one's `/health` shows it) {ms(f['promote_live_s'])} "
+                "after the answer.",
                 f"- Label change ({len(f['update_s'])}, median): answered in {ms(f['update_s'])}; "
-                f"served {ms(f['update_live_s'])} after the answer.",
+                f"served by every worker {ms(f['update_live_s'])} after the answer.",
                 "",
                 "A promotion is answered once the registry names the new model (every changed merchant",
-                "replayed onto it) and the worker that took the request serves it; any other worker swaps",
-                "within its `reload_interval` (0.25 s) plus the time to load the model in its label thread.",
-                "With one worker here, 'served' is that worker's own swap, already done when it answers.",
+                "replayed onto it) and the worker that took the request serves it; every other worker",
+                "swaps within its `reload_interval` (0.25 s) plus the time to load the model in its label",
+                "thread, between two requests (a request finishes on the model it started with).",
             ]
         )
         + "\n"
@@ -183,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         int(cfg.updates),
         int(cfg.seed_changes),
         int(cfg.tickets),
+        int(cfg.workers),
     )
     write_figures(cfg.out_dir, "lifecycle", figures, report(figures))
     return 0
