@@ -89,11 +89,13 @@ def test_bad_rows_are_quarantined_and_named(tmp_path, cache_dir):
     np.testing.assert_allclose(t.sentences(1), unit_vectors(1), atol=1e-7)
 
 
-def test_python_dict_repr_is_accepted(tmp_path, cache_dir):
+def test_only_json_is_accepted_a_python_repr_is_quarantined(tmp_path, cache_dir):
     v = unit_vectors(1)[0].astype(np.float64).tolist()
-    rows = [ticket(0, str({"abc": v}))]
+    rows = [ticket(0, str({"abc": v})), ticket(1, embeddings_json(unit_vectors(1)))]
     t = load_tickets(write_tickets(tmp_path / "t.parquet", rows), cache_dir=cache_dir, progress=False)
-    assert t.report.n_quarantined == 0 and t.meta["has_embeddings"].all()
+    (problem,) = t.report.quarantined
+    assert problem.ticket_id == "t0" and problem.problem == "malformed JSON"
+    assert t.meta["ticket_id"].tolist() == ["t1"]
 
 
 def test_duplicate_ticket_id_keeps_the_first(tmp_path, cache_dir):

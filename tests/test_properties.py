@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import embeddings_json, ticket, unit_vectors, write_tickets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -171,3 +172,28 @@ def test_batch_never_fails_on_any_body(client, tickets):  # noqa: F811
 def test_predict_never_fails_on_any_bytes(client, raw):  # noqa: F811
     r = client.post("/predict", content=raw, headers={"content-type": "application/json"})
     assert r.status_code < 500, r.text
+
+
+HOSTILE = {
+    "deeply nested arrays": "[" * 200_000 + "]" * 200_000,
+    "deeply nested objects": '{"a":' * 100_000 + "1" + "}" * 100_000,
+    "a Python literal of 0.6 MB": str({str(i): [0.1] * 384 for i in range(150)}),
+    "NaN tokens": json.dumps({"a": [float("nan")] * 384}),
+    "lone surrogates": '{"\ud800": [1]}',
+    "a huge number": '{"a": [' + "9" * 100_000 + "]}",
+    "8 MB of spaces": " " * 8_000_000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_a_hostile_field_is_a_field_error_in_bounded_time(name):
+    """Refused with an EmbeddingError, never a crash, in under 50 ms plus 5 ms a MB (the goal of the
+    API's answers; the parse is most of it)."""
+    import time
+
+    text = HOSTILE[name]
+    started = time.perf_counter()
+    with pytest.raises(EmbeddingError):
+        parse_embeddings(text, max_sentences=256)
+    took = time.perf_counter() - started
+    assert took < 0.05 + 0.005 * len(text) / 1e6, f"{name}: {took * 1000:.1f} ms"

@@ -4,6 +4,7 @@ real server processes (``python -m tagger.serving``) with two workers and under 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import threading
@@ -197,3 +198,56 @@ def test_a_real_server_under_overload_refuses_the_excess_and_keeps_serving(expor
     assert summary["connection_errors"] == 0 and summary["ok"]["n"] > 100
     assert after["refused"] == summary["statuses"]["503"] and after["in_flight"] == 0
     assert health and set(health) == {200}
+
+
+def test_slow_clients_hold_no_admission_place_and_get_408(export_dir, bodies):
+    """100 clients that send their body a byte at a time: a normal client's 200 requests meanwhile
+    are all answered (p99 under 50 ms), and each slow one gets 408 once body_timeout_s runs out."""
+    import socket
+
+    server, port = _serve(export_dir, "limits.body_timeout_s=3", "limits.max_in_flight=8")
+    body = orjson.dumps(bodies[1])
+    head = (
+        f"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode()
+    with server:
+        slow = []
+        for _ in range(100):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(head)
+            slow.append(s)
+        stop = threading.Event()
+
+        def trickle() -> None:  # one byte a client every 0.5 s
+            sent = 0
+            while not stop.wait(0.5) and sent < len(body) - 1:
+                for s in slow:
+                    with contextlib.suppress(OSError):
+                        s.send(body[sent : sent + 1])
+                sent += 1
+
+        t = threading.Thread(target=trickle)
+        t.start()
+        try:
+            times, codes = [], []
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+                for i in range(200):
+                    started = time.perf_counter()
+                    r = client.post("/predict", content=orjson.dumps(bodies[i % len(bodies)]))
+                    times.append(time.perf_counter() - started)
+                    codes.append(r.status_code)
+            answers = []
+            for s in slow:  # each slow client is answered 408 once its body deadline passed
+                s.settimeout(10)
+                answers.append(s.recv(64))
+        finally:
+            stop.set()
+            t.join()
+            for s in slow:
+                s.close()
+        health = httpx.get(f"http://127.0.0.1:{port}/health").json()
+    assert codes == [200] * 200
+    assert float(np.percentile(times, 99)) < 0.05, np.percentile(times, 99)
+    assert all(a.startswith(b"HTTP/1.1 408") for a in answers), {a[:20] for a in answers}
+    assert health["slow_bodies"] == 100

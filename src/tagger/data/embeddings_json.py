@@ -1,13 +1,14 @@
 """Parse one ticket's ``email_sentence_embeddings`` field: hashed sentence id -> 384 floats.
 
-The fast path is orjson straight into a float32 array. Only a row that fails it pays for
-the slower diagnosis that names exactly what is wrong (NaN, a short vector, bad JSON).
+One strict parser for the API, the ingest and predict.py: JSON only (orjson), caps on the size
+and the number of sentences checked before anything is parsed, and every failure, whatever the
+input (any string, any bytes, any depth), an :class:`EmbeddingError` naming what is wrong. The fast
+path is orjson straight into a float32 array; only a field that fails it pays for the diagnosis
+(NaN, a short vector, a non-number).
 """
 
 from __future__ import annotations
 
-import ast
-import json
 import math
 
 import numpy as np
@@ -44,28 +45,38 @@ def _text(text: str | bytes | memoryview) -> str:
     return text if isinstance(text, str) else bytes(text).decode("utf-8", "replace")
 
 
-def _load_object(text: str | bytes | memoryview | dict) -> dict:
+_NON_FINITE = (b"NaN", b"Infinity")
+
+
+def _load_object(text: str | bytes | memoryview | dict, max_bytes: int | None, max_sentences: int | None):
+    """The field's JSON value, its caps checked first (a count of ``[`` bounds the sentences)."""
     if isinstance(text, dict):
+        if max_sentences is not None and len(text) > max_sentences:
+            raise EmbeddingError("too many sentences", f"{len(text)}; at most {max_sentences}")
         return text
+    if not isinstance(text, str | bytes | memoryview):
+        raise EmbeddingError("not a JSON object", f"expected its text, got {type(text).__name__}")
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise EmbeddingError("too large", f"{len(raw):,} bytes; at most {max_bytes:,}")
+    if max_sentences is not None and raw.count(b"[") > max_sentences:
+        raise EmbeddingError("too many sentences", f"more than {max_sentences} vectors")
     try:
-        return orjson.loads(text)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as err:
-        fast_error = err
-    raw = _text(text).strip()
-    try:  # the standard library accepts NaN and Infinity, which we report by name below
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        pass
-    try:  # a Python dict repr (single quotes) as some exports write it
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
-        raise EmbeddingError("malformed JSON", str(fast_error)) from None
-    return value
+        if any(word in raw for word in _NON_FINITE):  # JSON has no NaN: say so by name
+            raise EmbeddingError("NaN or infinite value", "NaN/Infinity is not JSON") from None
+        raise EmbeddingError("malformed JSON", str(err)[:200]) from None
+    except Exception as err:
+        raise EmbeddingError("malformed JSON", f"{type(err).__name__}") from None
 
 
-def parse_embeddings(text: str | bytes | memoryview | dict) -> tuple[list[str], np.ndarray]:
-    """Sentence ids and a float32 ``[n_sentences, 384]`` array; raises :class:`EmbeddingError`."""
-    obj = _load_object(text)
+def parse_embeddings(
+    text: str | bytes | memoryview | dict, max_sentences: int | None = None, max_bytes: int | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Sentence ids and a float32 ``[n_sentences, 384]`` array; raises :class:`EmbeddingError`
+    (``too many sentences`` or ``too large`` past the caps, checked before parsing)."""
+    obj = _load_object(text, max_bytes, max_sentences)
     if not isinstance(obj, dict):
         raise EmbeddingError(
             "not a JSON object", f"expected sentence id -> vector, got {type(obj).__name__}"
@@ -77,7 +88,7 @@ def parse_embeddings(text: str | bytes | memoryview | dict) -> tuple[list[str], 
     try:
         with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: reported just below
             array = np.array(values, dtype=np.float32)
-    except (ValueError, TypeError, OverflowError):
+    except Exception:
         array = None
     if array is None or array.ndim != 2 or array.shape[1] != EMBEDDING_DIM:
         raise EmbeddingError(*_diagnose(keys, values))

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None, reexec: bool = False) -> int:
         http=cfg.http,
         loop=cfg.loop,
         timeout_keep_alive=int(cfg.timeout_keep_alive),
+        limit_concurrency=int(cfg.max_connections) or None,
         access_log=False,
         log_level="warning",
     )

@@ -2,12 +2,13 @@
 framework objects), in this order:
 
 1. ``/health`` goes straight through: it always answers, whatever the load.
-2. Admission control: at most ``max_in_flight`` requests in this worker at once; past it a request
+2. ``/admin/`` paths: the bearer token is checked before anything of the body is read.
+3. The body (chunked or not) is read up to ``max_body_bytes`` (413 past it, a Content-Length over
+   the cap refused unread) within ``body_timeout_s`` (408 past it, the connection closed): a client
+   that sends its body slowly holds a connection, never an admission place.
+4. Admission control: at most ``max_in_flight`` requests in this worker at once; past it a request
    is refused at once with 503 and ``Retry-After`` (counted), so the admitted ones keep their latency
    instead of every request queueing without bound.
-3. ``/admin/`` paths: the bearer token is checked before anything of the body is read.
-4. The body (chunked or not) is read up to ``max_body_bytes`` (413 past it, a Content-Length over
-   the cap refused unread).
 5. The request gets ``request_timeout_s`` (503 past it).
 
 Every response carries ``Server-Timing: app;dur=MS``, the time from entering the gate to the
@@ -32,6 +33,7 @@ class Admission:
     in_flight: int = 0
     admitted: int = 0
     refused: int = 0
+    slow: int = 0  # bodies not received within body_timeout_s (408)
 
 
 def refuse_admin(authorization: str | None, admin_token: str | None) -> tuple[int, str] | None:
@@ -79,29 +81,36 @@ class Gate:
             self.before()
         if scope["path"] == "/health":
             return await self.app(scope, receive, timed_send)
-        admission = self.admission
-        if admission.in_flight >= self.limits.max_in_flight:
-            admission.refused += 1
-            await _drain(receive)  # so the connection stays open for the client's next request
-            return await send_json(timed_send, 503, self.refusal, self.retry_after)
-        admission.in_flight += 1
-        admission.admitted += 1
-        try:
-            await self._admitted(scope, receive, timed_send)
-        finally:
-            admission.in_flight -= 1
-
-    async def _admitted(self, scope, receive, send):
         if scope["path"].startswith("/admin/"):
             headers = dict(scope.get("headers") or [])
             authorization = headers.get(b"authorization", b"").decode("latin-1") or None
             refused = refuse_admin(authorization, self.admin_token)
             if refused:
-                return await send_json(send, refused[0], error_body("authorization", refused[1]))
-        body = await _read_body(scope, receive, self.limits.max_body_bytes)
+                return await send_json(timed_send, refused[0], error_body("authorization", refused[1]))
+        # the body before admission, under its own deadline: a client that sends it slowly holds a
+        # connection until then, never one of the admitted requests' places
+        try:
+            async with asyncio.timeout(self.limits.body_timeout_s):
+                body = await _read_body(scope, receive, self.limits.max_body_bytes)
+        except TimeoutError:
+            self.admission.slow += 1
+            message = f"the body was not received within {self.limits.body_timeout_s:g} s"
+            return await send_json(timed_send, 408, error_body("body", message), [(b"connection", b"close")])
         if body is None:
             detail = error_body("body", f"over {self.limits.max_body_bytes} bytes")
-            return await send_json(send, 413, detail)
+            return await send_json(timed_send, 413, detail, [(b"connection", b"close")])
+        admission = self.admission
+        if admission.in_flight >= self.limits.max_in_flight:
+            admission.refused += 1
+            return await send_json(timed_send, 503, self.refusal, self.retry_after)
+        admission.in_flight += 1
+        admission.admitted += 1
+        try:
+            await self._admitted(scope, receive, body, timed_send)
+        finally:
+            admission.in_flight -= 1
+
+    async def _admitted(self, scope, receive, body: bytes, send):
         started = []
 
         async def tracked_send(message):
@@ -133,13 +142,6 @@ async def _read_body(scope, receive, max_bytes: int) -> bytes | None:
             return None
         if not message.get("more_body"):
             return b"".join(chunks)
-
-
-async def _drain(receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] != "http.request" or not message.get("more_body"):
-            return
 
 
 def _replay(body: bytes, receive):

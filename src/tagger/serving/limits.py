@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Limits:
-    """Request caps (413 above them), the request timeout (503), and admission control: at most
+    """Request caps (413 above them), the time a body may take to arrive (408), the request timeout
+    (503), and admission control: at most
     ``max_in_flight`` requests in a worker at once, a request past it refused at once with 503 and
     ``Retry-After: retry_after_s``."""
 
@@ -17,6 +18,7 @@ class Limits:
     max_label_name: int = 200
     max_label_changes: int = 256
     request_timeout_s: float = 10.0
+    body_timeout_s: float = 5.0
     max_in_flight: int = 32
     retry_after_s: int = 1
     top_k: int = 3

@@ -82,15 +82,10 @@ def ticket_vectors(text: str | dict | None, where: str, limits: Limits) -> np.nd
     if is_empty(text):
         return _NO_SENTENCES
     try:
-        _, vectors = parse_embeddings(text)
+        _, vectors = parse_embeddings(text, max_sentences=limits.max_sentences)
     except EmbeddingError as err:
-        raise ApiError(422, f"{where}email_sentence_embeddings", str(err)) from None
-    if len(vectors) > limits.max_sentences:
-        raise ApiError(
-            413,
-            f"{where}email_sentence_embeddings",
-            f"{len(vectors)} sentences; at most {limits.max_sentences} per ticket",
-        )
+        status = 413 if err.kind == "too many sentences" else 422
+        raise ApiError(status, f"{where}email_sentence_embeddings", str(err)) from None
     return vectors
 
 

@@ -114,6 +114,7 @@ def health(s: ServiceDep) -> dict:
         "in_flight": s.admission.in_flight,
         "admitted": s.admission.admitted,
         "refused": s.admission.refused,
+        "slow_bodies": s.admission.slow,
     }
 
 
