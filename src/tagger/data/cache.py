@@ -23,7 +23,7 @@ from tagger.data.validation import RowProblem, ValidationReport
 from tagger.manifest import atomic_directory, sha256
 from tagger.paths import PROJECT_ROOT
 
-PARSER_VERSION = 1
+PARSER_VERSION = 2  # 2: JSON only (a Python dict repr is quarantined, issue 27)
 DEFAULT_CACHE_DIR = PROJECT_ROOT / "data" / "cache" / "tickets"
 
 
