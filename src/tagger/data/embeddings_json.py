@@ -56,15 +56,18 @@ def _load_object(text: str | bytes | memoryview | dict, max_bytes: int | None, m
         return text
     if not isinstance(text, str | bytes | memoryview):
         raise EmbeddingError("not a JSON object", f"expected its text, got {type(text).__name__}")
-    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
-    if max_bytes is not None and len(raw) > max_bytes:
-        raise EmbeddingError("too large", f"{len(raw):,} bytes; at most {max_bytes:,}")
-    if max_sentences is not None and raw.count(b"[") > max_sentences:
+    raw = text if isinstance(text, str) else bytes(text)  # orjson reads str and bytes alike
+    if max_bytes is not None:
+        size = len(raw.encode("utf-8", "surrogatepass")) if isinstance(raw, str) else len(raw)
+        if size > max_bytes:
+            raise EmbeddingError("too large", f"{size:,} bytes; at most {max_bytes:,}")
+    if max_sentences is not None and raw.count("[" if isinstance(raw, str) else b"[") > max_sentences:
         raise EmbeddingError("too many sentences", f"more than {max_sentences} vectors")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as err:
-        if any(word in raw for word in _NON_FINITE):  # JSON has no NaN: say so by name
+        words = _NON_FINITE if isinstance(raw, bytes) else tuple(w.decode() for w in _NON_FINITE)
+        if any(word in raw for word in words):  # JSON has no NaN: say so by name
             raise EmbeddingError("NaN or infinite value", "NaN/Infinity is not JSON") from None
         raise EmbeddingError("malformed JSON", str(err)[:200]) from None
     except Exception as err:
