@@ -46,6 +46,7 @@ def _text(text: str | bytes | memoryview) -> str:
 
 
 _NON_FINITE = (b"NaN", b"Infinity")
+_MIN_VECTOR_BYTES = 2 * EMBEDDING_DIM
 
 
 def _load_object(text: str | bytes | memoryview | dict, max_bytes: int | None, max_sentences: int | None):
@@ -61,7 +62,10 @@ def _load_object(text: str | bytes | memoryview | dict, max_bytes: int | None, m
         size = len(raw.encode("utf-8", "surrogatepass")) if isinstance(raw, str) else len(raw)
         if size > max_bytes:
             raise EmbeddingError("too large", f"{size:,} bytes; at most {max_bytes:,}")
-    if max_sentences is not None and raw.count("[" if isinstance(raw, str) else b"[") > max_sentences:
+    # a vector's text is at least 768 bytes ("0," 384 times): a shorter field cannot hold more than
+    # the cap of vectors and costs little to parse, so only a longer one is counted first
+    long = max_sentences is not None and len(raw) > max_sentences * _MIN_VECTOR_BYTES
+    if long and raw.count("[" if isinstance(raw, str) else b"[") > max_sentences:
         raise EmbeddingError("too many sentences", f"more than {max_sentences} vectors")
     try:
         return orjson.loads(raw)
@@ -86,6 +90,8 @@ def parse_embeddings(
         )
     if not obj:
         return [], np.empty((0, EMBEDDING_DIM), np.float32)
+    if max_sentences is not None and len(obj) > max_sentences:
+        raise EmbeddingError("too many sentences", f"{len(obj)}; at most {max_sentences}")
     keys = [str(k) for k in obj]
     values = list(obj.values())
     try:
