@@ -18,7 +18,7 @@ from tagger.serving import admin
 from tagger.serving.api import create_app
 from tagger.serving.registry import Registry
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-of-at-least-32-chars"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

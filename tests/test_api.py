@@ -18,6 +18,7 @@ def client(trained):  # noqa: F811
     app = create_app(
         registry_for(exported(trained, "api-onnx")),
         Limits(max_sentences=10, max_batch=3, max_body_bytes=200_000),
+        docs=True,
     )
     return TestClient(app, raise_server_exceptions=False)
 
@@ -120,3 +121,36 @@ def test_health_labels_and_openapi(client):
     assert client.get("/accounts/nobody/labels").status_code == 404
     schema = client.get("/openapi.json").json()
     assert {"/predict", "/predict/batch", "/health", "/accounts/{account_id}/labels"} <= set(schema["paths"])
+
+
+def test_a_read_token_guards_every_route_but_liveness(trained):  # noqa: F811
+    read, admin = "r" * 32, "a" * 32
+    app = create_app(registry_for(exported(trained, "api-onnx")), admin_token=admin, read_token=read)
+    client = TestClient(app, raise_server_exceptions=False)
+    body = {"account_id": "a", "email_sentence_embeddings": None}
+    assert client.get("/health").json() == {"status": "ok"}  # liveness, no details
+    assert client.post("/predict", json=body).status_code == 401
+    assert client.get("/accounts/a/labels").status_code == 401
+    assert client.get("/accounts/nobody/labels").status_code == 401  # which merchants exist: not said
+    assert client.get("/ready").status_code == 401
+    for token in (read, admin):
+        headers = {"Authorization": f"Bearer {token}"}
+        assert client.post("/predict", json=body, headers=headers).status_code == 200
+        assert "model_version" in client.get("/health", headers=headers).json()
+    assert client.get("/accounts/a/labels", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    headers = {"Authorization": f"Bearer {read}"}
+    assert client.get("/docs", headers=headers).status_code == 404  # off unless enabled
+    assert client.get("/openapi.json", headers=headers).status_code == 404
+
+
+def test_short_tokens_refuse_to_start(trained, monkeypatch):  # noqa: F811
+    from tagger.serving.api import app_from_config, serve_config
+
+    registry = registry_for(exported(trained, "api-onnx"))
+    monkeypatch.setenv("TAGGER_ADMIN_TOKEN", "short")
+    with pytest.raises(SystemExit, match="TAGGER_ADMIN_TOKEN has 5 characters; at least 32"):
+        app_from_config(serve_config(), registry)
+    monkeypatch.setenv("TAGGER_ADMIN_TOKEN", "x" * 32)
+    monkeypatch.setenv("TAGGER_READ_TOKEN", "y" * 31)
+    with pytest.raises(SystemExit, match="TAGGER_READ_TOKEN"):
+        app_from_config(serve_config(), registry)

@@ -24,7 +24,7 @@ from tagger.serving.onnx_export import export_model
 from tagger.serving.registry import LockTimeout, Registry
 from tagger.training import run
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-of-at-least-32-chars"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

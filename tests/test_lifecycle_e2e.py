@@ -18,7 +18,7 @@ from test_export import trained  # noqa: F401  (the module-scoped trained model)
 from tagger.bench.servers import free_port, server_process
 from tagger.paths import PROJECT_ROOT
 
-TOKEN = "e2e-token"
+TOKEN = "e2e-token-of-at-least-32-characters"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "X-Changed-By": "e2e"}
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 

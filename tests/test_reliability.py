@@ -30,7 +30,7 @@ def fresh(export_dir, tmp_path):
 
 def test_schemathesis_finds_no_server_error(fresh):
     app = create_app(
-        fresh, Limits(max_sentences=10, max_batch=3), admin_token=TOKEN, embed=FakeEmbedder().embed
+        fresh, Limits(max_sentences=10, max_batch=3), admin_token=TOKEN, embed=FakeEmbedder().embed, docs=True
     )
     result = fuzz_app(app, max_examples=25, token=TOKEN, accounts=["a", "b", "c"])
     assert result["requests"] > 200

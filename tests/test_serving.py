@@ -27,7 +27,7 @@ from tagger.serving.api import create_app
 from tagger.serving.limits import Limits
 from tagger.serving.onnx_predictor import OnnxPredictor
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-of-at-least-32-chars"
 
 
 @pytest.fixture(scope="module")

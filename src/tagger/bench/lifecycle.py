@@ -15,6 +15,7 @@ another process sends real held-out tickets at ``rate`` requests/s. Meanwhile pr
 
 from __future__ import annotations
 
+import secrets
 import statistics
 import sys
 import tempfile
@@ -30,7 +31,7 @@ from tagger.bench.servers import free_port, server_process
 from tagger.bench.serving import request_bodies
 from tagger.paths import resolve, shown
 
-TOKEN = "bench-token"
+TOKEN = secrets.token_hex(16)  # 32 characters: shorter ones refuse to start
 
 
 def _registry(model_dir: Path, root: Path, seed_changes: int) -> tuple[list[str], list[str]]:

@@ -36,7 +36,7 @@ def _fuzz(args) -> None:
     registry_of(args.export_dir, work)  # admin updates change the scratch registry only
     try:
         token = "fuzz-token"
-        app = create_app(work, Limits(), admin_token=token)
+        app = create_app(work, Limits(), admin_token=token, docs=True)
         accounts = sorted(OnnxPredictor(args.export_dir).view.state.accounts)[:20]
         result = fuzz.fuzz_app(app, args.examples, token=token, accounts=accounts)
     finally:

@@ -142,12 +142,16 @@ def create_app(
     reload_interval: float = 0.25,
     scoring_nice: int = 0,
     lock_wait: float = 5.0,
+    read_token: str | None = None,
+    docs: bool = False,
 ) -> FastAPI:
     """The API serving the model promoted in the registry at ``registry_dir``. ``admin_token``
     enables the admin routes; ``embed`` embeds label names (default: the export's all-MiniLM-L6-v2
     in ONNX Runtime, loaded only when the admin routes are enabled). ``reload_interval`` 0 looks at
     the registry before every request instead of in the background (tests). ``lock_wait``: the
-    longest an admin change waits for another writer."""
+    longest an admin change waits for another writer. ``read_token``: every route but ``/health``
+    needs it (or the admin token) as a bearer token, and ``/health`` shows details only with one.
+    ``docs``: serve ``/docs`` and ``/openapi.json``."""
     limits = limits or Limits()
     live = Live(Registry(registry_dir, create=False, lock_wait=lock_wait), lambda p: RequestScorer(p, limits))
     if admin_token and embed is None:
@@ -161,11 +165,12 @@ def create_app(
     scoring = ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="scoring", initializer=_lower_priority, initargs=(scoring_nice,)
     )
-    service = routes.Service(live, labels, Admission(), limits, admin_token, embed)
+    service = routes.Service(live, labels, Admission(), limits, admin_token, embed, read_token)
     app = FastAPI(
         title="tagger",
         version=live.current.version,
         description="Contact-reason tagging: each merchant gets a label from its own label set.",
+        **({} if docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}),
     )
     app.state.service = service
     # a request takes the model served when it starts (live.current) and keeps it to its end
@@ -183,6 +188,7 @@ def create_app(
         admission=service.admission,
         admin_token=admin_token,
         before=labels.refresh if reload_interval <= 0 else None,
+        read_token=read_token,
     )
     _error_handlers(app)
     for router in (routes.predictions, routes.labels, routes.admin):
@@ -222,6 +228,13 @@ def app_from_config(cfg, registry_dir: str | os.PathLike) -> FastAPI:
     from tagger.manifest import ArtifactError
 
     token = os.environ.get("TAGGER_ADMIN_TOKEN") or None
+    read_token = os.environ.get("TAGGER_READ_TOKEN") or None
+    for name, value in (("TAGGER_ADMIN_TOKEN", token), ("TAGGER_READ_TOKEN", read_token)):
+        if value is not None and len(value) < MIN_TOKEN_CHARS:
+            raise SystemExit(
+                f"tagger API refuses to start: {name} has {len(value)} characters; at least "
+                f"{MIN_TOKEN_CHARS} (e.g. `openssl rand -hex 16`)"
+            )
     # the event loop (admitting and refusing) takes the GIL back from the scoring thread within this
     sys.setswitchinterval(float(cfg.gil_switch_interval))
     try:
@@ -232,6 +245,8 @@ def app_from_config(cfg, registry_dir: str | os.PathLike) -> FastAPI:
             reload_interval=float(cfg.reload_interval),
             scoring_nice=int(cfg.scoring_nice),
             lock_wait=float(cfg.lock_wait),
+            read_token=read_token,
+            docs=bool(cfg.docs),
         )
     except (ArtifactError, OSError, ValueError, KeyError, LookupError, sqlite3.Error) as err:
         raise SystemExit(
@@ -240,6 +255,7 @@ def app_from_config(cfg, registry_dir: str | os.PathLike) -> FastAPI:
 
 
 OVERRIDES_ENV = "TAGGER_SERVE_OVERRIDES"
+MIN_TOKEN_CHARS = 32
 REGISTRY_ENV = "TAGGER_REGISTRY_DIR"
 
 

@@ -40,10 +40,37 @@ def refuse_admin(authorization: str | None, admin_token: str | None) -> tuple[in
     """(status, message) when the admin call must be refused; the token is compared in constant time."""
     if not admin_token:
         return 403, "the admin endpoint is disabled (no TAGGER_ADMIN_TOKEN)"
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), admin_token.encode()):
+    if not _bearer_is(authorization, admin_token):
         return 401, "missing or wrong bearer token"
     return None
+
+
+def _authorization(scope) -> str | None:
+    for name, value in scope.get("headers") or ():
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return None
+
+
+def _bearer_is(authorization: str | None, token: str | None) -> bool:
+    scheme, _, given = (authorization or "").partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
+
+
+def refuse_reader(
+    authorization: str | None, read_token: str | None, admin_token: str | None
+) -> tuple[int, str] | None:
+    """(401, message) when a read token is set and the caller has neither it nor the admin token."""
+    if read_token is None or _bearer_is(authorization, read_token) or _bearer_is(authorization, admin_token):
+        return None
+    return 401, "missing or wrong bearer token (a read token is required)"
+
+
+def may_read(authorization: str | None, read_token: str | None, admin_token: str | None) -> bool:
+    """Whether the caller may see details: anyone without a read token set, else a read or admin token."""
+    if read_token is None:
+        return True
+    return _bearer_is(authorization, read_token) or _bearer_is(authorization, admin_token)
 
 
 async def send_json(send, status: int, body: bytes, headers: list | None = None) -> None:
@@ -58,10 +85,16 @@ class Gate:
     every admitted request (the label reload check when it is not done in the background)."""
 
     def __init__(
-        self, app, limits: Limits, admission: Admission, admin_token: str | None = None, before=None
+        self,
+        app,
+        limits: Limits,
+        admission: Admission,
+        admin_token: str | None = None,
+        before=None,
+        read_token: str | None = None,
     ):
         self.app, self.limits, self.admission = app, limits, admission
-        self.admin_token, self.before = admin_token, before
+        self.admin_token, self.before, self.read_token = admin_token, before, read_token
         self.refusal = error_body(None, f"over capacity: more than {limits.max_in_flight} requests in flight")
         self.retry_after = [(b"retry-after", str(limits.retry_after_s).encode())]
 
@@ -81,12 +114,13 @@ class Gate:
             self.before()
         if scope["path"] == "/health":
             return await self.app(scope, receive, timed_send)
+        authorization = _authorization(scope)
         if scope["path"].startswith("/admin/"):
-            headers = dict(scope.get("headers") or [])
-            authorization = headers.get(b"authorization", b"").decode("latin-1") or None
             refused = refuse_admin(authorization, self.admin_token)
-            if refused:
-                return await send_json(timed_send, refused[0], error_body("authorization", refused[1]))
+        else:
+            refused = refuse_reader(authorization, self.read_token, self.admin_token)
+        if refused:
+            return await send_json(timed_send, refused[0], error_body("authorization", refused[1]))
         # the body before admission, under its own deadline: a client that sends it slowly holds a
         # connection until then, never one of the admitted requests' places
         try:

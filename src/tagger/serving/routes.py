@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from tagger.model.label_update import LabelUpdate, UpdateError
-from tagger.serving.gate import Admission
+from tagger.serving.gate import Admission, may_read
 from tagger.serving.limits import Limits
 from tagger.serving.live import Live
 from tagger.serving.registry import LockTimeout, Registry, TextEmbedder
@@ -44,6 +44,7 @@ class Service:
     limits: Limits
     admin_token: str | None
     embed: TextEmbedder | None
+    read_token: str | None = None
 
     @property
     def registry(self) -> Registry:
@@ -96,8 +97,14 @@ async def predict_batch(request: Request) -> Response:  # answered by PredictRou
 
 
 @labels.get("/health")
-def health(s: ServiceDep) -> dict:
-    """Liveness: the served model and label generation, quarantined merchants, this worker's counters."""
+def health(
+    s: ServiceDep,
+    authorization: Annotated[str | None, Header(description="Bearer TOKEN: the details")] = None,
+) -> dict:
+    """Liveness (always answers). Without a read token set, or with the read or admin token: the
+    served model and label generation, quarantined merchants, this worker's counters."""
+    if not may_read(authorization, s.read_token, s.admin_token):
+        return {"status": "ok"}
     current = s.live.current
     view = current.predictor.view
     return {
