@@ -180,3 +180,22 @@ def test_the_defaults_answer_as_the_api_does():
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
         predict, serve = compose("predict"), compose("serve")
     assert predict.top_k == serve.limits.top_k and predict.precision_target == serve.limits.precision_target
+
+
+def test_an_empty_file_gives_empty_outputs_and_hostile_rows_are_quarantined(trained, export_dir, tmp_path):  # noqa: F811
+    _, data, _ = trained
+    table = pq.read_table(data)
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(table.slice(0, 0), empty)
+    summary = predict_file(_config(empty, export_dir, tmp_path / "e.parquet"))
+    assert summary["rows"] == 0 and pd.read_parquet(tmp_path / "e.parquet").empty
+    assert pd.read_parquet(tmp_path / "e.quarantine.parquet").empty
+    hostile = table.slice(0, 3).to_pydict()
+    hostile["email_sentence_embeddings"][1] = "[" * 100_000 + "]" * 100_000  # deeply nested
+    hostile["email_sentence_embeddings"][2] = str({"x": [0.1] * 384})  # a Python literal: not JSON
+    path = tmp_path / "hostile.parquet"
+    pq.write_table(pa.table(hostile), path)
+    summary = predict_file(_config(path, export_dir, tmp_path / "h.parquet"))
+    quarantine = pd.read_parquet(tmp_path / "h.quarantine.parquet")
+    assert summary["scored"] == 1 and sorted(quarantine["row"]) == [1, 2]
+    assert set(quarantine["problem"]) == {"malformed JSON"}

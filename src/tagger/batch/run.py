@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -20,7 +21,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from tagger.batch.engines import local_tables, ray_tables
-from tagger.batch.score import PREDICTION_COLUMNS, PROBLEM_COLUMNS, STEPS, Timings, plan
+from tagger.batch.score import PREDICTION_COLUMNS, PROBLEM_COLUMNS, RESULT_SCHEMA, STEPS, Timings, plan
 from tagger.data.ingest import duplicate_rows, read_schema
 from tagger.data.validation import RowProblem, ValidationReport
 from tagger.manifest import ArtifactError
@@ -105,7 +106,11 @@ def _write(tables, files: dict[str, Path], n_rows: int, progress: bool) -> dict:
     """Split each result table into predictions and quarantined rows and append them to their files
     (written under a temporary name, renamed when complete)."""
     files["predictions"].parent.mkdir(parents=True, exist_ok=True)
-    partial = {k: files[k].with_name(files[k].name + ".partial") for k in ("predictions", "quarantine")}
+    # unique to this run: two runs with the same output never write into each other's partial file
+    run_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    partial = {
+        k: files[k].with_name(f".{files[k].name}.{run_id}.partial") for k in ("predictions", "quarantine")
+    }
     timings, problems = Timings(), []
     counts = {"scored": 0, "fallback": 0, "abstained": 0, "no_label": 0}
     writers: dict[str, pq.ParquetWriter] = {}
@@ -128,6 +133,11 @@ def _write(tables, files: dict[str, Path], n_rows: int, progress: bool) -> dict:
                 counts["no_label"] += good.column("label").null_count
                 timings.seconds["write"] += time.perf_counter() - started
                 bar.update(good.num_rows + pc.count_distinct(quarantined.column("row")).as_py())
+        empty = RESULT_SCHEMA.empty_table()  # a file without rows still gets both outputs, empty
+        for name, columns in (("predictions", PREDICTION_COLUMNS), ("quarantine", PROBLEM_COLUMNS)):
+            if name not in writers:
+                part = empty.select(columns)
+                writers[name] = pq.ParquetWriter(partial[name], part.schema.remove_metadata())
         for writer in writers.values():
             writer.close()
         for name, tmp in partial.items():

@@ -5,7 +5,8 @@
 
 It serves the model promoted in a registry (:mod:`tagger.serving.registry`) with every merchant's
 label changes. POST /predict, POST /predict/batch, GET /health, GET /ready,
-GET /accounts/{account_id}/labels (``docs=true``: /docs and /openapi.json); with ``Authorization: Bearer $TAGGER_ADMIN_TOKEN``:
+GET /accounts/{account_id}/labels (``docs=true``: /docs and /openapi.json); with
+``Authorization: Bearer $TAGGER_ADMIN_TOKEN``:
 POST /admin/labels (add, rename or retire a merchant's labels without a restart),
 POST /admin/labels/rollback, POST /admin/promote, POST /admin/rollback, GET /admin/models. Every
 process serving the same registry picks up a promotion or a label change within ``reload_interval``
