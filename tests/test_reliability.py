@@ -164,3 +164,19 @@ def test_the_reliability_command_reads_its_settings_from_conf(capsys):
     assert reliability(["soak", "minuts=1"]) == 2  # a misspelt key of conf/reliability.yaml
     assert reliability(["soak", "--minutes", "1"]) == 2  # flags are gone: key=value
     assert reliability(["nothing"]) == 2 and "fuzz" in capsys.readouterr().out
+
+
+def test_schemathesis_over_real_sockets_finds_no_server_error(fresh):
+    """The same fuzzing against a running server (uvicorn, httptools), the admin routes with a token."""
+    import sys
+
+    from tagger.bench.servers import free_port, server_process
+    from tagger.reliability.fuzz import fuzz_url
+
+    token = "fuzz-token-of-at-least-32-characters"
+    port = free_port()
+    command = [sys.executable, "-m", "tagger.serving", f"registry_dir={fresh}", f"port={port}", "docs=true"]
+    with server_process(command, port, {"TAGGER_ADMIN_TOKEN": token}):
+        result = fuzz_url(f"http://127.0.0.1:{port}", max_examples=15, token=token, accounts=["a", "b", "c"])
+    assert result["requests"] > 100
+    assert result["server_errors"] == 0 and not result["failures"], result["failures"]

@@ -28,17 +28,27 @@ OUT = PROJECT_ROOT / "results" / "reliability"
 
 
 def _fuzz(args) -> None:
-    from tagger.bench.servers import registry_of
-    from tagger.serving.api import Limits, create_app
+    import secrets
+    import sys
+
+    from tagger.bench.servers import free_port, registry_of, server_process
     from tagger.serving.onnx_predictor import OnnxPredictor
 
     work = Path(tempfile.mkdtemp(prefix="tagger-fuzz-")) / "registry"
     registry_of(args.export_dir, work)  # admin updates change the scratch registry only
-    try:
-        token = "fuzz-token"
-        app = create_app(work, Limits(), admin_token=token, docs=True)
+    try:  # a running server over real sockets, as clients reach it
+        token, port = secrets.token_hex(16), free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "tagger.serving",
+            f"registry_dir={work}",
+            f"port={port}",
+            "docs=true",
+        ]
         accounts = sorted(OnnxPredictor(args.export_dir).view.state.accounts)[:20]
-        result = fuzz.fuzz_app(app, args.examples, token=token, accounts=accounts)
+        with server_process(command, port, {"TAGGER_ADMIN_TOKEN": token}):
+            result = fuzz.fuzz_url(f"http://127.0.0.1:{port}", args.examples, token=token, accounts=accounts)
     finally:
         shutil.rmtree(work.parent, ignore_errors=True)
     result["export_dir"] = shown(args.export_dir)

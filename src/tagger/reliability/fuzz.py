@@ -12,14 +12,25 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.modes import GenerationMode
-from schemathesis.openapi import from_asgi
+from schemathesis.openapi import from_asgi, from_url
 
 
 def fuzz_app(app, max_examples: int = 200, token: str | None = None, accounts: list[str] = ()) -> dict:
-    """Run schemathesis against the ASGI ``app``; returns counts by operation, mode and status, and
-    the failing cases (at most 20). Every other generated case gets one of ``accounts`` (real
-    account ids) in place of its random one, so that the fuzzing reaches past the account lookup."""
-    schema = from_asgi("/openapi.json", app)
+    """Run schemathesis against the ASGI ``app`` in process; see :func:`fuzz_schema`."""
+    return fuzz_schema(from_asgi("/openapi.json", app), max_examples, token, accounts)
+
+
+def fuzz_url(url: str, max_examples: int = 200, token: str | None = None, accounts: list[str] = ()) -> dict:
+    """Run schemathesis against a running server at ``url`` over real sockets (its ``/openapi.json``
+    served: ``docs=true``); see :func:`fuzz_schema`."""
+    schema = from_url(f"{url}/openapi.json", wait_for_schema=30)
+    return {**fuzz_schema(schema, max_examples, token, accounts), "over": "sockets"}
+
+
+def fuzz_schema(schema, max_examples: int = 200, token: str | None = None, accounts: list[str] = ()) -> dict:
+    """Every operation of ``schema``, positive and negative; returns counts by operation, mode and
+    status, and the failing cases (at most 20). Every other generated case gets one of ``accounts``
+    (real account ids) in place of its random one, so that the fuzzing reaches past the account lookup."""
     counts: Counter = Counter()
     failures: list[dict] = []
     for result in schema.get_all_operations():
@@ -104,6 +115,8 @@ def markdown(result: dict) -> list[str]:
     """The fuzzing section of results/reliability.md."""
     lines = [
         f"{result['requests']:,} requests generated from the OpenAPI schema "
+        f"({'over real sockets to a running server' if result.get('over') == 'sockets' else 'in process'}, "
+        "the admin routes with and without the token) "
         f"(up to {result['max_examples']} per operation and mode), "
         f"**{result['server_errors']} answered 5xx**, {len(result['failures'])} failures recorded.",
         "",
