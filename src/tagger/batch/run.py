@@ -24,7 +24,6 @@ from tagger.batch.engines import local_tables, ray_tables
 from tagger.batch.score import PREDICTION_COLUMNS, PROBLEM_COLUMNS, RESULT_SCHEMA, STEPS, Timings, plan
 from tagger.data.ingest import duplicate_rows, read_schema
 from tagger.data.validation import RowProblem, ValidationReport
-from tagger.manifest import ArtifactError
 from tagger.paths import resolve, shown
 from tagger.serving.limits import Limits
 from tagger.serving.onnx_predictor import BASE_GENERATION
@@ -53,10 +52,7 @@ def _model(cfg: DictConfig) -> tuple[dict, dict[str, str]]:
     # the registry's served model, its labels checked again by every scorer (a Ray actor too)
     registry = Registry(resolve(cfg.registry_dir), create=False)
     try:
-        served = registry.served()
-        if served is None:
-            message = "no model is promoted: `python -m tagger.serving.models promote`"
-            raise ArtifactError(f"{registry.root}: {message}")
+        served = registry.serving()
         view, quarantined = registry.label_view(served[1])
     finally:
         registry.close()

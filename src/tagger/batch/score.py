@@ -115,9 +115,9 @@ class PieceScorer:
         self.schema = read_schema(self.path, require_labels=False)
         self.columns = [*scalar_columns(self.schema), EMBEDDINGS]
         if registry_dir is not None:  # the registry's model with its merchants' label changes
-            registry = Registry(registry_dir, create=False)
-            view, _ = registry.label_view(version)
-            self.predictor = OnnxPredictor(registry.model_dir(version), threads=threads, view=view)
+            registry = Registry(registry_dir, create=False, threads=threads)
+            view, _ = registry.label_view(version)  # loads the model once, with these threads
+            self.predictor = registry.model(version).predictor.with_view(view)
             registry.close()
         else:  # an export with the labels it was made with
             self.predictor = OnnxPredictor(export_dir, threads=threads)

@@ -66,15 +66,12 @@ def promoted_export(registry_dir: str | os.PathLike | None = None) -> Path:
 
     try:
         registry = Registry(resolve(registry_dir or "registry"), create=False)
-    except ArtifactError as err:
+        try:
+            return registry.model_dir(registry.serving()[1])
+        finally:
+            registry.close()
+    except ArtifactError as err:  # no registry, or nothing promoted
         raise SystemExit(str(err)) from None
-    try:
-        served = registry.served()
-    finally:
-        registry.close()
-    if served is None:
-        raise SystemExit(f"{registry.root}: no model is promoted: `python -m tagger.serving.models promote`")
-    return registry.model_dir(served[1])
 
 
 def registry_of(export_dir: Path, root: Path | None = None) -> Path:

@@ -28,7 +28,7 @@ import numpy as np
 from tagger.manifest import verify
 from tagger.model.label_update import LabelUpdate
 from tagger.serving.onnx_predictor import EXPORT_FILES
-from tagger.serving.registry import Registry, fold
+from tagger.serving.registry import Registry
 
 
 def _name_embeddings(texts: list[str]) -> np.ndarray:
@@ -97,7 +97,6 @@ def check(root: Path, acked_updates: set[str], acked_promotions: int, deep: bool
         promotions = db.execute("SELECT count(*) FROM promotions WHERE by='crash-test'").fetchone()[0]
         if promotions < acked_promotions:
             problems.append(f"{acked_promotions - promotions} acknowledged promotions lost")
-        model = registry.model(version)
         view = live.current.predictor.view
         for (account,) in db.execute("SELECT DISTINCT account FROM changes").fetchall():
             last = db.execute("SELECT max(seq) FROM changes WHERE account=?", (account,)).fetchone()[0]
@@ -107,7 +106,7 @@ def check(root: Path, acked_updates: set[str], acked_promotions: int, deep: bool
             if row != last:
                 problems.append(f"{account}: served row at change {row}, its last change is {last}")
             if deep:
-                expected, _ = fold(model, account, registry._effective(db, account))
+                expected = registry.replayed(version, account)
                 served = view.labels_of(account)
                 if expected.labels != served.labels or not np.allclose(
                     expected.vectors, served.vectors, atol=1e-5

@@ -74,12 +74,9 @@ def _check_registry(registry_dir: str) -> None:
 
     try:
         registry = Registry(registry_dir, create=False)
-        served = registry.served()
-        if served is None:
-            raise LookupError("no model is promoted: `python -m tagger.serving.models promote`")
-        verify(registry.model_dir(served[1]), EXPORT_FILES)
+        verify(registry.model_dir(registry.serving()[1]), EXPORT_FILES)
         registry.close()
-    except (ArtifactError, OSError, ValueError, LookupError, sqlite3.Error) as err:
+    except (ArtifactError, OSError, ValueError, sqlite3.Error) as err:
         message = f"tagger API refuses to start: {registry_dir}: {type(err).__name__}: {err}"
         raise SystemExit(message) from None
 

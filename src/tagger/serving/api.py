@@ -249,7 +249,7 @@ def app_from_config(cfg, registry_dir: str | os.PathLike) -> FastAPI:
             read_token=read_token,
             docs=bool(cfg.docs),
         )
-    except (ArtifactError, OSError, ValueError, KeyError, LookupError, sqlite3.Error) as err:
+    except (ArtifactError, OSError, ValueError, KeyError, sqlite3.Error) as err:
         raise SystemExit(
             f"tagger API refuses to start: {registry_dir}: {type(err).__name__}: {err}"
         ) from None

@@ -48,12 +48,7 @@ class Live:
         self.failures = 0
         self._retry_at = 0.0
         self._lock = threading.Lock()
-        served = registry.served()
-        if served is None:
-            raise LookupError(
-                f"{registry.root}: no model is promoted: `python -m tagger.serving.models promote`"
-            )
-        self.current: Served = self._load(served)
+        self.current: Served = self._load(registry.serving())
 
     @property
     def predictor(self) -> OnnxPredictor:

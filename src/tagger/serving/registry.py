@@ -72,6 +72,10 @@ CREATE INDEX IF NOT EXISTS label_rows_by_seq ON label_rows(model, seq);
 """
 
 
+class NothingPromoted(ArtifactError):
+    """The registry serves no model yet."""
+
+
 class LockTimeout(TimeoutError):
     """Another writer held the registry for longer than this one could wait; nothing was written."""
 
@@ -83,15 +87,13 @@ def generation_name(seq: int) -> str:
 
 @dataclass(frozen=True)
 class Change:
-    """One row of the change log: an ``update`` (a :class:`LabelUpdate` and the name embeddings it
-    was made with) or a ``revert`` of change ``reverts``."""
+    """One update of the change log still in effect: the :class:`LabelUpdate` and the name
+    embeddings it was made with."""
 
     seq: int
     account: str
-    kind: str
-    update: LabelUpdate | None
+    update: LabelUpdate
     names: dict[str, np.ndarray]
-    reverts: int | None = None
 
 
 @dataclass
@@ -183,7 +185,8 @@ def _partial(model, state, part: LabelUpdate, err: UpdateError, names, tickets) 
         ((old, new),) = part.rename.items()
         mine = state.accounts.get(part.account_id)
         known = {label.casefold() for label in (mine.labels if mine is not None else ())}
-        if normalise_label(new).casefold() in known and normalise_label(old).casefold() in known:
+        knows_old, knows_new = (normalise_label(x).casefold() in known for x in (old, new))
+        if knows_old and knows_new:
             try:
                 retired = apply_update(state, LabelUpdate(part.account_id, retire=[old]), names, tickets)
                 return (
@@ -192,25 +195,17 @@ def _partial(model, state, part: LabelUpdate, err: UpdateError, names, tickets) 
                 )
             except UpdateError as again:
                 return state, f"rename {old!r} -> {new!r} not carried: {again.message}"
-        if normalise_label(new).casefold() in known:  # and the old name is gone already
+        if knows_new:  # and the old name is gone already
             return state, f"rename {old!r} -> {new!r}: this model already has {new!r} and no {old!r}"
-        if normalise_label(new).casefold() not in known and normalise_label(old).casefold() not in known:
+        if not knows_old:
             added = apply_update(state, LabelUpdate(part.account_id, add=[new]), names, tickets)
             return (
                 added,
                 f"rename {old!r} -> {new!r}: this model does not know {old!r}; {new!r} added by name",
             )
-    what = (
-        f"add {list(part.add)}"
-        if part.add
-        else f"retire {list(part.retire)}"
-        if part.retire
-        else f"rename {part.rename}"
-        if part.rename
-        else f"examples of {list(part.examples)}"
-        if part.examples
-        else "create account"
-    )
+    asked = [("add", list(part.add)), ("retire", list(part.retire)), ("rename", part.rename)]
+    asked.append(("examples of", list(part.examples)))
+    what = next((f"{verb} {value}" for verb, value in asked if value), "create account")
     return state, f"{what} not carried: {err.message}"
 
 
@@ -227,15 +222,17 @@ def _mini_state(model: Model, account: str, labels: AccountLabels | None) -> Lab
 
 class Registry:
     """The registry at ``root`` (created if missing). Safe to share across threads; any number of
-    processes may open the same root."""
+    processes may open the same root. ``threads``: ONNX Runtime threads of the models it loads."""
 
-    def __init__(self, root: str | os.PathLike, create: bool = True, lock_wait: float = 5.0):
+    def __init__(
+        self, root: str | os.PathLike, create: bool = True, lock_wait: float = 5.0, threads: int = 1
+    ):
         self.root = Path(root)
         if not create and not (self.root / DB).exists():
             raise ArtifactError(f"{self.root}: no registry here (no {DB}): run `python export.py` first")
         if create:
             (self.root / MODELS).mkdir(parents=True, exist_ok=True)
-        self.lock_wait = lock_wait
+        self.lock_wait, self.threads = lock_wait, threads
         self._lock = threading.RLock()
         self._models: dict[str, Model] = {}
         self.db = sqlite3.connect(
@@ -353,7 +350,7 @@ class Registry:
                 if row is None:
                     raise UpdateError("model_version", f"no registered model {version!r}", 404)
                 export_dir = self.root / row[0]
-                predictor = OnnxPredictor(export_dir)
+                predictor = OnnxPredictor(export_dir, threads=self.threads)
                 weight = float(predictor.serving.get("cold_start", {}).get("name_weight", 2.0))
                 self._models[version] = Model(version, export_dir, predictor, predictor.view.state, weight)
             return self._models[version]
@@ -386,6 +383,15 @@ class Registry:
         row = rows[0] if rows else None
         return (int(row[0]), str(row[1])) if row else None
 
+    def serving(self) -> tuple[int, str]:
+        """:meth:`served`, or :class:`NothingPromoted` saying what to run when nothing is."""
+        served = self.served()
+        if served is None:
+            raise NothingPromoted(
+                f"{self.root}: no model is promoted: `python -m tagger.serving.models promote`"
+            )
+        return served
+
     def head(self) -> tuple[tuple[int, str] | None, int]:
         """``(served(), the last change number)`` in one look: what a server polls."""
         with self._read() as db:
@@ -412,8 +418,10 @@ class Registry:
         """Serve model ``version`` from now on, with every merchant's label changes replayed onto it;
         returns the report (what was carried, what could not be as asked)."""
         started = time.perf_counter()
+        loaded = version in self._models
         model = self.model(version)
-        verify(model.export_dir, EXPORT_FILES)
+        if loaded:  # checked again: the files may have changed since it was loaded (which checked them)
+            verify(model.export_dir, EXPORT_FILES)
         served = self.served()
         if served and served[1] == version:
             return {"version": version, "previous": version, "kind": kind, "unchanged": True}
@@ -472,7 +480,7 @@ class Registry:
         with self._write(self._wait(deadline)) as db:
             if key is not None and (done := self._answered(db, key, request_sha)) is not None:
                 return done
-            model = self._served_model(db)
+            model = self._served_model()
             account = update.account_id
             current = self._current(db, model, account, embed) if account else None
             names: dict[str, np.ndarray] = {}
@@ -496,7 +504,7 @@ class Registry:
         with self._write(self._wait(deadline)) as db:
             if key is not None and (done := self._answered(db, key, None)) is not None:
                 return done
-            model = self._served_model(db)
+            model = self._served_model()
             effective = self._effective(db, account)
             if not effective:
                 raise UpdateError("account_id", f"account {account!r} has no label change to roll back", 404)
@@ -553,6 +561,13 @@ class Registry:
             _, labels = self._last_good(db, version, account)
         return labels if labels is not None else self.model(version).base.accounts.get(account)
 
+    def replayed(self, version: str, account: str) -> AccountLabels | None:
+        """One merchant's labels under model ``version`` replayed from its whole change log onto the
+        model's exported labels, whatever the stored rows say (what a check compares them with)."""
+        with self._read() as db:
+            changes = self._effective(db, account)
+        return fold(self.model(version), account, changes)[0]
+
     def rows_since(self, version: str, since: int) -> tuple[int, dict[str, AccountLabels], dict[str, str]]:
         """What changed for model ``version`` after change ``since``: ``(the last change number, the
         changed merchants' labels, the merchants whose new row is damaged and why)``."""
@@ -579,11 +594,11 @@ class Registry:
             return self.lock_wait
         return min(self.lock_wait, deadline - time.monotonic() - 0.5)
 
-    def _served_model(self, db) -> Model:
-        served = self.served()
-        if served is None:
-            raise UpdateError("model_version", "no model is promoted yet", 409)
-        return self.model(served[1])
+    def _served_model(self) -> Model:
+        try:
+            return self.model(self.serving()[1])
+        except NothingPromoted:
+            raise UpdateError("model_version", "no model is promoted yet", 409) from None
 
     def _answered(self, db, key: str, request_sha: str | None) -> dict | None:
         row = db.execute("SELECT answer, request_sha FROM changes WHERE idempotency_key=?", (key,)).fetchone()
@@ -636,21 +651,30 @@ class Registry:
         )
 
     def _current(self, db, model: Model, account: str, embed) -> AccountLabels | None:
-        """The merchant's labels under ``model`` now: its latest row, or (none, or damaged) the fold
-        of its changes."""
-        row = db.execute(
-            "SELECT sha, blob FROM label_rows WHERE model=? AND account=? ORDER BY seq DESC LIMIT 1",
-            (model.version, account),
-        ).fetchone()
-        if row is not None:
-            try:
-                return self.decode(model.version, row[1], row[0])
-            except ArtifactError:
-                pass  # rebuilt from the change log, the truth
-        effective = self._effective(db, account)
-        if row is None and not effective:
-            return model.base.accounts.get(account)
-        return fold(model, account, effective, embed)[0]
+        """The merchant's labels under ``model`` now (a damaged latest row is rebuilt from the change
+        log, the truth)."""
+        _, start, changes = self._pending(db, model, account)
+        return start if changes is None else fold(model, account, changes, embed, start)[0]
+
+    def _pending(
+        self, db, model: Model, account: str
+    ) -> tuple[int, AccountLabels | None, list[Change] | None]:
+        """``(its last change number, labels, the changes to fold onto them)`` of a merchant under
+        ``model``: its last good row and None when no change came after it; that row and the updates
+        after it when only updates came (what a promotion costs grows with the changes since the
+        model last served); else the model's exported labels (None) and its whole history."""
+        last = db.execute("SELECT coalesce(max(seq), 0) FROM changes WHERE account=?", (account,)).fetchone()[
+            0
+        ]
+        since, start = self._last_good(db, model.version, account)
+        if start is not None and since == last:
+            return last, start, None
+        later = db.execute(
+            "SELECT count(*) FROM changes WHERE account=? AND seq>? AND kind!='update'", (account, since)
+        ).fetchone()[0]
+        if start is None or later:
+            since, start = 0, None
+        return last, start, self._effective(db, account, since)
 
     def _effective(self, db, account: str, after: int = 0) -> list[Change]:
         """The merchant's updates still in effect (not rolled back), in order; those after change
@@ -677,30 +701,19 @@ class Registry:
         return [r[0] for r in rows]
 
     def _materialise(self, model: Model, accounts: list[str], embed, txn=None) -> dict[str, list[str]]:
-        """Rows under ``model`` for ``accounts``, skipping a merchant whose latest row is already at
-        its latest change; notes by merchant. A merchant's changes are folded onto its last good row
-        under this model when only updates came after it (what a promotion costs grows with the
-        changes since the model last served), else onto the model's exported labels. ``txn``: the
-        open write transaction to do it in (else one short transaction each)."""
+        """A row under ``model`` at its latest change for each of ``accounts`` (:meth:`_pending`, folded
+        outside any transaction unless ``txn``, the open write transaction to use); notes by merchant."""
         notes = {}
         for account in accounts:
             with self._read() if txn is None else _same(txn) as db:
-                last = db.execute("SELECT max(seq) FROM changes WHERE account=?", (account,)).fetchone()[0]
-                since, start = self._last_good(db, model.version, account)
-                if since == last:
-                    continue
-                later = db.execute(
-                    "SELECT count(*) FROM changes WHERE account=? AND seq>? AND kind!='update'",
-                    (account, since),
-                ).fetchone()[0]
-                if start is None or later:
-                    since, start = 0, None
                 try:
-                    effective = self._effective(db, account, since)
+                    last, start, changes = self._pending(db, model, account)
                 except ArtifactError as err:
                     notes[account] = [f"not carried: {err}"]
                     continue
-            labels, notes[account] = fold(model, account, effective, embed, start)
+            if changes is None:
+                continue
+            labels, notes[account] = fold(model, account, changes, embed, start)
             if labels is not None:
                 with self._write() if txn is None else _same(txn) as db:
                     self._put_row(db, model.version, account, last, labels)
@@ -778,7 +791,7 @@ def _change(seq: int, account: str, payload: dict, arrays: bytes) -> Change:
     update = LabelUpdate(
         account, payload["add"], payload["rename"], payload["retire"], examples, payload["create_account"]
     )
-    return Change(seq, account, "update", update, names)
+    return Change(seq, account, update, names)
 
 
 def _read_only(directory: Path) -> None:
