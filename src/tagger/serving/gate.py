@@ -61,7 +61,7 @@ def refuse_reader(
     authorization: str | None, read_token: str | None, admin_token: str | None
 ) -> tuple[int, str] | None:
     """(401, message) when a read token is set and the caller has neither it nor the admin token."""
-    if read_token is None or _bearer_is(authorization, read_token) or _bearer_is(authorization, admin_token):
+    if may_read(authorization, read_token, admin_token):
         return None
     return 401, "missing or wrong bearer token (a read token is required)"
 
@@ -114,11 +114,11 @@ class Gate:
             self.before()
         if scope["path"] == "/health":
             return await self.app(scope, receive, timed_send)
-        authorization = _authorization(scope)
+        refused = None  # the headers are looked at only where a token is asked for
         if scope["path"].startswith("/admin/"):
-            refused = refuse_admin(authorization, self.admin_token)
-        else:
-            refused = refuse_reader(authorization, self.read_token, self.admin_token)
+            refused = refuse_admin(_authorization(scope), self.admin_token)
+        elif self.read_token is not None:
+            refused = refuse_reader(_authorization(scope), self.read_token, self.admin_token)
         if refused:
             return await send_json(timed_send, refused[0], error_body("authorization", refused[1]))
         # the body before admission, under its own deadline: a client that sends it slowly holds a

@@ -197,7 +197,7 @@ async def update_labels(
     result = await s.change(
         s.registry.update, update, _who(changed_by), s.embed, idempotency_key, digest, s.deadline()
     )
-    return LabelUpdateOut(**{k: result[k] for k in LabelUpdateOut.model_fields if k in result})
+    return LabelUpdateOut.model_validate(result)
 
 
 @admin.post("/admin/labels/rollback", response_model=LabelUpdateOut, responses=ADMIN_ERRORS)
@@ -206,9 +206,9 @@ async def rollback_labels(
 ) -> LabelUpdateOut:
     """Undo the merchant's last label change still in effect (recorded as a change of its own)."""
     result = await s.change(
-        s.registry.revert, body.account_id.strip(), _who(changed_by), idempotency_key, s.deadline()
+        s.registry.revert, body.account_id, _who(changed_by), idempotency_key, s.deadline()
     )
-    return LabelUpdateOut(**{k: result[k] for k in LabelUpdateOut.model_fields if k in result})
+    return LabelUpdateOut.model_validate(result)
 
 
 @admin.post("/admin/promote", responses=ADMIN_ERRORS)
