@@ -11,6 +11,7 @@ the same model again registers nothing new. Serving a model is a separate step (
 docs/lifecycle.md), except for the first model of an empty registry (``promote=auto``).
 """
 
+import shutil
 import sys
 import tempfile
 import warnings
@@ -27,7 +28,6 @@ def main(cfg: DictConfig) -> None:
     from tagger.manifest import ArtifactError
     from tagger.paths import resolve, shown
     from tagger.serving.admin import who
-    from tagger.serving.onnx_export import ExportError, export_model
     from tagger.serving.registry import MODELS, Registry
 
     if cfg.model_dir:
@@ -37,13 +37,50 @@ def main(cfg: DictConfig) -> None:
         if not candidates:
             sys.exit(f"no trained model under {resolve(cfg.models_dir)}: run `python train.py` first")
         model_dir = candidates[-1]
-    registry = None if cfg.out_dir else Registry(resolve(cfg.registry_dir))
-    if registry is None:
+    if cfg.out_dir:
         out_dir = resolve(cfg.out_dir)
         if out_dir.exists():
             sys.exit(f"export refused: {out_dir} exists (an export directory is never rewritten)")
-    else:  # written beside the registered models, then moved in whole
-        out_dir = Path(tempfile.mkdtemp(prefix=".export-", dir=registry.root / MODELS)) / "onnx"
+        _export(cfg, model_dir, out_dir)
+        print(
+            f"written to {shown(out_dir)} (not registered: "
+            "`python -m tagger.serving.models register path=...` adds it to a registry)"
+        )
+        return
+    registry = Registry(resolve(cfg.registry_dir))
+    # written beside the registered models, then moved in whole; the scratch never outlives the run
+    scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=registry.root / MODELS))
+    by = str(cfg.by or who())
+    try:
+        _export(cfg, model_dir, scratch / "onnx")
+        version, new = registry.register(scratch / "onnx", by=by, move=True)
+    except ArtifactError as err:
+        sys.exit(f"export refused: {err}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    where = shown(registry.model_dir(version))
+    print(
+        f"registered {version} at {where}"
+        if new
+        else f"{version} was already registered ({where}): nothing new"
+    )
+    served = registry.served()
+    promote = str(cfg.promote).lower()
+    if promote == "true" or (promote == "auto" and served is None):
+        from tagger.serving.models import print_report
+
+        print_report(registry.promote(version, by=by))
+    elif served and served[1] != version:
+        print(
+            f"served: {served[1]}; to serve this one: "
+            f"python -m tagger.serving.models promote version={version}"
+        )
+
+
+def _export(cfg: DictConfig, model_dir: Path, out_dir: Path) -> None:
+    """Export ``model_dir`` to ``out_dir`` with its parity check, and say how it went (exits on failure)."""
+    from tagger.serving.onnx_export import ExportError, export_model
+
     try:
         serving = export_model(
             model_dir, out_dir, cfg.opset, cfg.parity.tickets, cfg.parity.atol, cfg.name_encoder_cache
@@ -58,37 +95,6 @@ def main(cfg: DictConfig) -> None:
         f"label tower {p['label_tower_max_abs_diff']:.2e}, name encoder vs sentence-transformers "
         f"{p['name_encoder_max_abs_diff']:.2e}"
     )
-    if registry is None:
-        print(
-            f"written to {shown(out_dir)} (not registered: "
-            "`python -m tagger.serving.models register path=...` adds it to a registry)"
-        )
-        return
-    by = str(cfg.by or who())
-    try:
-        version, new = registry.register(out_dir, by=by, move=True)
-    except ArtifactError as err:
-        sys.exit(f"export refused: {err}")
-    finally:
-        import shutil
-
-        shutil.rmtree(out_dir.parent, ignore_errors=True)
-    where = shown(registry.model_dir(version))
-    print(
-        f"registered {version} at {where}"
-        if new
-        else f"{version} was already registered ({where}): nothing new"
-    )
-    promote = str(cfg.promote).lower()
-    if promote == "true" or (promote == "auto" and registry.served() is None):
-        from tagger.serving.models import print_report
-
-        print_report(registry.promote(version, by=by))
-    elif registry.served() and registry.served()[1] != version:
-        print(
-            f"served: {registry.served()[1]}; to serve this one: "
-            f"python -m tagger.serving.models promote version={version}"
-        )
 
 
 if __name__ == "__main__":
