@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,10 @@ def make_tickets(rows: list[tuple], start: float = 1_683_000_000.0):
     )
 
 
+TOKEN = "s3cret-token-of-at-least-32-chars"  # an admin token (the launcher refuses one under 32)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 class FakeEmbedder:
     """Stands in for all-MiniLM-L6-v2 on label names: a fixed random unit vector per text."""
 
@@ -103,6 +108,11 @@ class FakeEmbedder:
             v = rng.normal(size=DIM).astype(np.float32)
             out.append(v / np.linalg.norm(v))
         return np.stack(out) if out else np.zeros((0, DIM), np.float32)
+
+
+def fake_embed(texts: list[str]) -> np.ndarray:
+    """:class:`FakeEmbedder` as the ``embed`` function the API and the registry take."""
+    return FakeEmbedder().embed(texts)
 
 
 def toy_problem(n_per_label: int = 40, seed: int = 0, accounts: dict | None = None):
@@ -263,3 +273,21 @@ def wait_for(check, seconds: float, what: str) -> None:
     while not check():
         assert time.perf_counter() - started < seconds, f"{what} within {seconds:g} s"
         time.sleep(0.01)
+
+
+@contextmanager
+def in_background(work, threads: int = 3):
+    """Run ``work(stop)`` in ``threads`` threads for the duration of the block (``stop``, a
+    threading.Event, is set at its end, and the threads joined)."""
+    import threading
+
+    stop = threading.Event()
+    pool = [threading.Thread(target=work, args=(stop,)) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in pool:
+            t.join()

@@ -4,12 +4,21 @@ load, rollback of a merchant's change, a damaged row quarantining one merchant o
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 
 import numpy as np
 import pytest
-from conftest import FakeEmbedder, embeddings_json, exported, served_copy, unit_vectors, wait_for
+from conftest import (
+    AUTH,
+    TOKEN,
+    embeddings_json,
+    exported,
+    fake_embed,
+    in_background,
+    served_copy,
+    unit_vectors,
+    wait_for,
+)
 from fastapi.testclient import TestClient
 from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
@@ -17,13 +26,6 @@ from tagger.model.label_update import LabelUpdate, UpdateError
 from tagger.serving import admin
 from tagger.serving.api import create_app
 from tagger.serving.registry import Registry
-
-TOKEN = "s3cret-token-of-at-least-32-chars"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def _embed(texts: list[str]) -> np.ndarray:
-    return FakeEmbedder().embed(texts)
 
 
 @pytest.fixture()
@@ -33,7 +35,7 @@ def export_dir(trained, tmp_path):  # noqa: F811  (a registry serving a copy of 
 
 @pytest.fixture()
 def client(export_dir):
-    app = create_app(export_dir, admin_token=TOKEN, embed=_embed, reload_interval=0.0)
+    app = create_app(export_dir, admin_token=TOKEN, embed=fake_embed, reload_interval=0.0)
     return TestClient(app, raise_server_exceptions=False)
 
 
@@ -46,7 +48,7 @@ def _generation(registry_dir) -> int:
 
 
 def _update(registry: Registry, account: str, **change) -> dict:
-    return registry.update(LabelUpdate(account, **change), "test", _embed)
+    return registry.update(LabelUpdate(account, **change), "test", fake_embed)
 
 
 def _served_labels(registry_dir, account: str) -> tuple[str, ...]:
@@ -146,7 +148,7 @@ def test_a_bad_update_is_refused_and_nothing_changes(client, export_dir, headers
 
 
 def test_the_admin_endpoint_is_off_without_a_token(export_dir):
-    client = TestClient(create_app(export_dir, embed=_embed), raise_server_exceptions=False)
+    client = TestClient(create_app(export_dir, embed=fake_embed), raise_server_exceptions=False)
     r = client.post("/admin/labels", json={"account_id": "a", "add": ["X"]}, headers=AUTH)
     assert r.status_code == 403
 
@@ -160,29 +162,21 @@ def test_hot_reload_under_concurrent_requests(export_dir):
         for i, a in enumerate("abc")
     ]
     statuses: list[int] = []
-    stop = threading.Event()
 
-    def load() -> None:
+    def load(stop) -> None:
         client = TestClient(serving.app, raise_server_exceptions=False)
         i = 0
         while not stop.is_set():
             statuses.append(client.post("/predict", json=bodies[i % 3]).status_code)
             i += 1
 
-    threads = [threading.Thread(target=load) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
+    with in_background(load):
         time.sleep(0.3)
         writer = Registry(export_dir)  # the command's path: another writer of the registry
         result = _update(writer, "b", add=["Chargeback"], rename={"Billing": "Billing::Invoices"})
         live = lambda: serving.get("/health").json()["label_generation"] == result["generation"]  # noqa: E731
         wait_for(live, 1.0, "the update was not live")
         time.sleep(0.3)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     assert result["generation"] != before
     assert len(statuses) > 20 and set(statuses) == {200}
     labels = {x["label"] for x in serving.get("/accounts/b/labels").json()["labels"]}

@@ -4,13 +4,23 @@ carried onto the new model, idempotent admin changes, deadlines, and refusals th
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FakeEmbedder, embeddings_json, exported, served_copy, tiny_run, unit_vectors, wait_for
+from conftest import (
+    AUTH,
+    TOKEN,
+    embeddings_json,
+    exported,
+    fake_embed,
+    in_background,
+    served_copy,
+    tiny_run,
+    unit_vectors,
+    wait_for,
+)
 from fastapi.testclient import TestClient
 from hydra import compose, initialize_config_dir
 from test_export import trained  # noqa: F401  (the module-scoped trained model)
@@ -23,13 +33,6 @@ from tagger.serving.limits import Limits
 from tagger.serving.onnx_export import export_model
 from tagger.serving.registry import LockTimeout, Registry
 from tagger.training import run
-
-TOKEN = "s3cret-token-of-at-least-32-chars"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def _embed(texts: list[str]) -> np.ndarray:
-    return FakeEmbedder().embed(texts)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,7 @@ def _labels(registry: Registry, account: str) -> set[str]:
 
 
 def _change(registry: Registry, account: str, **change) -> dict:
-    return registry.update(LabelUpdate(account, **change), "test", _embed)
+    return registry.update(LabelUpdate(account, **change), "test", fake_embed)
 
 
 def test_promote_carries_every_label_change_and_says_what_it_could_not(registry_dir, retrained):
@@ -117,18 +120,14 @@ def test_a_promotion_reaches_a_running_server_without_a_failed_request(registry_
     first = serving.get("/health").json()["model_version"]
     body = {"account_id": "a", "email_sentence_embeddings": embeddings_json(unit_vectors(2, seed=1))}
     answers: list[tuple[int, str]] = []
-    stop = threading.Event()
 
-    def load() -> None:
+    def load(stop) -> None:
         client = TestClient(serving.app, raise_server_exceptions=False)
         while not stop.is_set():
             r = client.post("/predict", json=body)
             answers.append((r.status_code, r.json().get("model_version", "")))
 
-    threads = [threading.Thread(target=load) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
+    with in_background(load):
         time.sleep(0.3)
         registry = Registry(registry_dir)  # another process's writer: the command
         version, _ = registry.register(retrained, by="test")
@@ -136,10 +135,6 @@ def test_a_promotion_reaches_a_running_server_without_a_failed_request(registry_
         served = lambda: serving.get("/health").json()["model_version"].startswith(version)  # noqa: E731
         wait_for(served, 5, "the promotion was not served")
         time.sleep(0.3)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     statuses = {s for s, _ in answers}
     versions = {v.split("/")[0] for _, v in answers}
     assert statuses == {200} and len(answers) > 20
@@ -147,7 +142,7 @@ def test_a_promotion_reaches_a_running_server_without_a_failed_request(registry_
 
 
 def test_the_same_idempotency_key_applies_a_change_once(registry_dir):
-    client = TestClient(create_app(registry_dir, admin_token=TOKEN, embed=_embed, reload_interval=0.0))
+    client = TestClient(create_app(registry_dir, admin_token=TOKEN, embed=fake_embed, reload_interval=0.0))
     body = {"account_id": "b", "add": ["Chargeback"]}
     headers = {**AUTH, "Idempotency-Key": "retry-1"}
     first = client.post("/admin/labels", json=body, headers=headers)
@@ -162,7 +157,7 @@ def test_the_same_idempotency_key_applies_a_change_once(registry_dir):
 def test_an_update_waits_for_the_lock_less_than_its_deadline_and_never_commits_after(registry_dir):
     limits = Limits(request_timeout_s=2.0)
     app = create_app(
-        registry_dir, limits, admin_token=TOKEN, embed=_embed, reload_interval=0.0, lock_wait=5.0
+        registry_dir, limits, admin_token=TOKEN, embed=fake_embed, reload_interval=0.0, lock_wait=5.0
     )
     client = TestClient(app, raise_server_exceptions=False)
     holder = sqlite3.connect(registry_dir / "registry.sqlite", isolation_level=None)
@@ -180,7 +175,7 @@ def test_an_update_waits_for_the_lock_less_than_its_deadline_and_never_commits_a
 
     def slow(texts):  # the name encoder stalls past the deadline: the change is refused, not committed
         time.sleep(1.0)
-        return _embed(texts)
+        return fake_embed(texts)
 
     with pytest.raises(UpdateError, match="deadline"):
         registry.update(LabelUpdate("b", add=["Late"]), "test", slow, deadline=time.monotonic() + 0.8)
@@ -192,7 +187,7 @@ def test_a_second_writer_waits_then_gives_up_writing_nothing(registry_dir):
     holder.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(LockTimeout):
-            Registry(registry_dir, lock_wait=0.2).update(LabelUpdate("b", add=["X"]), "test", _embed)
+            Registry(registry_dir, lock_wait=0.2).update(LabelUpdate("b", add=["X"]), "test", fake_embed)
     finally:
         holder.execute("ROLLBACK")
 
@@ -215,7 +210,7 @@ def test_exports_are_immutable_and_registering_again_adds_nothing(trained, regis
 def test_promote_and_rollback_through_the_api_and_the_command(registry_dir, retrained, capsys):
     from tagger.serving import models
 
-    client = TestClient(create_app(registry_dir, admin_token=TOKEN, embed=_embed, reload_interval=0.0))
+    client = TestClient(create_app(registry_dir, admin_token=TOKEN, embed=fake_embed, reload_interval=0.0))
     first = Registry(registry_dir).served()[1]
     assert models.main(["register", f"path={retrained}", f"registry_dir={registry_dir}"]) == 0
     assert models.main(["list", f"registry_dir={registry_dir}"]) == 0

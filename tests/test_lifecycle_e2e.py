@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
-from conftest import embeddings_json, tiny_run, unit_vectors
+from conftest import embeddings_json, in_background, tiny_run, unit_vectors, wait_for
 from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
 from tagger.bench.servers import free_port, server_process
@@ -85,28 +84,19 @@ def test_label_changes_outlive_their_model(trained, tmp_path):  # noqa: F811
 
         # promote under load: every request answered 200, by one model or the other
         body = {"account_id": "a", "email_sentence_embeddings": embeddings_json(unit_vectors(2))}
-        statuses, stop = [], threading.Event()
+        statuses = []
 
-        def load() -> None:
+        def load(stop) -> None:
             with httpx.Client(timeout=10) as client:
                 while not stop.is_set():
                     statuses.append(client.post(f"{url}/predict", json=body).status_code)
 
-        threads = [threading.Thread(target=load) for _ in range(2)]
-        for t in threads:
-            t.start()
-        try:
+        with in_background(load, threads=2):
             out = _run("-m", "tagger.serving.models", "promote", f"registry_dir={registry}", "by=e2e")
             assert "now serving" in out
-            deadline = time.monotonic() + 10
-            while httpx.get(f"{url}/health").json()["model_version"].startswith(first):
-                assert time.monotonic() < deadline, "the running server did not swap to the promoted model"
-                time.sleep(0.05)
+            swapped = lambda: not httpx.get(f"{url}/health").json()["model_version"].startswith(first)  # noqa: E731
+            wait_for(swapped, 10, "the running server did not swap to the promoted model")
             time.sleep(0.3)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join()
         assert len(statuses) > 10 and set(statuses) == {200}
         assert _labels(url, "a") == wanted  # all three changes, on the new model
     server, url = _serve(registry)  # a server started afterwards serves them too

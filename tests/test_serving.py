@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from conftest import exported, registry_for, served_copy
+from conftest import TOKEN, exported, registry_for, served_copy
 from fastapi.testclient import TestClient
 from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
@@ -26,8 +26,6 @@ from tagger.data.tickets import Tickets
 from tagger.serving.api import create_app
 from tagger.serving.limits import Limits
 from tagger.serving.onnx_predictor import OnnxPredictor
-
-TOKEN = "s3cret-token-of-at-least-32-chars"
 
 
 @pytest.fixture(scope="module")
