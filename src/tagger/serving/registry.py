@@ -428,16 +428,18 @@ class Registry:
         # the long part outside the lock: every merchant with changes, folded onto the new model
         with self._lock:
             upto = _last_change(self.db)
-        notes = self._materialise(model, self._accounts_changed(0, upto), embed)
+        accounts = self._accounts_changed(0, upto)
+        notes = self._materialise(model, accounts, embed)
         with self._write(self._wait(deadline)) as db:
             now = _last_change(db)
-            notes.update(self._materialise(model, self._accounts_changed(upto, now), embed, db))
+            meanwhile = self._accounts_changed(upto, now)  # the changes made during the long part
+            notes.update(self._materialise(model, meanwhile, embed, db))
             report = {
                 "version": version,
                 "previous": served[1] if served else None,
                 "kind": kind,
                 "through_change": now,
-                "merchants_carried": len(self._accounts_changed(0, now)),
+                "merchants_carried": len(set(accounts) | set(meanwhile)),
                 "not_carried_as_asked": {a: n for a, n in sorted(notes.items()) if n},
             }
             db.execute(
