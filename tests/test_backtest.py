@@ -15,7 +15,7 @@ from tagger.backtest.folds import DAY, rolling_folds
 from tagger.backtest.run import run_backtest
 from tagger.metrics import outcomes, summary
 from tagger.model.baselines import LogReg
-from tagger.model.thresholds import Thresholds, choose_threshold
+from tagger.model.thresholds import ThresholdMethod, Thresholds
 from tagger.paths import PROJECT_ROOT
 
 
@@ -85,15 +85,13 @@ def test_metrics_on_a_hand_checked_case():
 
 
 def test_threshold_is_chosen_on_validation_only():
-    conf = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
-    hits = np.array([1, 1, 1, 0, 1, 0])
-    assert choose_threshold(conf, hits, 0.95, min_support=1) == 0.9
-    assert choose_threshold(conf, hits, 0.75, min_support=1) == 0.7
-    assert choose_threshold(conf, hits, 0.95, min_support=4) == float("inf")
-    val = _frame([("a", "X", "X", c, True) for c in conf]).assign(correct=hits.astype(bool))
-    th = Thresholds(val, [0.95], min_account=100)
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.3, 1.0, 2000)
+    val = _frame([("a", "X", "X", c, True) for c in conf]).assign(correct=rng.uniform(size=2000) < conf)
+    th = Thresholds(val, [0.95], ThresholdMethod(min_account=10_000))
     test = _frame([("a", "X", "Y", 0.99, False)])  # a wrong test ticket does not move the threshold
-    assert th.of(test)[0.95].tolist() == [th.global_[0.95]]
+    assert th.of(test)[0.95].tolist() == [th.global_["leaf"][0.95]]
+    assert 0.85 < th.global_["leaf"][0.95] < 1.0
 
 
 def test_backtest_end_to_end_and_report(tmp_path):
@@ -103,6 +101,7 @@ def test_backtest_end_to_end_and_report(tmp_path):
         data,
         2,
         "backtest.bootstrap=20",
+        "backtest.min_merchants=1",  # the toy file's few merchants, resampled as merchants all the same
         "backtest.seeds=[0]",  # several seeds: test_backtest_fits_the_shared_model_once_per_seed
         "trainer.max_epochs=3",
         "backtest.models=[shared,majority,logreg,names]",
@@ -232,6 +231,7 @@ def test_backtest_fits_the_shared_model_once_per_seed(tmp_path, monkeypatch):
         "backtest.n_folds=1",
         "backtest.test_days=2",
         "backtest.bootstrap=50",
+        "backtest.min_merchants=1",
         "backtest.seeds=[0,1,2]",
         "trainer.max_epochs=1",
         "backtest.models=[shared,majority]",

@@ -66,16 +66,29 @@ def test_the_request_path_gives_the_predictors_answers(base_export, bodies):
         expected = predictor.predict(Tickets.from_vectors([body["account_id"]], [v]), k=3)
         text = body["email_sentence_embeddings"]
         as_object = {**body, "email_sentence_embeddings": json.loads(text) if text else None}
-        threshold = thresholds["per_account"]["0.95"].get(body["account_id"], thresholds["global"]["0.95"])
+        account = body["account_id"]
+        leaf = thresholds["per_account"]["0.95"].get(account, thresholds["global"]["0.95"])
+        parent = thresholds["parent"]["per_account"]["0.95"].get(
+            account, thresholds["parent"]["global"]["0.95"]
+        )
         ranked = zip(expected.top_rows[0], expected.top_probs[0], strict=True)
         top = [(expected.names[r], float(p)) for r, p in ranked if r >= 0]
+        confidence, parent_confidence = float(expected.confidence[0]), float(expected.parent_confidence[0])
+        model_abstained = bool(expected.abstained[0])
+        at_leaf = not model_abstained and leaf is not None and confidence >= leaf
+        at_parent = not (at_leaf or model_abstained) and parent is not None and parent_confidence >= parent
         for sent in (body, as_object):
             got = client.post("/predict", json=sent).json()
             assert [(t["label"], t["score"]) for t in got["top_k"]] == top
-            assert got["confidence"] == float(expected.confidence[0])
             assert got["fallback"] == bool(expected.fallback[0])
-            assert got["abstained"] == bool(expected.abstained[0] or got["confidence"] < threshold)
-            assert got["contact_reason"] == (top[0][0] if top and not expected.abstained[0] else None)
+            assert got["abstained"] == (not (at_leaf or at_parent))
+            assert got["answer_level"] == int(at_parent)
+            if at_parent:  # the leaf unsure, its parent sure enough: the parent, with its summed confidence
+                assert got["contact_reason"] == expected.parents[0]
+                assert got["confidence"] == parent_confidence
+            else:
+                assert got["contact_reason"] == (top[0][0] if top and not model_abstained else None)
+                assert got["confidence"] == confidence
 
 
 def test_every_answer_says_how_long_the_server_took(base_export):

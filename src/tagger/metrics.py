@@ -106,6 +106,11 @@ def outcomes(
                 for p, t in zip(predicted, truth, strict=True)
             ],
             "confidence": pred.confidence.astype(float),
+            # the answer one level up: the most probable parent and its probability (summed)
+            "parent_predicted": np.where(pred.abstained, None, pred.parents),
+            "parent_confidence": pred.parent_confidence.astype(float),
+            "parent_answer_correct": ~pred.abstained
+            & (pred.parents == np.array([parent_label(t) for t in truth], object)),
             "abstained": pred.abstained,
             "no_embeddings": ~meta["has_embeddings"].to_numpy(),
             "account_train_tickets": n_account,
@@ -138,11 +143,44 @@ def macro_f1_score(true: np.ndarray, pred: np.ndarray, average: str = "macro") -
     )
 
 
-def summary(frame: pd.DataFrame, thresholds: dict[float, np.ndarray] | None = None) -> dict:
+def auto_tagged(
+    frame: pd.DataFrame, leaf: np.ndarray, parent: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which rows are answered at the leaf (confidence >= ``leaf`` threshold), which one level up
+    (the leaf unsure, the parent's confidence >= ``parent``), and whether each answer is right."""
+    answered = ~frame["abstained"].to_numpy(bool)
+    at_leaf = (frame["confidence"].to_numpy(float) >= leaf) & answered
+    at_parent = np.zeros(len(frame), bool)
+    if parent is not None and "parent_confidence" in frame:
+        at_parent = ~at_leaf & answered & (frame["parent_confidence"].to_numpy(float) >= parent)
+    right = np.where(
+        at_leaf,
+        frame["correct"].to_numpy(bool),
+        at_parent & frame.get("parent_answer_correct", pd.Series(False, frame.index)).to_numpy(bool),
+    )
+    return at_leaf, at_parent, right
+
+
+def aurc(frame: pd.DataFrame) -> float:
+    """Area under the risk-coverage curve (Geifman et al., 2018): the error rate among the k most
+    confident tickets, averaged over k = 1..n (an abstention counts as the least confident miss);
+    lower is better, and a perfect ranking of this model's errors gives the least."""
+    confidence = np.where(frame["abstained"].to_numpy(bool), -1.0, frame["confidence"].to_numpy(float))
+    wrong = ~frame["correct"].to_numpy(bool)
+    order = np.argsort(-confidence, kind="stable")
+    return float(np.mean(np.cumsum(wrong[order]) / np.arange(1, len(frame) + 1))) if len(frame) else np.nan
+
+
+def summary(
+    frame: pd.DataFrame,
+    thresholds: dict[float, np.ndarray] | None = None,
+    parent_thresholds: dict[float, np.ndarray] | None = None,
+) -> dict:
     """The metrics of a set of outcomes; ``thresholds`` maps a precision target to each row's
-    confidence threshold (chosen on validation) for the coverage figures. ECE is over answered
-    tickets only; ``accuracy_chance`` and ``top3_chance`` (uniform guessing among the ticket's
-    account's labels) need the ``n_account_labels`` column."""
+    confidence threshold (chosen on validation) for the coverage figures, ``parent_thresholds`` to
+    its parent-level threshold for the hierarchical ones (answered at the leaf, else at the parent).
+    ECE is over answered tickets only; ``accuracy_chance`` and ``top3_chance`` (uniform guessing
+    among the ticket's account's labels) need the ``n_account_labels`` column."""
     if len(frame) == 0:
         return {"n": 0}
     true, pred = class_codes(frame)
@@ -169,6 +207,7 @@ def summary(frame: pd.DataFrame, thresholds: dict[float, np.ndarray] | None = No
         )
         if answered.any()
         else float("nan"),
+        "aurc": aurc(frame),
     }
     if "n_account_labels" in frame:  # guessing uniformly among the ticket's account's labels
         accuracy_chance, top3_chance = chance(frame["n_account_labels"])
@@ -178,10 +217,15 @@ def summary(frame: pd.DataFrame, thresholds: dict[float, np.ndarray] | None = No
         if column in frame:  # tickets no model could get right, and those scored from the prior
             out[f"n_{column}"] = int(frame[column].sum())
     for target, threshold in (thresholds or {}).items():
-        auto = (frame["confidence"].to_numpy() >= threshold) & ~frame["abstained"].to_numpy()
         key = f"{round(target * 100)}"
-        out[f"coverage_at_{key}_precision"] = float(auto.mean())
-        out[f"precision_at_{key}_target"] = float(correct[auto].mean()) if auto.any() else float("nan")
+        parent = (parent_thresholds or {}).get(target)
+        at_leaf, at_parent, right = auto_tagged(frame, threshold, parent)
+        out[f"coverage_at_{key}_precision"] = float(at_leaf.mean())
+        out[f"precision_at_{key}_target"] = float(correct[at_leaf].mean()) if at_leaf.any() else float("nan")
+        auto = at_leaf | at_parent  # (the leaf's answers alone when no parent thresholds are given)
+        out[f"hier_coverage_at_{key}_precision"] = float(auto.mean())
+        out[f"hier_precision_at_{key}_target"] = float(right[auto].mean()) if auto.any() else float("nan")
+        out[f"parent_share_at_{key}"] = float(at_parent.mean())
     return out
 
 

@@ -150,9 +150,9 @@ def _fit_and_score(cfg: DictConfig, model_cfg: dict, train, val, development, ou
 def _save(cfg: DictConfig, served, record: dict, val_outcomes, digest: str, split: dict, stamp: str) -> Path:
     """The served shared model, its config, data record, metrics and thresholds under models_dir."""
     from tagger.model.artifacts import save_shared
-    from tagger.model.thresholds import Thresholds
+    from tagger.model.thresholds import Thresholds, threshold_method
 
-    thresholds = Thresholds(val_outcomes, list(cfg.precision_targets), cfg.min_account_val)
+    thresholds = Thresholds(val_outcomes, list(cfg.precision_targets), threshold_method(cfg))
     data = {
         "file": str(resolve(cfg.data.path)),
         "sha256": digest,

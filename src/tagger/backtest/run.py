@@ -34,7 +34,7 @@ from tagger.model.base import Estimator
 from tagger.model.cold_start import with_labels
 from tagger.model.factory import load_model_config, make_estimator
 from tagger.model.selection import Tuned
-from tagger.model.thresholds import Thresholds
+from tagger.model.thresholds import Thresholds, threshold_method
 from tagger.model.variants import VARIANTS
 from tagger.paths import resolve, shown
 
@@ -243,7 +243,7 @@ def _cold_start(
         named_all = named["shared+names"]
         cold_start = {
             "candidates": taxonomy.source,
-            "overall": summary(named_all, _row_thresholds(named_all, targets)),
+            "overall": _scored(named_all, targets),
             "zero_shot": zero_shot_summary(named_all, pooled["shared"], named.get("names")),
         }
     curve = pd.DataFrame()
@@ -264,7 +264,7 @@ def _model_metrics(
     targets: list[float],
 ) -> dict:
     """One model's metrics.json entry: the mean over seeds, its interval, each seed, each fold, slices."""
-    per_seed = {s: summary(f, _row_thresholds(f, targets)) for s, f in runs.items()}
+    per_seed = {s: _scored(f, targets) for s, f in runs.items()}
     return {
         "overall": _mean_over_seeds(list(per_seed.values())),
         "ci95": intervals.ci[name] if intervals else {},
@@ -275,10 +275,7 @@ def _model_metrics(
         ),
         "folds": [r for r in fold_rows if r["model"] == name],
         "slices": {
-            column: {
-                str(value): summary(part, _row_thresholds(part, targets))
-                for value, part in frame.groupby(column)
-            }
+            column: {str(value): _scored(part, targets) for value, part in frame.groupby(column)}
             for column in SLICES
         },
     }
@@ -394,7 +391,7 @@ def _fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: Fo
         return None
     targets = list(bt.precision_targets)
     val_out = outcomes(estimator.predict(data.val), data.val, data.train.meta)
-    thresholds = Thresholds(val_out, targets, bt.min_account_val)
+    thresholds = Thresholds(val_out, targets, threshold_method(cfg))
     predictor, parity = _runtime(served, bt.runtime, data.val, output_dir / "onnx" / where)
     test_out = _fold_outcomes(predictor, data.test, data.seen, data.index, thresholds, data.trained_until)
     common = {"fold": data.index, "seed": seed}
@@ -407,7 +404,7 @@ def _fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: Fo
             "refit_seconds": refit_seconds,
             **(_search(estimator) if isinstance(estimator, Tuned) else {}),
             **parity,
-            **summary(test_out, _row_thresholds(test_out, targets)),
+            **_scored(test_out, targets),
         }
     ]
     before = None
@@ -415,7 +412,7 @@ def _fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: Fo
         before = _fold_outcomes(estimator, data.test, data.train, data.index, thresholds, data.val_start)
         rows.append(
             {"model": f"{name} (no refit)", **common, "refit": False, "fit_seconds": fit_seconds}
-            | summary(before, _row_thresholds(before, targets))
+            | _scored(before, targets)
         )
     return FoldFit(served, thresholds, test_out, rows, before)
 
@@ -441,8 +438,9 @@ def _fold_outcomes(
     out = outcomes(predictor.predict(test), test, seen.meta, None if table is None else table.sizes())
     out.insert(0, "fold", fold)
     out["model_age_days"], out["model_age"] = model_age(test.meta["unix_timestamp"].to_numpy(), trained_until)
-    for target, values in thresholds.of(out).items():
-        out[f"threshold_{round(target * 100)}"] = values
+    for level, prefix in (("leaf", ""), ("parent", "parent_")):
+        for target, values in thresholds.of(out, level).items():
+            out[f"{prefix}threshold_{round(target * 100)}"] = values
     return out
 
 
@@ -476,7 +474,7 @@ def _comparison(
     """The shared model minus each baseline, and minus the strongest baseline on each metric (the
     best point estimate there), with the paired merchant-clustered intervals."""
     # precision at a target says whether the threshold held, not which model is better: not compared
-    metrics = [m for m in interval_metrics(targets) if not m.startswith("precision_at")]
+    metrics = [m for m in interval_metrics(targets) if "precision_at_" not in m]
     shared = models["shared"]["overall"]
     against: dict[str, dict[str, dict]] = {}
     for b in baselines:
@@ -512,7 +510,7 @@ def _final_holdout(
     intervals = _intervals(cfg, {name: list(r.values()) for name, r in last.items()}, targets, pairs)
     models = {
         name: {
-            "overall": _mean_over_seeds([summary(f, _row_thresholds(f, targets)) for f in r.values()]),
+            "overall": _mean_over_seeds([_scored(f, targets) for f in r.values()]),
             "ci95": intervals.ci[name] if intervals else {},
         }
         for name, r in last.items()
@@ -537,8 +535,8 @@ def _refit_effect(
     intervals = _intervals(cfg, frames, targets, pairs)
     return {
         name: {
-            "refit": summary(pooled[name], _row_thresholds(pooled[name], targets)),
-            "no_refit": summary(frame, _row_thresholds(frame, targets)),
+            "refit": _scored(pooled[name], targets),
+            "no_refit": _scored(frame, targets),
             "difference": intervals.differences[(name, f"{name} (no refit)")] if intervals else None,
         }
         for name, frame in before.items()
@@ -572,7 +570,7 @@ def _intervals(
     bt = cfg.backtest
     if not bt.bootstrap:
         return None
-    boot = MerchantBootstrap(frames, targets)
+    boot = MerchantBootstrap(frames, targets, int(bt.get("min_merchants", 10)))
     return boot.intervals(bt.bootstrap, cfg.seed, bt.get("ci_method", "percentile"), pairs=pairs)
 
 
@@ -582,26 +580,32 @@ def _describe(intervals: Intervals | None) -> dict | None:
         return None
     return {
         "description": intervals.describe(),
-        "unit": "merchant",
+        "unit": intervals.unit,
         "method": intervals.method,
         "resamples": intervals.resamples,
         "merchants": intervals.merchants,
         "level": intervals.level,
-        "paired": "the same merchant draws for every model and seed",
+        "paired": f"the same {intervals.unit} draws for every model and seed",
         "seeds": "a model with several seeds: the mean over seeds of its metric on each draw",
         "undefined_resamples": intervals.undefined,
     }
 
 
-def _row_thresholds(frame: pd.DataFrame, targets: list[float]) -> dict[float, np.ndarray]:
-    return {t: frame[f"threshold_{round(t * 100)}"].to_numpy(float) for t in targets}
+def _row_thresholds(frame: pd.DataFrame, targets: list[float], level: str = "") -> dict[float, np.ndarray]:
+    """Each row's threshold per target (``level`` "parent_": one level up)."""
+    return {t: frame[f"{level}threshold_{round(t * 100)}"].to_numpy(float) for t in targets}
+
+
+def _scored(frame: pd.DataFrame, targets: list[float]) -> dict:
+    """:func:`summary` of outcome rows with their leaf and parent thresholds."""
+    return summary(frame, _row_thresholds(frame, targets), _row_thresholds(frame, targets, "parent_"))
 
 
 def _per_merchant(pooled: dict[str, pd.DataFrame], targets: list[float]) -> pd.DataFrame:
     rows = []
     for name, frame in pooled.items():
         for account, part in frame.groupby("account_id"):
-            s = summary(part, _row_thresholds(part, targets))
+            s = _scored(part, targets)
             rows.append(
                 {
                     "model": name,

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from tagger.metrics import class_codes
+from tagger.metrics import auto_tagged, class_codes
 
 CI_METHODS = ("percentile", "bca")
 # below this a spread or a difference is float rounding (a mean over seeds minus a baseline that
@@ -32,7 +32,12 @@ def interval_metrics(targets: Sequence[float]) -> tuple[str, ...]:
     per_target = [
         name
         for t in targets
-        for name in (f"coverage_at_{_key(t)}_precision", f"precision_at_{_key(t)}_target")
+        for name in (
+            f"coverage_at_{_key(t)}_precision",
+            f"precision_at_{_key(t)}_target",
+            f"hier_coverage_at_{_key(t)}_precision",
+            f"hier_precision_at_{_key(t)}_target",
+        )
     ]
     return ("accuracy", "macro_f1", "macro_f1_account_mean", "top3_accuracy", *per_target)
 
@@ -45,7 +50,9 @@ def merchant_statistics(
     its classes' F1 ``f1_sum`` and their number ``classes`` (classes seen in truth or prediction,
     abstentions no class, as :func:`tagger.metrics.macro_f1_score`), its own macro-F1 with
     ``has_macro_f1`` 1 where defined, and per precision target NN ``auto_NN`` (confidence >= the
-    row's ``threshold_NN``, not abstained) and ``auto_correct_NN``.
+    row's ``threshold_NN``, not abstained) and ``auto_correct_NN``, and ``hauto_NN`` and
+    ``hauto_correct_NN`` of the answers at the leaf or one level up (``parent_threshold_NN``; none
+    without that column).
 
     This is exact, not an approximation: a ticket is only ever predicted among its own merchant's
     labels and a class is an (account, label) key, so each class's F1 depends on one merchant's
@@ -76,16 +83,17 @@ def merchant_statistics(
             "top3": frame["top3_hit"].to_numpy(float),
         }
     )
-    confidence = frame["confidence"].to_numpy(float)
-    abstained = frame["abstained"].to_numpy(bool)
     correct = frame["correct"].to_numpy(bool)
     per_target = []
     for t in targets:
         k = _key(t)
-        auto = (confidence >= frame[f"threshold_{k}"].to_numpy(float)) & ~abstained
-        rows[f"auto_{k}"] = auto.astype(float)
-        rows[f"auto_correct_{k}"] = (auto & correct).astype(float)
-        per_target += [f"auto_{k}", f"auto_correct_{k}"]
+        parent = frame[f"parent_threshold_{k}"].to_numpy(float) if f"parent_threshold_{k}" in frame else None
+        at_leaf, at_parent, right = auto_tagged(frame, frame[f"threshold_{k}"].to_numpy(float), parent)
+        rows[f"auto_{k}"] = at_leaf.astype(float)
+        rows[f"auto_correct_{k}"] = (at_leaf & correct).astype(float)
+        rows[f"hauto_{k}"] = (at_leaf | at_parent).astype(float)
+        rows[f"hauto_correct_{k}"] = right.astype(float)
+        per_target += [f"auto_{k}", f"auto_correct_{k}", f"hauto_{k}", f"hauto_correct_{k}"]
     out = rows.groupby("account_id").sum()
     out["f1_sum"] = classes["sum"].reindex(out.index).fillna(0.0)
     out["classes"] = classes["size"].reindex(out.index).fillna(0).astype(float)
@@ -110,6 +118,7 @@ def _metrics_of(totals: np.ndarray, columns: Sequence[str], targets: Sequence[fl
         for t in targets:
             k = _key(t)
             out += [c[f"auto_{k}"] / c["n"], c[f"auto_correct_{k}"] / c[f"auto_{k}"]]
+            out += [c[f"hauto_{k}"] / c["n"], c[f"hauto_correct_{k}"] / c[f"hauto_{k}"]]
     return np.stack(out, axis=-1)
 
 
@@ -139,9 +148,22 @@ class Intervals:
     differences: dict[tuple[str, str], dict[str, dict]]
     undefined: dict[str, dict[str, int]]
 
+    unit: str = "merchant"
+
     def describe(self) -> str:
         """The interval's kind in words, e.g. "merchant-clustered, 2000 resamples, percentile"."""
+        if self.unit == "ticket":
+            return (
+                f"ticket-level (only {self.merchants} merchants: too few to resample), "
+                f"{self.resamples} resamples, {self.method}; no interval for macro-F1"
+            )
         return f"merchant-clustered, {self.resamples} resamples, {self.method}"
+
+
+def _ticket_key(frame: pd.DataFrame) -> pd.Series:
+    """One cluster per ticket (and fold, where a ticket could recur), equal across models."""
+    fold = frame["fold"].astype(str) if "fold" in frame else ""
+    return fold + ":" + frame["ticket_id"].astype(str)
 
 
 class MerchantBootstrap:
@@ -152,12 +174,25 @@ class MerchantBootstrap:
     The same draws serve every model, so differences are paired. ``frames`` maps a model to its
     outcome frames, one per seed (a deterministic model has one); a model's statistic, on the
     original sample and on every draw alike, is the mean over its seeds of the per-seed metric.
+
+    With fewer than ``min_merchants`` merchants a merchant resample says nothing (one merchant gives
+    a point): the unit becomes the ticket (``unit == "ticket"``), each ticket its own cluster, and
+    macro-F1, which is not a sum over tickets, gets no interval.
     """
 
-    def __init__(self, frames: Mapping[str, Sequence[pd.DataFrame]], targets: Sequence[float]):
+    def __init__(
+        self, frames: Mapping[str, Sequence[pd.DataFrame]], targets: Sequence[float], min_merchants: int = 10
+    ):
         self.targets = list(targets)
         self.metrics = interval_metrics(self.targets)
         accounts = {a for parts in frames.values() for f in parts for a in f["account_id"].astype(str)}
+        self.unit = "merchant" if len(accounts) >= min_merchants else "ticket"
+        self.n_merchants = len(accounts)
+        if self.unit == "ticket":  # every ticket its own cluster, the same key in every model's frame
+            frames = {
+                name: [f.assign(account_id=_ticket_key(f)) for f in parts] for name, parts in frames.items()
+            }
+            accounts = {a for parts in frames.values() for f in parts for a in f["account_id"]}
         self.merchants = pd.Index(sorted(accounts), name="account_id")
         self.columns: list[str] = []
         self.stats: dict[str, np.ndarray] = {}  # model -> [seeds, merchants, columns]
@@ -232,7 +267,16 @@ class MerchantBootstrap:
                     "ci95": [lo, hi],
                     "excludes_zero": bool(lo > _TOLERANCE or hi < -_TOLERANCE),
                 }
-        return Intervals(method, n, len(self.merchants), level, estimates, ci, differences, undefined)
+        if self.unit == "ticket":
+            for metric in ("macro_f1", "macro_f1_account_mean"):
+                for values in (*ci.values(), *estimates.values()):  # per-ticket sums: not macro-F1
+                    values[metric] = [float("nan"), float("nan")] if values in ci.values() else float("nan")
+                for values in differences.values():
+                    values[metric].update(
+                        difference=float("nan"), ci95=[float("nan")] * 2, excludes_zero=False
+                    )
+        merchants = self.n_merchants if self.unit == "ticket" else len(self.merchants)
+        return Intervals(method, n, merchants, level, estimates, ci, differences, undefined, self.unit)
 
     def _interval(
         self,

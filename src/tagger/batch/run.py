@@ -65,6 +65,16 @@ def _model(cfg: DictConfig) -> tuple[dict, dict[str, str]]:
     return model, quarantined
 
 
+def _check_target(export_dir: Path, target: str) -> None:
+    """Refuse a ``precision_target`` the model has no thresholds for, naming the ones it has."""
+    thresholds = json.loads((export_dir / "serving.json").read_text()).get("thresholds") or {}
+    known = sorted(thresholds.get("global") or {}, key=float)
+    if not any(float(k) == float(target) for k in known):
+        raise ValueError(
+            f"precision_target={target}: this model has thresholds for {', '.join(known) or 'no target'}"
+        )
+
+
 def predict_file(cfg: DictConfig) -> dict:
     """Score ``cfg.data.path`` with the registry's promoted model and its label changes (or
     ``cfg.export_dir`` with its own labels) on ``cfg.engine``; write the outputs and return the
@@ -74,6 +84,7 @@ def predict_file(cfg: DictConfig) -> dict:
     path = resolve(cfg.data.path)
     read_schema(path, require_labels=False)  # a missing file or column stops here, named
     model, quarantined = _model(cfg)
+    _check_target(Path(model["export_dir"]), str(cfg.precision_target))
     pieces = plan(path)
     n_rows = pq.ParquetFile(path).metadata.num_rows
     scorer_args = {

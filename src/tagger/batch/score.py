@@ -43,6 +43,7 @@ RESULT_SCHEMA = pa.schema(
         ("account_id", pa.string()),
         ("label", pa.string()),
         ("confidence", pa.float32()),
+        ("answer_level", pa.int8()),
         ("top_labels", pa.list_(pa.string())),
         ("top_scores", pa.list_(pa.float32())),
         ("abstained", pa.bool_()),

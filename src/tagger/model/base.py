@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
+from tagger.data.labels import parent_label
 from tagger.data.tickets import Tickets
 from tagger.model.label_table import LabelTable
 
@@ -24,6 +26,10 @@ class Predictions:
     unseen in training, or fewer labels than k). ``fallback`` marks tickets scored from the
     account prior because they have no embeddings; ``abstained`` marks tickets with no answer
     (unknown account, or a fallback ticket when the fallback is configured to abstain).
+
+    ``parents`` and ``parent_probs``: the most probable parent label (first ``::`` level) of each
+    ticket and its probability, the sum over that parent's labels (None and 0 without candidates):
+    the answer one level up when the leaf is unsure.
     """
 
     names: np.ndarray  # object [rows]
@@ -31,6 +37,16 @@ class Predictions:
     top_probs: np.ndarray  # float32 [n, k]
     fallback: np.ndarray  # bool [n]
     abstained: np.ndarray  # bool [n]
+    parents: np.ndarray | None = field(default=None)  # object [n]
+    parent_probs: np.ndarray | None = field(default=None)  # float32 [n]
+
+    def __post_init__(self) -> None:
+        if self.parents is None:  # built from the top-k alone: the top label's parent, its own mass
+            n = len(self.top_rows)
+            self.parents = np.array(
+                [None if lab is None else parent_label(lab) for lab in self.labels(0)], object
+            )
+            self.parent_probs = self.top_probs[:, 0].astype(np.float32) if n else np.zeros(0, np.float32)
 
     def __len__(self) -> int:
         return len(self.top_rows)
@@ -39,6 +55,11 @@ class Predictions:
     def confidence(self) -> np.ndarray:
         """Probability of the top label (0 where abstained)."""
         return np.where(self.abstained, 0.0, self.top_probs[:, 0])
+
+    @property
+    def parent_confidence(self) -> np.ndarray:
+        """Probability of the top parent label (0 where abstained)."""
+        return np.where(self.abstained, 0.0, self.parent_probs)
 
     def labels(self, rank: int = 0) -> np.ndarray:
         """Label names at ``rank`` (None where there is none)."""
@@ -163,8 +184,75 @@ def top_k(
     valid = top_probs > 0
     top_rows = np.where(valid, np.take_along_axis(rows, order, axis=1), -1).astype(np.int64)
     abstained = unknown | (fallback & abstain_fallback)
+    parents, parent_probs = top_parent(probs, rows, names)
     return Predictions(
-        names, top_rows, np.where(valid, top_probs, 0.0).astype(np.float32), fallback & ~unknown, abstained
+        names,
+        top_rows,
+        np.where(valid, top_probs, 0.0).astype(np.float32),
+        fallback & ~unknown,
+        abstained,
+        parents,
+        parent_probs,
+    )
+
+
+@lru_cache(maxsize=4096)
+def _parent_codes(names: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Each candidate label's parent as a code, and the parents (cached: a merchant's labels recur
+    in every request)."""
+    codes, parents = pd.factorize(
+        pd.Series([None if n is None else parent_label(n) for n in names], dtype=object)
+    )
+    return codes.astype(np.int64), np.asarray(parents, object)
+
+
+def top_parent(probs: np.ndarray, rows: np.ndarray, names: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The most probable parent label of each ticket and its probability (the sum of its labels'):
+    from ``probs [n, W]`` over candidate ``rows [n, W]`` (-1 pads) of ``names``; None and 0 for a
+    ticket without candidates."""
+    n = len(probs)
+    if not len(names) or not n:
+        return np.full(n, None, object), np.zeros(n, np.float32)
+    codes, parents = _parent_codes(tuple(names))
+    if not len(parents):  # no candidate has a name (a batch of unknown merchants' dummy row)
+        return np.full(n, None, object), np.zeros(n, np.float32)
+    if n == 1:  # a request: one bincount (the general case below costs tens of microseconds)
+        valid = (rows[0] >= 0) & (probs[0] > 0)
+        group = codes[rows[0][valid]]
+        if not len(group) or group.min() < 0:
+            return top_parent_general(probs, rows, codes, parents)
+        sums = np.bincount(group, weights=probs[0][valid])
+        best = int(sums.argmax())
+        return np.array([parents[best]], object), np.array([min(sums[best], 1.0)], np.float32)
+    return top_parent_general(probs, rows, codes, parents)
+
+
+def top_parent_general(
+    probs: np.ndarray, rows: np.ndarray, codes: np.ndarray, parents: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_parent` of any number of tickets, given the candidates' parent ``codes``."""
+    n, width = probs.shape
+    group = np.where(rows >= 0, codes[np.maximum(rows, 0)], -1)
+    group = np.where(probs > 0, group, -1)  # a label with no mass is no parent's evidence
+    order = np.argsort(group, axis=1, kind="stable")
+    g = np.take_along_axis(group, order, axis=1)
+    p = np.take_along_axis(probs, order, axis=1).astype(np.float64)
+    # each position's group sum so far: cumulative sum since its group's first position
+    starts = np.ones_like(g, bool)
+    starts[:, 1:] = g[:, 1:] != g[:, :-1]
+    first = np.maximum.accumulate(np.where(starts, np.arange(width), 0), axis=1)
+    cumulative = np.cumsum(p, axis=1)
+    sums = cumulative - np.take_along_axis(cumulative, first, axis=1) + np.take_along_axis(p, first, axis=1)
+    ends = np.ones_like(g, bool)
+    ends[:, :-1] = g[:, 1:] != g[:, :-1]
+    sums = np.where(ends & (g >= 0), sums, -1.0)
+    best = sums.argmax(axis=1)
+    best_sum = sums[np.arange(n), best]
+    best_group = g[np.arange(n), best]
+    found = best_sum > 0
+    return (
+        np.where(found, parents[np.maximum(best_group, 0)], None),
+        np.where(found, np.minimum(best_sum, 1.0), 0.0).astype(np.float32),
     )
 
 

@@ -51,8 +51,8 @@ INTERNAL_ERROR = error_body(None, "internal error")
 
 
 class PredictRoutes:
-    """ASGI layer answering ``POST`` to ``routes`` (path -> body bytes -> response bytes, run in the
-    one-thread ``pool``) and passing everything else on to ``app``."""
+    """ASGI layer answering ``POST`` to ``routes`` (path -> (body bytes, query string) -> response
+    bytes, run in the one-thread ``pool``) and passing everything else on to ``app``."""
 
     def __init__(self, app, routes: dict, pool: ThreadPoolExecutor):
         self.app, self.routes, self.pool = app, routes, pool
@@ -63,7 +63,9 @@ class PredictRoutes:
             return await self.app(scope, receive, send)
         message = await receive()  # the gate has read the whole body: one message
         try:
-            content = await asyncio.get_running_loop().run_in_executor(self.pool, fn, message["body"])
+            content = await asyncio.get_running_loop().run_in_executor(
+                self.pool, fn, message["body"], scope.get("query_string", b"")
+            )
             status = 200
         except ApiError as err:
             content, status = err.body(), err.status
@@ -178,8 +180,8 @@ def create_app(
     app.add_middleware(
         PredictRoutes,
         routes={
-            "/predict": lambda body: live.current.scorer.one(body),
-            "/predict/batch": lambda body: live.current.scorer.batch(body),
+            "/predict": lambda body, query: live.current.scorer.one(body, query),
+            "/predict/batch": lambda body, query: live.current.scorer.batch(body, query),
         },
         pool=scoring,
     )

@@ -10,6 +10,7 @@ with orjson. Errors name the field, as the pydantic models of :mod:`tagger.servi
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs
 
 import numpy as np
 import orjson
@@ -21,7 +22,8 @@ from tagger.serving.onnx_predictor import OnnxPredictor
 
 _NO_SENTENCES = np.zeros((0, EMBEDDING_DIM), np.float32)
 # what a ticket's answer holds besides its model version (API: PredictionOut; predict.py: its columns)
-ANSWER_COLUMNS = ("label", "confidence", "top_labels", "top_scores", "abstained", "fallback")
+# answer_level: 0 the leaf label, 1 its parent (the first ``::`` level), when only the parent is sure enough
+ANSWER_COLUMNS = ("label", "confidence", "answer_level", "top_labels", "top_scores", "abstained", "fallback")
 
 
 def error_body(field: str | None, message: str) -> bytes:
@@ -91,24 +93,50 @@ def ticket_vectors(text: str | dict | None, where: str, limits: Limits) -> np.nd
 
 class RequestScorer:
     """Scores request bodies with one predictor: :meth:`one` for ``/predict``, :meth:`batch` for
-    ``/predict/batch``; both return the response body (bytes) or raise :class:`ApiError`."""
+    ``/predict/batch``; both return the response body (bytes) or raise :class:`ApiError`.
+
+    A ticket is answered at its leaf label when the leaf's confidence reaches its merchant's threshold
+    for the precision target, else at the parent label when the parent's (summed) confidence reaches
+    the parent-level threshold, else it abstains. The target is ``limits.precision_target`` unless a
+    request asks for another one the model has thresholds for (``?precision_target=0.9``)."""
 
     def __init__(self, predictor: OnnxPredictor, limits: Limits):
         self.predictor, self.limits = predictor, limits
         thresholds = predictor.serving.get("thresholds", {})
-        self.global_threshold = (thresholds.get("global") or {}).get(limits.precision_target)
-        self.per_account = (thresholds.get("per_account") or {}).get(limits.precision_target, {})
+        parent = thresholds.get("parent") or {}
+        self.levels = {
+            "leaf": (thresholds.get("global") or {}, thresholds.get("per_account") or {}),
+            "parent": (parent.get("global") or {}, parent.get("per_account") or {}),
+        }
+        self.targets = {float(t): t for t in self.levels["leaf"][0]}
 
-    def threshold(self, account: str) -> float | None:
-        """The confidence below which ``account``'s answers abstain (None: always abstain)."""
-        return self.per_account.get(account, self.global_threshold)
+    def target(self, query: bytes = b"") -> str:
+        """The precision target a request asks for (``?precision_target=``), as the thresholds name it;
+        the configured one when it asks for none; a 422 naming the field when the model has none for it."""
+        asked = parse_qs(query.decode("latin-1")).get("precision_target") if query else None
+        if not asked:
+            return self.limits.precision_target
+        try:
+            return self.targets[float(asked[-1])]
+        except (ValueError, KeyError):
+            known = ", ".join(sorted(self.targets.values(), key=float)) or "none"
+            message = f"{asked[-1][:40]!r} is not a precision target of this model (it has: {known})"
+            raise ApiError(422, "precision_target", message) from None
 
-    def one(self, body: bytes) -> bytes:
+    def threshold(self, account: str, target: str | None = None, level: str = "leaf") -> float | None:
+        """The confidence ``account``'s answers need at ``level`` for ``target`` (None: never there)."""
+        target = target or self.limits.precision_target
+        global_, per_account = self.levels[level]
+        return (per_account.get(target) or {}).get(account, global_.get(target))
+
+    def one(self, body: bytes, query: bytes = b"") -> bytes:
         """``/predict``: one ticket object."""
-        return orjson.dumps(self.score([ticket_fields(read_json(body), "")], prefix=False)[0])
+        target = self.target(query)
+        return orjson.dumps(self.score([ticket_fields(read_json(body), "")], False, target)[0])
 
-    def batch(self, body: bytes) -> bytes:
+    def batch(self, body: bytes, query: bytes = b"") -> bytes:
         """``/predict/batch``: ``{"tickets": [...]}`` of at most ``max_batch`` tickets."""
+        target = self.target(query)
         obj = read_json(body)
         tickets = obj.get("tickets") if isinstance(obj, dict) else None
         if not isinstance(tickets, list):
@@ -117,9 +145,9 @@ class RequestScorer:
             message = f"{len(tickets)} tickets; at most {self.limits.max_batch} per batch"
             raise ApiError(413, "tickets", message)
         fields = [ticket_fields(t, f"tickets[{i}].") for i, t in enumerate(tickets)]
-        return orjson.dumps(self.score(fields, prefix=True) if fields else [])
+        return orjson.dumps(self.score(fields, True, target) if fields else [])
 
-    def score(self, tickets: list[tuple[str, Any]], prefix: bool) -> list[dict]:
+    def score(self, tickets: list[tuple[str, Any]], prefix: bool, target: str | None = None) -> list[dict]:
         """The answers (``PredictionOut`` as dicts) of (account, embeddings value) pairs."""
         predictor = self.predictor
         view = predictor.view  # one label generation for the whole request
@@ -132,37 +160,50 @@ class RequestScorer:
             vectors.append(ticket_vectors(text, where, self.limits))
         pred = predictor.predict_vectors(accounts, vectors, k=self.limits.top_k, view=view)
         version = f"{predictor.serving['model_version']}/{view.generation}"
-        cols = self.answer_columns(pred, accounts)
+        cols = self.answer_columns(pred, accounts, target)
         return [
             {
                 "contact_reason": label,
                 "confidence": confidence,
+                "answer_level": level,
                 "top_k": [{"label": n, "score": p} for n, p in zip(names, scores, strict=True)],
                 "abstained": abstained,
                 "fallback": fallback,
                 "model_version": version,
             }
-            for label, confidence, names, scores, abstained, fallback in zip(
+            for label, confidence, level, names, scores, abstained, fallback in zip(
                 *(cols[c] for c in ANSWER_COLUMNS), strict=True
             )
         ]
 
-    def answer_columns(self, pred: Predictions, accounts: list[str]) -> dict[str, list]:
+    def answer_columns(
+        self, pred: Predictions, accounts: list[str], target: str | None = None
+    ) -> dict[str, list]:
         """The answers of ``pred`` (tickets of ``accounts``) as columns (:data:`ANSWER_COLUMNS`): the
-        one place where a prediction becomes an answer, for the API and for ``predict.py``. A ticket
-        abstains where the model did or its confidence is under its account's threshold."""
+        one place where a prediction becomes an answer, for the API and for ``predict.py``. A ticket is
+        answered at the leaf when its confidence reaches its account's leaf threshold, else at the
+        parent when the parent's does (``answer_level`` 1, the parent's confidence), else it abstains
+        (with its top leaf and that leaf's confidence)."""
         names = pred.names
         confidence = pred.confidence.tolist()
+        parents, parent_confidence = pred.parents.tolist(), pred.parent_confidence.tolist()
         top_rows, top_probs = pred.top_rows.tolist(), pred.top_probs.tolist()
         abstained, fallback = pred.abstained.tolist(), pred.fallback.tolist()
         cols: dict[str, list] = {c: [] for c in ANSWER_COLUMNS}
         for i, account in enumerate(accounts):
-            threshold = self.threshold(account)
+            leaf = self.threshold(account, target)
             ranked = [(names[r], p) for r, p in zip(top_rows[i], top_probs[i], strict=True) if r >= 0]
-            cols["label"].append(ranked[0][0] if ranked and not abstained[i] else None)
-            cols["confidence"].append(confidence[i])
+            label, conf, level = (ranked[0][0] if ranked and not abstained[i] else None), confidence[i], 0
+            no_answer = abstained[i] or leaf is None or conf < leaf
+            if no_answer and not abstained[i]:
+                up = self.threshold(account, target, "parent")
+                if up is not None and parents[i] is not None and parent_confidence[i] >= up:
+                    label, conf, level, no_answer = parents[i], parent_confidence[i], 1, False
+            cols["label"].append(label)
+            cols["confidence"].append(conf)
+            cols["answer_level"].append(level)
             cols["top_labels"].append([n for n, _ in ranked])
             cols["top_scores"].append([p for _, p in ranked])
-            cols["abstained"].append(abstained[i] or threshold is None or confidence[i] < threshold)
+            cols["abstained"].append(no_answer)
             cols["fallback"].append(fallback[i])
         return cols

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from tagger.model.label_update import LabelUpdate, UpdateError
@@ -80,18 +80,24 @@ ServiceDep = Annotated[Service, Depends(service)]
 
 
 predictions = APIRouter(tags=["predictions"])
+TargetQuery = Annotated[
+    str | None,
+    Query(description="the precision promised (one of the model's targets, e.g. 0.9); default: the server's"),
+]
 labels = APIRouter(tags=["labels"])
 admin = APIRouter(tags=["admin"])
 
 
 @predictions.post("/predict", response_model=PredictionOut, openapi_extra=request_body(TicketIn))
-async def predict(request: Request) -> Response:  # answered by PredictRoutes; the schema only
-    """The contact reason of one ticket."""
+async def predict(request: Request, precision_target: TargetQuery = None) -> Response:  # the schema only
+    """The contact reason of one ticket (answered by :class:`tagger.serving.api.PredictRoutes`)."""
     raise NotImplementedError
 
 
 @predictions.post("/predict/batch", response_model=list[PredictionOut], openapi_extra=request_body(BatchIn))
-async def predict_batch(request: Request) -> Response:  # answered by PredictRoutes; the schema only
+async def predict_batch(
+    request: Request, precision_target: TargetQuery = None
+) -> Response:  # the schema only
     """Contact reasons of up to ``max_batch`` tickets."""
     raise NotImplementedError
 
@@ -152,6 +158,7 @@ def account_labels(account_id: str, s: ServiceDep) -> dict:
         "label_generation": view.generation,
         "quarantined": account_id in s.live.quarantined,
         "threshold": current.scorer.threshold(account_id),
+        "parent_threshold": current.scorer.threshold(account_id, level="parent"),
         "labels": [
             {"label": name, "n_train": int(n), "prior": float(p)}
             for name, n, p in zip(account.labels, account.n_train, account.prior, strict=True)

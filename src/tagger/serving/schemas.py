@@ -28,10 +28,19 @@ class LabelScore(BaseModel):
 
 
 class PredictionOut(BaseModel):
-    contact_reason: str | None
-    confidence: float
+    contact_reason: str | None = Field(
+        ..., description="the answer: a leaf label, or its parent (answer_level 1)"
+    )
+    confidence: float = Field(
+        ..., description="the answer's probability (a parent's: summed over its labels)"
+    )
+    answer_level: int = Field(
+        0, description="0: the leaf label; 1: its parent, when only the parent is sure enough"
+    )
     top_k: list[LabelScore]
-    abstained: bool = Field(..., description="confidence below the account's threshold (or no answer)")
+    abstained: bool = Field(
+        ..., description="neither the leaf nor its parent reaches the account's threshold (or no answer)"
+    )
     fallback: bool = Field(..., description="no embeddings: scored from the account's label prior")
     model_version: str
 
