@@ -205,3 +205,27 @@ def test_chance_levels_of_accuracy_and_top3():
     s = summary(frame)
     assert s["accuracy_chance"] == pytest.approx((1 / 2 + 1 / 2 + 1 / 10 + 0) / 4)
     assert s["top3_chance"] == pytest.approx((1 + 1 + 3 / 10 + 0) / 4)
+
+
+def test_with_few_merchants_the_bootstrap_resamples_tickets_and_says_so():
+    """Three merchants: a merchant resample says next to nothing (one merchant gives a point). The
+    bootstrap resamples tickets instead, names it, and gives macro-F1 no interval."""
+    rng = np.random.default_rng(3)
+    tickets = _tickets(rng, n_merchants=12)
+    tickets = tickets[tickets["account_id"].isin(tickets["account_id"].value_counts().index[:3])]
+    tickets = tickets.assign(ticket_id=[f"t{i}" for i in range(len(tickets))], fold=0)
+    frames = {"a": [_predict(tickets, rng, 0.8)], "b": [_predict(tickets, rng, 0.6)]}
+    boot = MerchantBootstrap(frames, TARGETS)
+    assert boot.unit == "ticket"
+    iv = boot.intervals(200, 0, pairs=[("a", "b")])
+    assert iv.unit == "ticket" and "ticket-level" in iv.describe() and iv.merchants == 3
+    lo, hi = iv.ci["a"]["accuracy"]
+    assert lo < iv.estimates["a"]["accuracy"] < hi  # an interval, not a point
+    assert np.isnan(iv.ci["a"]["macro_f1"]).all() and np.isnan(
+        iv.differences[("a", "b")]["macro_f1"]["difference"]
+    )
+    diff = iv.differences[("a", "b")]["accuracy"]
+    assert diff["excludes_zero"] and diff["ci95"][0] > 0
+    one = {n: [f[f["account_id"] == f["account_id"].iloc[0]] for f in parts] for n, parts in frames.items()}
+    merchant = MerchantBootstrap(one, TARGETS, min_merchants=1)  # the old way: a point
+    assert merchant.unit == "merchant" and np.ptp(merchant.intervals(50, 0).ci["a"]["accuracy"]) == 0

@@ -262,3 +262,24 @@ def test_slow_clients_hold_no_admission_place_and_get_408(export_dir, bodies):
     assert float(np.percentile(times, 99)) < 0.05, np.percentile(times, 99)
     assert all(a.startswith(b"HTTP/1.1 408") for a in answers), {a[:20] for a in answers}
     assert health["slow_bodies"] == 100
+
+
+def test_a_request_may_ask_for_another_precision_target(base_export, bodies):
+    """``?precision_target=`` picks the thresholds of another target the model has (a lower promise
+    answers at least as many tickets); one it has no thresholds for is a 422 naming the field."""
+    client = TestClient(create_app(registry_for(base_export)), raise_server_exceptions=False)
+    predictor = OnnxPredictor(base_export)
+    targets = predictor.serving["thresholds"]["targets"]
+    assert 0.8 in targets and 0.95 in targets
+    known = [b for b in bodies if predictor.view.labels_of(b["account_id"]) is not None][:80]
+    answered = {}
+    for target in ("0.8", "0.95"):
+        got = client.post(f"/predict/batch?precision_target={target}", json={"tickets": known})
+        assert got.status_code == 200, got.text
+        answered[target] = sum(not a["abstained"] for a in got.json())
+    assert answered["0.8"] >= answered["0.95"]
+    default = client.post("/predict/batch", json={"tickets": known}).json()
+    assert sum(not a["abstained"] for a in default) == answered["0.95"]  # conf/serve.yaml's target
+    for bad in ("0.93", "abc", "1e999"):
+        got = client.post(f"/predict?precision_target={bad}", json=known[0])
+        assert got.status_code == 422 and got.json()["detail"]["field"] == "precision_target", got.text
