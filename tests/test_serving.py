@@ -264,6 +264,34 @@ def test_slow_clients_hold_no_admission_place_and_get_408(export_dir, bodies):
     assert health["slow_bodies"] == 100
 
 
+def test_slow_headers_get_408_and_leave_the_server_serving(export_dir, bodies):
+    """Clients that open a connection and send their headers a byte at a time, or nothing: each gets
+    408 and a closed connection once header_timeout_s runs out, two workers alike, and a normal
+    client is answered meanwhile."""
+    import socket
+
+    server, port = _serve(export_dir, "header_timeout_s=1", "workers=2")
+    with server:
+        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        trickling = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        started = time.perf_counter()
+        for s in trickling:
+            s.sendall(b"POST /predict HTTP/1.1\r\nhost: x\r\n")  # and never the blank line
+        r = httpx.post(f"http://127.0.0.1:{port}/predict", json=bodies[0])
+        assert r.status_code == 200
+        answers = []
+        for s in silent + trickling:
+            s.settimeout(10)
+            answers.append(s.recv(256))
+            assert s.recv(256) == b""  # closed
+            s.close()
+        waited = time.perf_counter() - started
+        health = [httpx.get(f"http://127.0.0.1:{port}/health").json() for _ in range(20)]
+    assert all(a.startswith(b"HTTP/1.1 408") for a in answers), {a[:20] for a in answers}
+    assert waited < 5
+    assert max(h["slow_headers"] for h in health) > 0
+
+
 def test_a_request_may_ask_for_another_precision_target(base_export, bodies):
     """``?precision_target=`` picks the thresholds of another target the model has (a lower promise
     answers at least as many tickets); one it has no thresholds for is a 422 naming the field."""

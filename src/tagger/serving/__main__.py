@@ -49,13 +49,16 @@ def main(argv: list[str] | None = None, reexec: bool = False) -> int:
         print(f"warning: the API listens on {cfg.host}, not only on loopback", file=sys.stderr)
     import uvicorn
 
+    from tagger.serving.header_deadline import HeaderDeadline
+
     uvicorn.run(
         app,
         factory=workers > 1,
         workers=workers,
         host=cfg.host,
         port=int(cfg.port),
-        http=cfg.http,
+        # httptools with a deadline on request headers (uvicorn has none); h11 as it is
+        http=HeaderDeadline if cfg.http == "httptools" else cfg.http,
         loop=cfg.loop,
         timeout_keep_alive=int(cfg.timeout_keep_alive),
         limit_concurrency=int(cfg.max_connections) or None,

@@ -39,6 +39,7 @@ from fastapi.responses import JSONResponse, Response
 
 from tagger.serving import routes
 from tagger.serving.gate import Admission, Gate, send_json
+from tagger.serving.header_deadline import HeaderDeadline
 from tagger.serving.limits import Limits
 from tagger.serving.live import Live
 from tagger.serving.name_encoder import NameEncoder
@@ -240,6 +241,7 @@ def app_from_config(cfg, registry_dir: str | os.PathLike) -> FastAPI:
             )
     # the event loop (admitting and refusing) takes the GIL back from the scoring thread within this
     sys.setswitchinterval(float(cfg.gil_switch_interval))
+    HeaderDeadline.timeout = float(cfg.header_timeout_s)  # this process's server protocol (__main__)
     try:
         return create_app(
             Path(registry_dir),

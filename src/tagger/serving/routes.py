@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 
 from tagger.model.label_update import LabelUpdate, UpdateError
 from tagger.serving.gate import Admission, may_read
+from tagger.serving.header_deadline import HeaderDeadline
 from tagger.serving.limits import Limits
 from tagger.serving.live import Live
 from tagger.serving.registry import LockTimeout, Registry, TextEmbedder
@@ -128,6 +129,7 @@ def health(
         "admitted": s.admission.admitted,
         "refused": s.admission.refused,
         "slow_bodies": s.admission.slow,
+        "slow_headers": HeaderDeadline.timed_out,
     }
 
 
