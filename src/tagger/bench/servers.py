@@ -103,12 +103,18 @@ def before_code(
     worktree: Path, export_dir: Path, port: int, http: str = "h11", loop: str = "asyncio"
 ) -> dict:
     """The command serving ``export_dir`` with an earlier commit's code checked out in ``worktree``,
-    as that commit deployed it (``uvicorn tagger.serving.api:app``; before this issue uvicorn ran
-    with the pure-Python h11 parser and asyncio, httptools and uvloop not being installed)."""
+    as that commit deployed it: a commit with the model registry (issue 26 on) runs
+    ``python -m tagger.serving`` over a registry serving the export; an older one
+    ``uvicorn tagger.serving.api:app`` with ``TAGGER_EXPORT_DIR`` (before issue 15 uvicorn ran with the
+    pure-Python h11 parser and asyncio, httptools and uvloop not being installed)."""
+    env = {"PYTHONPATH": str(worktree / "src"), "MALLOC_ARENA_MAX": "2"}
+    if (worktree / "src" / "tagger" / "serving" / "registry.py").exists():
+        registry = registry_of(export_dir)
+        command = [sys.executable, "-m", "tagger.serving", f"registry_dir={registry}", f"port={port}"]
+        return {"command": command, "env": env, "cwd": worktree}
     command = [sys.executable, "-m", "uvicorn", "tagger.serving.api:app", "--port", str(port)]
     command += ["--http", http, "--loop", loop, "--log-level", "warning", "--no-access-log"]
-    env = {"PYTHONPATH": str(worktree / "src"), "TAGGER_EXPORT_DIR": str(export_dir), "MALLOC_ARENA_MAX": "2"}
-    return {"command": command, "env": env, "cwd": worktree}
+    return {"command": command, "env": {**env, "TAGGER_EXPORT_DIR": str(export_dir)}, "cwd": worktree}
 
 
 def constant_app(port: int) -> dict:

@@ -1,5 +1,5 @@
 """Serving benchmark: the HTTP API on real held-out tickets, side by side in one run with the code
-before the fast request path (a git worktree of ``before``), a FastAPI app answering a constant
+before a change (a git worktree of ``before``: conf/bench/serving.yaml), a FastAPI app answering a constant
 (the floor of an HTTP round trip here) and the bare ONNX call (the floor of the model).
 
     python -m tagger.bench.serving [export_dir=DIR] [before=COMMIT] [seconds=8] [repeats=3]
@@ -168,11 +168,22 @@ def round_trips(port: int, groups: dict[str, list[bytes]], repeats: int, n: int 
 
 
 def answers_agree(port_a: int, port_b: int, requests: list[bytes]) -> dict:
-    """Both servers' answers to every request: how many are the same JSON, status included."""
+    """Both servers' answers to every request: how many are the same JSON (``identical``), and how
+    many give the same ranked labels and scores (``same_top_k``: the model's output, whatever the
+    answer policy on top of it, e.g. answers one level up, which an older commit does not give)."""
     _, _, a = sequential(port_a, requests, len(requests))
     _, _, b = sequential(port_b, requests, len(requests))
-    same = sum(orjson.loads(x) == orjson.loads(y) for x, y in zip(a, b, strict=True))
-    return {"requests": len(requests), "identical": same}
+    pairs = [(orjson.loads(x), orjson.loads(y)) for x, y in zip(a, b, strict=True)]
+    same = sum(x == y for x, y in pairs)
+
+    def ranked(answer):
+        return answer.get("top_k") if isinstance(answer, dict) else answer
+
+    return {
+        "requests": len(requests),
+        "identical": same,
+        "same_top_k": sum(ranked(x) == ranked(y) for x, y in pairs),
+    }
 
 
 def saturation(port: int, requests: list[bytes], seconds: float, repeats: int, connections: int) -> dict:
@@ -301,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     figures = {
         "export_dir": shown(export_dir),
         "before": args.before,
+        "before_is": args.before_is,
+        "max_slowdown": args.max_slowdown,
         "machine": machine_description(),
         "tickets": len(bodies),
         "mean_sentences": float(np.mean([n_sentences(b) for b in bodies])),
@@ -309,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         "bare_onnx_by_bucket": bare_onnx_ms(export_dir, buckets),
     }
     figures |= http_figures(export_dir, args, encoded(bodies), groups)
-    figures["goals"] = goals(figures, f"before ({args.before})")
+    figures["goals"] = goals(figures, f"before ({args.before})", args.max_slowdown)
     out_dir = resolve(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "serving.json").write_text(json.dumps(figures, indent=2))
@@ -319,8 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def goals(f: dict, old: str) -> list[dict]:
-    """The issue's goals, each with the measured figure and whether it is met."""
+def goals(f: dict, old: str, max_slowdown: float | None = None) -> list[dict]:
+    """The goals, each with the measured figure and whether it is met: against ``before``, no figure
+    worse by more than ``max_slowdown`` when it is set (a change that must not cost speed), else the
+    fast request path's speed-ups (issue 15)."""
     new, rt = NEW, f["round_trip"]
     sat = f["saturation"]
     best = max(sat[NEW]["throughput"], sat[TWO]["throughput"])
@@ -331,12 +346,6 @@ def goals(f: dict, old: str) -> list[dict]:
             max(rt[new]["1 string"]["server_p50"], rt[new]["1 object"]["server_p50"]) < 0.7,
         ),
         (
-            "round trip p50, one-sentence ticket, >= 3x lower than before",
-            f"{rt[old]['1 string']['p50'] / rt[new]['1 string']['p50']:.2f}x "
-            f"({rt[old]['1 string']['p50']:.2f} -> {rt[new]['1 string']['p50']:.2f} ms)",
-            rt[old]["1 string"]["p50"] / rt[new]["1 string"]["p50"] >= 3,
-        ),
-        (
             "50+-sentence ticket round trip p50 < 5 ms (string; object)",
             f"{rt[new]['50+ string']['p50']:.2f}; {rt[new]['50+ object']['p50']:.2f} ms",
             max(rt[new]["50+ string"]["p50"], rt[new]["50+ object"]["p50"]) < 5,
@@ -345,14 +354,50 @@ def goals(f: dict, old: str) -> list[dict]:
     for name in (NEW, TWO):
         p99 = f["open_loop"][name]["100"]["p99"]
         rows.append((f"100 req/s p99 < 10 ms ({name})", f"{p99:.2f} ms", p99 < 10))
-    ratio = best / sat[old]["throughput"]
-    rows.append(
-        (
-            "saturation throughput >= 2x before",
-            f"{ratio:.1f}x ({sat[old]['throughput']:.0f} -> {best:.0f} req/s)",
-            ratio >= 2,
+    if max_slowdown is not None:
+        worst = 1 + float(max_slowdown)
+        for key in ("1 string", "1 object", "50+ string"):
+            a, b = rt[old][key]["p50"], rt[new][key]["p50"]
+            rows.append(
+                (
+                    f"round trip p50, {key}, at most {worst:.2f}x before",
+                    f"{b / a:.2f}x ({a:.2f} -> {b:.2f} ms)",
+                    b <= worst * a,
+                )
+            )
+        a, b = f["open_loop"][old]["100"]["p99"], f["open_loop"][NEW]["100"]["p99"]
+        rows.append(
+            (
+                f"100 req/s p99, at most {worst:.2f}x before",
+                f"{b / a:.2f}x ({a:.2f} -> {b:.2f} ms)",
+                b <= worst * a,
+            )
         )
-    )
+        a, b = sat[old]["throughput"], sat[NEW]["throughput"]
+        rows.append(
+            (
+                f"saturation throughput (1 worker), at least before / {worst:.2f}",
+                f"{b / a:.2f}x ({a:.0f} -> {b:.0f} req/s)",
+                b * worst >= a,
+            )
+        )
+    else:
+        rows.append(
+            (
+                "round trip p50, one-sentence ticket, >= 3x lower than before",
+                f"{rt[old]['1 string']['p50'] / rt[new]['1 string']['p50']:.2f}x "
+                f"({rt[old]['1 string']['p50']:.2f} -> {rt[new]['1 string']['p50']:.2f} ms)",
+                rt[old]["1 string"]["p50"] / rt[new]["1 string"]["p50"] >= 3,
+            )
+        )
+        ratio = best / sat[old]["throughput"]
+        rows.append(
+            (
+                "saturation throughput >= 2x before",
+                f"{ratio:.1f}x ({sat[old]['throughput']:.0f} -> {best:.0f} req/s)",
+                ratio >= 2,
+            )
+        )
     for name, o in f["overload"].items():
         rows += _overload_goals(name, o)
     return [{"goal": g, "measured": m, "met": bool(ok)} for g, m, ok in rows]
@@ -407,13 +452,15 @@ def markdown(f: dict, args) -> str:
         f"(mean {f['mean_sentences']:.1f} sentences; the embeddings JSON as in the parquet, nulls included).",
         f"Command: `python -m tagger.bench.serving` (seconds {args.seconds:g} per load run, "
         f"{args.repeats} runs of each round-trip and saturation figure, the median shown).",
-        f'"Before" is commit {f["before"]} (the code before the fast request path) checked out in a git '
-        "worktree and served as it was deployed (`uvicorn tagger.serving.api:app`, h11 and asyncio), beside "
-        "this code in the same run on the same export. Floors: the bare ONNX session call (in process) and "
+        f'"Before" is commit {f["before"]} ({f.get("before_is") or "an earlier commit"}) checked out in '
+        "a git worktree and served as that commit deployed it, beside this code in the same run on the same "
+        "export. Floors: the bare ONNX session call (in process) and "
         "a FastAPI app that reads the body and answers a constant (src/tagger/bench/constant_app.py).",
         "",
         f"Same answers: {f['answers']['identical']:,} of {f['answers']['requests']:,} tickets give the same "
-        "JSON from this code and from before.",
+        f"JSON from this code and from before; {f['answers'].get('same_top_k', f['answers']['identical']):,} "
+        "the same ranked labels and scores (the model's output; the answer on top of it may differ by "
+        "design, e.g. an answer one level up).",
         "",
         "## Goals",
         "",
