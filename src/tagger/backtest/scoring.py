@@ -238,6 +238,8 @@ class MerchantBootstrap:
         """Intervals of every model's metrics and of each pair's difference (first minus second)."""
         if method not in CI_METHODS:
             raise ValueError(f"ci_method must be one of {', '.join(CI_METHODS)}, not {method!r}")
+        if self.unit == "ticket":  # BCa's jackknife would leave out one ticket at a time: m^2 work
+            method = "percentile"
         samples = self.distributions(n, seed)
         estimates = self.estimates()
         ci: dict[str, dict[str, list[float]]] = {}

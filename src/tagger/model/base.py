@@ -196,10 +196,16 @@ def top_k(
     )
 
 
+_CACHED_NAMES = 256  # up to this many candidates (a merchant's labels) the parent codes are cached
+
+
 @lru_cache(maxsize=4096)
-def _parent_codes(names: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """Each candidate label's parent as a code, and the parents (cached: a merchant's labels recur
-    in every request)."""
+def _cached_parent_codes(names: tuple) -> tuple[np.ndarray, np.ndarray]:
+    return _parent_codes(names)
+
+
+def _parent_codes(names) -> tuple[np.ndarray, np.ndarray]:
+    """Each candidate label's parent as a code, and the parents."""
     codes, parents = pd.factorize(
         pd.Series([None if n is None else parent_label(n) for n in names], dtype=object)
     )
@@ -213,7 +219,10 @@ def top_parent(probs: np.ndarray, rows: np.ndarray, names: np.ndarray) -> tuple[
     n = len(probs)
     if not len(names) or not n:
         return np.full(n, None, object), np.zeros(n, np.float32)
-    codes, parents = _parent_codes(tuple(names))
+    # cached for one merchant's labels, which recur in every request; a batch's union of many
+    # merchants' labels rarely recurs and would only fill the cache
+    small = len(names) <= _CACHED_NAMES
+    codes, parents = _cached_parent_codes(tuple(names)) if small else _parent_codes(names)
     if not len(parents):  # no candidate has a name (a batch of unknown merchants' dummy row)
         return np.full(n, None, object), np.zeros(n, np.float32)
     if n == 1:  # a request: one bincount (the general case below costs tens of microseconds)

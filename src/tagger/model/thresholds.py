@@ -98,7 +98,8 @@ class Thresholds:
         for t in self.targets:
             self._choose(answered, "leaf", t)
             if has_parent:
-                leaf = answered["account_id"].map(self.per_account["leaf"][t]).fillna(self.global_["leaf"][t])
+                accounts = answered["account_id"].astype(str)
+                leaf = accounts.map(self.per_account["leaf"][t]).fillna(self.global_["leaf"][t])
                 self._choose(
                     answered[answered["confidence"].to_numpy(float) < leaf.to_numpy(float)], "parent", t
                 )
@@ -113,10 +114,10 @@ class Thresholds:
         self.global_[level][target] = float(grid[np.flatnonzero(ok)[0]]) if ok.any() else float("inf")
         prior = np.where(ok, bound, np.minimum(bound, target - 1e-9))  # never better than the bound
         own = {}
-        accounts = frame["account_id"].to_numpy()
-        for account in pd.unique(accounts):
-            mine = accounts == account
-            if mine.sum() < method.min_account:
+        groups = pd.Series(np.arange(len(frame))).groupby(frame["account_id"].astype(str).to_numpy())
+        for account, rows in groups:  # one pass over the tickets, not one per merchant
+            mine = rows.to_numpy()
+            if len(mine) < method.min_account:
                 continue
             n_m, hits_m = _counts(confidence[mine], correct[mine], grid)
             shrunk = (hits_m + method.kappa * prior) / (n_m + method.kappa)

@@ -57,6 +57,10 @@ class HeaderDeadline(HttpToolsProtocol):
         self._deadline = None
         if self.transport.is_closing():
             return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # a pipelined request waits on ours, not on the client: its clock starts again
+            self._arm()
+            return
         type(self).timed_out += 1
         self.transport.write(TIMED_OUT)
         self.transport.close()

@@ -9,6 +9,7 @@ with orjson. Errors name the field, as the pydantic models of :mod:`tagger.servi
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -109,6 +110,9 @@ class RequestScorer:
             "parent": (parent.get("global") or {}, parent.get("per_account") or {}),
         }
         self.targets = {float(t): t for t in self.levels["leaf"][0]}
+        # "0.90" in conf names the thresholds the export keys "0.9"
+        configured = self.targets.get(float(limits.precision_target), limits.precision_target)
+        self.limits = limits = dataclasses.replace(limits, precision_target=configured)
 
     def target(self, query: bytes = b"") -> str:
         """The precision target a request asks for (``?precision_target=``), as the thresholds name it;

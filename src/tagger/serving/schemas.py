@@ -29,7 +29,7 @@ class LabelScore(BaseModel):
 
 class PredictionOut(BaseModel):
     contact_reason: str | None = Field(
-        ..., description="the answer: a leaf label, or its parent (answer_level 1)"
+        ..., description="the answer: a leaf label, or a parent category (answer_level 1)"
     )
     confidence: float = Field(
         ..., description="the answer's probability (a parent's: summed over its labels)"
