@@ -137,3 +137,21 @@ def test_the_parent_sums_its_labels():
     pred = top_k(probs, rows, 2, np.zeros(3, bool), False, np.array([False, False, True]), names)
     assert pred.labels(0).tolist() == ["Bill::Refund", "Other", None]  # the leaf and its parent differ
     assert pred.parents.tolist() == ["Ship", "Other", None]
+
+
+def test_the_configured_target_names_the_exports_thresholds_however_it_is_written():
+    from types import SimpleNamespace
+
+    from tagger.serving.limits import Limits
+    from tagger.serving.request_path import ApiError, RequestScorer
+
+    thresholds = {"global": {"0.9": 0.5, "0.95": 0.7}, "per_account": {"0.9": {"a": 0.4}, "0.95": {}}}
+    scorer = RequestScorer(
+        SimpleNamespace(serving={"thresholds": thresholds}), Limits(precision_target="0.90")
+    )
+    assert scorer.threshold("a") == 0.4 and scorer.threshold("b") == 0.5  # "0.90" is the export's "0.9"
+    assert scorer.target(b"precision_target=0.950") == "0.95"
+    assert scorer.threshold("a", level="parent") is None  # an export without parent thresholds
+    with pytest.raises(ApiError) as err:
+        scorer.target(b"precision_target=0.8")
+    assert err.value.field == "precision_target" and "0.9, 0.95" in err.value.message
