@@ -5,14 +5,14 @@ The global threshold of a precision target is the lowest point of a label-blind 
 the validation confidences) at which the one-sided Clopper-Pearson lower bound (level ``delta``) of
 the precision of the tickets at or above it reaches the target. The point estimate alone (the old
 rule) picks the threshold where validation precision happens to touch the target and falls short on
-new tickets often (in at least 10 of 40 simulated draws, tests/test_thresholds.py); the bound leaves the margin that sampling needs. It is pointwise,
-not uniform over the grid (a Bonferroni bound over 50 nested sets would be, at a far higher cost in
-coverage), so the promise is kept with probability about, not at
-least, ``1 - delta`` on tickets like the validation slice's. A merchant's threshold is the lowest
-grid point at which its own precision, shrunk toward the global bound with ``kappa`` pseudo-tickets
-(a beta-binomial posterior mean), reaches the target: a merchant with little evidence keeps the
-global threshold, one with plenty earns its own. A merchant with fewer than ``min_account``
-validation tickets uses the global one.
+new tickets often (in at least 10 of 40 simulated draws, tests/test_thresholds.py); the bound leaves
+the margin that sampling needs. It is pointwise, not uniform over the grid (a Bonferroni bound over
+50 nested sets would be, at a far higher cost in coverage), so the promise is kept with probability
+about, not at least, ``1 - delta`` on tickets like the validation slice's. A merchant's threshold is
+the lowest grid point at which its own precision, shrunk toward the global bound with ``kappa``
+pseudo-tickets (a beta-binomial posterior mean), reaches the target: a merchant with little evidence
+keeps the global threshold, one with plenty earns its own. A merchant with fewer than
+``min_account`` validation tickets uses the global one.
 
 The parent level (``Shipping`` for ``Shipping::Delay``) gets its own thresholds, chosen the same way
 on the tickets the leaf threshold leaves unanswered, so leaf answers and parent answers each keep
