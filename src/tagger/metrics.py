@@ -19,6 +19,7 @@ from torchmetrics.functional.classification import binary_calibration_error
 from tagger.data.labels import parent_label
 from tagger.data.tickets import Tickets
 from tagger.model.base import Predictions
+from tagger.model.thresholds import answer_levels
 
 MERCHANT_BUCKETS = [(0, 50, "<50"), (50, 200, "50-199"), (200, 1000, "200-999"), (1000, np.inf, ">=1000")]
 LABEL_BUCKETS = [
@@ -85,6 +86,7 @@ def outcomes(
     accounts = meta["account_id"].astype(str).to_numpy()
     candidates = labels_per_account(train_meta) if n_labels is None else n_labels
     truth = meta["label"].astype(str).to_numpy()
+    truth_parents = np.array([parent_label(t) for t in truth], object)
     predicted = pred.labels(0)
     predicted = np.where(pred.abstained, None, predicted)
     top3 = np.stack([pred.labels(r) for r in range(min(3, pred.top_rows.shape[1]))], axis=1)
@@ -102,15 +104,13 @@ def outcomes(
             "correct": predicted == truth,
             "top3_hit": top3_hit,
             "parent_correct": [
-                p is not None and parent_label(p) == parent_label(t)
-                for p, t in zip(predicted, truth, strict=True)
+                p is not None and parent_label(p) == t for p, t in zip(predicted, truth_parents, strict=True)
             ],
             "confidence": pred.confidence.astype(float),
             # the answer one level up: the most probable parent and its probability (summed)
             "parent_predicted": np.where(pred.abstained, None, pred.parents),
             "parent_confidence": pred.parent_confidence.astype(float),
-            "parent_answer_correct": ~pred.abstained
-            & (pred.parents == np.array([parent_label(t) for t in truth], object)),
+            "parent_answer_correct": ~pred.abstained & (pred.parents == truth_parents),
             "abstained": pred.abstained,
             "no_embeddings": ~meta["has_embeddings"].to_numpy(),
             "account_train_tickets": n_account,
@@ -148,11 +148,15 @@ def auto_tagged(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which rows are answered at the leaf (confidence >= ``leaf`` threshold), which one level up
     (the leaf unsure, the parent's confidence >= ``parent``), and whether each answer is right."""
-    answered = ~frame["abstained"].to_numpy(bool)
-    at_leaf = (frame["confidence"].to_numpy(float) >= leaf) & answered
-    at_parent = np.zeros(len(frame), bool)
-    if parent is not None and "parent_confidence" in frame:
-        at_parent = ~at_leaf & answered & (frame["parent_confidence"].to_numpy(float) >= parent)
+    if "parent_confidence" not in frame:
+        parent = None
+    at_leaf, at_parent = answer_levels(
+        frame["confidence"].to_numpy(float),
+        frame["parent_confidence"].to_numpy(float) if parent is not None else None,
+        ~frame["abstained"].to_numpy(bool),
+        leaf,
+        parent,
+    )
     right = np.where(
         at_leaf,
         frame["correct"].to_numpy(bool),

@@ -79,6 +79,23 @@ def choose_threshold(
     return float(grid[np.flatnonzero(ok)[0]]) if ok.any() else float("inf")
 
 
+def answer_levels(
+    confidence: np.ndarray,
+    parent_confidence: np.ndarray | None,
+    answered: np.ndarray,
+    leaf: np.ndarray,
+    parent: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The one answer rule, for the backtest's figures and the API's answers alike: which tickets are
+    answered at the leaf (its confidence reaches the ``leaf`` threshold) and which one level up (the
+    leaf unsure, the parent's confidence reaches ``parent``); an infinite threshold answers nothing,
+    and without ``parent`` nothing is answered at the parent."""
+    at_leaf = answered & (confidence >= leaf)
+    if parent is None or parent_confidence is None:
+        return at_leaf, np.zeros(len(at_leaf), bool)
+    return at_leaf, answered & ~at_leaf & (parent_confidence >= parent)
+
+
 def _level(frame: pd.DataFrame, level: str) -> tuple[np.ndarray, np.ndarray]:
     if level == "leaf":
         return frame["confidence"].to_numpy(float), frame["correct"].to_numpy(bool)

@@ -18,6 +18,7 @@ import orjson
 
 from tagger.data.embeddings_json import EMBEDDING_DIM, EmbeddingError, is_empty, parse_embeddings
 from tagger.model.base import Predictions
+from tagger.model.thresholds import answer_levels
 from tagger.serving.limits import Limits
 from tagger.serving.onnx_predictor import OnnxPredictor
 
@@ -189,25 +190,33 @@ class RequestScorer:
         parent when the parent's does (``answer_level`` 1, the parent's confidence), else it abstains
         (with its top leaf and that leaf's confidence)."""
         names = pred.names
-        confidence = pred.confidence.tolist()
-        parents, parent_confidence = pred.parents.tolist(), pred.parent_confidence.tolist()
+        inf = float("inf")
+        leaf = [self.threshold(a, target) for a in accounts]
+        up = [self.threshold(a, target, "parent") for a in accounts]
+        at_leaf, at_parent = answer_levels(
+            pred.confidence,
+            pred.parent_confidence,
+            ~pred.abstained,
+            np.array([inf if t is None else t for t in leaf]),
+            np.array([inf if t is None else t for t in up]),
+        )
+        at_parent &= np.not_equal(pred.parents, None)
+        confidence, parent_confidence = pred.confidence.tolist(), pred.parent_confidence.tolist()
         top_rows, top_probs = pred.top_rows.tolist(), pred.top_probs.tolist()
         abstained, fallback = pred.abstained.tolist(), pred.fallback.tolist()
+        parents, at_leaf, at_parent = pred.parents.tolist(), at_leaf.tolist(), at_parent.tolist()
         cols: dict[str, list] = {c: [] for c in ANSWER_COLUMNS}
-        for i, account in enumerate(accounts):
-            leaf = self.threshold(account, target)
+        for i in range(len(accounts)):
             ranked = [(names[r], p) for r, p in zip(top_rows[i], top_probs[i], strict=True) if r >= 0]
-            label, conf, level = (ranked[0][0] if ranked and not abstained[i] else None), confidence[i], 0
-            no_answer = abstained[i] or leaf is None or conf < leaf
-            if no_answer and not abstained[i]:
-                up = self.threshold(account, target, "parent")
-                if up is not None and parents[i] is not None and parent_confidence[i] >= up:
-                    label, conf, level, no_answer = parents[i], parent_confidence[i], 1, False
+            if at_parent[i]:
+                label, conf, level = parents[i], parent_confidence[i], 1
+            else:
+                label, conf, level = (ranked[0][0] if ranked and not abstained[i] else None), confidence[i], 0
             cols["label"].append(label)
             cols["confidence"].append(conf)
             cols["answer_level"].append(level)
             cols["top_labels"].append([n for n, _ in ranked])
             cols["top_scores"].append([p for _, p in ranked])
-            cols["abstained"].append(no_answer)
+            cols["abstained"].append(not (at_leaf[i] or at_parent[i]))
             cols["fallback"].append(fallback[i])
         return cols
