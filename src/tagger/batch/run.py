@@ -28,6 +28,7 @@ from tagger.paths import resolve, shown
 from tagger.serving.limits import Limits
 from tagger.serving.onnx_predictor import BASE_GENERATION
 from tagger.serving.registry import Registry
+from tagger.serving.request_path import target_key
 
 ENGINES = ("local", "ray")
 
@@ -68,8 +69,8 @@ def _model(cfg: DictConfig) -> tuple[dict, dict[str, str]]:
 def _check_target(export_dir: Path, target: str) -> None:
     """Refuse a ``precision_target`` the model has no thresholds for, naming the ones it has."""
     thresholds = json.loads((export_dir / "serving.json").read_text()).get("thresholds") or {}
-    known = sorted(thresholds.get("global") or {}, key=float)
-    if not any(float(k) == float(target) for k in known):
+    if target_key(thresholds, target) is None:
+        known = sorted(thresholds.get("global") or {}, key=float)
         raise ValueError(
             f"precision_target={target}: this model has thresholds for {', '.join(known) or 'no target'}"
         )

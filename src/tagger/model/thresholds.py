@@ -68,15 +68,29 @@ def lower_bound(hits: np.ndarray, n: np.ndarray, level: float) -> np.ndarray:
     return np.where((n > 0) & (hits > 0), np.nan_to_num(bound), 0.0)
 
 
+def _bounded(
+    confidence: np.ndarray, correct: np.ndarray, target: float, method: ThresholdMethod
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The grid, each grid point's precision lower bound, and where it reaches ``target`` on at
+    least ``min_support`` tickets."""
+    grid = threshold_grid(confidence, method.grid)
+    n, hits = _counts(confidence, correct, grid)
+    bound = lower_bound(hits, n, method.delta)
+    return grid, bound, (bound >= target) & (n >= method.min_support)
+
+
+def _lowest(grid: np.ndarray, ok: np.ndarray) -> float:
+    """The lowest grid point where ``ok``; ``inf`` (tag nothing) where none is."""
+    return float(grid[np.flatnonzero(ok)[0]]) if ok.any() else float("inf")
+
+
 def choose_threshold(
     confidence: np.ndarray, correct: np.ndarray, target: float, method: ThresholdMethod = ThresholdMethod()
 ) -> float:
     """The lowest grid threshold whose auto-tagged set has a precision lower bound >= ``target``
     (at least ``min_support`` tickets); ``inf`` (tag nothing) when none has."""
-    grid = threshold_grid(confidence, method.grid)
-    n, hits = _counts(confidence, correct, grid)
-    ok = (lower_bound(hits, n, method.delta) >= target) & (n >= method.min_support)
-    return float(grid[np.flatnonzero(ok)[0]]) if ok.any() else float("inf")
+    grid, _, ok = _bounded(confidence, correct, target, method)
+    return _lowest(grid, ok)
 
 
 def answer_levels(
@@ -124,11 +138,8 @@ class Thresholds:
     def _choose(self, frame: pd.DataFrame, level: str, target: float) -> None:
         method = self.method
         confidence, correct = _level(frame, level)
-        grid = threshold_grid(confidence, method.grid)
-        n, hits = _counts(confidence, correct, grid)
-        bound = lower_bound(hits, n, method.delta)
-        ok = (bound >= target) & (n >= method.min_support)
-        self.global_[level][target] = float(grid[np.flatnonzero(ok)[0]]) if ok.any() else float("inf")
+        grid, bound, ok = _bounded(confidence, correct, target, method)
+        self.global_[level][target] = _lowest(grid, ok)
         prior = np.where(ok, bound, np.minimum(bound, target - 1e-9))  # never better than the bound
         own = {}
         groups = pd.Series(np.arange(len(frame))).groupby(frame["account_id"].astype(str).to_numpy())
@@ -138,8 +149,7 @@ class Thresholds:
                 continue
             n_m, hits_m = _counts(confidence[mine], correct[mine], grid)
             shrunk = (hits_m + method.kappa * prior) / (n_m + method.kappa)
-            good = shrunk >= target
-            own[str(account)] = float(grid[np.flatnonzero(good)[0]]) if good.any() else float("inf")
+            own[str(account)] = _lowest(grid, shrunk >= target)
         self.per_account[level][target] = own
 
     def to_dict(self) -> dict:

@@ -93,6 +93,16 @@ def ticket_vectors(text: str | dict | None, where: str, limits: Limits) -> np.nd
     return vectors
 
 
+def target_key(thresholds: dict, asked: str) -> str | None:
+    """The key under which an export's ``thresholds`` (serving.json) hold the precision target
+    ``asked`` ("0.90" is "0.9"); None when they hold none for it or it is not a number."""
+    try:
+        wanted = float(asked)
+    except ValueError:
+        return None
+    return next((key for key in thresholds.get("global") or {} if float(key) == wanted), None)
+
+
 class RequestScorer:
     """Scores request bodies with one predictor: :meth:`one` for ``/predict``, :meth:`batch` for
     ``/predict/batch``; both return the response body (bytes) or raise :class:`ApiError`.
@@ -110,9 +120,10 @@ class RequestScorer:
             "leaf": (thresholds.get("global") or {}, thresholds.get("per_account") or {}),
             "parent": (parent.get("global") or {}, parent.get("per_account") or {}),
         }
-        self.targets = {float(t): t for t in self.levels["leaf"][0]}
+        self.thresholds = thresholds
+        float(limits.precision_target)  # not a number: ValueError, and the server refuses to start
         # "0.90" in conf names the thresholds the export keys "0.9"
-        configured = self.targets.get(float(limits.precision_target), limits.precision_target)
+        configured = target_key(thresholds, limits.precision_target) or limits.precision_target
         self.limits = limits = dataclasses.replace(limits, precision_target=configured)
 
     def target(self, query: bytes = b"") -> str:
@@ -121,12 +132,12 @@ class RequestScorer:
         asked = parse_qs(query.decode("latin-1")).get("precision_target") if query else None
         if not asked:
             return self.limits.precision_target
-        try:
-            return self.targets[float(asked[-1])]
-        except (ValueError, KeyError):
-            known = ", ".join(sorted(self.targets.values(), key=float)) or "none"
+        key = target_key(self.thresholds, asked[-1])
+        if key is None:
+            known = ", ".join(sorted(self.levels["leaf"][0], key=float)) or "none"
             message = f"{asked[-1][:40]!r} is not a precision target of this model (it has: {known})"
-            raise ApiError(422, "precision_target", message) from None
+            raise ApiError(422, "precision_target", message)
+        return key
 
     def threshold(self, account: str, target: str | None = None, level: str = "leaf") -> float | None:
         """The confidence ``account``'s answers need at ``level`` for ``target`` (None: never there)."""
