@@ -270,9 +270,9 @@ class MerchantBootstrap:
                     "excludes_zero": bool(lo > _TOLERANCE or hi < -_TOLERANCE),
                 }
         if self.unit == "ticket":
-            for metric in ("macro_f1", "macro_f1_account_mean"):
-                for values in (*ci.values(), *estimates.values()):  # per-ticket sums: not macro-F1
-                    values[metric] = [float("nan"), float("nan")] if values in ci.values() else float("nan")
+            for metric in ("macro_f1", "macro_f1_account_mean"):  # per-ticket sums are not macro-F1
+                for name in ci:
+                    ci[name][metric], estimates[name][metric] = [float("nan")] * 2, float("nan")
                 for values in differences.values():
                     values[metric].update(
                         difference=float("nan"), ci95=[float("nan")] * 2, excludes_zero=False
