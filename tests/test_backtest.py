@@ -263,3 +263,10 @@ def test_backtest_fits_the_shared_model_once_per_seed(tmp_path, monkeypatch):
     assert "## Seeds" in report and "| seed 0 | seed 1 | seed 2 | mean | sd | min - max |" in report
     assert "use seed 0's outcomes" in report and "merchant-clustered, 50 resamples, percentile" in report
     assert "## Shared model against the strongest baseline on each metric" in report
+    # the ensemble of the seeds is scored from those fits (no fit of its own) and never a baseline
+    ensemble = result["models"]["shared ensemble"]
+    assert [r["model"] for r in ensemble["folds"]] == ["shared ensemble"]
+    assert (out["model"] == "shared ensemble").sum() == n_test
+    assert {c["baseline"] for c in result["paired_bootstrap"]["strongest"].values()} == {"majority"}
+    assert set(result["ensemble"]["comparison"]["against"]) == {"majority"}
+    assert "## Ensemble of seeds" in report

@@ -231,3 +231,28 @@ def test_an_unknown_model_key_is_an_error_not_ignored():
         SharedEstimator(misspelt, TEST_TRAINER)
     with pytest.raises(ValueError, match="optimiser"):
         SharedEstimator({**TEST_MODEL, "optimiser": {}}, TEST_TRAINER)
+
+
+def test_an_ensemble_averages_its_members_calibrated_probabilities(fitted):
+    import copy
+
+    from tagger.model.base import calibrated_probs
+    from tagger.model.ensemble import SeedEnsemble
+
+    est, train, val = fitted
+    sharper = copy.copy(est)
+    sharper.temperature = est.temperature / 3
+    ensemble = SeedEnsemble([est, sharper]).predict(val)
+    logits, rows = est.logits(val)
+    expected = (calibrated_probs(logits, rows, est.temperature) + calibrated_probs(logits, rows, sharper.temperature)) / 2
+    has = val.meta["has_embeddings"].to_numpy()
+    np.testing.assert_allclose(ensemble.top_probs[has, 0], expected[has].max(axis=1), rtol=1e-5)
+    assert (ensemble.top_rows[has, 0] == rows[has][np.arange(has.sum()), expected[has].argmax(axis=1)]).all()
+    # one member: its own predictions
+    alone = SeedEnsemble([est]).predict(val)
+    np.testing.assert_allclose(alone.top_probs, est.predict(val).top_probs, rtol=1e-6)
+    other = copy.copy(est)
+    first = train.meta["account_id"].iloc[0]
+    other.table = LabelTable.from_meta(train.meta[train.meta["account_id"] == first])
+    with pytest.raises(ValueError, match="one label table"):
+        SeedEnsemble([est, other])

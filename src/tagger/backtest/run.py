@@ -32,12 +32,14 @@ from tagger.data.tickets import Tickets
 from tagger.metrics import AGE_BUCKETS, model_age, outcomes, summary
 from tagger.model.base import Estimator
 from tagger.model.cold_start import with_labels
+from tagger.model.ensemble import SeedEnsemble
 from tagger.model.factory import load_model_config, make_estimator
 from tagger.model.selection import Tuned
 from tagger.model.thresholds import Thresholds, threshold_method
 from tagger.model.variants import VARIANTS
 from tagger.paths import resolve, shown
 
+ENSEMBLE = "shared ensemble"  # the mean of the shared model's seeds (backtest.ensemble)
 SLICES = ("no_embeddings", "new_label", "new_account", "merchant_size", "label_frequency", "model_age")
 
 
@@ -105,8 +107,10 @@ def run_backtest(cfg: DictConfig) -> dict:
         }
         for name, frame in pooled.items()
     }
-    baselines = [n for n in pooled if n not in seeded]
+    baselines = [n for n in pooled if n not in seeded and n != ENSEMBLE]
     pairs = [("shared", b) for b in baselines] if "shared" in pooled else []
+    if ENSEMBLE in pooled:
+        pairs += [(ENSEMBLE, b) for b in [*baselines, "shared"]]
     intervals = _intervals(cfg, {name: list(r.values()) for name, r in runs.items()}, targets, pairs)
     models = {
         name: _model_metrics(name, frame, runs[name], name in seeded, intervals, got.fold_rows, targets)
@@ -122,6 +126,7 @@ def run_backtest(cfg: DictConfig) -> dict:
         "paired_bootstrap": _comparison(models, intervals, baselines, targets)
         if pairs and baselines
         else None,
+        "ensemble": _ensemble(models, intervals, baselines, targets),
         "final_holdout": _final_holdout(cfg, folds[-1], runs, baselines, pairs, targets),
         "refit": _refit_effect(cfg, pooled, before, targets) if before else None,
         "staleness": _staleness({**pooled, **{f"{n} (no refit)": f for n, f in before.items()}}),
@@ -182,6 +187,7 @@ def _run_folds(
             }
         )
         fitted: dict[str, tuple] = {}
+        members: list[FoldFit] = []  # the shared model's fits, one per seed, for the ensemble
         for name, model_cfg in configs.items():
             progress.set_postfix_str(f"fold {fold.index} {name}")
             fit = _fit(cfg, name, model_cfg, seeds[0] if name in seeded else None, data)
@@ -192,6 +198,7 @@ def _run_folds(
                 got.before_refit.setdefault(name, []).append(fit.before_refit)
             fitted[name] = fit.served, fit.thresholds
             got.fold_rows.extend(fit.rows)
+            members += [fit] if name == "shared" else []
             progress.update()
         if "shared" in fitted and (cfg.backtest.get("cold_start") or {}).get("declare_names"):
             for name, frame in _declared(fitted, taxonomy.at(fold.test_end), taxonomy, data).items():
@@ -204,7 +211,20 @@ def _run_folds(
                     return None
                 got.more_seeds[name][seed].append(fit.test)
                 got.fold_rows.extend(fit.rows)
+                members += [fit] if name == "shared" else []
                 progress.update()
+        if cfg.backtest.get("ensemble") and len(members) > 1:
+            fit = _scored_fit(
+                cfg,
+                ENSEMBLE,
+                SeedEnsemble([m.selection for m in members]),
+                SeedEnsemble([m.served for m in members]),
+                data,
+                f"fold{data.index}-ensemble",
+            )
+            got.frames.setdefault(ENSEMBLE, []).append(fit.test)
+            got.before_refit.setdefault(ENSEMBLE, []).append(fit.before_refit)
+            got.fold_rows.extend(fit.rows)
     progress.close()
     return got
 
@@ -364,6 +384,7 @@ class FoldFit:
     test: pd.DataFrame
     rows: list[dict]
     before_refit: pd.DataFrame | None
+    selection: Estimator | None = None  # the selection fit itself (a seeded model's, for the ensemble)
 
 
 def _fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: FoldData) -> FoldFit | None:
@@ -374,7 +395,6 @@ def _fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: Fo
     The confidence thresholds come from the selection fit's validation outcomes (out of sample)
     and are carried over to the refit, as its temperature is; the report checks the precision they
     realise on the test windows."""
-    bt = cfg.backtest
     output_dir = resolve(cfg.output_dir)
     where = f"fold{data.index}" if seed is None else f"fold{data.index}-seed{seed}"
     fit_cfg = cfg if seed is None else OmegaConf.merge(cfg, {"seed": seed})
@@ -389,19 +409,34 @@ def _fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: Fo
         refit_seconds = time.perf_counter() - t0
     if not getattr(estimator, "fit_info", {}).get("is_global_zero", True):
         return None
+    fitted = _scored_fit(cfg, name, estimator, served, data, where)
+    fitted.rows[0].update({"seed": seed, "fit_seconds": fit_seconds, "refit_seconds": refit_seconds})
+    if len(fitted.rows) > 1:
+        fitted.rows[1].update({"seed": seed, "fit_seconds": fit_seconds})
+    fitted.selection = estimator if seed is not None else None
+    return fitted
+
+
+def _scored_fit(
+    cfg: DictConfig, name: str, estimator: Estimator, served: Estimator, data: FoldData, where: str
+) -> FoldFit:
+    """Thresholds from the selection fit ``estimator``'s validation outcomes, carried to ``served``,
+    which is scored on the test window (and the selection fit too when a refit replaced it)."""
+    bt = cfg.backtest
+    output_dir = resolve(cfg.output_dir)
     targets = list(bt.precision_targets)
     val_out = outcomes(estimator.predict(data.val), data.val, data.train.meta)
     thresholds = Thresholds(val_out, targets, threshold_method(cfg))
     predictor, parity = _runtime(served, bt.runtime, data.val, output_dir / "onnx" / where)
     test_out = _fold_outcomes(predictor, data.test, data.seen, data.index, thresholds, data.trained_until)
-    common = {"fold": data.index, "seed": seed}
+    common = {"fold": data.index, "seed": None}
     rows = [
         {
             "model": name,
             **common,
             "refit": data.refit,
-            "fit_seconds": fit_seconds,
-            "refit_seconds": refit_seconds,
+            "fit_seconds": None,
+            "refit_seconds": None,
             **(_search(estimator) if isinstance(estimator, Tuned) else {}),
             **parity,
             **_scored(test_out, targets),
@@ -411,7 +446,7 @@ def _fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: Fo
     if data.refit:
         before = _fold_outcomes(estimator, data.test, data.train, data.index, thresholds, data.val_start)
         rows.append(
-            {"model": f"{name} (no refit)", **common, "refit": False, "fit_seconds": fit_seconds}
+            {"model": f"{name} (no refit)", **common, "refit": False, "fit_seconds": None}
             | _scored(before, targets)
         )
     return FoldFit(served, thresholds, test_out, rows, before)
@@ -469,20 +504,24 @@ def _spread(per_seed: dict[int, dict]) -> dict[str, dict[str, float]]:
 
 
 def _comparison(
-    models: dict, intervals: Intervals | None, baselines: list[str], targets: list[float]
+    models: dict,
+    intervals: Intervals | None,
+    baselines: list[str],
+    targets: list[float],
+    subject: str = "shared",
 ) -> dict:
-    """The shared model minus each baseline, and minus the strongest baseline on each metric (the
-    best point estimate there), with the paired merchant-clustered intervals."""
+    """``subject`` (the shared model) minus each baseline, and minus the strongest baseline on each
+    metric (the best point estimate there), with the paired merchant-clustered intervals."""
     # precision at a target says whether the threshold held, not which model is better: not compared
     metrics = [m for m in interval_metrics(targets) if "precision_at_" not in m]
-    shared = models["shared"]["overall"]
+    shared = models[subject]["overall"]
     against: dict[str, dict[str, dict]] = {}
     for b in baselines:
         against[b] = {}
         for m in metrics:
             entry = {"difference": shared[m] - models[b]["overall"][m]}
             if intervals:
-                paired = intervals.differences[("shared", b)][m]
+                paired = intervals.differences[(subject, b)][m]
                 entry.update({"ci95": paired["ci95"], "excludes_zero": paired["excludes_zero"]})
             against[b][m] = entry
     strongest = {}
@@ -520,6 +559,20 @@ def _final_holdout(
         "models": models,
         "intervals": _describe(intervals),
         "comparison": _comparison(models, intervals, baselines, targets) if pairs and baselines else None,
+        "ensemble": _ensemble(models, intervals, baselines, targets),
+    }
+
+
+def _ensemble(models: dict, intervals: Intervals | None, baselines: list[str], targets: list[float]) -> dict | None:
+    """The ensemble of seeds against the strongest baseline on each metric and against the shared
+    model it averages (paired intervals); None without an ensemble."""
+    if ENSEMBLE not in models or not baselines:
+        return None
+    return {
+        "comparison": _comparison(models, intervals, baselines, targets, subject=ENSEMBLE),
+        "against_shared": _comparison(models, intervals, ["shared"], targets, subject=ENSEMBLE)["against"][
+            "shared"
+        ],
     }
 
 

@@ -265,6 +265,37 @@ def top_parent_general(
     )
 
 
+def calibrated_probs(logits: np.ndarray, rows: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax of ``logits / temperature`` over each ticket's own candidate ``rows [n, W]`` (0 at the
+    -1 pads; a row without candidates is all 0)."""
+    # the fewest numpy calls: a request scores one ticket, and each call costs microseconds
+    z = np.where(rows >= 0, logits / temperature, -np.inf)
+    z -= np.maximum(z.max(axis=1, keepdims=True), -1e30)
+    probs = np.exp(z)  # 0 at the pads (exp(-inf))
+    probs /= np.maximum(probs.sum(axis=1, keepdims=True), 1e-30)
+    return probs
+
+
+def predictions_from_probs(
+    probs: np.ndarray,
+    rows: np.ndarray,
+    has_embeddings: np.ndarray,
+    prior: np.ndarray,
+    names: np.ndarray,
+    k: int,
+    abstain_fallback: bool,
+) -> Predictions:
+    """Predictions from calibrated ``probs`` over each ticket's own candidate ``rows [n, W]`` (-1
+    pads; no rows: an unknown account, which abstains); the ``prior`` of those rows where there are
+    no embeddings."""
+    valid = rows >= 0
+    has = np.asarray(has_embeddings, bool)
+    if not has.all():
+        probs[~has] = at_rows(prior, rows[~has])
+    unknown = ~valid.any(axis=1)
+    return top_k(probs.astype(np.float32), rows, k, ~has, abstain_fallback, unknown, names)
+
+
 def predictions_from_logits(
     logits: np.ndarray,
     rows: np.ndarray,
@@ -280,14 +311,5 @@ def predictions_from_logits(
 
     The one place that turns shared-model scores into predictions, whichever runtime made them.
     """
-    valid = rows >= 0
-    # the fewest numpy calls: a request scores one ticket, and each call costs microseconds
-    z = np.where(valid, logits / temperature, -np.inf)
-    z -= np.maximum(z.max(axis=1, keepdims=True), -1e30)
-    probs = np.exp(z)  # 0 at the pads (exp(-inf))
-    probs /= np.maximum(probs.sum(axis=1, keepdims=True), 1e-30)
-    has = np.asarray(has_embeddings, bool)
-    if not has.all():
-        probs[~has] = at_rows(prior, rows[~has])
-    unknown = ~valid.any(axis=1)
-    return top_k(probs.astype(np.float32), rows, k, ~has, abstain_fallback, unknown, names)
+    probs = calibrated_probs(logits, rows, temperature)
+    return predictions_from_probs(probs, rows, has_embeddings, prior, names, k, abstain_fallback)
