@@ -244,7 +244,9 @@ def test_an_ensemble_averages_its_members_calibrated_probabilities(fitted):
     sharper.temperature = est.temperature / 3
     ensemble = SeedEnsemble([est, sharper]).predict(val)
     logits, rows = est.logits(val)
-    expected = (calibrated_probs(logits, rows, est.temperature) + calibrated_probs(logits, rows, sharper.temperature)) / 2
+    expected = (
+        calibrated_probs(logits, rows, est.temperature) + calibrated_probs(logits, rows, sharper.temperature)
+    ) / 2
     has = val.meta["has_embeddings"].to_numpy()
     np.testing.assert_allclose(ensemble.top_probs[has, 0], expected[has].max(axis=1), rtol=1e-5)
     assert (ensemble.top_rows[has, 0] == rows[has][np.arange(has.sum()), expected[has].argmax(axis=1)]).all()

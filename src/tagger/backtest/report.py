@@ -675,7 +675,8 @@ def _ensemble_section(result: dict) -> list[str]:
         "",
         "`shared ensemble`: the mean of the calibrated probabilities of the shared model's "
         f"{len(result.get('seeds', []))} seeds (each at its own temperature), its thresholds chosen on "
-        "the mean of the seeds' selection fits' validation outcomes like every model's (`backtest.ensemble`). "
+        "the mean of the seeds' selection fits' validation outcomes like every model's "
+        "(`backtest.ensemble`). "
         "What `train.py` exports today is one seed: the ensemble is measured here, not served.",
         "",
         *_strongest_table(ens["comparison"], "ensemble"),

@@ -563,7 +563,9 @@ def _final_holdout(
     }
 
 
-def _ensemble(models: dict, intervals: Intervals | None, baselines: list[str], targets: list[float]) -> dict | None:
+def _ensemble(
+    models: dict, intervals: Intervals | None, baselines: list[str], targets: list[float]
+) -> dict | None:
     """The ensemble of seeds against the strongest baseline on each metric and against the shared
     model it averages (paired intervals); None without an ensemble."""
     if ENSEMBLE not in models or not baselines:
