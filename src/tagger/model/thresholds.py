@@ -1,18 +1,26 @@
-"""Confidence thresholds that keep a precision promise: chosen on validation outcomes with a finite-
-sample bound, per merchant shrunk toward the global one, and one level up the label tree.
+"""Confidence thresholds that keep a precision promise: per merchant, chosen on validation
+outcomes, with the margin that sampling and the per-merchant choice itself need measured by cross-
+fitting, and one level up the label tree.
 
-The global threshold of a precision target is the lowest point of a label-blind grid (quantiles of
-the validation confidences) at which the one-sided Clopper-Pearson lower bound (level ``delta``) of
-the precision of the tickets at or above it reaches the target. The point estimate alone (the old
-rule) picks the threshold where validation precision happens to touch the target and falls short on
-new tickets often (in at least 10 of 40 simulated draws, tests/test_thresholds.py); the bound leaves
-the margin that sampling needs. It is pointwise, not uniform over the grid (a Bonferroni bound over
-50 nested sets would be, at a far higher cost in coverage), so the promise is kept with probability
-about, not at least, ``1 - delta`` on tickets like the validation slice's. A merchant's threshold is
-the lowest grid point at which its own precision, shrunk toward the global bound with ``kappa``
-pseudo-tickets (a beta-binomial posterior mean), reaches the target: a merchant with little evidence
-keeps the global threshold, one with plenty earns its own. A merchant with fewer than
-``min_account`` validation tickets uses the global one.
+A merchant's threshold is the lowest point of a label-blind grid (quantiles of the validation
+confidences) at which its own precision, shrunk toward the pooled precision curve with ``kappa``
+pseudo-tickets (a beta-binomial posterior mean), reaches an internal target ``tau``; a merchant with
+fewer than ``min_account`` validation tickets (or none) gets the pooled curve's threshold. Picking a
+threshold per merchant from its own tickets overfits them, more so the fewer they are, so ``tau`` is
+not the promised target: the validation tickets are split in two halves (alternate tickets of each
+merchant), thresholds chosen on one half at ``tau`` are applied to the other (and the other way
+round), and ``tau`` is the lowest of ``target + margin, ..., target - margin`` (steps of ``step``)
+at which the one-sided Clopper-Pearson lower bound (level ``delta``) of the held-out precision of
+the answered tickets reaches the target. The bound is pointwise: it is not corrected for the number
+of ``tau`` tried (nested answered sets whose bounds move together; a Bonferroni correction over 21
+of them, as in "Learn then Test", Angelopoulos et al. 2021, left some models on some folds with no
+``tau`` at all, tagging nothing, and a fixed sequence from the most conservative ``tau`` stops at
+its first, tiny, answered set), so the promise holds with probability about, not at least,
+``1 - delta``; ``delta`` was chosen on the backtest's development folds. The served thresholds are then
+chosen at that ``tau`` on the whole validation slice (twice the tickets each half had, which errs on
+the safe side). The promise is about the answered tickets together, on tickets like the validation
+slice's: drift between validation and deployment is outside the guarantee, and the backtest reports
+the precision realised on later tickets fold by fold. Tests: tests/test_thresholds.py.
 
 The parent level (``Shipping`` for ``Shipping::Delay``) gets its own thresholds, chosen the same way
 on the tickets the leaf threshold leaves unanswered, so leaf answers and parent answers each keep
@@ -32,15 +40,18 @@ LEVELS = ("leaf", "parent")
 
 @dataclass(frozen=True)
 class ThresholdMethod:
-    """How thresholds are chosen: ``delta`` (the chance a bound fails), ``grid`` points, ``kappa``
-    (pseudo-tickets of the global curve in a merchant's), ``min_support`` (the fewest tickets a
-    threshold may rest on), ``min_account`` (validation tickets a merchant needs for its own)."""
+    """How thresholds are chosen: ``delta`` (the chance the held-out bound fails), ``grid`` points,
+    ``kappa`` (pseudo-tickets of the pooled curve in a merchant's), ``min_support`` (the fewest
+    tickets a threshold may rest on), ``min_account`` (validation tickets a merchant needs for its
+    own), ``margin`` and ``step`` (the internal targets tried around the promised one)."""
 
     delta: float = 0.1
     grid: int = 50
-    kappa: float = 100.0
+    kappa: float = 300.0
     min_support: int = 20
     min_account: int = 30
+    margin: float = 0.05
+    step: float = 0.005
 
 
 def threshold_grid(confidence: np.ndarray, points: int) -> np.ndarray:
@@ -68,29 +79,9 @@ def lower_bound(hits: np.ndarray, n: np.ndarray, level: float) -> np.ndarray:
     return np.where((n > 0) & (hits > 0), np.nan_to_num(bound), 0.0)
 
 
-def _bounded(
-    confidence: np.ndarray, correct: np.ndarray, target: float, method: ThresholdMethod
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The grid, each grid point's precision lower bound, and where it reaches ``target`` on at
-    least ``min_support`` tickets."""
-    grid = threshold_grid(confidence, method.grid)
-    n, hits = _counts(confidence, correct, grid)
-    bound = lower_bound(hits, n, method.delta)
-    return grid, bound, (bound >= target) & (n >= method.min_support)
-
-
 def _lowest(grid: np.ndarray, ok: np.ndarray) -> float:
     """The lowest grid point where ``ok``; ``inf`` (tag nothing) where none is."""
     return float(grid[np.flatnonzero(ok)[0]]) if ok.any() else float("inf")
-
-
-def choose_threshold(
-    confidence: np.ndarray, correct: np.ndarray, target: float, method: ThresholdMethod = ThresholdMethod()
-) -> float:
-    """The lowest grid threshold whose auto-tagged set has a precision lower bound >= ``target``
-    (at least ``min_support`` tickets); ``inf`` (tag nothing) when none has."""
-    grid, _, ok = _bounded(confidence, correct, target, method)
-    return _lowest(grid, ok)
 
 
 def answer_levels(
@@ -118,39 +109,35 @@ def _level(frame: pd.DataFrame, level: str) -> tuple[np.ndarray, np.ndarray]:
 
 class Thresholds:
     """Per-merchant confidence thresholds of each precision target and level, chosen on validation
-    outcomes (:func:`tagger.metrics.outcomes` rows)."""
+    outcomes (:func:`tagger.metrics.outcomes` rows); ``internal[level][target]``: the ``tau`` the
+    cross-fitted check accepted (None: none did, nothing is answered)."""
 
     def __init__(self, val: pd.DataFrame, targets: list[float], method: ThresholdMethod = ThresholdMethod()):
         self.targets, self.method = list(targets), method
         self.global_: dict[str, dict[float, float]] = {level: {} for level in LEVELS}
         self.per_account: dict[str, dict[float, dict[str, float]]] = {level: {} for level in LEVELS}
+        self.internal: dict[str, dict[float, float | None]] = {level: {} for level in LEVELS}
         answered = val[~val["abstained"].to_numpy(bool)]
         has_parent = "parent_confidence" in answered
         for t in self.targets:
             self._choose(answered, "leaf", t)
             if has_parent:
-                accounts = answered["account_id"].astype(str)
-                leaf = accounts.map(self.per_account["leaf"][t]).fillna(self.global_["leaf"][t])
-                self._choose(
-                    answered[answered["confidence"].to_numpy(float) < leaf.to_numpy(float)], "parent", t
+                leaf = _thresholds_of(
+                    answered["account_id"].astype(str), self.global_["leaf"][t], self.per_account["leaf"][t]
                 )
+                self._choose(answered[answered["confidence"].to_numpy(float) < leaf], "parent", t)
 
     def _choose(self, frame: pd.DataFrame, level: str, target: float) -> None:
         method = self.method
         confidence, correct = _level(frame, level)
-        grid, bound, ok = _bounded(confidence, correct, target, method)
-        self.global_[level][target] = _lowest(grid, ok)
-        prior = np.where(ok, bound, np.minimum(bound, target - 1e-9))  # never better than the bound
-        own = {}
-        groups = pd.Series(np.arange(len(frame))).groupby(frame["account_id"].astype(str).to_numpy())
-        for account, rows in groups:  # one pass over the tickets, not one per merchant
-            mine = rows.to_numpy()
-            if len(mine) < method.min_account:
-                continue
-            n_m, hits_m = _counts(confidence[mine], correct[mine], grid)
-            shrunk = (hits_m + method.kappa * prior) / (n_m + method.kappa)
-            own[str(account)] = _lowest(grid, shrunk >= target)
-        self.per_account[level][target] = own
+        accounts = frame["account_id"].astype(str).to_numpy()
+        grid = threshold_grid(confidence, method.grid)
+        tau = _internal_target(confidence, correct, accounts, grid, target, method)
+        glob, own = (
+            (np.inf, {}) if tau is None else _per_merchant(confidence, correct, accounts, grid, tau, method)
+        )
+        self.global_[level][target], self.per_account[level][target] = glob, own
+        self.internal[level][target] = tau
 
     def to_dict(self) -> dict:
         """JSON-ready: ``{"targets", "global": {target: t}, "per_account": {target: {account: t}},
@@ -172,6 +159,7 @@ class Thresholds:
             "targets": self.targets,
             **level("leaf"),
             "parent": level("parent"),
+            "internal": {name: {str(t): v for t, v in d.items()} for name, d in self.internal.items()},
             "method": vars(self.method),
         }
 
@@ -179,11 +167,78 @@ class Thresholds:
         """Each row's threshold for each target at ``level`` (inf where none was chosen)."""
         accounts = frame["account_id"].astype(str)
         return {
-            t: accounts.map(self.per_account[level].get(t, {}))
-            .fillna(self.global_[level].get(t, np.inf))
-            .to_numpy(float)
+            t: _thresholds_of(
+                accounts, self.global_[level].get(t, np.inf), self.per_account[level].get(t, {})
+            )
             for t in self.targets
         }
+
+
+def _thresholds_of(accounts: pd.Series, glob: float, own: dict[str, float]) -> np.ndarray:
+    """Each row's threshold: its merchant's own, else the pooled one."""
+    return accounts.map(own).fillna(glob).to_numpy(float)
+
+
+def _per_merchant(
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    accounts: np.ndarray,
+    grid: np.ndarray,
+    tau: float,
+    method: ThresholdMethod,
+    min_account: int | None = None,
+) -> tuple[float, dict[str, float]]:
+    """The pooled threshold (lowest grid point whose precision reaches ``tau`` on at least
+    ``min_support`` tickets) and each merchant's own (its precision shrunk toward the pooled curve)."""
+    n, hits = _counts(confidence, correct, grid)
+    pooled = np.where(n > 0, hits / np.maximum(n, 1.0), 0.0)
+    glob = _lowest(grid, (pooled >= tau) & (n >= method.min_support))
+    own = {}
+    groups = pd.Series(np.arange(len(accounts))).groupby(accounts)
+    for account, rows in groups:  # one pass over the tickets, not one per merchant
+        mine = rows.to_numpy()
+        if len(mine) < (method.min_account if min_account is None else min_account):
+            continue
+        n_m, hits_m = _counts(confidence[mine], correct[mine], grid)
+        own[str(account)] = _lowest(grid, (hits_m + method.kappa * pooled) / (n_m + method.kappa) >= tau)
+    return glob, own
+
+
+def _halves(accounts: np.ndarray) -> np.ndarray:
+    """Alternate tickets of each merchant (in the given order, time on a validation slice): True for
+    the first half's, label-blind and balanced per merchant."""
+    return (pd.Series(accounts).groupby(accounts).cumcount().to_numpy() % 2) == 0
+
+
+def _internal_target(
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    accounts: np.ndarray,
+    grid: np.ndarray,
+    target: float,
+    method: ThresholdMethod,
+) -> float | None:
+    """The lowest internal target whose cross-fitted held-out precision bound (level ``delta``)
+    reaches ``target``; None: none does."""
+    half = _halves(accounts)
+    taus = np.unique(
+        np.minimum(np.round(np.arange(-method.margin, method.margin + 1e-9, method.step), 6) + target, 0.999)
+    )
+    for tau in taus:
+        n = hits = 0
+        for fit in (half, ~half):
+            glob, own = _per_merchant(
+                confidence[fit], correct[fit], accounts[fit], grid, tau, method, method.min_account // 2
+            )
+            held = ~fit
+            answered = confidence[held] >= _thresholds_of(pd.Series(accounts[held]), glob, own)
+            n, hits = n + answered.sum(), hits + correct[held][answered].sum()
+        if (
+            n >= method.min_support
+            and lower_bound(np.array([hits]), np.array([n]), method.delta)[0] >= target
+        ):
+            return float(tau)
+    return None
 
 
 def threshold_method(cfg) -> ThresholdMethod:
