@@ -197,3 +197,19 @@ def test_the_configured_target_names_the_exports_thresholds_however_it_is_writte
     with pytest.raises(ApiError) as err:
         scorer.target(b"precision_target=0.8")
     assert err.value.field == "precision_target" and "0.9, 0.95" in err.value.message
+
+
+def test_the_coverage_ceiling_answers_each_merchants_longest_precise_run():
+    from tagger.metrics import coverage_ceiling
+
+    frame = pd.DataFrame(
+        {
+            "account_id": ["a", "a", "a", "a", "b", "b", "c"],
+            "confidence": [0.9, 0.8, 0.7, 0.6, 0.9, 0.5, 0.99],
+            "correct": [True, True, False, True, False, True, True],
+            "abstained": [False] * 6 + [True],  # an abstention is never answered
+        }
+    )
+    # a: precision 1, 1, 2/3, 3/4 down its ranking: 2 tickets; b: 0, 1/2: none; c: none
+    assert coverage_ceiling(frame, 0.95) == pytest.approx(2 / 7)
+    assert coverage_ceiling(frame, 0.7) == pytest.approx(4 / 7)

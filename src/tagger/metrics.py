@@ -175,6 +175,26 @@ def aurc(frame: pd.DataFrame) -> float:
     return float(np.mean(np.cumsum(wrong[order]) / np.arange(1, len(frame) + 1))) if len(frame) else np.nan
 
 
+def coverage_ceiling(frame: pd.DataFrame, target: float) -> float:
+    """The share of tickets that per-merchant leaf thresholds chosen on these very tickets could
+    answer with each merchant's precision at least ``target``: for each merchant the longest run of
+    its most confident tickets whose precision reaches it. Not a method (it looks at the answers): a
+    ceiling that no threshold chosen beforehand can beat with this model's confidences."""
+    if not len(frame):
+        return np.nan
+    confidence = np.where(frame["abstained"].to_numpy(bool), -1.0, frame["confidence"].to_numpy(float))
+    correct = frame["correct"].to_numpy(bool) & (confidence >= 0)
+    answered = 0
+    for _, rows in pd.Series(np.arange(len(frame))).groupby(frame["account_id"].astype(str).to_numpy()):
+        mine = rows.to_numpy()
+        order = np.argsort(-confidence[mine], kind="stable")
+        right = correct[mine][order]
+        precision = np.cumsum(right) / np.arange(1, len(mine) + 1)
+        ok = np.flatnonzero(precision >= target)
+        answered += int(ok[-1]) + 1 if len(ok) else 0
+    return answered / len(frame)
+
+
 def summary(
     frame: pd.DataFrame,
     thresholds: dict[float, np.ndarray] | None = None,

@@ -39,7 +39,7 @@ from tagger.model.thresholds import Thresholds, threshold_method
 from tagger.model.variants import VARIANTS
 from tagger.paths import resolve, shown
 
-ENSEMBLE = "shared ensemble"  # the mean of the shared model's seeds (backtest.ensemble)
+ENSEMBLE = SeedEnsemble.name  # the mean of the shared model's seeds (backtest.ensemble)
 SLICES = ("no_embeddings", "new_label", "new_account", "merchant_size", "label_frequency", "model_age")
 
 
