@@ -7,7 +7,7 @@ import pytest
 from tagger.bench.config import bench_config
 
 
-@pytest.mark.parametrize("name", ["serving", "ingest", "scale", "label_update", "batch", "ddp"])
+@pytest.mark.parametrize("name", ["serving", "ingest", "scale", "label_update", "batch", "ddp", "row_groups"])
 def test_every_benchmark_has_its_config(name):
     assert bench_config(name, [], "")
 
