@@ -29,7 +29,9 @@ class Predictions:
 
     ``parents`` and ``parent_probs``: the most probable parent label (first ``::`` level) of each
     ticket and its probability, the sum over that parent's labels (None and 0 without candidates):
-    the answer one level up when the leaf is unsure.
+    the answer one level up when the leaf is unsure. Computed on first use from ``every`` (the
+    candidates' probabilities and rows), which a request whose merchant has no parent threshold
+    never needs; built from the top-k alone (no ``every``), the top label's parent with its own mass.
     """
 
     names: np.ndarray  # object [rows]
@@ -37,16 +39,34 @@ class Predictions:
     top_probs: np.ndarray  # float32 [n, k]
     fallback: np.ndarray  # bool [n]
     abstained: np.ndarray  # bool [n]
-    parents: np.ndarray | None = field(default=None)  # object [n]
-    parent_probs: np.ndarray | None = field(default=None)  # float32 [n]
+    every: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)  # probs, rows [n, W]
+    _parents: np.ndarray | None = field(default=None, init=False, repr=False)
+    _parent_probs: np.ndarray | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        if self.parents is None:  # built from the top-k alone: the top label's parent, its own mass
-            n = len(self.top_rows)
-            self.parents = np.array(
-                [None if lab is None else parent_label(lab) for lab in self.labels(0)], object
-            )
-            self.parent_probs = self.top_probs[:, 0].astype(np.float32) if n else np.zeros(0, np.float32)
+    @property
+    def parents(self) -> np.ndarray:
+        """The most probable parent label of each ticket (object [n])."""
+        if self._parents is None:
+            self._parent_level()
+        return self._parents
+
+    @property
+    def parent_probs(self) -> np.ndarray:
+        """Its probability (float32 [n])."""
+        if self._parents is None:
+            self._parent_level()
+        return self._parent_probs
+
+    def _parent_level(self) -> None:
+        if self.every is not None:
+            self._parents, self._parent_probs = top_parent(*self.every, self.names)
+            self.every = None
+            return
+        n = len(self.top_rows)
+        self._parents = np.array(
+            [None if lab is None else parent_label(lab) for lab in self.labels(0)], object
+        )
+        self._parent_probs = self.top_probs[:, 0].astype(np.float32) if n else np.zeros(0, np.float32)
 
     def __len__(self) -> int:
         return len(self.top_rows)
@@ -180,19 +200,18 @@ def top_k(
         padded_probs[:, :width], padded_rows[:, :width] = probs, rows
         probs, rows = padded_probs, padded_rows
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    top_probs = np.take_along_axis(probs, order, axis=1).astype(np.float32)
+    pick = (np.arange(n)[:, None], order)  # (take_along_axis costs more for a one-ticket request)
+    top_probs = probs[pick].astype(np.float32)
     valid = top_probs > 0
-    top_rows = np.where(valid, np.take_along_axis(rows, order, axis=1), -1).astype(np.int64)
+    top_rows = np.where(valid, rows[pick], -1).astype(np.int64)
     abstained = unknown | (fallback & abstain_fallback)
-    parents, parent_probs = top_parent(probs, rows, names)
     return Predictions(
         names,
         top_rows,
         np.where(valid, top_probs, 0.0).astype(np.float32),
         fallback & ~unknown,
         abstained,
-        parents,
-        parent_probs,
+        (probs, rows),
     )
 
 

@@ -204,18 +204,24 @@ class RequestScorer:
         inf = float("inf")
         leaf = [self.threshold(a, target) for a in accounts]
         up = [self.threshold(a, target, "parent") for a in accounts]
+        # the parent level only where some merchant has a parent threshold (its sums cost a request
+        # tens of microseconds, and most merchants of the built-in data have none)
+        one_up = any(t is not None for t in up)
+        confidence = pred.confidence
         at_leaf, at_parent = answer_levels(
-            pred.confidence,
-            pred.parent_confidence,
+            confidence,
+            pred.parent_confidence if one_up else None,
             ~pred.abstained,
             np.array([inf if t is None else t for t in leaf]),
-            np.array([inf if t is None else t for t in up]),
+            np.array([inf if t is None else t for t in up]) if one_up else None,
         )
-        at_parent &= np.not_equal(pred.parents, None)
-        confidence, parent_confidence = pred.confidence.tolist(), pred.parent_confidence.tolist()
+        if one_up:
+            at_parent &= np.not_equal(pred.parents, None)
+            parents, parent_confidence = pred.parents.tolist(), pred.parent_confidence.tolist()
+        confidence = confidence.tolist()
         top_rows, top_probs = pred.top_rows.tolist(), pred.top_probs.tolist()
         abstained, fallback = pred.abstained.tolist(), pred.fallback.tolist()
-        parents, at_leaf, at_parent = pred.parents.tolist(), at_leaf.tolist(), at_parent.tolist()
+        at_leaf, at_parent = at_leaf.tolist(), at_parent.tolist()
         cols: dict[str, list] = {c: [] for c in ANSWER_COLUMNS}
         for i in range(len(accounts)):
             ranked = [(names[r], p) for r, p in zip(top_rows[i], top_probs[i], strict=True) if r >= 0]
