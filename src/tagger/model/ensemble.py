@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from tagger.data.tickets import Tickets
-from tagger.model.base import Estimator, Predictions, calibrated_probs, predictions_from_probs
+from tagger.model.base import Estimator, Predictions, calibrated_probs
 
 
 class SeedEnsemble(Estimator):
@@ -23,7 +23,7 @@ class SeedEnsemble(Estimator):
             if len(m.table.names) != len(first) or (m.table.names != first).any():
                 raise ValueError("ensemble members must share one label table (fit on the same tickets)")
         self.members = list(members)
-        self.table, self.prior, self.cfg = members[0].table, members[0].prior, members[0].cfg
+        self.table, self.prior = members[0].table, members[0].prior
 
     def fit(self, train: Tickets, val: Tickets | None = None) -> SeedEnsemble:
         """Fit every member (each keeps its own seed)."""
@@ -41,13 +41,4 @@ class SeedEnsemble(Estimator):
             logits, rows = member.logits(tickets)
             p = calibrated_probs(logits, rows, member.temperature)
             probs = p if probs is None else probs + p
-        probs = np.asarray(probs) / len(self.members)
-        return predictions_from_probs(
-            probs,
-            rows,
-            tickets.meta["has_embeddings"].to_numpy(),
-            self.prior.probs,
-            self.table.names,
-            k,
-            self.cfg.get("confidence", {}).get("null_fallback", "prior") == "abstain",
-        )
+        return self.members[0].predictions(np.asarray(probs) / len(self.members), rows, tickets, k)

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from tagger.data.tickets import Tickets
 from tagger.metrics import selection_score
-from tagger.model.base import AccountPrior, Estimator, Predictions, predictions_from_logits
+from tagger.model.base import AccountPrior, Estimator, Predictions, calibrated_probs, predictions_from_probs
 from tagger.model.batches import MAX_SENTENCES, TicketBatches
 from tagger.model.datamodule import TicketDataModule
 from tagger.model.label_table import LabelTable
@@ -280,13 +280,17 @@ class SharedEstimator(Estimator):
 
     def predict(self, tickets: Tickets, k: int = 5) -> Predictions:
         logits, rows = self.logits(tickets)
-        return predictions_from_logits(
-            logits,
+        return self.predictions(calibrated_probs(logits, rows, self.temperature), rows, tickets, k)
+
+    def predictions(self, probs: np.ndarray, rows: np.ndarray, tickets: Tickets, k: int = 5) -> Predictions:
+        """Predictions of ``tickets`` from calibrated ``probs`` over their ``rows`` of this model's label
+        table (the account prior where a ticket has no embeddings)."""
+        return predictions_from_probs(
+            probs,
             rows,
             tickets.meta["has_embeddings"].to_numpy(),
             self.prior.probs,
             self.table.names,
-            self.temperature,
             k,
             self.cfg.get("confidence", {}).get("null_fallback", "prior") == "abstain",
         )
