@@ -178,8 +178,9 @@ def aurc(frame: pd.DataFrame) -> float:
 def coverage_ceiling(frame: pd.DataFrame, target: float) -> float:
     """The share of tickets that per-merchant leaf thresholds chosen on these very tickets could
     answer with each merchant's precision at least ``target``: for each merchant the longest run of
-    its most confident tickets whose precision reaches it. Not a method (it looks at the answers): a
-    ceiling that no threshold chosen beforehand can beat with this model's confidences."""
+    its most confident tickets whose precision reaches it. Not a method (it looks at the answers): the
+    most that thresholds keeping each merchant's own precision at ``target`` could answer with these
+    confidences (a promise kept only over all merchants together can answer more)."""
     if not len(frame):
         return np.nan
     confidence = np.where(frame["abstained"].to_numpy(bool), -1.0, frame["confidence"].to_numpy(float))

@@ -589,8 +589,9 @@ def _promise_section(result: dict, pooled: dict[str, pd.DataFrame]) -> list[str]
         "parent-level threshold, else it abstains. AURC: area under the risk-coverage curve of the leaf "
         "answers (lower is better; it needs no threshold). Ceiling: the leaf coverage that per-merchant "
         "thresholds chosen on each fold's test tickets themselves would reach with every merchant's "
-        "precision at 95% (not a method: what no threshold chosen beforehand can beat with this model's "
-        "confidences; seed 0's for the shared model).",
+        "precision at 95% (not a method: the most that thresholds keeping each merchant's own precision "
+        "at 95% could answer with this model's confidences; a promise kept only over all merchants "
+        "together can answer more; seed 0's for the shared model).",
         "",
         "| model | AURC | leaf: coverage @95% | leaf: realised precision | with parents: coverage @95% "
         "| with parents: realised precision | answered at the parent | ceiling |",
