@@ -133,9 +133,10 @@ class Thresholds:
         accounts = frame["account_id"].astype(str).to_numpy()
         grid = threshold_grid(confidence, method.grid)
         tau = _internal_target(confidence, correct, accounts, grid, target, method)
-        glob, own = (
-            (np.inf, {}) if tau is None else _per_merchant(confidence, correct, accounts, grid, tau, method)
-        )
+        if tau is None:
+            glob, own = np.inf, {}
+        else:
+            glob, own = _Curves.count(confidence, correct, accounts, grid, method.min_account).at(tau, method)
         self.global_[level][target], self.per_account[level][target] = glob, own
         self.internal[level][target] = tau
 
@@ -179,29 +180,52 @@ def _thresholds_of(accounts: pd.Series, glob: float, own: dict[str, float]) -> n
     return accounts.map(own).fillna(glob).to_numpy(float)
 
 
-def _per_merchant(
-    confidence: np.ndarray,
-    correct: np.ndarray,
-    accounts: np.ndarray,
-    grid: np.ndarray,
-    tau: float,
-    method: ThresholdMethod,
-    min_account: int | None = None,
-) -> tuple[float, dict[str, float]]:
-    """The pooled threshold (lowest grid point whose precision reaches ``tau`` on at least
-    ``min_support`` tickets) and each merchant's own (its precision shrunk toward the pooled curve)."""
-    n, hits = _counts(confidence, correct, grid)
-    pooled = np.where(n > 0, hits / np.maximum(n, 1.0), 0.0)
-    glob = _lowest(grid, (pooled >= tau) & (n >= method.min_support))
-    own = {}
-    groups = pd.Series(np.arange(len(accounts))).groupby(accounts)
-    for account, rows in groups:  # one pass over the tickets, not one per merchant
-        mine = rows.to_numpy()
-        if len(mine) < (method.min_account if min_account is None else min_account):
-            continue
-        n_m, hits_m = _counts(confidence[mine], correct[mine], grid)
-        own[str(account)] = _lowest(grid, (hits_m + method.kappa * pooled) / (n_m + method.kappa) >= tau)
-    return glob, own
+@dataclass(frozen=True)
+class _Curves:
+    """Precision curves over the grid, counted once and read at any internal target: the pooled
+    one (tickets ``n`` and correct ``hits`` at or above each grid point) and each merchant's own
+    (``n_m``, ``hits_m``: one row per merchant of ``accounts``, those with enough tickets)."""
+
+    grid: np.ndarray
+    n: np.ndarray
+    hits: np.ndarray
+    accounts: list[str]
+    n_m: np.ndarray
+    hits_m: np.ndarray
+
+    @classmethod
+    def count(
+        cls,
+        confidence: np.ndarray,
+        correct: np.ndarray,
+        accounts: np.ndarray,
+        grid: np.ndarray,
+        min_account: int,
+    ) -> _Curves:
+        n, hits = _counts(confidence, correct, grid)
+        names, n_m, hits_m = [], [], []
+        groups = pd.Series(np.arange(len(accounts))).groupby(accounts)
+        for account, rows in groups:  # one pass over the tickets, not one per merchant
+            mine = rows.to_numpy()
+            if len(mine) >= min_account:
+                names.append(str(account))
+                counts = _counts(confidence[mine], correct[mine], grid)
+                n_m.append(counts[0])
+                hits_m.append(counts[1])
+        shape = (len(names), len(grid))
+        return cls(grid, n, hits, names, np.reshape(n_m, shape), np.reshape(hits_m, shape))
+
+    def at(self, tau: float, method: ThresholdMethod) -> tuple[float, dict[str, float]]:
+        """The pooled threshold (lowest grid point whose precision reaches ``tau`` on at least
+        ``min_support`` tickets) and each merchant's own (its precision shrunk toward the pooled curve
+        with ``kappa`` pseudo-tickets reaching ``tau``; inf where it never does)."""
+        pooled = np.where(self.n > 0, self.hits / np.maximum(self.n, 1.0), 0.0)
+        glob = _lowest(self.grid, (pooled >= tau) & (self.n >= method.min_support))
+        if not self.accounts:  # (no merchant with enough tickets, or no tickets at all)
+            return glob, {}
+        ok = (self.hits_m + method.kappa * pooled) / (self.n_m + method.kappa) >= tau
+        own = np.where(ok.any(axis=1), self.grid[ok.argmax(axis=1)], np.inf)
+        return glob, dict(zip(self.accounts, own.tolist(), strict=True))
 
 
 def _halves(accounts: np.ndarray) -> np.ndarray:
@@ -224,14 +248,16 @@ def _internal_target(
     taus = np.unique(
         np.minimum(np.round(np.arange(-method.margin, method.margin + 1e-9, method.step), 6) + target, 0.999)
     )
+    # each half's curves are counted once; only the comparison with tau changes from tau to tau
+    folds = [
+        (_Curves.count(confidence[fit], correct[fit], accounts[fit], grid, method.min_account // 2), ~fit)
+        for fit in (half, ~half)
+    ]
+    held_accounts = [pd.Series(accounts[held]) for _, held in folds]
     for tau in taus:
         n = hits = 0
-        for fit in (half, ~half):
-            glob, own = _per_merchant(
-                confidence[fit], correct[fit], accounts[fit], grid, tau, method, method.min_account // 2
-            )
-            held = ~fit
-            answered = confidence[held] >= _thresholds_of(pd.Series(accounts[held]), glob, own)
+        for (curves, held), held_account in zip(folds, held_accounts, strict=True):
+            answered = confidence[held] >= _thresholds_of(held_account, *curves.at(tau, method))
             n, hits = n + answered.sum(), hits + correct[held][answered].sum()
         if (
             n >= method.min_support
