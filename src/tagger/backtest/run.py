@@ -384,7 +384,7 @@ class FoldFit:
     test: pd.DataFrame
     rows: list[dict]
     before_refit: pd.DataFrame | None
-    selection: Estimator | None = None  # the selection fit itself (a seeded model's, for the ensemble)
+    selection: Estimator  # the selection fit itself (the ensemble averages the seeds')
 
 
 def _fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: FoldData) -> FoldFit | None:
@@ -409,19 +409,23 @@ def _fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: Fo
         refit_seconds = time.perf_counter() - t0
     if not getattr(estimator, "fit_info", {}).get("is_global_zero", True):
         return None
-    fitted = _scored_fit(cfg, name, estimator, served, data, where)
-    fitted.rows[0].update({"seed": seed, "fit_seconds": fit_seconds, "refit_seconds": refit_seconds})
-    if len(fitted.rows) > 1:
-        fitted.rows[1].update({"seed": seed, "fit_seconds": fit_seconds})
-    fitted.selection = estimator if seed is not None else None
-    return fitted
+    return _scored_fit(cfg, name, estimator, served, data, where, seed, fit_seconds, refit_seconds)
 
 
 def _scored_fit(
-    cfg: DictConfig, name: str, estimator: Estimator, served: Estimator, data: FoldData, where: str
+    cfg: DictConfig,
+    name: str,
+    estimator: Estimator,
+    served: Estimator,
+    data: FoldData,
+    where: str,
+    seed: int | None = None,
+    fit_seconds: float | None = None,
+    refit_seconds: float | None = None,
 ) -> FoldFit:
     """Thresholds from the selection fit ``estimator``'s validation outcomes, carried to ``served``,
-    which is scored on the test window (and the selection fit too when a refit replaced it)."""
+    which is scored on the test window (and the selection fit too when a refit replaced it); the
+    seed and fit times go into folds.csv (none for the ensemble, which is not fit)."""
     bt = cfg.backtest
     output_dir = resolve(cfg.output_dir)
     targets = list(bt.precision_targets)
@@ -429,14 +433,14 @@ def _scored_fit(
     thresholds = Thresholds(val_out, targets, threshold_method(cfg))
     predictor, parity = _runtime(served, bt.runtime, data.val, output_dir / "onnx" / where)
     test_out = _fold_outcomes(predictor, data.test, data.seen, data.index, thresholds, data.trained_until)
-    common = {"fold": data.index, "seed": None}
+    common = {"fold": data.index, "seed": seed}
     rows = [
         {
             "model": name,
             **common,
             "refit": data.refit,
-            "fit_seconds": None,
-            "refit_seconds": None,
+            "fit_seconds": fit_seconds,
+            "refit_seconds": refit_seconds,
             **(_search(estimator) if isinstance(estimator, Tuned) else {}),
             **parity,
             **_scored(test_out, targets),
@@ -446,10 +450,10 @@ def _scored_fit(
     if data.refit:
         before = _fold_outcomes(estimator, data.test, data.train, data.index, thresholds, data.val_start)
         rows.append(
-            {"model": f"{name} (no refit)", **common, "refit": False, "fit_seconds": None}
+            {"model": f"{name} (no refit)", **common, "refit": False, "fit_seconds": fit_seconds}
             | _scored(before, targets)
         )
-    return FoldFit(served, thresholds, test_out, rows, before)
+    return FoldFit(served, thresholds, test_out, rows, before, estimator)
 
 
 def _chosen(estimator: Estimator) -> Estimator:
