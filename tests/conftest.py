@@ -210,6 +210,7 @@ def tiny_run(tmp: Path, data: Path) -> list[str]:
         "data.holdout_days=0",
         "model.projection.hidden=64",
         "model.projection.out_dim=32",
+        "model.members=1",  # one seed: the ensemble's own tests ask for more
     ]
 
 

@@ -30,6 +30,7 @@ def trained(tmp_path_factory):
         f"models_dir={tmp / 'models'}",
         "trainer.max_epochs=2",
         "compare_with=[]",
+        "model.members=2",  # what train.py serves by default: an ensemble of seeds, as one model
     ]
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
         out = run(compose("config", overrides=overrides))

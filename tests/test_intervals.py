@@ -229,3 +229,21 @@ def test_with_few_merchants_the_bootstrap_resamples_tickets_and_says_so():
     one = {n: [f[f["account_id"] == f["account_id"].iloc[0]] for f in parts] for n, parts in frames.items()}
     merchant = MerchantBootstrap(one, TARGETS, min_merchants=1)  # the old way: a point
     assert merchant.unit == "merchant" and np.ptp(merchant.intervals(50, 0).ci["a"]["accuracy"]) == 0
+
+
+def test_a_draw_resamples_the_seeds_too(frames):
+    """Two seeds, one right on every ticket and one wrong: the merchants alone cannot move the mean
+    accuracy off 0.5; drawing the seeds as well spans both (a draw of the good seed twice is all right)."""
+    base = frames["logreg"][0]
+    right = base.assign(predicted=base["label"], correct=True, abstained=False)
+    wrong = base.assign(predicted="none of them", correct=False, abstained=False)
+    boot = MerchantBootstrap({"seeded": [right, wrong], "fixed": [base]}, TARGETS)
+    ones = np.ones(len(boot.merchants))
+    good, bad = (boot.statistic("seeded", ones, np.array(w))[0] for w in ([1, 0], [0, 1]))
+    assert boot.estimates()["seeded"]["accuracy"] == pytest.approx((good + bad) / 2)
+    result = boot.intervals(2000, seed=0)
+    lo, hi = result.ci["seeded"]["accuracy"]
+    assert bad < 0.1 and good > 0.9
+    assert lo < bad + 0.05 and hi > good - 0.05
+    # a model of one seed: only merchants are drawn
+    assert 0 < result.ci["fixed"]["accuracy"][0] < result.ci["fixed"]["accuracy"][1] < 1

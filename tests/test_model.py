@@ -233,28 +233,54 @@ def test_an_unknown_model_key_is_an_error_not_ignored():
         SharedEstimator({**TEST_MODEL, "optimiser": {}}, TEST_TRAINER)
 
 
-def test_an_ensemble_averages_its_members_calibrated_probabilities(fitted):
+def _tempered_mean(members, tickets) -> tuple[np.ndarray, np.ndarray]:
+    """The mean over ``members`` of their logits divided by their temperatures, and the rows."""
+    parts = [m.logits(tickets) for m in members]
+    mean = sum(lg / m.temperature for (lg, _), m in zip(parts, members, strict=True)) / len(members)
+    return mean, parts[0][1]
+
+
+def test_an_ensemble_is_one_model_scoring_and_updating_as_its_members_do(fitted, tmp_path):
     import copy
 
-    from tagger.model.base import calibrated_probs
-    from tagger.model.ensemble import SeedEnsemble
+    from tagger.model.cold_start import update_labels
+    from tagger.model.ensemble import EnsembleModel, SeedEnsemble
+    from tagger.model.label_update import LabelUpdate
 
     est, train, val = fitted
-    sharper = copy.copy(est)
-    sharper.temperature = est.temperature / 3
-    ensemble = SeedEnsemble([est, sharper]).predict(val)
-    logits, rows = est.logits(val)
-    expected = (
-        calibrated_probs(logits, rows, est.temperature) + calibrated_probs(logits, rows, sharper.temperature)
-    ) / 2
-    has = val.meta["has_embeddings"].to_numpy()
-    np.testing.assert_allclose(ensemble.top_probs[has, 0], expected[has].max(axis=1), rtol=1e-5)
-    assert (ensemble.top_rows[has, 0] == rows[has][np.arange(has.sum()), expected[has].argmax(axis=1)]).all()
+    other = copy.deepcopy(est)
+    torch.manual_seed(1)
+    with torch.no_grad():  # another "seed": other weights, another temperature
+        for p in other.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    other.temperature = est.temperature / 3
+    ensemble = SeedEnsemble([est, other])
+    assert isinstance(ensemble.model, EnsembleModel) and ensemble.temperature == 1.0
+    logits, rows = ensemble.logits(val)
+    expected, _ = _tempered_mean([est, other], val)
+    own = rows >= 0
+    np.testing.assert_allclose(logits[own], expected[own], rtol=1e-4, atol=1e-4)
+    # a new label from its name, with two examples folded in, and a rename: the ensemble updated
+    # once scores exactly as its members updated one by one
+    account = str(val.meta["account_id"].iloc[0])
+    label = str(train.meta.loc[train.meta["account_id"] == account, "label"].iloc[0])
+    examples = [val.embeddings[val.offsets[i] : val.offsets[i + 1]] for i in range(2)]
+    update = [LabelUpdate(account, add=["Brand New Reason"], examples={"Brand New Reason": examples})]
+    update.append(LabelUpdate(account, rename={label: "Renamed Reason"}))
+    updated = update_labels(ensemble, update)
+    members = [update_labels(m, update) for m in (est, other)]
+    logits, rows = updated.logits(val)
+    expected, member_rows = _tempered_mean(members, val)
+    assert (rows == member_rows).all() and (rows >= 0).sum() > (own.sum())  # the new label is scored
+    np.testing.assert_allclose(logits[rows >= 0], expected[rows >= 0], rtol=1e-4, atol=1e-4)
+    # saved and loaded: the same scores
+    out = save_shared(ensemble, tmp_path / "ensemble", "", {}, {})
+    np.testing.assert_allclose(load_shared(out).logits(val)[0], ensemble.logits(val)[0], atol=1e-5)
     # one member: its own predictions
     alone = SeedEnsemble([est]).predict(val)
-    np.testing.assert_allclose(alone.top_probs, est.predict(val).top_probs, rtol=1e-6)
-    other = copy.copy(est)
+    np.testing.assert_allclose(alone.top_probs, est.predict(val).top_probs, rtol=1e-5, atol=1e-6)
+    mismatched = copy.copy(est)
     first = train.meta["account_id"].iloc[0]
-    other.table = LabelTable.from_meta(train.meta[train.meta["account_id"] == first])
+    mismatched.table = LabelTable.from_meta(train.meta[train.meta["account_id"] == first])
     with pytest.raises(ValueError, match="one label table"):
-        SeedEnsemble([est, other])
+        SeedEnsemble([est, mismatched])

@@ -28,8 +28,15 @@ from omegaconf import OmegaConf
 from tagger.model.variants import experiments
 from tagger.paths import PROJECT_ROOT, command_config, compose_config, resolve
 
-# scored on validation, which a refit learns from: the backtest compares refits
-FIXED = ["compare_with=[]", "save_model=false", "refit=false", "trainer.enable_progress_bar=false"]
+# scored on validation, which a refit learns from: the backtest compares refits; one fit per variant
+# (an ensemble of seeds would hide a variant's effect behind the seeds' and cost members x the time)
+FIXED = [
+    "compare_with=[]",
+    "save_model=false",
+    "refit=false",
+    "trainer.enable_progress_bar=false",
+    "model.members=1",
+]
 
 
 def multirun_command(names: list[str], overrides: list[str]) -> list[str]:

@@ -698,11 +698,11 @@ def _ensemble_section(result: dict) -> list[str]:
         "",
         "## Ensemble of seeds",
         "",
-        "`shared ensemble`: the mean of the calibrated probabilities of the shared model's "
-        f"{len(result.get('seeds', []))} seeds (each at its own temperature), its thresholds chosen on "
-        "the mean of the seeds' selection fits' validation outcomes like every model's "
-        "(`backtest.ensemble`). "
-        "What `train.py` exports today is one seed: the ensemble is measured here, not served.",
+        "`shared ensemble`: the shared model's "
+        f"{len(result.get('seeds', []))} seeds as one model, the mean of their logits each at its own "
+        "temperature, its thresholds chosen on the validation outcomes of the seeds' selection fits "
+        "so combined, like every model's (`backtest.ensemble`). This is what `train.py` serves "
+        "(`model.members` seeds, 3 by default): one model.onnx.",
         "",
         *_strongest_table(ens["comparison"], "ensemble"),
         "",

@@ -51,12 +51,14 @@ def model_configs(cfg: DictConfig) -> dict[str, dict]:
             out[name] = OmegaConf.to_container(cfg.model, resolve=True)
             if out[name]["name"] != "shared":
                 raise ValueError("backtest.models names 'shared' but model= selects another model")
+            # one fit per seed of backtest.seeds: their ensemble is scored beside them (backtest.ensemble)
+            out[name]["members"] = 1
         else:
             out[name] = load_model_config(name)
     for variant in cfg.backtest.get("ablations") or []:
         if variant not in VARIANTS:
             raise ValueError(f"unknown ablation {variant!r}: {', '.join(VARIANTS)}")
-        model = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+        model = OmegaConf.create({**OmegaConf.to_container(cfg.model, resolve=True), "members": 1})
         model_overrides = [o.removeprefix("model.") for o in VARIANTS[variant] if o.startswith("model.")]
         model = OmegaConf.merge(model, OmegaConf.from_dotlist(model_overrides))
         out[f"shared[{variant}]"] = OmegaConf.to_container(model)

@@ -172,8 +172,10 @@ class MerchantBootstrap:
     Tickets of one merchant are not independent, so the resampling unit is the merchant: a resample
     draws merchants with replacement, each bringing all of its test tickets (of every fold, pooled).
     The same draws serve every model, so differences are paired. ``frames`` maps a model to its
-    outcome frames, one per seed (a deterministic model has one); a model's statistic, on the
-    original sample and on every draw alike, is the mean over its seeds of the per-seed metric.
+    outcome frames, one per seed (a deterministic model has one); a model's statistic on the original
+    sample is the mean over its seeds of the per-seed metric. A draw also draws the seeds with
+    replacement (the same seed draw for every model with as many seeds), so an interval says how far
+    another set of seeds could move the figure as well as other merchants.
 
     With fewer than ``min_merchants`` merchants a merchant resample says nothing (one merchant gives
     a point): the unit becomes the ticket (``unit == "ticket"``), each ticket its own cluster, and
@@ -201,11 +203,16 @@ class MerchantBootstrap:
             self.columns = list(tables[0].columns)
             self.stats[name] = np.stack([t.to_numpy(float) for t in tables])
 
-    def statistic(self, name: str, weights: np.ndarray) -> np.ndarray:
-        """Every metric of ``name`` (mean over its seeds) with merchant ``weights [..., merchants]``
-        (how often each is drawn; all ones is the original sample): ``[..., metrics]``."""
+    def statistic(self, name: str, weights: np.ndarray, seeds: np.ndarray | None = None) -> np.ndarray:
+        """Every metric of ``name`` with merchant ``weights [..., merchants]`` (how often each is
+        drawn; all ones is the original sample): ``[..., metrics]``, the mean over its seeds, or over
+        ``seeds [..., n_seeds]`` (how often each seed is drawn) when given."""
         totals = np.einsum("...m,smc->s...c", weights, self.stats[name])
-        return _metrics_of(totals, self.columns, self.targets).mean(axis=0)
+        per_seed = _metrics_of(totals, self.columns, self.targets)
+        if seeds is None or len(per_seed) == 1:
+            return per_seed.mean(axis=0)
+        share = seeds / seeds.sum(axis=-1, keepdims=True)
+        return np.einsum("s...c,...s->...c", per_seed, share)
 
     def estimates(self) -> dict[str, dict[str, float]]:
         """Each model's metrics on the original sample (equal to :func:`tagger.metrics.summary`)."""
@@ -221,10 +228,13 @@ class MerchantBootstrap:
         m = len(self.merchants)
         out: dict[str, list[np.ndarray]] = {name: [] for name in self.stats}
         step = max(1, chunk // max(m, 1))  # bounds the [draws, merchants] weight matrix in memory
+        n_seeds = sorted({len(s) for s in self.stats.values()})
         for start in range(0, n, step):
-            weights = draw_counts(rng.integers(0, m, (min(step, n - start), m)), m)
-            for name in self.stats:
-                out[name].append(self.statistic(name, weights))
+            size = min(step, n - start)
+            weights = draw_counts(rng.integers(0, m, (size, m)), m)
+            seeds = {s: draw_counts(rng.integers(0, s, (size, s)), s) for s in n_seeds}
+            for name, table in self.stats.items():
+                out[name].append(self.statistic(name, weights, seeds[len(table)]))
         return {name: np.concatenate(parts) for name, parts in out.items()}
 
     def intervals(

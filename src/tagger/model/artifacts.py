@@ -67,6 +67,8 @@ def save_shared(
             "n_accounts": estimator.table.n_accounts,
             "n_labels": len(estimator.table),
             "fit": estimator.fit_info,
+            # an ensemble (tagger.model.ensemble): its members' temperatures, one per member
+            "member_temperatures": getattr(model, "temperatures", None),
         }
         (tmp / "model.json").write_text(json.dumps(info, indent=2))
         (tmp / "config.yaml").write_text(config_yaml)
@@ -97,9 +99,18 @@ def load_shared(model_dir: str | os.PathLike) -> SharedEstimator:
     estimator.prior = AccountPrior.from_probs(table, labels["prior"].to_numpy())
     estimator.temperature = float(info["temperature"])
     estimator.fit_info = info.get("fit", {})
-    model = SharedModel(
-        SharedConfig(**info["architecture"]), torch.from_numpy(name_vectors), table.n_accounts
-    )
+
+    def member() -> SharedModel:
+        return SharedModel(
+            SharedConfig(**info["architecture"]), torch.from_numpy(name_vectors), table.n_accounts
+        )
+
+    model = member()
+    if info.get("member_temperatures"):
+        from tagger.model.ensemble import EnsembleModel
+
+        temperatures = info["member_temperatures"]
+        model = EnsembleModel([member() for _ in temperatures], temperatures)
     model.load_state_dict(torch.load(model_dir / "weights.pt", map_location="cpu", weights_only=True))
     estimator.model = model.eval()
     return estimator

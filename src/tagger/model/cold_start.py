@@ -18,7 +18,6 @@ from tagger.data.tickets import Tickets
 from tagger.model.base import AccountPrior
 from tagger.model.batches import pad_sentences
 from tagger.model.label_update import AccountLabels, LabelState, LabelUpdate, apply_update
-from tagger.model.shared import SharedModel
 from tagger.model.shared_estimator import SharedEstimator
 
 
@@ -30,9 +29,8 @@ def name_weight(estimator: SharedEstimator) -> float:
 def label_state(estimator: SharedEstimator) -> LabelState:
     """The label side of a fitted shared model."""
     model = estimator.model.eval()
-    queries = None
-    if model.account_query is not None:
-        queries = model.account_query.weight.detach().numpy().copy()
+    queries = model.account_queries()
+    queries = None if queries is None else queries.numpy().copy()
     with torch.no_grad():
         vectors = model.label_vectors().numpy().copy()
     return LabelState.from_table(
@@ -78,20 +76,15 @@ def update_labels(estimator: SharedEstimator, updates: list[LabelUpdate], embedd
 
 def with_state(estimator: SharedEstimator, state: LabelState) -> SharedEstimator:
     """A copy of ``estimator`` scoring the labels of ``state``."""
-    old = estimator.model
     table, vectors, prior, names, queries = state.to_table()
-    model = SharedModel(old.cfg, torch.from_numpy(names), table.n_accounts)
-    new_state = {k: v for k, v in old.state_dict().items() if k not in ("label_names", "label_bias.weight")}
-    vectors = torch.from_numpy(vectors)
-    with torch.no_grad():
-        if old.cfg.label_init != "random":  # the residual that makes label_vectors() give exactly these
-            vectors = vectors - old.tower(torch.from_numpy(names))[:, None, :]
-    new_state["label_residual.weight"] = vectors.reshape(len(vectors), -1)
-    if queries is not None:
-        new_state["account_query.weight"] = torch.from_numpy(queries)
-    model.load_state_dict(new_state, strict=False)
+    model = estimator.model.relabelled(
+        torch.from_numpy(names),
+        torch.from_numpy(vectors),
+        None if queries is None else torch.from_numpy(queries),
+        table.n_accounts,
+    )
     out = copy.copy(estimator)
-    out.table, out.name_vectors, out.model = table, names, model.eval()
+    out.table, out.name_vectors, out.model = table, names, model
     out.prior = AccountPrior.from_probs(table, prior)
     return out
 

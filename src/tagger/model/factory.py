@@ -34,15 +34,24 @@ def make_estimator(model_cfg: dict, cfg: DictConfig, log_dir: Path | None = None
 
         trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
         embedder = SentenceEmbedder(resolve(cfg.data.sentence_cache_dir))
-        return SharedEstimator(
-            model_cfg,
-            trainer,
-            seed=cfg.seed,
-            log_dir=log_dir,
-            embedder=embedder,
-            callbacks=OmegaConf.to_container(cfg.callbacks, resolve=True),
-            logger=OmegaConf.to_container(cfg.logger, resolve=True),
-        )
+        members = int(model_cfg.get("members", 1))
+        fits = [
+            SharedEstimator(
+                model_cfg,
+                trainer,
+                seed=cfg.seed + i,
+                log_dir=log_dir / f"member{i}" if log_dir is not None and members > 1 else log_dir,
+                embedder=embedder,
+                callbacks=OmegaConf.to_container(cfg.callbacks, resolve=True),
+                logger=OmegaConf.to_container(cfg.logger, resolve=True),
+            )
+            for i in range(members)
+        ]
+        if members == 1:
+            return fits[0]
+        from tagger.model.ensemble import SeedEnsemble
+
+        return SeedEnsemble(fits)
     if name not in BASELINES:
         raise ValueError(f"unknown model {name!r}: shared, {', '.join(BASELINES)}")
     params, grid = split_grid(model_cfg)

@@ -160,9 +160,7 @@ class SharedModel(nn.Module):
         """The labels of padded ``rows [B, W]`` (-1 pads) and nothing else: their vectors ``[M, K, d]``
         (M distinct rows), each ticket's ``index [B, W]`` into them (-1 pads) and their bias ``[M]``
         (None without one). Pads look nothing up: no parameter row outside ``rows`` gets a gradient."""
-        valid = rows >= 0
-        needed = torch.unique(rows[valid])
-        index = torch.where(valid, torch.searchsorted(needed, rows.clamp(min=0)), -1)
+        needed, index = candidate_index(rows)
         bias = None if self.label_bias is None else self.label_bias(needed).squeeze(-1)
         return self.label_vectors(needed), index, bias
 
@@ -185,6 +183,26 @@ class SharedModel(nn.Module):
             return logits
         return (logits + bias[index.clamp(min=0)]).masked_fill(index < 0, MASKED)
 
+    def account_queries(self) -> torch.Tensor | None:
+        """``[A + 1, q]`` every account's query shift, the last an unknown account's (None without)."""
+        return None if self.account_query is None else self.account_query.weight.detach()
+
+    def relabelled(
+        self, names: torch.Tensor, vectors: torch.Tensor, queries: torch.Tensor | None, n_accounts: int
+    ) -> SharedModel:
+        """A copy scoring other labels: ``names [L, 384]``, ``vectors [L, K, d]`` (its
+        :meth:`label_vectors` give these, normalised) and ``queries [A + 1, q]``; the encoder is shared."""
+        model = SharedModel(self.cfg, names, n_accounts)
+        state = {k: v for k, v in self.state_dict().items() if k not in ("label_names", "label_bias.weight")}
+        with torch.no_grad():
+            if self.cfg.label_init != "random":  # the residual that makes label_vectors() give these
+                vectors = vectors - self.tower(names)[:, None, :]
+        state["label_residual.weight"] = vectors.reshape(len(vectors), -1)
+        if queries is not None:
+            state["account_query.weight"] = queries
+        model.load_state_dict(state, strict=False)
+        return model.eval()
+
     def sparse_parameters(self) -> list[nn.Parameter]:
         """The per-label and per-account parameters (sparse gradients: a lazy optimiser steps their
         batch's rows only)."""
@@ -193,6 +211,14 @@ class SharedModel(nn.Module):
     def tower(self, names: torch.Tensor) -> torch.Tensor:
         """Label-name embeddings ``[n, 384]`` through the label tower, before normalising."""
         return (self.project if self.label_tower is None else self.label_tower)(names)
+
+
+def candidate_index(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct label rows ``[M]`` of padded ``rows [B, W]`` (-1 pads) and each ticket's
+    ``index [B, W]`` into them (-1 pads)."""
+    valid = rows >= 0
+    needed = torch.unique(rows[valid])
+    return needed, torch.where(valid, torch.searchsorted(needed, rows.clamp(min=0)), -1)
 
 
 def _mlp(dim: int, hidden: int, out: int, dropout: float) -> nn.Sequential:

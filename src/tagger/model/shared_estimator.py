@@ -30,6 +30,7 @@ from tagger.model.shared import MASKED, SharedConfig, SharedModel
 # shape batches instead (read by TicketBatches)
 SECTIONS = {
     "name",
+    "members",
     "encoder",
     "projection",
     "labels",
