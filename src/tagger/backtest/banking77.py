@@ -1,0 +1,190 @@
+"""Banking77's official train/test split as one merchant: the shared model against the baselines on
+a public split, beside the published figure.
+
+    python -m tagger.backtest.banking77 [key=value ...]      # conf/banking77.yaml
+
+Each utterance is a one-sentence ticket of one merchant, embedded with all-MiniLM-L6-v2 (frozen, as
+everywhere here). A stratified share of train.csv (``val_share``) is the validation slice every
+choice is made on (epochs, temperature, a baseline's grid point, thresholds); then every model is
+refit on all of train.csv and scored once on test.csv, which nothing looked at before. The models,
+their protocol and their scoring are the backtest's own (:func:`tagger.backtest.run._fit`): the
+shared model once per seed of ``backtest.seeds`` and their ensemble (what train.py serves). With one
+merchant, intervals resample tickets (paired, the same draws for every model).
+
+Writes ``output_dir``/metrics.json and report.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from tagger.backtest.run import ENSEMBLE, FoldData, _fit, _scored_fit, model_configs
+from tagger.backtest.scoring import MerchantBootstrap
+from tagger.data.labels import normalise_label
+from tagger.data.tickets import Tickets
+from tagger.embed import SentenceEmbedder
+from tagger.model.ensemble import SeedEnsemble
+from tagger.paths import command_config, resolve, shown
+
+DAY = 86_400.0
+START = 1_672_531_200.0  # 2023-01-01: the split has no times; train.csv is "before", test.csv "after"
+
+
+def split_tickets(cfg: DictConfig) -> tuple[Tickets, Tickets, Tickets, Tickets]:
+    """``(train, val, window, test)``: train.csv less a stratified ``val_share``, that share, all of
+    train.csv (what a refit learns from) and test.csv, as one-sentence tickets of one merchant."""
+    sources = resolve(cfg.sources_dir)
+    frames = {name: pd.read_csv(sources / f"{name}.csv") for name in ("train", "test")}
+    for name, frame in frames.items():
+        if missing := {"text", "label"} - set(frame.columns):
+            raise ValueError(f"{sources / name}.csv: missing column(s) {sorted(missing)}")
+    embedder = SentenceEmbedder(resolve(cfg.data.sentence_cache_dir))
+    texts = pd.concat([f["text"] for f in frames.values()]).astype(str).tolist()
+    vectors = np.asarray(embedder.embed(texts, progress=True), np.float32)
+    rng = np.random.default_rng(cfg.seed)
+    train = frames["train"]
+    val_mask = np.zeros(len(train), bool)
+    for rows in train.groupby("label").indices.values():  # stratified: every label in both parts
+        val_mask[rng.choice(rows, max(1, round(cfg.val_share * len(rows))), replace=False)] = True
+    n_train = len(train)
+
+    def tickets(frame: pd.DataFrame, rows: np.ndarray, offset: int, time: float) -> Tickets:
+        out = Tickets.from_vectors(
+            [str(cfg.account_id)] * len(rows), [vectors[offset + i][None] for i in rows]
+        )
+        out.meta["ticket_id"] = [f"{time:.0f}-{i}" for i in rows]
+        out.meta["unix_timestamp"] = time
+        out.meta["label"] = frame["label"].iloc[rows].astype(str).map(normalise_label).to_numpy()
+        return out
+
+    return (
+        tickets(train, np.flatnonzero(~val_mask), 0, START),
+        tickets(train, np.flatnonzero(val_mask), 0, START + DAY),
+        tickets(train, np.arange(n_train), 0, START),
+        tickets(frames["test"], np.arange(len(frames["test"])), n_train, START + 2 * DAY),
+    )
+
+
+def run(cfg: DictConfig) -> dict:
+    """Fit, choose, refit and score every model of ``backtest.models`` on the split."""
+    started = time.perf_counter()
+    train, val, window, test = split_tickets(cfg)
+    data = FoldData(0, train, val, window, test, START + DAY, START + 2 * DAY, bool(cfg.refit))
+    configs = model_configs(cfg)
+    seeds = [int(s) for s in cfg.backtest.seeds]
+    frames: dict[str, list[pd.DataFrame]] = {}
+    members = []
+    jobs = [(name, seed) for name in configs for seed in (seeds if name == "shared" else [None])]
+    for name, seed in tqdm(jobs, desc="banking77", unit="fit"):
+        fit = _fit(cfg, name, configs[name], seed, data)
+        frames.setdefault(name, []).append(fit.test)
+        members += [fit] if name == "shared" else []
+    if cfg.backtest.ensemble and len(members) > 1:
+        fit = _scored_fit(
+            cfg,
+            ENSEMBLE,
+            SeedEnsemble([m.selection for m in members]),
+            SeedEnsemble([m.served for m in members]),
+            data,
+            "ensemble",
+        )
+        frames[ENSEMBLE] = [fit.test]
+    targets = [float(t) for t in cfg.backtest.precision_targets]
+    boot = MerchantBootstrap(frames, targets, int(cfg.backtest.min_merchants))
+    baselines = [n for n in frames if n not in ("shared", ENSEMBLE)]
+    # the point estimates with one merchant as the unit: macro-F1 over its labels is defined
+    estimates = MerchantBootstrap(frames, targets, min_merchants=1).estimates()
+    strongest = max(baselines, key=lambda n: estimates[n]["accuracy"])
+    pairs = [(s, strongest) for s in ("shared", ENSEMBLE) if s in frames]
+    intervals = boot.intervals(int(cfg.backtest.bootstrap), int(cfg.seed), pairs=pairs)
+    out = {
+        "split": {
+            "train": len(train),
+            "val": len(val),
+            "test": len(test),
+            "labels": int(train.meta["label"].nunique()),
+            "sources": shown(resolve(cfg.sources_dir)),
+        },
+        "intervals": intervals.describe(),
+        "models": {name: {"estimate": estimates[name], "ci95": intervals.ci[name]} for name in frames},
+        "strongest_baseline": strongest,
+        "differences": {f"{a} minus {b}": values for (a, b), values in intervals.differences.items()},
+        "published": OmegaConf.to_container(cfg.published, resolve=True),
+        "seeds": seeds,
+        "minutes": (time.perf_counter() - started) / 60,
+    }
+    out_dir = resolve(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(out, indent=2, default=float))
+    (out_dir / "report.md").write_text(report(out))
+    print(report(out))
+    print(f"wrote {shown(out_dir / 'report.md')}")
+    return out
+
+
+def report(out: dict) -> str:
+    """The figures as one markdown page."""
+    s = out["split"]
+    pub = out["published"]
+    lines = [
+        "# Banking77, official split, as one merchant",
+        "",
+        f"`python -m tagger.backtest.banking77` ({out['minutes']:.1f} min). {s['train']:,} training and "
+        f"{s['val']:,} validation utterances (a stratified share of train.csv; every choice is made "
+        f"there, then every model is refit on all of train.csv), {s['test']:,} test utterances "
+        f"(test.csv, scored once), {s['labels']} labels. Sentence encoder: all-MiniLM-L6-v2, frozen. "
+        f"The shared model: mean over seeds {out['seeds']}; `shared ensemble`: those seeds as one model "
+        f"(what train.py serves). Intervals: {out['intervals']}.",
+        "",
+        "| model | accuracy | macro-F1 | top-3 | coverage @95% (realised precision) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in out["models"].items():
+        e, ci = m["estimate"], m["ci95"]
+        lines.append(
+            f"| {name} | {_with_ci(e['accuracy'], ci['accuracy'])} | {e['macro_f1']:.3f} | "
+            f"{e['top3_accuracy']:.3f} | {e['coverage_at_95_precision']:.3f} "
+            f"({e['precision_at_95_target']:.3f}) |"
+        )
+    lines.append(f"| published: {pub['source']} | {pub['accuracy']:.3f} | | | |")
+    lines += ["", "Paired differences against the strongest baseline (accuracy):", ""]
+    lines += [
+        "| difference | accuracy | 95% interval | coverage @95% | 95% interval |",
+        "|---|---:|---|---:|---|",
+    ]
+    for name, d in out["differences"].items():
+        acc, cov = d["accuracy"], d["coverage_at_95_precision"]
+        lines.append(
+            f"| {name} | {acc['difference']:+.3f} | {_ci(acc['ci95'])} | {cov['difference']:+.3f} | "
+            f"{_ci(cov['ci95'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _ci(ci: list[float]) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def _with_ci(value: float, ci: list[float]) -> str:
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m tagger.backtest.banking77``."""
+    try:
+        cfg = command_config("banking77", sys.argv[1:] if argv is None else argv, __doc__)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
