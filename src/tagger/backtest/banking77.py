@@ -101,8 +101,8 @@ def run(cfg: DictConfig) -> dict:
     baselines = [n for n in frames if n not in ("shared", ENSEMBLE)]
     # the point estimates with one merchant as the unit: macro-F1 over its labels is defined
     estimates = MerchantBootstrap(frames, targets, min_merchants=1).estimates()
-    strongest = max(baselines, key=lambda n: estimates[n]["accuracy"])
-    pairs = [(s, strongest) for s in ("shared", ENSEMBLE) if s in frames]
+    strongest = max(baselines, key=lambda n: estimates[n]["accuracy"], default=None)
+    pairs = [(s, strongest) for s in ("shared", ENSEMBLE) if s in frames and strongest]
     intervals = boot.intervals(int(cfg.backtest.bootstrap), int(cfg.seed), pairs=pairs)
     out = {
         "split": {

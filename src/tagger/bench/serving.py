@@ -252,15 +252,18 @@ def bare_onnx_ms(export_dir: Path, buckets: dict[str, list[dict]], repeats: int 
     return out
 
 
-def http_figures(export_dir: Path, args, mix: list[bytes], groups: dict[str, list[bytes]]) -> dict:
-    """Every HTTP measurement, with the four servers running side by side."""
+def http_figures(
+    export_dir: Path, args, mix: list[bytes], groups: dict[str, list[bytes]], before_export: Path
+) -> dict:
+    """Every HTTP measurement, with the four servers running side by side ("before" serving
+    ``before_export``)."""
     old = f"before ({args.before})"
     with ExitStack() as stack:
         tree = stack.enter_context(worktree(args.before))
         specs = {
             NEW: lambda p: this_code(export_dir, p, ("workers=1",)),
             TWO: lambda p: this_code(export_dir, p, ("workers=2",)),
-            old: lambda p: before_code(tree, export_dir, p),
+            old: lambda p: before_code(tree, before_export, p),
             CONSTANT: constant_app,
         }
         servers = {}
@@ -301,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     args = bench_config("serving", argv, __doc__)
     export_dir = resolve(args.export_dir) if args.export_dir else promoted_export(args.get("registry_dir"))
     export_dir = export_dir.resolve()
+    before_export = resolve(args.before_export_dir).resolve() if args.get("before_export_dir") else export_dir
     bodies = request_bodies(export_dir, args.tickets)
     buckets = by_bucket(export_dir)
     groups = {}
@@ -311,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(bodies):,} tickets; by sentences {counts}", flush=True)
     figures = {
         "export_dir": shown(export_dir),
+        "before_export_dir": shown(before_export),
         "before": args.before,
         "before_is": args.before_is,
         "max_slowdown": args.max_slowdown,
@@ -321,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         "in_process": in_process(export_dir, bodies),
         "bare_onnx_by_bucket": bare_onnx_ms(export_dir, buckets),
     }
-    figures |= http_figures(export_dir, args, encoded(bodies), groups)
+    if before_export != export_dir:
+        figures["before_bare_onnx_by_bucket"] = bare_onnx_ms(before_export, buckets)
+    figures |= http_figures(export_dir, args, encoded(bodies), groups, before_export)
     figures["goals"] = goals(figures, f"before ({args.before})", args.max_slowdown)
     out_dir = resolve(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -449,8 +456,13 @@ def markdown(f: dict, args) -> str:
         f"Command: `python -m tagger.bench.serving` (seconds {args.seconds:g} per load run, "
         f"{args.repeats} runs of each round-trip and saturation figure, the median shown).",
         f'"Before" is commit {f["before"]} ({f.get("before_is") or "an earlier commit"}) checked out in '
-        "a git worktree and served as that commit deployed it, beside this code in the same run on the same "
-        "export. Floors: the bare ONNX session call (in process) and "
+        "a git worktree and served as that commit deployed it, beside this code in the same run, "
+        + (
+            "on the same export. "
+            if f.get("before_export_dir", f["export_dir"]) == f["export_dir"]
+            else f"serving its own export `{f['before_export_dir']}`. "
+        )
+        + "Floors: the bare ONNX session call (in process) and "
         "a FastAPI app that reads the body and answers a constant (src/tagger/bench/constant_app.py).",
         "",
         f"Same answers: {f['answers']['identical']:,} of {f['answers']['requests']:,} tickets give the same "
@@ -485,6 +497,7 @@ def markdown(f: dict, args) -> str:
 
 
 def _round_trip_section(f: dict, old: str) -> list[str]:
+    own = "before_bare_onnx_by_bucket" in f  # "before" serves another export: its floor too
     rows = []
     for bucket in BUCKETS:
         for kind in ("string", "object"):
@@ -494,6 +507,7 @@ def _round_trip_section(f: dict, old: str) -> list[str]:
                 f"| {bucket} | {kind} | {f['bucket_tickets'][bucket]} | {_ms(a['p50'])} | {_ms(b['p50'])} | "
                 f"{b['p50'] / a['p50']:.2f}x | {_ms(b['p99'])} | {_ms(b['server_p50'])} | {_ms(c['p50'])} | "
                 f"{f['bare_onnx_by_bucket'][bucket]:.3f} |"
+                + (f" {f['before_bare_onnx_by_bucket'][bucket]:.3f} |" if own else "")
             )
     return [
         "",
@@ -504,8 +518,9 @@ def _round_trip_section(f: dict, old: str) -> list[str]:
         "",
         *_table(
             "| sentences | embeddings | tickets | before p50 | this p50 | this / before | this p99 "
-            "| server p50 | constant app p50 | bare ONNX p50 |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| server p50 | constant app p50 | bare ONNX p50 |"
+            + (" before's bare ONNX p50 |" if own else ""),
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if own else ""),
             rows,
         ),
     ]
