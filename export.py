@@ -83,7 +83,13 @@ def _export(cfg: DictConfig, model_dir: Path, out_dir: Path) -> None:
 
     try:
         serving = export_model(
-            model_dir, out_dir, cfg.opset, cfg.parity.tickets, cfg.parity.atol, cfg.name_encoder_cache
+            model_dir,
+            out_dir,
+            cfg.opset,
+            cfg.parity.tickets,
+            cfg.parity.atol,
+            cfg.name_encoder_cache,
+            member=cfg.get("member"),
         )
     except ExportError as err:
         sys.exit(f"export failed: {err}")

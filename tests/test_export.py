@@ -63,6 +63,24 @@ def test_export_parity_and_one_predictor(trained):
     assert json.loads((tmp / "onnx" / "serving.json").read_text())["model_version"].startswith("shared-")
 
 
+def test_one_member_of_the_ensemble_exports_alone(trained):
+    from tagger.model.ensemble import EnsembleModel, member_of
+
+    model_dir, data, tmp = trained
+    ensemble = load_shared(model_dir)
+    assert isinstance(ensemble.model, EnsembleModel) and len(ensemble.model.members) == 2
+    serving = export_model(model_dir, tmp / "member1", parity_tickets=200, member=1)
+    assert serving["model_version"].split("+")[0].endswith("-member1")
+    assert serving["parity"]["max_abs_diff"] < 1e-4
+    tickets = load_tickets(data, cache_dir=tmp / "cache", progress=False)
+    one = member_of(ensemble, 1)
+    np.testing.assert_allclose(
+        OnnxPredictor(tmp / "member1").predict(tickets).top_probs, one.predict(tickets).top_probs, atol=1e-5
+    )
+    with pytest.raises(ValueError, match=r"members 0\.\.1"):
+        member_of(ensemble, 2)
+
+
 def test_a_parity_failure_writes_nothing(trained, monkeypatch):
     model_dir, _, tmp = trained
     monkeypatch.setattr(

@@ -11,6 +11,7 @@ makes that exactly each member's own fold-in), the ONNX export (one graph) and t
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -153,3 +154,16 @@ class SeedEnsemble(SharedEstimator):
     def refit(self, window) -> SeedEnsemble:
         """Every member refit on ``window`` with its own choices."""
         return SeedEnsemble([m.refit(window) for m in self.members])
+
+
+def member_of(estimator: SharedEstimator, index: int) -> SharedEstimator:
+    """Member ``index`` of an ensemble estimator (one loaded by ``load_shared`` included) alone, at
+    its own temperature: what one fit would serve."""
+    model = estimator.model
+    if not isinstance(model, EnsembleModel):
+        raise ValueError("member_of needs an ensemble (model.members > 1)")
+    if not 0 <= index < len(model.members):
+        raise ValueError(f"member {index}: the ensemble has members 0..{len(model.members) - 1}")
+    out = copy.copy(estimator)
+    out.model, out.temperature = model.members[index], model.temperatures[index]
+    return out

@@ -87,18 +87,25 @@ def export_model(
     parity_tickets: int = 2000,
     atol: float = 1e-4,
     name_encoder_cache: str | os.PathLike = "data/cache/name_encoder",
+    member: int | None = None,
 ) -> dict:
-    """Export the trained model directory ``model_dir`` to ``out_dir``; returns serving.json."""
+    """Export the trained model directory ``model_dir`` to ``out_dir``; returns serving.json.
+    ``member``: that member of an ensemble alone (with the ensemble's thresholds)."""
     model_dir = Path(model_dir)
+    estimator = load_shared(model_dir)
+    if member is not None:
+        from tagger.model.ensemble import member_of
+
+        estimator = member_of(estimator, int(member))
     model_manifest = json.loads((model_dir / "manifest.json").read_text())
     info = {
-        "model_version": model_dir.name,
+        "model_version": model_dir.name + ("" if member is None else f"-member{member}"),
         "model_dir": str(model_dir.resolve()),
         "trained": model_manifest["created"],
         "thresholds": json.loads((model_dir / "thresholds.json").read_text()),
     }
     return export_estimator(
-        load_shared(model_dir),
+        estimator,
         out_dir,
         held_out_tickets(model_dir, parity_tickets),
         info,
