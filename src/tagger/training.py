@@ -174,12 +174,12 @@ def _fit_lines(results: dict, refit: bool) -> list[str]:
     lines = []
     for name, r in results.items():
         if "fit" in r:
-            f = r["fit"]
-            lines.append(
-                f"{name}: {f['epochs']} epochs (best {f['best_epoch']}), "
-                f"{f['tickets_per_second']:,.0f} training tickets/s, "
-                f"temperature {r.get('temperature', 1.0):.2f}"
-            )
+            for who, f in _fits(name, r):
+                lines.append(
+                    f"{who}: {f['epochs']} epochs (best {f['best_epoch']}), "
+                    f"{f['tickets_per_second']:,.0f} training tickets/s, "
+                    f"temperature {f.get('temperature', r.get('temperature', 1.0)):.2f}"
+                )
     for name, r in results.items():
         if r.get("refit"):
             f = r["refit"]
@@ -192,6 +192,14 @@ def _fit_lines(results: dict, refit: bool) -> list[str]:
             "(the table scores each model's fit before its refit, which has learnt from the validation slice)"
         )
     return lines
+
+
+def _fits(name: str, record: dict) -> list[tuple[str, dict]]:
+    """``(who, fit record)`` of a model's fit, or of each member of an ensemble of seeds."""
+    members = record["fit"].get("members")
+    if not members:
+        return [(name, record["fit"])]
+    return [(f"{name} member {i} (seed {m['seed']})", m) for i, m in enumerate(members)]
 
 
 def format_table(results: dict) -> str:

@@ -60,6 +60,7 @@ class LitShared(L.LightningModule):
         tau: float = 1.0,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
+        sparse_lr: float | None = None,
     ):
         super().__init__()
         if imbalance not in ("logit_adjust", "class_balanced", "none"):
@@ -69,6 +70,7 @@ class LitShared(L.LightningModule):
         self.register_buffer("log_prior", log_prior.float())
         self.imbalance, self.tau = imbalance, tau
         self.lr, self.weight_decay = lr, weight_decay
+        self.sparse_lr = lr if sparse_lr is None else sparse_lr
         # classes are label rows plus one for "a label the model has never seen" (never predicted)
         self.val_metrics = MetricCollection(
             {
@@ -133,5 +135,5 @@ class LitShared(L.LightningModule):
         dense = [p for p in self.parameters() if id(p) not in sparse and p.requires_grad]
         optimisers = [torch.optim.AdamW(dense, lr=self.lr, weight_decay=self.weight_decay)]
         if sparse:
-            optimisers.append(torch.optim.SparseAdam(self.model.sparse_parameters(), lr=self.lr))
+            optimisers.append(torch.optim.SparseAdam(self.model.sparse_parameters(), lr=self.sparse_lr))
         return optimisers

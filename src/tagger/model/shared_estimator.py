@@ -131,6 +131,7 @@ class SharedEstimator(Estimator):
             tau=imb.get("tau", 1.0),
             lr=opt.get("lr", 1e-3),
             weight_decay=opt.get("weight_decay", 1e-4),
+            sparse_lr=opt.get("sparse_lr"),
         )
         has = train.meta["has_embeddings"].to_numpy()
         train_data = self._batches(train.subset(has), train=True)
