@@ -68,7 +68,7 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     """The check itself can fail: a data module that imports the backtest is caught."""
     fake = tmp_path / "tagger"
     (fake / "data").mkdir(parents=True)
-    (fake / "data" / "bad.py").write_text("from tagger.backtest.run import _fit\n")
+    (fake / "data" / "bad.py").write_text("from tagger.backtest.run import _scored_fit\n")
     monkeypatch.setattr(__import__(__name__), "SRC", fake)
     found = _violations()
     assert len(found) == 2 and "layer 4 above 0" in found[0] and "private" in found[1]

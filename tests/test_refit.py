@@ -179,7 +179,7 @@ def test_no_fit_in_the_backtest_sees_its_folds_test_window(tmp_path, monkeypatch
     folds = configured_folds(load_dataset(cfg.data).meta["unix_timestamp"].to_numpy(), cfg)
     fold = {"index": None}
     fits = []
-    real_fit = backtest._fit
+    real_fit = backtest.fold_fit
 
     def in_fold(cfg, name, model_cfg, seed, data):
         fold["index"] = data.index
@@ -198,7 +198,7 @@ def test_no_fit_in_the_backtest_sees_its_folds_test_window(tmp_path, monkeypatch
 
     for cls in (SharedEstimator, PerAccountEstimator, CrossMerchantLogReg, NameSimilarity):
         recording(cls)
-    monkeypatch.setattr(backtest, "_fit", in_fold)
+    monkeypatch.setattr(backtest, "fold_fit", in_fold)
     backtest.run_backtest(cfg)
     assert {name for name, *_ in fits} >= {"SharedEstimator", "LogReg", "CrossMerchantLogReg", "KNN"}
     for name, index, latest, _ in fits:  # the learning curve's fits belong to the last fold

@@ -7,7 +7,7 @@ Each utterance is a one-sentence ticket of one merchant, embedded with all-MiniL
 everywhere here). A stratified share of train.csv (``val_share``) is the validation slice every
 choice is made on (epochs, temperature, a baseline's grid point, thresholds); then every model is
 refit on all of train.csv and scored once on test.csv, which nothing looked at before. The models,
-their protocol and their scoring are the backtest's own (:func:`tagger.backtest.run._fit`): the
+their protocol and their scoring are the backtest's own (:func:`tagger.backtest.run.fold_fit`): the
 shared model once per seed of ``backtest.seeds`` and their ensemble (what train.py serves). With one
 merchant, intervals resample tickets (paired, the same draws for every model).
 
@@ -25,12 +25,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from tagger.backtest.run import ENSEMBLE, FoldData, _fit, _scored_fit, model_configs
+from tagger.backtest.run import ENSEMBLE, FoldData, ensemble_fit, fold_fit, model_configs
 from tagger.backtest.scoring import MerchantBootstrap
 from tagger.data.labels import normalise_label
 from tagger.data.tickets import Tickets
 from tagger.embed import SentenceEmbedder
-from tagger.model.ensemble import SeedEnsemble
 from tagger.paths import command_config, resolve, shown
 
 DAY = 86_400.0
@@ -83,19 +82,11 @@ def run(cfg: DictConfig) -> dict:
     members = []
     jobs = [(name, seed) for name in configs for seed in (seeds if name == "shared" else [None])]
     for name, seed in tqdm(jobs, desc="banking77", unit="fit"):
-        fit = _fit(cfg, name, configs[name], seed, data)
+        fit = fold_fit(cfg, name, configs[name], seed, data)
         frames.setdefault(name, []).append(fit.test)
         members += [fit] if name == "shared" else []
     if cfg.backtest.ensemble and len(members) > 1:
-        fit = _scored_fit(
-            cfg,
-            ENSEMBLE,
-            SeedEnsemble([m.selection for m in members]),
-            SeedEnsemble([m.served for m in members]),
-            data,
-            "ensemble",
-        )
-        frames[ENSEMBLE] = [fit.test]
+        frames[ENSEMBLE] = [ensemble_fit(cfg, members, data).test]
     targets = [float(t) for t in cfg.backtest.precision_targets]
     boot = MerchantBootstrap(frames, targets, int(cfg.backtest.min_merchants))
     baselines = [n for n in frames if n not in ("shared", ENSEMBLE)]

@@ -192,7 +192,7 @@ def _run_folds(
         members: list[FoldFit] = []  # the shared model's fits, one per seed, for the ensemble
         for name, model_cfg in configs.items():
             progress.set_postfix_str(f"fold {fold.index} {name}")
-            fit = _fit(cfg, name, model_cfg, seeds[0] if name in seeded else None, data)
+            fit = fold_fit(cfg, name, model_cfg, seeds[0] if name in seeded else None, data)
             if fit is None:
                 return None
             got.frames[name].append(fit.test)
@@ -208,7 +208,7 @@ def _run_folds(
         for name in seeded:
             for seed in seeds[1:]:
                 progress.set_postfix_str(f"fold {fold.index} {name} seed {seed}")
-                fit = _fit(cfg, name, configs[name], seed, data)
+                fit = fold_fit(cfg, name, configs[name], seed, data)
                 if fit is None:
                     return None
                 got.more_seeds[name][seed].append(fit.test)
@@ -216,14 +216,7 @@ def _run_folds(
                 members += [fit] if name == "shared" else []
                 progress.update()
         if cfg.backtest.get("ensemble") and len(members) > 1:
-            fit = _scored_fit(
-                cfg,
-                ENSEMBLE,
-                SeedEnsemble([m.selection for m in members]),
-                SeedEnsemble([m.served for m in members]),
-                data,
-                f"fold{data.index}-ensemble",
-            )
+            fit = ensemble_fit(cfg, members, data)
             got.frames.setdefault(ENSEMBLE, []).append(fit.test)
             got.before_refit.setdefault(ENSEMBLE, []).append(fit.before_refit)
             got.fold_rows.extend(fit.rows)
@@ -389,7 +382,7 @@ class FoldFit:
     selection: Estimator  # the selection fit itself (the ensemble averages the seeds')
 
 
-def _fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: FoldData) -> FoldFit | None:
+def fold_fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: FoldData) -> FoldFit | None:
     """Fit one model on a fold's training slice, choose on its validation slice, refit on the whole
     window (``refit: true``) and score the test window; None on a non-zero distributed rank.
     ``seed`` overrides ``cfg.seed`` for this fit (None: a deterministic baseline, cfg as it is).
@@ -456,6 +449,19 @@ def _scored_fit(
             | _scored(before, targets)
         )
     return FoldFit(served, thresholds, test_out, rows, before, estimator)
+
+
+def ensemble_fit(cfg: DictConfig, members: list[FoldFit], data: FoldData) -> FoldFit:
+    """The seeds' fits in a fold as one model (:class:`SeedEnsemble`), scored like every model:
+    thresholds from the selection fits combined, the refits combined served."""
+    return _scored_fit(
+        cfg,
+        ENSEMBLE,
+        SeedEnsemble([m.selection for m in members]),
+        SeedEnsemble([m.served for m in members]),
+        data,
+        f"fold{data.index}-ensemble",
+    )
 
 
 def _chosen(estimator: Estimator) -> Estimator:
