@@ -54,12 +54,12 @@ def split_tickets(cfg: DictConfig) -> tuple[Tickets, Tickets, Tickets, Tickets]:
         val_mask[rng.choice(rows, max(1, round(cfg.val_share * len(rows))), replace=False)] = True
     n_train = len(train)
 
-    def tickets(frame: pd.DataFrame, rows: np.ndarray, offset: int, time: float) -> Tickets:
+    def tickets(frame: pd.DataFrame, rows: np.ndarray, offset: int, at: float) -> Tickets:
         out = Tickets.from_vectors(
             [str(cfg.account_id)] * len(rows), [vectors[offset + i][None] for i in rows]
         )
-        out.meta["ticket_id"] = [f"{time:.0f}-{i}" for i in rows]
-        out.meta["unix_timestamp"] = time
+        out.meta["ticket_id"] = [f"{at:.0f}-{i}" for i in rows]
+        out.meta["unix_timestamp"] = at
         out.meta["label"] = frame["label"].iloc[rows].astype(str).map(normalise_label).to_numpy()
         return out
 

@@ -105,12 +105,13 @@ def load_shared(model_dir: str | os.PathLike) -> SharedEstimator:
             SharedConfig(**info["architecture"]), torch.from_numpy(name_vectors), table.n_accounts
         )
 
-    model = member()
-    if info.get("member_temperatures"):
+    temperatures = info.get("member_temperatures")
+    if temperatures:
         from tagger.model.ensemble import EnsembleModel
 
-        temperatures = info["member_temperatures"]
         model = EnsembleModel([member() for _ in temperatures], temperatures)
+    else:
+        model = member()
     model.load_state_dict(torch.load(model_dir / "weights.pt", map_location="cpu", weights_only=True))
     estimator.model = model.eval()
     return estimator
