@@ -115,8 +115,9 @@ def fake_embed(texts: list[str]) -> np.ndarray:
     return FakeEmbedder().embed(texts)
 
 
-def toy_problem(n_per_label: int = 40, seed: int = 0, accounts: dict | None = None):
-    """Separable tickets: each (account, label) has its own direction; boilerplate sentences are shared."""
+def toy_problem(n_per_label: int = 40, seed: int = 0, accounts: dict | None = None, noise: float = 0.3):
+    """Separable tickets: each (account, label) has its own direction (``noise`` around it);
+    boilerplate sentences are shared."""
     rng = np.random.default_rng(seed)
     accounts = accounts or {
         "a": ["Shipping::Tracking", "Refund", "Other"],
@@ -132,7 +133,7 @@ def toy_problem(n_per_label: int = 40, seed: int = 0, accounts: dict | None = No
     rows = []
     for _ in range(n_per_label):
         for (a, lab), c in centres.items():
-            v = c + 0.3 * rng.normal(size=DIM) / np.sqrt(DIM)
+            v = c + noise * rng.normal(size=DIM) / np.sqrt(DIM)
             sentences = [v / np.linalg.norm(v)] + [boiler[i] for i in range(rng.integers(0, 3))]
             rows.append((a, lab, np.stack(sentences)))
     order = rng.permutation(len(rows))

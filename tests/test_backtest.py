@@ -181,7 +181,7 @@ def test_backtest_end_to_end_and_report(tmp_path):
     assert "## Refit on the whole window" in report and "## Staleness" in report
     # logreg chose its C on each fold's validation slice, out of its whole grid
     assert "## Choices made on validation" in report
-    assert all(r["search_fits"] == 6 for r in written["models"]["logreg"]["folds"])
+    assert all(r["search_fits"] == 8 for r in written["models"]["logreg"]["folds"])  # C x class weight
 
 
 def test_backtest_with_the_onnx_runtime_agrees_with_torch(tmp_path):
@@ -235,6 +235,7 @@ def test_backtest_fits_the_shared_model_once_per_seed(tmp_path, monkeypatch):
         "backtest.seeds=[0,1,2]",
         "trainer.max_epochs=1",
         "backtest.models=[shared,majority]",
+        "backtest.stacks=[['shared ensemble',majority],[shared,xlogreg]]",  # the second: xlogreg not run
         "backtest.cold_start.declare_names=false",
         "backtest.cold_start.learning_curve.labels=0",
     ]
@@ -270,3 +271,9 @@ def test_backtest_fits_the_shared_model_once_per_seed(tmp_path, monkeypatch):
     assert {c["baseline"] for c in result["paired_bootstrap"]["strongest"].values()} == {"majority"}
     assert set(result["ensemble"]["comparison"]["against"]) == {"majority"}
     assert "## Ensemble of seeds" in report
+    # a stack is scored like a model, never a baseline, against each member with paired intervals
+    stack = "shared ensemble + majority"
+    assert list(result["stacks"]) == [stack] and (out["model"] == stack).sum() == n_test
+    assert set(result["stacks"][stack]["against_members"]) == {"shared ensemble", "majority"}
+    assert stack not in result["paired_bootstrap"]["against"]
+    assert f"### {stack}" in report

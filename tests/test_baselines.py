@@ -80,9 +80,12 @@ def test_xlogreg_minimises_sklearns_objective_with_sklearns_C():
     common = rng.normal(size=DIM) * 3  # embeddings share a common direction
     x = rng.normal(size=(5, DIM))[y] * 0.7 + rng.normal(size=(300, DIM)) + common
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-    for C in (0.1, 10.0):
-        reference = LogisticRegression(C=C, max_iter=5000, tol=1e-8).fit(x, y).predict_proba(x)
-        coef, intercept = fit_softmax_regression(x, y, 5, C, max_iter=500, tol=1e-7)
+    y = np.where((y == 4) & (rng.random(300) < 0.8), rng.integers(0, 4, 300), y)  # 4 rare: weights matter
+    for C, class_weight in ((0.1, None), (10.0, None), (10.0, "balanced")):
+        reference = LogisticRegression(C=C, max_iter=5000, tol=1e-8, class_weight=class_weight)
+        reference = reference.fit(x, y).predict_proba(x)
+        coef, intercept, convergence = fit_softmax_regression(x, y, 5, C, 500, 1e-7, class_weight)
+        assert convergence.converged, convergence
         z = x @ coef.T + intercept
         p = np.exp(z - z.max(axis=1, keepdims=True))
         np.testing.assert_allclose(p / p.sum(axis=1, keepdims=True), reference, atol=2e-3)

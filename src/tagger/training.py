@@ -20,7 +20,6 @@ from tagger.data.tickets import Tickets
 from tagger.metrics import outcomes, summary
 from tagger.model.base import Estimator, Predictions
 from tagger.model.factory import load_model_config, make_estimator, search_record
-from tagger.model.selection import Tuned
 from tagger.paths import resolve, shown
 
 SMALL_MERCHANT = 200  # training tickets
@@ -141,7 +140,7 @@ def _fit_and_score(cfg: DictConfig, model_cfg: dict, train, val, development, ou
             if hasattr(estimator, "fit_info")
             else {}
         ),
-        **(search_record(estimator) if isinstance(estimator, Tuned) else {}),
+        **search_record(estimator),
         "refit": refit_record(served, refit_seconds) if served is not estimator else None,
     }
     return served, record, val_outcomes

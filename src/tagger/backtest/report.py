@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -124,6 +125,7 @@ def write_report(
         *rest,
         *_promise_section(result, pooled),
         *_ensemble_section(result),
+        *_stacks_section(result),
         *_seeds_section(result),
         *_comparison_section(result),
         *_refit_section(result),
@@ -448,7 +450,10 @@ def _search_section(result: dict) -> list[str]:
     for name, m in result["models"].items():
         for r in m.get("folds", []):
             if r.get("chosen"):
-                rows.append(f"| {name} | {r['fold']} | `{r['chosen']}` | {r['search_fits']} |")
+                fits = "; ".join(
+                    _converged(r.get(k)) for k in ("convergence", "refit_convergence") if r.get(k)
+                )
+                rows.append(f"| {name} | {r['fold']} | `{r['chosen']}` | {r['search_fits']} | {fits} |")
     if not rows:
         return []
     return [
@@ -461,12 +466,25 @@ def _search_section(result: dict) -> list[str]:
         "once, on train.py's validation slice before the final holdout, among the variants of "
         "`python -m tagger.ablations` (results/ablations/ablations.md); per fold it chooses only its "
         "epoch (early stopping on the same per-account macro-F1) and its temperature, one fit per seed; "
-        "then each model is refit on the whole window with its choices (`refit: true`).",
+        "then each model is refit on the whole window with its choices (`refit: true`). An iterative "
+        "fit says how it ended (the chosen point's selection fit; its refit): converged when no entry "
+        "of the gradient exceeds the tolerance before the iterations run out.",
         "",
-        "| model | fold | chosen | fits |",
-        "|---|---:|---|---:|",
+        "| model | fold | chosen | fits | convergence (selection fit; refit) |",
+        "|---|---:|---|---:|---|",
         *rows,
     ]
+
+
+def _converged(record: str | dict) -> str:
+    """``converged in 212/1000 iterations`` or ``NOT converged: 1000/1000, max gradient 3e-3 > 1e-4``."""
+    c = json.loads(record) if isinstance(record, str) else record
+    if c["converged"]:
+        return f"converged in {c['iterations']}/{c['max_iter']} iterations"
+    return (
+        f"NOT converged: {c['iterations']}/{c['max_iter']} iterations, "
+        f"max gradient {c['max_gradient']:.1e} > {c['tol']:.0e}"
+    )
 
 
 def _refit_section(result: dict) -> list[str]:
@@ -686,6 +704,42 @@ def _final_holdout_section(result: dict) -> list[str]:
     if final.get("ensemble"):
         lines += ["", "The ensemble of seeds minus the strongest baseline, on the final holdout:", ""]
         lines += _strongest_table(final["ensemble"]["comparison"], "ensemble")
+    return lines
+
+
+def _stacks_section(result: dict) -> list[str]:
+    """Each stack (fitted models' probabilities averaged, ``backtest.stacks``) against the strongest
+    baseline and against each of its members, overall and on the final holdout."""
+    stacks = result.get("stacks") or {}
+    if not stacks:
+        return []
+    final = (result.get("final_holdout") or {}).get("stacks") or {}
+    lines = [
+        "",
+        "## Stacks: models averaged (an experiment)",
+        "",
+        "Each stack is its members' probabilities over the ticket's account's labels, averaged with "
+        "equal weights (`backtest.stacks`, src/tagger/model/stacking.py); every member fit, chose and "
+        "was refit as it is alone, and the stack's thresholds come from the members' selection fits "
+        "averaged on the validation slice. An experiment: train.py does not serve a stack.",
+    ]
+    for name, st in stacks.items():
+        lines += ["", f"### {name}", "", *_strongest_table(st["comparison"], "stack"), ""]
+        lines += [
+            "The stack minus each member, paired (all folds; final holdout):",
+            "",
+            "| member | metric | stack minus member | 95% interval | final holdout | 95% interval |",
+            "|---|---|---:|---|---:|---|",
+        ]
+        for member, rows in st["against_members"].items():
+            held = (final.get(name) or {}).get("against_members", {}).get(member, {})
+            for metric, c in rows.items():
+                h = held.get(metric, {})
+                held_diff = _signed(h.get("difference", float("nan")))
+                lines.append(
+                    f"| {member} | {LABELS.get(metric, metric)} | {_signed(c['difference'])} | "
+                    f"{_signed_ci(c.get('ci95'))} | {held_diff} | {_signed_ci(h.get('ci95'))} |"
+                )
     return lines
 
 

@@ -35,12 +35,33 @@ from tagger.model.cold_start import with_labels
 from tagger.model.ensemble import SeedEnsemble
 from tagger.model.factory import load_model_config, make_estimator
 from tagger.model.selection import Tuned
+from tagger.model.stacking import ProbabilityMean
 from tagger.model.thresholds import Thresholds, threshold_method
 from tagger.model.variants import VARIANTS
 from tagger.paths import resolve, shown
 
 ENSEMBLE = SeedEnsemble.name  # the mean of the shared model's seeds (backtest.ensemble)
 SLICES = ("no_embeddings", "new_label", "new_account", "merchant_size", "label_frequency", "model_age")
+
+
+def stack_members(cfg: DictConfig) -> dict[str, list[str]]:
+    """``{stack name: member model names}`` of ``backtest.stacks`` (each a list of two or more model
+    names, "shared ensemble" included), named by its members joined with " + ". A stack with a
+    member this run does not fit (``backtest.models`` narrowed, one seed) is left out."""
+    bt = cfg.backtest
+    seeds = bt.get("seeds") or [cfg.seed]
+    known = {
+        *bt.models,
+        *([ENSEMBLE] if bt.get("ensemble") and "shared" in bt.models and len(seeds) > 1 else []),
+    }
+    stacks = {}
+    for members in bt.get("stacks") or []:
+        members = [str(m) for m in members]
+        if len(members) < 2:
+            raise ValueError(f"backtest.stacks: {members} needs two or more models")
+        if set(members) <= known:
+            stacks[" + ".join(members)] = members
+    return stacks
 
 
 def model_configs(cfg: DictConfig) -> dict[str, dict]:
@@ -109,10 +130,13 @@ def run_backtest(cfg: DictConfig) -> dict:
         }
         for name, frame in pooled.items()
     }
-    baselines = [n for n in pooled if n not in seeded and n != ENSEMBLE]
+    stacks = stack_members(cfg)
+    baselines = [n for n in pooled if n not in seeded and n != ENSEMBLE and n not in stacks]
     pairs = [("shared", b) for b in baselines] if "shared" in pooled else []
     if ENSEMBLE in pooled:
         pairs += [(ENSEMBLE, b) for b in [*baselines, "shared"]]
+    for name, names in stacks.items():
+        pairs += [(name, b) for b in dict.fromkeys([*baselines, *names])]
     intervals = _intervals(cfg, {name: list(r.values()) for name, r in runs.items()}, targets, pairs)
     models = {
         name: _model_metrics(name, frame, runs[name], name in seeded, intervals, got.fold_rows, targets)
@@ -129,7 +153,8 @@ def run_backtest(cfg: DictConfig) -> dict:
         if pairs and baselines
         else None,
         "ensemble": _ensemble(models, intervals, baselines, targets),
-        "final_holdout": _final_holdout(cfg, folds[-1], runs, baselines, pairs, targets),
+        "stacks": _stacks(models, intervals, baselines, targets, stacks),
+        "final_holdout": _final_holdout(cfg, folds[-1], runs, baselines, pairs, targets, stacks),
         "refit": _refit_effect(cfg, pooled, before, targets) if before else None,
         "staleness": _staleness({**pooled, **{f"{n} (no refit)": f for n, f in before.items()}}),
         "cold_start": cold_start,
@@ -189,6 +214,7 @@ def _run_folds(
             }
         )
         fitted: dict[str, tuple] = {}
+        fold_fits: dict[str, FoldFit] = {}  # each model's fit (the first seed's), for the stacks
         members: list[FoldFit] = []  # the shared model's fits, one per seed, for the ensemble
         for name, model_cfg in configs.items():
             progress.set_postfix_str(f"fold {fold.index} {name}")
@@ -199,6 +225,7 @@ def _run_folds(
             if fit.before_refit is not None:
                 got.before_refit.setdefault(name, []).append(fit.before_refit)
             fitted[name] = fit.served, fit.thresholds
+            fold_fits[name] = fit
             got.fold_rows.extend(fit.rows)
             members += [fit] if name == "shared" else []
             progress.update()
@@ -215,10 +242,15 @@ def _run_folds(
                 got.fold_rows.extend(fit.rows)
                 members += [fit] if name == "shared" else []
                 progress.update()
+        combined = []
         if cfg.backtest.get("ensemble") and len(members) > 1:
-            fit = ensemble_fit(cfg, members, data)
-            got.frames.setdefault(ENSEMBLE, []).append(fit.test)
-            got.before_refit.setdefault(ENSEMBLE, []).append(fit.before_refit)
+            fold_fits[ENSEMBLE] = ensemble_fit(cfg, members, data)
+            combined.append((ENSEMBLE, fold_fits[ENSEMBLE]))
+        for name, names in stack_members(cfg).items():
+            combined.append((name, stack_fit(cfg, name, [fold_fits[m] for m in names], data)))
+        for name, fit in combined:
+            got.frames.setdefault(name, []).append(fit.test)
+            got.before_refit.setdefault(name, []).append(fit.before_refit)
             got.fold_rows.extend(fit.rows)
     progress.close()
     return got
@@ -436,7 +468,8 @@ def _scored_fit(
             "refit": data.refit,
             "fit_seconds": fit_seconds,
             "refit_seconds": refit_seconds,
-            **(_search(estimator) if isinstance(estimator, Tuned) else {}),
+            **_fit_record(estimator),
+            **{f"refit_{k}": v for k, v in _fit_record(served).items() if k == "convergence" and data.refit},
             **parity,
             **_scored(test_out, targets),
         }
@@ -464,14 +497,29 @@ def ensemble_fit(cfg: DictConfig, members: list[FoldFit], data: FoldData) -> Fol
     )
 
 
+def stack_fit(cfg: DictConfig, name: str, members: list[FoldFit], data: FoldData) -> FoldFit:
+    """Fitted models averaged as one (:class:`ProbabilityMean`, equal weights), scored like every
+    model: thresholds from the selection fits averaged, the refits averaged served."""
+    return _scored_fit(
+        cfg,
+        name,
+        ProbabilityMean([m.selection for m in members]),
+        ProbabilityMean([m.served for m in members]),
+        data,
+        f"fold{data.index}-{name.replace(' ', '')}",
+    )
+
+
 def _chosen(estimator: Estimator) -> Estimator:
     """The fitted estimator itself, or the one a tuned baseline chose."""
     return estimator.best if isinstance(estimator, Tuned) else estimator
 
 
-def _search(tuned: Tuned) -> dict:
-    """folds.csv columns of a baseline tuned on the fold's validation slice."""
-    return {"chosen": json.dumps(tuned.chosen), "search_fits": tuned.budget}
+def _fit_record(estimator: Estimator) -> dict:
+    """folds.csv columns of what a baseline chose on the fold's validation slice (and in how many
+    fits), and how an iterative fit converged."""
+    record = estimator.fit_record()
+    return {k: json.dumps(v) if isinstance(v, dict) else v for k, v in record.items()}
 
 
 def _fold_outcomes(
@@ -549,7 +597,13 @@ def _comparison(
 
 
 def _final_holdout(
-    cfg: DictConfig, fold, runs: dict, baselines: list[str], pairs: list, targets: list[float]
+    cfg: DictConfig,
+    fold,
+    runs: dict,
+    baselines: list[str],
+    pairs: list,
+    targets: list[float],
+    stacks: dict[str, list[str]],
 ) -> dict | None:
     """The last fold alone when its test window lies inside the final holdout (``data.holdout_days``),
     which train.py, the ablations and every design choice never saw: its own figures, clustered
@@ -572,6 +626,25 @@ def _final_holdout(
         "intervals": _describe(intervals),
         "comparison": _comparison(models, intervals, baselines, targets) if pairs and baselines else None,
         "ensemble": _ensemble(models, intervals, baselines, targets),
+        "stacks": _stacks(models, intervals, baselines, targets, stacks),
+    }
+
+
+def _stacks(
+    models: dict, intervals: Intervals | None, baselines: list[str], targets: list[float], stacks: dict
+) -> dict:
+    """Each stack against the strongest baseline on each metric and against each of its members
+    (paired intervals)."""
+    return {
+        name: {
+            "members": names,
+            "comparison": _comparison(models, intervals, baselines, targets, subject=name),
+            "against_members": {
+                m: _comparison(models, intervals, [m], targets, subject=name)["against"][m] for m in names
+            },
+        }
+        for name, names in stacks.items()
+        if name in models and baselines
     }
 
 

@@ -121,6 +121,10 @@ class Estimator(ABC):
     def predict(self, tickets: Tickets, k: int = 5) -> Predictions:
         """Top-k labels from each ticket's own account's labels."""
 
+    def fit_record(self) -> dict:
+        """What the fit chose or how it ended, for the record (folds.csv, metrics.json): here nothing."""
+        return {}
+
     def refit(self, window: Tickets) -> Estimator:
         """A new estimator with every choice this fitted one made on validation, fit on the whole
         ``window`` (training and validation tickets together) with no validation slice left over.

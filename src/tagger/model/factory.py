@@ -10,7 +10,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from tagger.metrics import selection_score
 from tagger.model.base import Estimator
-from tagger.model.baselines import KNN, CrossMerchantLogReg, LogReg, Majority, NameSimilarity, NearestCentroid
+from tagger.model.baselines import (
+    KNN,
+    CrossMerchantLogReg,
+    LogReg,
+    Majority,
+    MaskedMLP,
+    NameSimilarity,
+    NearestCentroid,
+)
 from tagger.model.selection import Tuned, split_grid
 from tagger.paths import compose_config, resolve
 
@@ -21,6 +29,7 @@ BASELINES = {
     "centroid": NearestCentroid,
     "knn": KNN,
     "names": NameSimilarity,
+    "mlp": MaskedMLP,
 }
 
 
@@ -65,9 +74,11 @@ def make_estimator(model_cfg: dict, cfg: DictConfig, log_dir: Path | None = None
     return Tuned(functools.partial(BASELINES[name], **fixed), grid, selection_score)
 
 
-def search_record(tuned: Tuned) -> dict:
-    """What a tuned baseline chose on validation, out of how many fits."""
-    return {"chosen": tuned.chosen, "search_budget_fits": tuned.budget, "search": tuned.search}
+def search_record(estimator: Estimator) -> dict:
+    """What a baseline chose on validation, out of how many fits (each grid point's score for a
+    tuned one), and how an iterative fit converged."""
+    search = {"search": estimator.search} if isinstance(estimator, Tuned) else {}
+    return {**estimator.fit_record(), **search}
 
 
 def load_model_config(name: str) -> dict:

@@ -88,6 +88,12 @@ class Tuned(Estimator):
         self.search = [{"params": p, "score": v} for p, v in zip(points, scores, strict=True)]
         return self
 
+    def fit_record(self) -> dict:
+        """The chosen point (with what the winner chose itself, say a fitted temperature), the fits
+        the search made, and the winner's own record (an iterative fit's convergence)."""
+        own = self.best.fit_record()
+        return {**own, "chosen": {**self.chosen, **own.get("chosen", {})}, "search_fits": self.budget}
+
     def refit(self, window: Tickets) -> Estimator:
         """The chosen point fit on the whole ``window`` (one fit, no search)."""
         return self.best.refit(window)
