@@ -31,6 +31,7 @@ def test_the_public_split_is_scored_once_with_every_choice_made_on_train(tmp_pat
             f"data.sentence_cache_dir={tmp_path / 's'}",
             "backtest.models=[shared,logreg]",
             "backtest.seeds=[0,1]",
+            "backtest.stacks=[['shared ensemble',logreg]]",
             "backtest.bootstrap=50",
             "trainer.max_epochs=2",
             "trainer.enable_progress_bar=false",
@@ -42,7 +43,7 @@ def test_the_public_split_is_scored_once_with_every_choice_made_on_train(tmp_pat
     metrics = json.loads((out / "metrics.json").read_text())
     split = metrics["split"]
     assert (split["train"] + split["val"], split["test"], split["labels"]) == (72, 18, 3)
-    assert set(metrics["models"]) == {"shared", "logreg", "shared ensemble"}
+    assert set(metrics["models"]) == {"shared", "logreg", "shared ensemble", "shared ensemble + logreg"}
     assert metrics["strongest_baseline"] == "logreg"
     for m in metrics["models"].values():
         assert 0 <= m["estimate"]["accuracy"] <= 1
@@ -50,4 +51,5 @@ def test_the_public_split_is_scored_once_with_every_choice_made_on_train(tmp_pat
     assert metrics["intervals"].startswith("ticket-level")
     report = (out / "report.md").read_text()
     assert "Casanueva" in report and "shared minus logreg" in report
+    assert "shared ensemble + logreg minus logreg" in report  # a stack is compared, never a baseline
     assert main(["--help"]) == 0

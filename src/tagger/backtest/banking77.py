@@ -25,7 +25,15 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from tagger.backtest.run import ENSEMBLE, FoldData, ensemble_fit, fold_fit, model_configs
+from tagger.backtest.run import (
+    ENSEMBLE,
+    FoldData,
+    ensemble_fit,
+    fold_fit,
+    model_configs,
+    stack_fit,
+    stack_members,
+)
 from tagger.backtest.scoring import MerchantBootstrap
 from tagger.data.labels import normalise_label
 from tagger.data.tickets import Tickets
@@ -79,21 +87,27 @@ def run(cfg: DictConfig) -> dict:
     configs = model_configs(cfg)
     seeds = [int(s) for s in cfg.backtest.seeds]
     frames: dict[str, list[pd.DataFrame]] = {}
-    members = []
+    members, fits = [], {}
     jobs = [(name, seed) for name in configs for seed in (seeds if name == "shared" else [None])]
     for name, seed in tqdm(jobs, desc="banking77", unit="fit"):
         fit = fold_fit(cfg, name, configs[name], seed, data)
         frames.setdefault(name, []).append(fit.test)
+        fits.setdefault(name, fit)  # the first seed's, for the stacks
         members += [fit] if name == "shared" else []
     if cfg.backtest.ensemble and len(members) > 1:
-        frames[ENSEMBLE] = [ensemble_fit(cfg, members, data).test]
+        fits[ENSEMBLE] = ensemble_fit(cfg, members, data)
+        frames[ENSEMBLE] = [fits[ENSEMBLE].test]
+    stacks = stack_members(cfg)
+    for name, names in stacks.items():
+        frames[name] = [stack_fit(cfg, name, [fits[m] for m in names], data).test]
     targets = [float(t) for t in cfg.backtest.precision_targets]
     boot = MerchantBootstrap(frames, targets, int(cfg.backtest.min_merchants))
-    baselines = [n for n in frames if n not in ("shared", ENSEMBLE)]
+    subjects = ["shared", ENSEMBLE, *stacks]
+    baselines = [n for n in frames if n not in subjects]
     # the point estimates with one merchant as the unit: macro-F1 over its labels is defined
     estimates = MerchantBootstrap(frames, targets, min_merchants=1).estimates()
     strongest = max(baselines, key=lambda n: estimates[n]["accuracy"], default=None)
-    pairs = [(s, strongest) for s in ("shared", ENSEMBLE) if s in frames and strongest]
+    pairs = [(s, strongest) for s in subjects if s in frames and strongest]
     intervals = boot.intervals(int(cfg.backtest.bootstrap), int(cfg.seed), pairs=pairs)
     out = {
         "split": {
@@ -132,7 +146,8 @@ def report(out: dict) -> str:
         f"there, then every model is refit on all of train.csv), {s['test']:,} test utterances "
         f"(test.csv, scored once), {s['labels']} labels. Sentence encoder: all-MiniLM-L6-v2, frozen. "
         f"The shared model: mean over seeds {out['seeds']}; `shared ensemble`: those seeds as one model "
-        f"(what train.py serves). Intervals: {out['intervals']}.",
+        f"(what train.py serves); `A + B`: a stack, the two models' probabilities averaged (an "
+        f"experiment). Intervals: {out['intervals']}.",
         "",
         "| model | accuracy | macro-F1 | top-3 | coverage @95% (realised precision) |",
         "|---|---|---|---|---|",
