@@ -487,27 +487,20 @@ def _scored_fit(
 def ensemble_fit(cfg: DictConfig, members: list[FoldFit], data: FoldData) -> FoldFit:
     """The seeds' fits in a fold as one model (:class:`SeedEnsemble`), scored like every model:
     thresholds from the selection fits combined, the refits combined served."""
-    return _scored_fit(
-        cfg,
-        ENSEMBLE,
-        SeedEnsemble([m.selection for m in members]),
-        SeedEnsemble([m.served for m in members]),
-        data,
-        f"fold{data.index}-ensemble",
-    )
+    return _combined_fit(cfg, ENSEMBLE, SeedEnsemble, members, data, f"fold{data.index}-ensemble")
 
 
 def stack_fit(cfg: DictConfig, name: str, members: list[FoldFit], data: FoldData) -> FoldFit:
     """Fitted models averaged as one (:class:`ProbabilityMean`, equal weights), scored like every
     model: thresholds from the selection fits averaged, the refits averaged served."""
-    return _scored_fit(
-        cfg,
-        name,
-        ProbabilityMean([m.selection for m in members]),
-        ProbabilityMean([m.served for m in members]),
-        data,
-        f"fold{data.index}-{name.replace(' ', '')}",
-    )
+    where = f"fold{data.index}-{name.replace(' ', '')}"
+    return _combined_fit(cfg, name, ProbabilityMean, members, data, where)
+
+
+def _combined_fit(cfg: DictConfig, name: str, combine, members: list[FoldFit], data: FoldData, where: str):
+    """``combine(selection fits)`` chooses the thresholds, ``combine(refits)`` is served and scored."""
+    selection = combine([m.selection for m in members])
+    return _scored_fit(cfg, name, selection, combine([m.served for m in members]), data, where)
 
 
 def _chosen(estimator: Estimator) -> Estimator:
