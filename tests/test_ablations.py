@@ -15,7 +15,34 @@ from tagger.paths import PROJECT_ROOT
 def test_every_experiment_config_is_a_variant_the_backtest_can_name():
     assert set(VARIANTS) == set(experiments()) and "default" in VARIANTS
     assert variant_overrides("mean_pooling") == ["model.encoder.pooling=mean"]
-    assert variant_overrides("no_early_stopping") == ["callbacks.early_stopping.patience=1000"]
+    assert variant_overrides("no_early_stopping") == [
+        "callbacks.early_stopping.patience=1000",
+        "callbacks.model_checkpoint.monitor=null",
+    ]
+
+
+def test_a_backtest_variant_fits_with_its_own_callbacks_not_the_defaults():
+    """A variant that changes early stopping (not the model) must not run the default under its name."""
+    from tagger.backtest.run import _fit_config, model_configs, stack_members
+    from tagger.paths import compose_config
+
+    cfg = compose_config("backtest")
+    cfg.backtest.ablations = ["early stopping on validation NLL", "no early stopping (30 epochs)"]
+    configs = model_configs(cfg)
+    nll, _ = _fit_config(cfg, configs["shared[early stopping on validation NLL]"], seed=1)
+    assert nll.callbacks.early_stopping.monitor == "val_loss" and nll.callbacks.model_checkpoint.mode == "min"
+    assert nll.seed == 1
+    longest, model = _fit_config(cfg, configs["shared[no early stopping (30 epochs)]"], seed=None)
+    assert (
+        longest.callbacks.early_stopping.patience == 1000
+        and longest.callbacks.model_checkpoint.monitor is None
+    )
+    assert "run_overrides" not in model
+    default, _ = _fit_config(cfg, configs["shared"], seed=None)
+    assert default.callbacks.early_stopping.monitor == "val_account_macro_f1"
+    # a stack may name a variant the run fits (and only one it fits)
+    cfg.backtest.stacks = [["shared", "shared[early stopping on validation NLL]"], ["shared", "shared[nope]"]]
+    assert list(stack_members(cfg)) == ["shared + shared[early stopping on validation NLL]"]
 
 
 def test_the_ablations_run_as_a_multirun_and_write_the_table(tmp_path):

@@ -162,3 +162,91 @@ def test_a_late_intent_has_no_ticket_before_it_appears():
     assert first.notna().any()
     adopted = [lab for m in merchants for lab in m.labels if lab.new_intent]
     assert adopted and all(lab.start_day >= late[lab.intents[0]] for lab in adopted)
+
+
+def test_the_audit_sees_sentences_the_encoder_cannot_tell_apart():
+    """Two hashes with one vector (a case or punctuation twin, embedded in another batch) are one
+    sentence to every model: verbatim they are unseen, as the encoder sees them they are seen."""
+    from conftest import make_tickets, unit_vectors
+
+    from tagger.data.audit import encoder_classes, overlap
+
+    v = unit_vectors(2)
+    twin = v[0] + np.float32(1e-7)
+    tickets = make_tickets([("a", "x", v[:1]), ("a", "x", twin[None]), ("a", "y", v[1:2])])
+    train, test = np.array([True, False, False]), np.array([False, True, True])
+    classes = encoder_classes(tickets)
+    assert classes[0] == classes[1] != classes[2]
+    assert overlap(tickets, train, test, None)["tickets_with_a_sentence_seen_in_training"] == 0.0
+    seen = overlap(tickets, train, test, None, classes=classes)
+    assert seen["tickets_with_a_sentence_seen_in_training"] == 0.5
+    assert seen["tickets_with_a_sentence_seen_at_the_same_merchant"] == 0.5
+
+
+def test_the_corpus_keeps_one_text_per_encoder_form():
+    """Case and punctuation twins read as the same tokens by the encoder are kept once."""
+    from tagger.embed import encoder_tokens
+
+    plain, deduped = load_corpus(), load_corpus(encoder_form=True)
+    texts = [t for ts in deduped.values() for t in ts]
+    forms = encoder_tokens(texts)
+    assert len(set(forms)) == len(forms)
+    assert len(texts) < sum(len(ts) for ts in plain.values())
+    assert set(deduped) == set(plain)
+    assert encoder_tokens(["Refund, please!", "refund please"]) != encoder_tokens(["REFUND please!"]) * 2
+    assert encoder_tokens(["Refund please!"]) == encoder_tokens(["REFUND  please !"])
+
+
+def _simulate(**overrides) -> tuple[pd.DataFrame, list, dict]:
+    from tagger.synth.build import _ticket_rows
+    from tagger.synth.catalogue import intents
+    from tagger.synth.merchants import late_intents, make_merchants
+
+    cfg = BuildConfig.from_config(**{**SMALL, "n_tickets": 4000, **overrides})
+    rng = np.random.default_rng(cfg.seed)
+    corpus = load_corpus()
+    catalogue = [i for i in intents() if i.name in corpus]
+    late = late_intents(cfg, rng, catalogue)
+    merchants = make_merchants(cfg, rng, catalogue, late)
+    frame, _ = _ticket_rows(merchants, corpus, late, rng, cfg, {i.name: i.group for i in catalogue})
+    return frame, merchants, {i.name: i.group for i in catalogue}
+
+
+def test_harder_data_drifts_per_merchant_and_its_noise_depends_on_agents_and_labels():
+    harder = {"label_drift": 2.0, "agents_per_merchant": 6, "agent_mistag_sigma": 1.0, "mistag_rate": 0.1}
+    frame, merchants, groups = _simulate(**harder, confusable_share=1.0)
+    # label shares move along each label's drawn trend: early and late shares differ as drawn
+    moved = []
+    for m in merchants:
+        rows = frame[(frame["account_id"] == m.account_id) & ~frame["mistag"]]
+        if len(rows) < 400:
+            continue
+        early, late = rows[rows["day"] < 50], rows[rows["day"] >= 80]
+        for label in m.labels:
+            a = (early["contact_reason"].str.strip('"') == label.name).mean()
+            b = (late["contact_reason"].str.strip('"') == label.name).mean()
+            if a > 0.03 and b > 0.03 and abs(label.drift) > 1.0 and not label.renamed_to:
+                moved.append(np.sign(np.log(b / a)) == np.sign(label.drift))
+    assert len(moved) >= 5 and np.mean(moved) > 0.8
+    # agents differ: some mis-tag far more often than others
+    assert all(m.agent_mistag for m in merchants) and (frame["agent"] >= 0).all()
+    spread = [max(m.agent_mistag) / min(m.agent_mistag) for m in merchants if len(m.agent_mistag) > 2]
+    assert spread and max(spread) > 3
+
+    # near misses: a mis-tag lands on a label of the same parent group far more often than at random
+    def near_share(frame: pd.DataFrame, merchants: list) -> float:
+        by_name = {
+            (m.account_id, lab.name_at(d)): lab for m in merchants for lab in m.labels for d in (0, 200)
+        }
+        wrong = frame[frame["mistag"] & (frame["intent"] != "")]
+        near = [
+            groups.get(intent) in {groups.get(i) for i in by_name[(a, raw.strip('"'))].intents}
+            for a, raw, intent in zip(
+                wrong["account_id"], wrong["contact_reason"], wrong["intent"], strict=True
+            )
+            if (a, raw.strip('"')) in by_name
+        ]
+        return float(np.mean(near))
+
+    uniform, uniform_merchants, _ = _simulate(**harder, confusable_share=0.0)
+    assert near_share(frame, merchants) > near_share(uniform, uniform_merchants) + 0.2

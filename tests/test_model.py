@@ -112,6 +112,29 @@ def test_a_training_step_touches_only_its_batchs_label_rows():
     assert set(model.account_query.weight.grad.coalesce().indices()[0].tolist()) == {small, large}
 
 
+def test_sparse_weight_decay_shrinks_the_touched_rows_only():
+    """The lazy decoupled decay scales exactly the rows the step's gradient touched, by 1 - lr * wd."""
+    from tagger.model.lit import LitShared
+
+    model, table = _model()
+    with torch.no_grad():
+        model.label_residual.weight.normal_()
+    before = model.label_residual.weight.detach().clone()
+    lit = LitShared(model, torch.zeros(model.n_labels), lr=0.01, sparse_weight_decay=0.5)
+    account = torch.tensor([0])
+    rows = _rows(table, account)
+    x = torch.from_numpy(unit_vectors(2)).view(1, 2, 384)
+    torch.nn.functional.cross_entropy(
+        model(x, torch.ones(1, 2, dtype=torch.bool), account, rows), torch.tensor([0])
+    ).backward()
+    lit._decay_touched_rows()
+    mine = sorted(table.rows_of(table.accounts[0]))
+    others = sorted(set(range(model.n_labels)) - set(mine))
+    after = model.label_residual.weight.detach()
+    assert torch.allclose(after[mine], before[mine] * (1 - 0.01 * 0.5))
+    assert torch.equal(after[others], before[others])
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     data = toy_problem(n_per_label=40)

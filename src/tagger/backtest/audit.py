@@ -18,7 +18,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from tagger.backtest.folds import Fold, configured_folds
-from tagger.data.audit import boilerplate_ids, cross_merchant_reuse, overlap
+from tagger.data.audit import boilerplate_ids, cross_merchant_reuse, encoder_classes, overlap
 from tagger.data.splits import cutoff
 from tagger.data.tickets import Tickets
 from tagger.paths import resolve, shown
@@ -56,29 +56,48 @@ def audit(tickets: Tickets, cfg: DictConfig, folds: list[Fold]) -> dict:
     """The overlap of every split, and how much text merchants share."""
     boilerplate, source = boilerplate_ids(tickets, resolve(cfg.data.path))
     ts = tickets.meta["unix_timestamp"].to_numpy()
+    classes = encoder_classes(tickets)
+    split_masks = splits(ts, cfg, folds)
     return {
         "boilerplate_from": source,
         "cross_merchant_reuse": cross_merchant_reuse(tickets, boilerplate),
+        "sentences": len(tickets.sentence_vocab),
+        "encoder_distinct_sentences": len(np.unique(classes)),
         "splits": {
-            name: overlap(tickets, train, test, boilerplate)
-            for name, (train, test) in splits(ts, cfg, folds).items()
+            name: overlap(tickets, train, test, boilerplate) for name, (train, test) in split_masks.items()
+        },
+        "splits_encoder": {
+            name: overlap(tickets, train, test, boilerplate, classes=classes)
+            for name, (train, test) in split_masks.items()
         },
     }
 
 
-def markdown(result: dict) -> str:
-    """The audit as a table."""
-    frame = pd.DataFrame(result["splits"]).T[["test_tickets_with_text", *COLUMNS]].rename(columns=COLUMNS)
+def _table(splits: dict) -> str:
+    frame = pd.DataFrame(splits).T[["test_tickets_with_text", *COLUMNS]].rename(columns=COLUMNS)
     frame = frame.rename(columns={"test_tickets_with_text": "test tickets with text"})
     for column in COLUMNS.values():
         frame[column] = frame[column].map(lambda v: f"{v:.1%}")
     frame["test tickets with text"] = frame["test tickets with text"].map(lambda v: f"{int(v):,}")
+    return frame.to_markdown()
+
+
+def markdown(result: dict) -> str:
+    """The audit as two tables: by sentence hash (verbatim) and by vector (as the encoder sees it)."""
     return "\n".join(
         [
             "Share of test tickets (with embeddings) whose wording the training side has seen verbatim, "
             f"boilerplate excepted (boilerplate from {result['boilerplate_from']}).",
             "",
-            frame.to_markdown(),
+            _table(result["splits"]),
+            "",
+            "The same, as the encoder sees the text: a test sentence counts as seen when a training "
+            "sentence has the same all-MiniLM-L6-v2 vector (rounded to 3 decimals; the encoder is "
+            "uncased and splits punctuation off, so case and punctuation twins are one sentence to "
+            f"every model). The file's {result['sentences']:,} distinct sentences are "
+            f"{result['encoder_distinct_sentences']:,} distinct vectors.",
+            "",
+            _table(result["splits_encoder"]),
             "",
             f"Across the whole file, {result['cross_merchant_reuse']:.1%} of non-boilerplate sentence "
             "occurrences use a sentence that another merchant also uses (inside one text period on the "

@@ -53,6 +53,7 @@ def stack_members(cfg: DictConfig) -> dict[str, list[str]]:
     known = {
         *bt.models,
         *([ENSEMBLE] if bt.get("ensemble") and "shared" in bt.models and len(seeds) > 1 else []),
+        *(f"shared[{variant}]" for variant in bt.get("ablations") or []),
     }
     stacks = {}
     for members in bt.get("stacks") or []:
@@ -82,8 +83,21 @@ def model_configs(cfg: DictConfig) -> dict[str, dict]:
         model = OmegaConf.create({**OmegaConf.to_container(cfg.model, resolve=True), "members": 1})
         model_overrides = [o.removeprefix("model.") for o in VARIANTS[variant] if o.startswith("model.")]
         model = OmegaConf.merge(model, OmegaConf.from_dotlist(model_overrides))
-        out[f"shared[{variant}]"] = OmegaConf.to_container(model)
+        # what the variant changes outside the model (its callbacks, its trainer) applies to its fits
+        run = [o for o in VARIANTS[variant] if not o.startswith("model.")]
+        out[f"shared[{variant}]"] = {**OmegaConf.to_container(model), RUN_OVERRIDES: run}
     return out
+
+
+RUN_OVERRIDES = "run_overrides"  # a variant's overrides of the run config, in its model config
+
+
+def _fit_config(cfg: DictConfig, model_cfg: dict, seed: int | None) -> tuple[DictConfig, dict]:
+    """The run config one fit sees (its seed, a variant's own callbacks or trainer) and the model
+    config without the variant's run overrides."""
+    model_cfg = dict(model_cfg)
+    overrides = OmegaConf.from_dotlist(list(model_cfg.pop(RUN_OVERRIDES, [])))
+    return OmegaConf.merge(cfg, overrides, {} if seed is None else {"seed": seed}), model_cfg
 
 
 @dataclass
@@ -424,7 +438,7 @@ def fold_fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data
     realise on the test windows."""
     output_dir = resolve(cfg.output_dir)
     where = f"fold{data.index}" if seed is None else f"fold{data.index}-seed{seed}"
-    fit_cfg = cfg if seed is None else OmegaConf.merge(cfg, {"seed": seed})
+    fit_cfg, model_cfg = _fit_config(cfg, model_cfg, seed)
     estimator = make_estimator(model_cfg, fit_cfg, log_dir=output_dir / "logs" / where)
     t0 = time.perf_counter()
     estimator.fit(data.train, data.val)

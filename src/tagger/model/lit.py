@@ -50,6 +50,9 @@ class LitShared(L.LightningModule):
 
     Two optimisers, stepped together (manual optimisation): AdamW over the shared weights and
     SparseAdam over the per-label and per-account rows, so a step costs what its batch touches.
+    SparseAdam has no weight decay; ``sparse_weight_decay`` applies AdamW's decoupled decay lazily,
+    to the rows the step touched only (a label row decays toward its name's vector, the residual
+    being what is decayed), so the cost stays that of the batch.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class LitShared(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         sparse_lr: float | None = None,
+        sparse_weight_decay: float = 0.0,
     ):
         super().__init__()
         if imbalance not in ("logit_adjust", "class_balanced", "none"):
@@ -71,6 +75,7 @@ class LitShared(L.LightningModule):
         self.imbalance, self.tau = imbalance, tau
         self.lr, self.weight_decay = lr, weight_decay
         self.sparse_lr = lr if sparse_lr is None else sparse_lr
+        self.sparse_weight_decay = sparse_weight_decay
         # classes are label rows plus one for "a label the model has never seen" (never predicted)
         self.val_metrics = MetricCollection(
             {
@@ -108,8 +113,19 @@ class LitShared(L.LightningModule):
         self.manual_backward(loss)
         for optimiser in optimisers:
             optimiser.step()
+        if self.sparse_weight_decay:
+            self._decay_touched_rows()
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["target"]))
         return loss
+
+    @torch.no_grad()
+    def _decay_touched_rows(self) -> None:
+        """Decoupled weight decay (``p -= lr * wd * p``) on the sparse rows this step's gradient touched."""
+        factor = 1.0 - self.sparse_lr * self.sparse_weight_decay
+        for weight in self.model.sparse_parameters():
+            if weight.grad is not None:
+                rows = weight.grad.coalesce().indices()[0]
+                weight.index_copy_(0, rows, weight.index_select(0, rows) * factor)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self._logits(batch)

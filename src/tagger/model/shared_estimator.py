@@ -132,6 +132,7 @@ class SharedEstimator(Estimator):
             lr=opt.get("lr", 1e-3),
             weight_decay=opt.get("weight_decay", 1e-4),
             sparse_lr=opt.get("sparse_lr"),
+            sparse_weight_decay=opt.get("sparse_weight_decay", 0.0),
         )
         has = train.meta["has_embeddings"].to_numpy()
         train_data = self._batches(train.subset(has), train=True)

@@ -15,7 +15,8 @@ _META = ("ablation", "output_dir")  # what an experiment says about itself, not 
 
 def _overrides(node, prefix: str = "") -> list[str]:
     if not isinstance(node, dict):
-        return [f"{prefix}={'true' if node is True else 'false' if node is False else node}"]
+        value = "null" if node is None else str(node).lower() if isinstance(node, bool) else node
+        return [f"{prefix}={value}"]
     return [
         o
         for key, value in node.items()

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from tagger.embed import SentenceEmbedder
+from tagger.embed import SentenceEmbedder, encoder_tokens
 from tagger.paths import PROJECT_ROOT
 from tagger.synth import boilerplate as bp
 from tagger.synth.catalogue import Intent, intents
@@ -34,8 +34,14 @@ SOURCES_DIR = PROJECT_ROOT / "data" / "sources"
 DAY = 86_400.0
 
 
-def load_corpus(sources_dir: str | os.PathLike = SOURCES_DIR) -> dict[str, list[str]]:
-    """Utterances of every intent of the public corpora, each text under one intent only, in file order."""
+def load_corpus(
+    sources_dir: str | os.PathLike = SOURCES_DIR, encoder_form: bool = False
+) -> dict[str, list[str]]:
+    """Utterances of every intent of the public corpora, each text under one intent only, in file order.
+
+    ``encoder_form``: texts the encoder reads as the same tokens (case or punctuation twins, which
+    get one vector) count as one text, kept once: otherwise a twin written in a test period would
+    repeat, to every model, a sentence of a training period."""
     sources_dir = Path(sources_dir)
     frames = [
         pd.read_csv(sources_dir / "bitext" / "bitext.csv").rename(columns={"intent": "label"}),
@@ -47,11 +53,16 @@ def load_corpus(sources_dir: str | os.PathLike = SOURCES_DIR) -> dict[str, list[
         for text, label in zip(frame["text"], frame["label"], strict=True):
             corpus.setdefault(str(label), []).append(" ".join(str(text).split()))
     # a text filed under two intents would be written in two intents' periods: keep its first intent
-    seen: set[str] = set()
+    every = [t for texts in corpus.values() for t in texts]
+    key = dict(zip(every, encoder_tokens(every) if encoder_form else every, strict=True))
+    seen: set = set()
     out = {}
     for intent, texts in corpus.items():
-        out[intent] = [t for t in dict.fromkeys(texts) if t not in seen]
-        seen.update(out[intent])
+        out[intent] = []
+        for text in texts:
+            if key[text] not in seen:
+                seen.add(key[text])
+                out[intent].append(text)
     return out
 
 
@@ -224,7 +235,9 @@ def _ticket_rows(
     late: dict[str, float],
     rng: np.random.Generator,
     cfg: BuildConfig,
+    groups: dict[str, str] | None = None,
 ) -> tuple[pd.DataFrame, _Writer]:
+    """One row per ticket; ``groups``: each intent's parent group (what makes two labels confusable)."""
     writer = _Writer(corpus, rng, cfg)
     every_intent = sorted(corpus)
     rows = []
@@ -232,9 +245,12 @@ def _ticket_rows(
         labels = merchant.labels
         weights = np.array([label.weight for label in labels])
         catch = merchant.main_catch_all
+        _draw_drift_and_agents(merchant, rng, cfg)
         for day in np.sort(_days(merchant, merchant.volume, rng, cfg)):
             # a label of an intent that does not exist yet has no tickets at all
             w = np.where([lab.new_intent and lab.start_day > day for lab in labels], 0.0, weights)
+            if cfg.label_drift:  # each label's share moves along its own trend over the span
+                w = w * np.exp(np.array([lab.drift for lab in labels]) * (day / cfg.days - 0.5))
             all_intents = [i for i in every_intent if late.get(i, 0.0) <= day]
             drawn: Label = labels[rng.choice(len(labels), p=w / w.sum())]
             writer.ticket = len(rows)
@@ -253,9 +269,11 @@ def _ticket_rows(
                 intent = str(rng.choice(drawn.intents))
             # an agent can only pick a label that exists that day
             others = [i for i, lab in enumerate(labels) if lab is not tagged and lab.start_day <= day]
-            mistag = bool(others) and rng.random() < cfg.mistag_rate
+            agent = int(rng.integers(len(merchant.agent_mistag))) if merchant.agent_mistag else -1
+            rate = merchant.agent_mistag[agent] if merchant.agent_mistag else cfg.mistag_rate
+            mistag = bool(others) and rng.random() < rate
             if mistag:
-                tagged = labels[int(rng.choice(others))]
+                tagged = labels[_mistagged_as(tagged, others, labels, groups or {}, rng, cfg)]
             raw = tagged.name_at(day)
             if tagged.variants and rng.random() < tagged.variant_share:
                 raw = str(rng.choice(tagged.variants))
@@ -269,6 +287,7 @@ def _ticket_rows(
                     "intent": intent or "",
                     "catch_all": tagged.catch_all,
                     "mistag": mistag,
+                    "agent": agent,
                     "null_p": merchant.null_rate * (cfg.catch_all_null_boost if tagged.catch_all else 1.0),
                     "sentences": _email(merchant, intent, day, writer, rng, cfg, all_intents),
                 }
@@ -293,6 +312,40 @@ def _ticket_rows(
     return frame, writer
 
 
+def _draw_drift_and_agents(merchant: Merchant, rng: np.random.Generator, cfg: BuildConfig) -> None:
+    """Each label's frequency trend (``label_drift``: the sd of its log-share change over the span)
+    and the merchant's agents' mis-tag rates (``agents_per_merchant``: up to that many agents, rates
+    lognormal around ``mistag_rate`` with ``agent_mistag_sigma``). Nothing is drawn when both are
+    off, so the data of a config without them is unchanged."""
+    if cfg.label_drift:
+        drifts = rng.normal(0.0, cfg.label_drift, len(merchant.labels))
+        for label, drift in zip(merchant.labels, drifts, strict=True):
+            label.drift = float(drift)
+    if cfg.agents_per_merchant:
+        n = int(rng.integers(1, cfg.agents_per_merchant + 1))
+        sigma = cfg.agent_mistag_sigma
+        rates = cfg.mistag_rate * rng.lognormal(-(sigma**2) / 2, sigma, n)  # mean: mistag_rate
+        merchant.agent_mistag = [float(r) for r in np.minimum(rates, 0.5)]
+
+
+def _mistagged_as(
+    tagged: Label,
+    others: list[int],
+    labels: list[Label],
+    groups: dict[str, str],
+    rng: np.random.Generator,
+    cfg: BuildConfig,
+) -> int:
+    """The label an agent picks by mistake: with ``confusable_share`` one whose intents share a
+    parent group with the right label's (a near miss), otherwise any other label of the day."""
+    if cfg.confusable_share and rng.random() < cfg.confusable_share:
+        mine = {groups.get(i) for i in tagged.intents} - {None}
+        near = [j for j in others if mine & {groups.get(i) for i in labels[j].intents}]
+        if near:
+            return int(rng.choice(near))
+    return int(rng.choice(others))
+
+
 def _vector_json(vectors: np.ndarray) -> list[str]:
     # float32 values written with float64 repr, as json.dumps(vector.tolist()) writes them
     return [orjson.dumps(v.astype(np.float64).tolist()).decode().replace(",", ", ") for v in vectors]
@@ -307,11 +360,12 @@ def build_dataset(
     """Write the dataset for ``cfg`` to ``out_path`` (atomically) and a ``.build.json`` beside it."""
     out_path = Path(out_path)
     rng = np.random.default_rng(cfg.seed)
-    corpus = load_corpus(sources_dir)
+    corpus = load_corpus(sources_dir, encoder_form=cfg.dedupe_encoder_form)
     catalogue: list[Intent] = [i for i in intents() if i.name in corpus]
     late = late_intents(cfg, rng, catalogue)
     merchants = make_merchants(cfg, rng, catalogue, late)
-    frame, _ = _ticket_rows(merchants, corpus, late, rng, cfg)
+    groups = {i.name: i.group for i in catalogue}
+    frame, _ = _ticket_rows(merchants, corpus, late, rng, cfg, groups)
 
     texts = sorted(
         {
@@ -389,6 +443,7 @@ def _write_build_notes(
                 "tickets": m.volume,
                 "start_day": round(m.start_day, 1),
                 "null_rate": round(m.null_rate, 3),
+                **({"agent_mistag_rates": [round(r, 4) for r in m.agent_mistag]} if m.agent_mistag else {}),
                 "labels": [
                     {
                         "name": label.name,
@@ -403,6 +458,7 @@ def _write_build_notes(
                             else {}
                         ),
                         **({"raw_variants": label.variants} if label.variants else {}),
+                        **({"log_share_drift": round(label.drift, 3)} if label.drift else {}),
                     }
                     for label in m.labels
                 ],

@@ -46,6 +46,11 @@ class BuildConfig:
     n_late_intents: int
     late_intent_start: float
     late_intent_adoption: float
+    dedupe_encoder_form: bool
+    label_drift: float
+    agents_per_merchant: int
+    agent_mistag_sigma: float
+    confusable_share: float
 
     @classmethod
     def from_config(cls, build: dict | None = None, **overrides) -> BuildConfig:

@@ -39,6 +39,7 @@ class Label:
     variant_share: float = 0.0
     new_intent: bool = False  # its intent does not exist before start_day: no ticket before it
     opaque: bool = False  # a name that says little about the reason (a code, a tier, a team)
+    drift: float = 0.0  # its log share moves by this much from the first day to the last
 
     def name_at(self, day: float) -> str:
         return self.renamed_to if self.renamed_to and day >= self.rename_day else self.name
@@ -58,6 +59,7 @@ class Merchant:
     uncovered: list[str]  # intents of its domain with no label of their own (they land in catch-alls)
     form_sentence: str | None
     quoted_export: bool
+    agent_mistag: list[float] = field(default_factory=list)  # each agent's mis-tag rate (none: mistag_rate)
 
     @property
     def main_catch_all(self) -> Label | None:
