@@ -277,3 +277,34 @@ def test_backtest_fits_the_shared_model_once_per_seed(tmp_path, monkeypatch):
     assert set(result["stacks"][stack]["against_members"]) == {"shared ensemble", "majority"}
     assert stack not in result["paired_bootstrap"]["against"]
     assert f"### {stack}" in report
+
+
+def test_a_variant_is_compared_with_the_shared_model_paired(tmp_path):
+    """``backtest.ablations``: the variant fit beside the shared model, its paired difference in
+    metrics.json and in the report (all folds and the final holdout)."""
+    data = toy_parquet(tmp_path / "tickets.parquet", n_per_label=30, days=8)
+    overrides = [
+        *tiny_run(tmp_path, data),
+        "data.val_days=1",
+        f"output_dir={tmp_path / 'out'}",
+        "backtest.n_folds=1",
+        "backtest.test_days=2",
+        "backtest.bootstrap=50",
+        "backtest.min_merchants=1",
+        "backtest.seeds=[0]",
+        "trainer.max_epochs=1",
+        "backtest.models=[shared,majority]",
+        "backtest.ablations=['mean pooling']",
+        "backtest.cold_start.declare_names=false",
+        "backtest.cold_start.learning_curve.labels=0",
+    ]
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("backtest", overrides=overrides)
+    result = run_backtest(cfg)
+    models, variant = result["models"], "shared[mean pooling]"
+    paired = result["variants"][variant]["accuracy"]
+    expected = models[variant]["overall"]["accuracy"] - models["shared"]["overall"]["accuracy"]
+    assert paired["difference"] == pytest.approx(expected)
+    assert paired["ci95"][0] <= paired["difference"] <= paired["ci95"][1]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Variants of the shared model" in report and f"| {variant} | accuracy |" in report

@@ -126,6 +126,7 @@ def write_report(
         *_promise_section(result, pooled),
         *_ensemble_section(result),
         *_stacks_section(result),
+        *_variants_section(result),
         *_seeds_section(result),
         *_comparison_section(result),
         *_refit_section(result),
@@ -740,6 +741,33 @@ def _stacks_section(result: dict) -> list[str]:
                     f"| {member} | {LABELS.get(metric, metric)} | {_signed(c['difference'])} | "
                     f"{_signed_ci(c.get('ci95'))} | {held_diff} | {_signed_ci(h.get('ci95'))} |"
                 )
+    return lines
+
+
+def _variants_section(result: dict) -> list[str]:
+    """Each variant of the shared model minus the shared model, overall and on the final holdout."""
+    variants = result.get("variants") or {}
+    if not variants:
+        return []
+    final = (result.get("final_holdout") or {}).get("variants") or {}
+    lines = [
+        "",
+        "## Variants of the shared model (`backtest.ablations`)",
+        "",
+        "Each variant (conf/experiment/NAME.yaml, fit once per seed like the shared model) minus the "
+        "shared model, paired merchant-clustered intervals (all folds; final holdout):",
+        "",
+        "| variant | metric | variant minus shared | 95% interval | final holdout | 95% interval |",
+        "|---|---|---:|---|---:|---|",
+    ]
+    for name, rows in variants.items():
+        for metric, c in rows.items():
+            h = (final.get(name) or {}).get(metric, {})
+            lines.append(
+                f"| {name} | {LABELS.get(metric, metric)} | {_signed(c['difference'])} | "
+                f"{_signed_ci(c.get('ci95'))} | {_signed(h.get('difference', float('nan')))} | "
+                f"{_signed_ci(h.get('ci95'))} |"
+            )
     return lines
 
 

@@ -151,6 +151,8 @@ def run_backtest(cfg: DictConfig) -> dict:
         pairs += [(ENSEMBLE, b) for b in [*baselines, "shared"]]
     for name, names in stacks.items():
         pairs += [(name, b) for b in dict.fromkeys([*baselines, *names])]
+    variants = [n for n in pooled if n.startswith("shared[")] if "shared" in pooled else []
+    pairs += [(v, "shared") for v in variants]
     intervals = _intervals(cfg, {name: list(r.values()) for name, r in runs.items()}, targets, pairs)
     models = {
         name: _model_metrics(name, frame, runs[name], name in seeded, intervals, got.fold_rows, targets)
@@ -168,6 +170,7 @@ def run_backtest(cfg: DictConfig) -> dict:
         else None,
         "ensemble": _ensemble(models, intervals, baselines, targets),
         "stacks": _stacks(models, intervals, baselines, targets, stacks),
+        "variants": _variants(models, intervals, targets, variants),
         "final_holdout": _final_holdout(cfg, folds[-1], runs, baselines, pairs, targets, stacks),
         "refit": _refit_effect(cfg, pooled, before, targets) if before else None,
         "staleness": _staleness({**pooled, **{f"{n} (no refit)": f for n, f in before.items()}}),
@@ -437,7 +440,9 @@ def fold_fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data
     and are carried over to the refit, as its temperature is; the report checks the precision they
     realise on the test windows."""
     output_dir = resolve(cfg.output_dir)
-    where = f"fold{data.index}" if seed is None else f"fold{data.index}-seed{seed}"
+    # a variant's logs and checkpoints apart from the shared model's of the same fold and seed
+    tag = "" if name == "shared" else "-" + "".join(c if c.isalnum() else "_" for c in name).strip("_")
+    where = f"fold{data.index}" if seed is None else f"fold{data.index}{tag}-seed{seed}"
     fit_cfg, model_cfg = _fit_config(cfg, model_cfg, seed)
     estimator = make_estimator(model_cfg, fit_cfg, log_dir=output_dir / "logs" / where)
     t0 = time.perf_counter()
@@ -634,6 +639,17 @@ def _final_holdout(
         "comparison": _comparison(models, intervals, baselines, targets) if pairs and baselines else None,
         "ensemble": _ensemble(models, intervals, baselines, targets),
         "stacks": _stacks(models, intervals, baselines, targets, stacks),
+        "variants": _variants(models, intervals, targets, [n for n in models if n.startswith("shared[")]),
+    }
+
+
+def _variants(models: dict, intervals: Intervals | None, targets: list[float], variants: list[str]) -> dict:
+    """Each variant of the shared model (``backtest.ablations``) minus the shared model, paired."""
+    if "shared" not in models:
+        return {}
+    return {
+        v: _comparison(models, intervals, ["shared"], targets, subject=v)["against"]["shared"]
+        for v in variants
     }
 
 
