@@ -212,6 +212,19 @@ def test_backtest_with_the_onnx_runtime_agrees_with_torch(tmp_path):
     np.testing.assert_allclose(a["confidence"], b["confidence"], atol=1e-5)
 
 
+def _one_fold(tmp_path, data) -> list[str]:
+    """Overrides of a one-fold backtest of ``data`` with a small bootstrap, written under tmp_path/out."""
+    return [
+        *tiny_run(tmp_path, data),
+        "data.val_days=1",
+        f"output_dir={tmp_path / 'out'}",
+        "backtest.n_folds=1",
+        "backtest.test_days=2",
+        "backtest.bootstrap=50",
+        "backtest.min_merchants=1",
+    ]
+
+
 def test_backtest_fits_the_shared_model_once_per_seed(tmp_path, monkeypatch):
     import tagger.backtest.run as run
 
@@ -225,13 +238,7 @@ def test_backtest_fits_the_shared_model_once_per_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "make_estimator", counting)
     data = toy_parquet(tmp_path / "tickets.parquet", n_per_label=40, days=8)
     overrides = [
-        *tiny_run(tmp_path, data),
-        "data.val_days=1",
-        f"output_dir={tmp_path / 'out'}",
-        "backtest.n_folds=1",
-        "backtest.test_days=2",
-        "backtest.bootstrap=50",
-        "backtest.min_merchants=1",
+        *_one_fold(tmp_path, data),
         "backtest.seeds=[0,1,2]",
         "trainer.max_epochs=1",
         "backtest.models=[shared,majority]",
@@ -284,13 +291,7 @@ def test_a_variant_is_compared_with_the_shared_model_paired(tmp_path):
     metrics.json and in the report (all folds and the final holdout)."""
     data = toy_parquet(tmp_path / "tickets.parquet", n_per_label=30, days=8)
     overrides = [
-        *tiny_run(tmp_path, data),
-        "data.val_days=1",
-        f"output_dir={tmp_path / 'out'}",
-        "backtest.n_folds=1",
-        "backtest.test_days=2",
-        "backtest.bootstrap=50",
-        "backtest.min_merchants=1",
+        *_one_fold(tmp_path, data),
         "backtest.seeds=[0]",
         "trainer.max_epochs=1",
         "backtest.models=[shared,majority]",

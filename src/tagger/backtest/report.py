@@ -734,14 +734,19 @@ def _stacks_section(result: dict) -> list[str]:
         ]
         for member, rows in st["against_members"].items():
             held = (final.get(name) or {}).get("against_members", {}).get(member, {})
-            for metric, c in rows.items():
-                h = held.get(metric, {})
-                held_diff = _signed(h.get("difference", float("nan")))
-                lines.append(
-                    f"| {member} | {LABELS.get(metric, metric)} | {_signed(c['difference'])} | "
-                    f"{_signed_ci(c.get('ci95'))} | {held_diff} | {_signed_ci(h.get('ci95'))} |"
-                )
+            lines += _paired_rows(member, rows, held)
     return lines
+
+
+def _paired_rows(name: str, rows: dict, held: dict) -> list[str]:
+    """One table row per metric: ``name``, the paired difference and interval over all folds, then
+    on the final holdout (``held``)."""
+    return [
+        f"| {name} | {LABELS.get(metric, metric)} | {_signed(c['difference'])} | "
+        f"{_signed_ci(c.get('ci95'))} | {_signed(held.get(metric, {}).get('difference', float('nan')))} | "
+        f"{_signed_ci(held.get(metric, {}).get('ci95'))} |"
+        for metric, c in rows.items()
+    ]
 
 
 def _variants_section(result: dict) -> list[str]:
@@ -761,13 +766,7 @@ def _variants_section(result: dict) -> list[str]:
         "|---|---|---:|---|---:|---|",
     ]
     for name, rows in variants.items():
-        for metric, c in rows.items():
-            h = (final.get(name) or {}).get(metric, {})
-            lines.append(
-                f"| {name} | {LABELS.get(metric, metric)} | {_signed(c['difference'])} | "
-                f"{_signed_ci(c.get('ci95'))} | {_signed(h.get('difference', float('nan')))} | "
-                f"{_signed_ci(h.get('ci95'))} |"
-            )
+        lines += _paired_rows(name, rows, final.get(name) or {})
     return lines
 
 
