@@ -144,19 +144,7 @@ def test_no_intent_sentence_crosses_a_period_boundary(built):
 
 
 def test_a_late_intent_has_no_ticket_before_it_appears():
-    import numpy as np
-
-    from tagger.synth.build import _ticket_rows
-    from tagger.synth.catalogue import intents
-    from tagger.synth.merchants import late_intents, make_merchants
-
-    cfg = BuildConfig.from_config(**SMALL)
-    rng = np.random.default_rng(3)
-    corpus = load_corpus()
-    catalogue = [i for i in intents() if i.name in corpus]
-    late = late_intents(cfg, rng, catalogue)
-    merchants = make_merchants(cfg, rng, catalogue, late)
-    frame, _ = _ticket_rows(merchants, corpus, late, rng, cfg)
+    frame, merchants, _, late = _simulate(rng_seed=3)
     first = frame["intent"].map(late)
     assert (frame["day"][first.notna()] >= first[first.notna()]).all()
     assert first.notna().any()
@@ -197,24 +185,33 @@ def test_the_corpus_keeps_one_text_per_encoder_form():
     assert encoder_tokens(["Refund please!"]) == encoder_tokens(["REFUND  please !"])
 
 
-def _simulate(**overrides) -> tuple[pd.DataFrame, list, dict]:
+def _simulate(rng_seed: int | None = None, **overrides) -> tuple[pd.DataFrame, list, dict, dict]:
+    """The builder's simulation of SMALL with ``overrides`` (no embedding): the ticket rows, the
+    merchants, each intent's parent group and the late intents."""
     from tagger.synth.build import _ticket_rows
     from tagger.synth.catalogue import intents
     from tagger.synth.merchants import late_intents, make_merchants
 
-    cfg = BuildConfig.from_config(**{**SMALL, "n_tickets": 4000, **overrides})
-    rng = np.random.default_rng(cfg.seed)
+    cfg = BuildConfig.from_config(**{**SMALL, **overrides})
+    rng = np.random.default_rng(cfg.seed if rng_seed is None else rng_seed)
     corpus = load_corpus()
     catalogue = [i for i in intents() if i.name in corpus]
     late = late_intents(cfg, rng, catalogue)
     merchants = make_merchants(cfg, rng, catalogue, late)
-    frame, _ = _ticket_rows(merchants, corpus, late, rng, cfg, {i.name: i.group for i in catalogue})
-    return frame, merchants, {i.name: i.group for i in catalogue}
+    groups = {i.name: i.group for i in catalogue}
+    frame, _ = _ticket_rows(merchants, corpus, late, rng, cfg, groups)
+    return frame, merchants, groups, late
 
 
 def test_harder_data_drifts_per_merchant_and_its_noise_depends_on_agents_and_labels():
-    harder = {"label_drift": 2.0, "agents_per_merchant": 6, "agent_mistag_sigma": 1.0, "mistag_rate": 0.1}
-    frame, merchants, groups = _simulate(**harder, confusable_share=1.0)
+    harder = {
+        "n_tickets": 4000,
+        "label_drift": 2.0,
+        "agents_per_merchant": 6,
+        "agent_mistag_sigma": 1.0,
+        "mistag_rate": 0.1,
+    }
+    frame, merchants, groups, _ = _simulate(**harder, confusable_share=1.0)
     # label shares move along each label's drawn trend: early and late shares differ as drawn
     moved = []
     for m in merchants:
@@ -248,5 +245,5 @@ def test_harder_data_drifts_per_merchant_and_its_noise_depends_on_agents_and_lab
         ]
         return float(np.mean(near))
 
-    uniform, uniform_merchants, _ = _simulate(**harder, confusable_share=0.0)
+    uniform, uniform_merchants, _, _ = _simulate(**harder, confusable_share=0.0)
     assert near_share(frame, merchants) > near_share(uniform, uniform_merchants) + 0.2

@@ -151,8 +151,7 @@ def run_backtest(cfg: DictConfig) -> dict:
         pairs += [(ENSEMBLE, b) for b in [*baselines, "shared"]]
     for name, names in stacks.items():
         pairs += [(name, b) for b in dict.fromkeys([*baselines, *names])]
-    variants = [n for n in pooled if n.startswith("shared[")] if "shared" in pooled else []
-    pairs += [(v, "shared") for v in variants]
+    pairs += [(v, "shared") for v in _variant_names(pooled)]
     intervals = _intervals(cfg, {name: list(r.values()) for name, r in runs.items()}, targets, pairs)
     models = {
         name: _model_metrics(name, frame, runs[name], name in seeded, intervals, got.fold_rows, targets)
@@ -170,7 +169,7 @@ def run_backtest(cfg: DictConfig) -> dict:
         else None,
         "ensemble": _ensemble(models, intervals, baselines, targets),
         "stacks": _stacks(models, intervals, baselines, targets, stacks),
-        "variants": _variants(models, intervals, targets, variants),
+        "variants": _variants(models, intervals, targets),
         "final_holdout": _final_holdout(cfg, folds[-1], runs, baselines, pairs, targets, stacks),
         "refit": _refit_effect(cfg, pooled, before, targets) if before else None,
         "staleness": _staleness({**pooled, **{f"{n} (no refit)": f for n, f in before.items()}}),
@@ -390,6 +389,11 @@ def _runtime(estimator, runtime: str, val, export_dir: Path):
 def _seeded(name: str) -> bool:
     """Whether ``name`` is the shared model or one of its ablations (fit once per seed)."""
     return name == "shared" or name.startswith("shared[")
+
+
+def _variant_names(names) -> list[str]:
+    """The ablations of the shared model among ``names`` (none without the shared model itself)."""
+    return [n for n in names if _seeded(n) and n != "shared"] if "shared" in names else []
 
 
 @dataclass
@@ -639,17 +643,15 @@ def _final_holdout(
         "comparison": _comparison(models, intervals, baselines, targets) if pairs and baselines else None,
         "ensemble": _ensemble(models, intervals, baselines, targets),
         "stacks": _stacks(models, intervals, baselines, targets, stacks),
-        "variants": _variants(models, intervals, targets, [n for n in models if n.startswith("shared[")]),
+        "variants": _variants(models, intervals, targets),
     }
 
 
-def _variants(models: dict, intervals: Intervals | None, targets: list[float], variants: list[str]) -> dict:
+def _variants(models: dict, intervals: Intervals | None, targets: list[float]) -> dict:
     """Each variant of the shared model (``backtest.ablations``) minus the shared model, paired."""
-    if "shared" not in models:
-        return {}
     return {
         v: _comparison(models, intervals, ["shared"], targets, subject=v)["against"]["shared"]
-        for v in variants
+        for v in _variant_names(models)
     }
 
 

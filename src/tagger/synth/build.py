@@ -246,11 +246,12 @@ def _ticket_rows(
         weights = np.array([label.weight for label in labels])
         catch = merchant.main_catch_all
         _draw_drift_and_agents(merchant, rng, cfg)
+        drift = np.array([label.drift for label in labels])
         for day in np.sort(_days(merchant, merchant.volume, rng, cfg)):
             # a label of an intent that does not exist yet has no tickets at all
             w = np.where([lab.new_intent and lab.start_day > day for lab in labels], 0.0, weights)
             if cfg.label_drift:  # each label's share moves along its own trend over the span
-                w = w * np.exp(np.array([lab.drift for lab in labels]) * (day / cfg.days - 0.5))
+                w = w * np.exp(drift * (day / cfg.days - 0.5))
             all_intents = [i for i in every_intent if late.get(i, 0.0) <= day]
             drawn: Label = labels[rng.choice(len(labels), p=w / w.sum())]
             writer.ticket = len(rows)
