@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -247,3 +250,15 @@ def test_harder_data_drifts_per_merchant_and_its_noise_depends_on_agents_and_lab
 
     uniform, uniform_merchants, _, _ = _simulate(**harder, confusable_share=0.0)
     assert near_share(frame, merchants) > near_share(uniform, uniform_merchants) + 0.2
+
+
+def test_built_in_file_is_stale_when_its_record_names_other_settings(tmp_path):
+    from tagger.data.dataset import _stale_build
+
+    path = tmp_path / "tickets.parquet"
+    build = {"seed": 0, "label_drift": 1.0}
+    assert _stale_build(path, build) == []  # no record: kept as it is
+    Path(f"{path}.build.json").write_text(json.dumps({"config": {"seed": 0, "label_drift": 0.0}}))
+    assert _stale_build(path, build) == ["label_drift"]
+    Path(f"{path}.build.json").write_text(json.dumps({"config": build}))
+    assert _stale_build(path, build) == []
