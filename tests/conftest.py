@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from tagger.metrics import selection_score
 from tagger.paths import PROJECT_ROOT
 
 DIM = 384
@@ -152,7 +153,7 @@ TEST_TRAINER = {
 # the callbacks and the logger exactly as conf/ gives them to train.py
 TEST_CALLBACKS = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "callbacks" / "default.yaml"))
 TEST_LOGGER = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "logger" / "csv.yaml"))
-SETUP = {"callbacks": TEST_CALLBACKS, "logger": TEST_LOGGER}
+SETUP = {"callbacks": TEST_CALLBACKS, "logger": TEST_LOGGER, "score": selection_score}
 TEST_MODEL = {
     "name": "shared",
     "encoder": {

@@ -1,6 +1,7 @@
-"""Imports run one way: data -> model -> training -> serving -> backtest and batch scoring -> the
-CLIs on top -> benchmarks and reliability. No module imports a layer above its own, and no private
-name crosses a package boundary. Fails when an upward import comes back."""
+"""Imports run one way: data -> model -> metrics -> estimators and training -> serving -> backtest
+and batch scoring -> the CLIs on top -> benchmarks and reliability. No module imports a layer above
+its own, no two packages import each other (directly or round a longer loop, inside one layer too),
+and no private name crosses a package boundary. Fails when an upward import or a cycle comes back."""
 
 from __future__ import annotations
 
@@ -16,14 +17,15 @@ LAYERS = {
     "synth": 0,
     "embed": 0,
     "model": 1,
-    "metrics": 1,
-    "training": 2,
-    "serving": 3,
-    "backtest": 4,
-    "batch": 4,
-    "ablations": 5,
-    "bench": 6,
-    "reliability": 6,
+    "metrics": 2,  # scores the model's Predictions; the model is handed its selection score
+    "estimators": 3,
+    "training": 3,
+    "serving": 4,
+    "backtest": 5,
+    "batch": 5,
+    "ablations": 6,
+    "bench": 7,
+    "reliability": 7,
 }
 
 
@@ -38,6 +40,40 @@ def _imports(path: Path):
             yield node.module, [a.name for a in node.names]
         elif isinstance(node, ast.Import):
             yield from ((a.name, []) for a in node.names if a.name.startswith("tagger"))
+
+
+def _edges() -> set[tuple[str, str]]:
+    """(importer, imported) between the top-level packages and modules under tagger."""
+    edges = set()
+    for path in sorted(SRC.rglob("*.py")):
+        me = path.relative_to(SRC).parts[0].removesuffix(".py")
+        for module, _ in _imports(path):
+            other = _part(module)
+            if me != "__init__" and other is not None and other != me:
+                edges.add((me, other))
+    return edges
+
+
+def _cycles() -> list[list[str]]:
+    """Every import loop between packages, each as the packages round it (depth-first search)."""
+    graph: dict[str, set[str]] = {}
+    for a, b in _edges():
+        graph.setdefault(a, set()).add(b)
+    found, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                found.append([*stack[stack.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
 
 
 def _violations() -> list[str]:
@@ -64,6 +100,19 @@ def test_no_module_imports_a_layer_above_its_own_or_a_private_name_across_packag
     assert _violations() == []
 
 
+def test_no_import_cycle_between_packages():
+    assert _cycles() == []
+
+
+def test_the_cycle_check_sees_a_loop_inside_one_layer(tmp_path, monkeypatch):
+    fake = tmp_path / "tagger"
+    for package, imported in (("data", "synth"), ("synth", "data")):
+        (fake / package).mkdir(parents=True)
+        (fake / package / "m.py").write_text(f"from tagger.{imported}.m import thing\n")
+    monkeypatch.setattr(__import__(__name__), "SRC", fake)
+    assert _cycles() == [["data", "synth", "data"]]
+
+
 def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     """The check itself can fail: a data module that imports the backtest is caught."""
     fake = tmp_path / "tagger"
@@ -71,4 +120,4 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     (fake / "data" / "bad.py").write_text("from tagger.backtest.run import _scored_fit\n")
     monkeypatch.setattr(__import__(__name__), "SRC", fake)
     found = _violations()
-    assert len(found) == 2 and "layer 4 above 0" in found[0] and "private" in found[1]
+    assert len(found) == 2 and "layer 5 above 0" in found[0] and "private" in found[1]

@@ -10,7 +10,8 @@ from conftest import SETUP, TEST_MODEL, TEST_TRAINER, FakeEmbedder, toy_problem
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tagger.model.factory import make_estimator
+from tagger.estimators import make_estimator
+from tagger.metrics import selection_score
 from tagger.model.shared_estimator import SharedEstimator
 from tagger.paths import PROJECT_ROOT
 
@@ -69,7 +70,13 @@ def test_a_bad_callback_config_is_an_error_naming_it(tmp_path):
     n = len(data)
     train, val = data.subset(np.arange(n) < 0.7 * n), data.subset(np.arange(n) >= 0.7 * n)
     est = SharedEstimator(
-        TEST_MODEL, TEST_TRAINER, log_dir=tmp_path, embedder=FakeEmbedder(), callbacks=bad, logger=None
+        TEST_MODEL,
+        TEST_TRAINER,
+        log_dir=tmp_path,
+        embedder=FakeEmbedder(),
+        callbacks=bad,
+        logger=None,
+        score=selection_score,
     )
     with pytest.raises(ValueError, match=r"callbacks\.early_stopping"):
         est.fit(train, val)

@@ -17,9 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from tagger.data.dataset import load_dataset
 from tagger.data.splits import holdout_split, time_split
 from tagger.data.tickets import Tickets
+from tagger.estimators import load_model_config, make_estimator, search_record
 from tagger.metrics import outcomes, summary
 from tagger.model.base import Estimator, Predictions
-from tagger.model.factory import load_model_config, make_estimator, search_record
 from tagger.paths import resolve, shown
 
 SMALL_MERCHANT = 200  # training tickets

@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 from tagger.data.labels import normalise_label
 from tagger.data.splits import DAY, time_split
 from tagger.data.tickets import Tickets
+from tagger.estimators import load_model_config, make_estimator
 from tagger.metrics import chance, outcomes, summary
 from tagger.model.cold_start import update_labels
-from tagger.model.factory import load_model_config, make_estimator
 from tagger.model.label_update import LabelUpdate
 
 

@@ -29,11 +29,11 @@ from tagger.backtest.scoring import Intervals, MerchantBootstrap, interval_metri
 from tagger.data.dataset import load_dataset
 from tagger.data.splits import DAY, cutoff_seconds, time_split
 from tagger.data.tickets import Tickets
+from tagger.estimators import load_model_config, make_estimator
 from tagger.metrics import AGE_BUCKETS, model_age, outcomes, summary
 from tagger.model.base import Estimator
 from tagger.model.cold_start import with_labels
 from tagger.model.ensemble import SeedEnsemble
-from tagger.model.factory import load_model_config, make_estimator
 from tagger.model.selection import Tuned
 from tagger.model.stacking import ProbabilityMean
 from tagger.model.thresholds import Thresholds, threshold_method

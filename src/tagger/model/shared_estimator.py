@@ -7,6 +7,7 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -18,7 +19,6 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from tagger.data.tickets import Tickets
-from tagger.metrics import selection_score
 from tagger.model.base import AccountPrior, Estimator, Predictions, calibrated_probs, predictions_from_probs
 from tagger.model.batches import MAX_SENTENCES, TicketBatches
 from tagger.model.datamodule import TicketDataModule
@@ -50,7 +50,9 @@ class SharedEstimator(Estimator):
     ``trainer`` the ``trainer`` config (conf/trainer/default.yaml: Lightning Trainer arguments),
     ``callbacks`` and ``logger`` the configs of conf/callbacks and conf/logger (``_target_`` +
     arguments, built with ``hydra.utils.instantiate``; None: no early stopping or checkpoint, no
-    logger)."""
+    logger). ``score(predictions, val, train)`` is what the validation slice maximises (early stopping
+    and the best checkpoint choose by it, logged as ``val_account_macro_f1``); a fit with a
+    validation slice needs it, so the protocol that owns the choice passes it in."""
 
     name = "shared"
 
@@ -63,11 +65,12 @@ class SharedEstimator(Estimator):
         embedder=None,
         callbacks: dict | None = None,
         logger: dict | None = None,
+        score: Callable[[Predictions, Tickets, Tickets], float] | None = None,
     ):
         check_config(cfg)
         check_trainer(trainer)
         self.cfg, self.trainer_cfg, self.seed = cfg, trainer, seed
-        self.callbacks_cfg, self.logger_cfg = callbacks, logger
+        self.callbacks_cfg, self.logger_cfg, self.score = callbacks, logger, score
         self.log_dir = log_dir
         self.embedder = embedder
         self.temperature = 1.0
@@ -182,6 +185,8 @@ class SharedEstimator(Estimator):
     ) -> tuple[list[Callback], ModelCheckpoint | None]:
         """The selection score, then the configured callbacks (conf/callbacks); the checkpoint, if
         one is configured, writes under ``log_dir`` and gives the best epoch."""
+        if self.score is None:
+            raise ValueError("a fit with a validation slice needs a selection score (score=...)")
         built: list[Callback] = [SelectionScore(self, train, val)]
         checkpoint = None
         for name, spec in (self.callbacks_cfg or {}).items():
@@ -225,6 +230,7 @@ class SharedEstimator(Estimator):
             embedder=self.embedder,
             callbacks=self.callbacks_cfg,
             logger=self.logger_cfg,
+            score=self.score,
         )
         refit.fit(window)
         refit.temperature = self.temperature
@@ -300,8 +306,8 @@ class SharedEstimator(Estimator):
 
 
 class SelectionScore(Callback):
-    """Logs ``val_account_macro_f1`` after each validation epoch: :func:`~tagger.metrics.selection_score`
-    of the model as it stands, predicted through :meth:`SharedEstimator.predict` (every validation
+    """Logs ``val_account_macro_f1`` after each validation epoch: the estimator's ``score`` of the
+    model as it stands, predicted through :meth:`SharedEstimator.predict` (every validation
     ticket, the prior fallback and unseen labels included), so early stopping and the best
     checkpoint choose by the very figure the reports lead with."""
 
@@ -313,7 +319,7 @@ class SelectionScore(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        score = selection_score(self.estimator.predict(self.val), self.val, self.train)
+        score = self.estimator.score(self.estimator.predict(self.val), self.val, self.train)
         pl_module.log(self.key, score, prog_bar=True)
 
 

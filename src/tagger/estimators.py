@@ -53,6 +53,7 @@ def make_estimator(model_cfg: dict, cfg: DictConfig, log_dir: Path | None = None
                 embedder=embedder,
                 callbacks=OmegaConf.to_container(cfg.callbacks, resolve=True),
                 logger=OmegaConf.to_container(cfg.logger, resolve=True),
+                score=selection_score,
             )
             for i in range(members)
         ]
