@@ -309,3 +309,13 @@ def test_a_variant_is_compared_with_the_shared_model_paired(tmp_path):
     assert paired["ci95"][0] <= paired["difference"] <= paired["ci95"][1]
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Variants of the shared model" in report and f"| {variant} | accuracy |" in report
+
+
+def test_the_backtest_refuses_a_multi_process_trainer():
+    from omegaconf import OmegaConf
+
+    from tagger.backtest.run import single_process
+
+    single_process(OmegaConf.create({"trainer": {"strategy": "auto"}}))
+    with pytest.raises(ValueError, match="one process"):
+        single_process(OmegaConf.create({"trainer": {"strategy": "ddp", "devices": 2}}))

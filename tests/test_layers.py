@@ -1,14 +1,18 @@
 """Imports run one way: data -> model -> metrics -> estimators and training -> serving -> backtest
-and batch scoring -> the CLIs on top -> benchmarks and reliability. No module imports a layer above
-its own, no two packages import each other (directly or round a longer loop, inside one layer too),
-and no private name crosses a package boundary. Fails when an upward import or a cycle comes back."""
+and batch scoring -> the CLIs on top; the benchmarks and reliability tools (the top-level bench/ and
+reliability/, outside the installed package) sit above it all and reach the product only through its
+public names. No module imports a layer above its own, no two packages import each other (directly
+or round a longer loop, inside one layer too), and no private name crosses a package boundary. Fails
+when an upward import or a cycle comes back."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "tagger"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "tagger"
+TOOLS = ("bench", "reliability")  # top-level packages beside src/: they use the product, it never uses them
 # the top-level package or module under tagger -> its layer (lower imports nothing higher)
 LAYERS = {
     "paths": 0,
@@ -20,12 +24,11 @@ LAYERS = {
     "metrics": 2,  # scores the model's Predictions; the model is handed its selection score
     "estimators": 3,
     "training": 3,
+    "protocol": 3,
     "serving": 4,
     "backtest": 5,
     "batch": 5,
     "ablations": 6,
-    "bench": 7,
-    "reliability": 7,
 }
 
 
@@ -121,3 +124,38 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "SRC", fake)
     found = _violations()
     assert len(found) == 2 and "layer 5 above 0" in found[0] and "private" in found[1]
+
+
+def _top_level_imports(path: Path):
+    """The modules ``path`` imports, absolute ones only."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            yield node.module, [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            yield from ((a.name, []) for a in node.names)
+
+
+def test_the_package_never_imports_the_benchmarks_or_reliability_tools():
+    found = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in sorted(SRC.rglob("*.py"))
+        for module, _ in _top_level_imports(path)
+        if module.split(".")[0] in TOOLS
+    ]
+    assert found == []
+
+
+def test_the_tools_use_the_product_only_through_its_public_names():
+    """bench/ and reliability/ import the installed ``tagger`` (no private name, nothing that was
+    once ``tagger.bench`` or ``tagger.reliability``), and neither imports the other's private names."""
+    found = []
+    for tool in TOOLS:
+        for path in sorted((ROOT / tool).rglob("*.py")):
+            for module, names in _top_level_imports(path):
+                top = module.split(".")
+                private = [n for n in names if n.startswith("_")]
+                if top[0] == "tagger" and ((len(top) > 1 and top[1] in TOOLS) or private):
+                    found.append(f"{path.relative_to(ROOT)} imports {module} {private}")
+                elif top[0] in TOOLS and top[0] != tool and private:
+                    found.append(f"{path.relative_to(ROOT)} imports private {module}.{', '.join(private)}")
+    assert found == []

@@ -10,7 +10,7 @@ from conftest import make_tickets, unit_vectors
 
 from tagger.backtest.cold_start import Taxonomy
 from tagger.backtest.folds import rolling_folds
-from tagger.data.splits import DAY, end_of_day, holdout_split, time_split
+from tagger.data.splits import DAY, Split, end_of_day, holdout_split, time_split
 
 MIDNIGHT = 1_683_072_000.0  # 2023-05-03T00:00:00Z
 
@@ -36,6 +36,19 @@ def test_aligned_splits_fall_on_midnights():
     assert folds[-1].test_end == end_of_day(ts.max())
     # unaligned: counted back from the latest ticket itself
     assert rolling_folds(ts, 2, 7)[-1].test_end == ts.max()
+
+
+def test_one_split_object_says_what_the_selection_fit_and_the_refit_learn_from():
+    window = _days(20)
+    test = _days(3)
+    end = MIDNIGHT + 21 * DAY
+    split = Split.of_window(window, 5, align=True, refit=True, test=test, window_end=end, index=2)
+    assert len(split.val) == 5 * 4 and len(split.train) + len(split.val) == len(window)
+    assert split.val_start == MIDNIGHT + 15 * DAY and split.record["val_tickets"] == 20
+    assert split.seen is window and split.trained_until == MIDNIGHT + 21 * DAY and split.index == 2
+    kept = Split.of_window(window, 5, align=True, refit=False)
+    assert kept.seen is kept.train and kept.trained_until == kept.val_start
+    assert kept.window_end == MIDNIGHT + 20 * DAY and kept.test is None  # the end of validation
 
 
 def test_declared_taxonomy_from_the_build_record(tmp_path):

@@ -1,4 +1,5 @@
-"""What ``python train.py`` does: split by time, fit the main model and the baselines, compare, save.
+"""What ``python train.py`` does: split by time, fit the main model (and any baselines asked for
+with ``compare_with``) by the one protocol (:mod:`tagger.protocol`), compare, save.
 
 Each model is fit on the training slice and chooses what it must on the validation slice (epochs,
 temperature, thresholds, a baseline's grid point); with ``refit: true`` it is then refit with those
@@ -15,12 +16,13 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from tagger.data.dataset import load_dataset
-from tagger.data.splits import holdout_split, time_split
-from tagger.data.tickets import Tickets
+from tagger.data.splits import Split, holdout_split
 from tagger.estimators import load_model_config, make_estimator, search_record
-from tagger.metrics import outcomes, summary
-from tagger.model.base import Estimator, Predictions
+from tagger.metrics import summary
+from tagger.model.base import Estimator
+from tagger.model.thresholds import threshold_method
 from tagger.paths import resolve, shown
+from tagger.protocol import Fitted, fit_choose_refit
 
 SMALL_MERCHANT = 200  # training tickets
 
@@ -46,26 +48,26 @@ def model_configs(cfg: DictConfig) -> list[dict]:
     return configs
 
 
-def evaluate(pred: Predictions, val: Tickets, train: Tickets) -> tuple[dict, pd.DataFrame]:
-    """Metrics overall, on merchants with fewer than 200 training tickets and on tickets with
-    embeddings; and the per-ticket outcomes they come from."""
-    out = outcomes(pred, val, train.meta)
+def evaluate(out: pd.DataFrame) -> dict:
+    """Metrics of outcome rows overall, on merchants with fewer than 200 training tickets and on
+    tickets with embeddings."""
     small = out["account_train_tickets"].to_numpy() < SMALL_MERCHANT
     return {
         "overall": summary(out),
         "small_merchants": summary(out[small]),
         "with_embeddings": summary(out[~out["no_embeddings"].to_numpy()]),
-    }, out
+    }
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train and compare every configured model; returns (and writes) the metrics."""
+    """Train and compare every configured model; returns (and writes) the metrics. On a worker rank
+    of a multi-process fit: ``{"worker_rank": True}`` once its part (the main model's fits) is done."""
     tickets = load_dataset(cfg.data)
     align = bool(cfg.data.get("align_days", False))
     development, holdout = holdout_split(tickets, cfg.data.get("holdout_days", 0), align)
-    train, val, split = time_split(development, cfg.data.val_days, align)
-    split.update(holdout)
-    print(_split_words(split, holdout))
+    split = Split.of_window(development, cfg.data.val_days, align, bool(cfg.get("refit", False)))
+    record = {**split.record, **holdout}
+    print(_split_words(record, holdout))
     output_dir = resolve(cfg.output_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results: dict = {}
@@ -73,16 +75,17 @@ def run(cfg: DictConfig) -> dict:
     for model_cfg in model_configs(cfg):
         name = model_cfg["name"]
         print(f"\n== {name} ==")
-        fitted = _fit_and_score(cfg, model_cfg, train, val, development, output_dir)
-        if fitted is None:
-            return {}  # a DDP worker: rank 0 evaluates and saves
-        served, results[name], val_outcomes = fitted
+        estimator = make_estimator(model_cfg, cfg, log_dir=output_dir / "logs")
+        fitted = fit_choose_refit(estimator, split, list(cfg.precision_targets), threshold_method(cfg))
+        if not fitted.is_global_zero:
+            return {"worker_rank": True}  # rank 0 scores, compares and saves
+        results[name] = _record(fitted, split)
         if name == "shared" and cfg.save_model:
-            saved = _save(cfg, served, results[name], val_outcomes, tickets.digest, split, stamp)
+            saved = _save(cfg, fitted, results[name], tickets.digest, record, stamp)
             print(f"saved {saved}")
     out = {
         "models": results,
-        "split": split,
+        "split": record,
         "data": {"file": shown(resolve(cfg.data.path)), "sha256": tickets.digest},
         "model_dir": shown(saved) if saved else None,
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -90,7 +93,7 @@ def run(cfg: DictConfig) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(out, indent=2, default=str))
     print("\n" + format_table(results))
-    for line in _fit_lines(results, bool(cfg.get("refit", False))):
+    for line in _fit_lines(results, split.refit):
         print(line)
     print(f"\nwrote {output_dir / 'metrics.json'}")
     return {**out, "model_dir": str(saved) if saved else None}  # in process: the path as it is
@@ -109,49 +112,29 @@ def _split_words(split: dict, holdout: dict) -> str:
     )
 
 
-def _fit_and_score(cfg: DictConfig, model_cfg: dict, train, val, development, output_dir):
-    """Fit one model on ``train`` choosing on ``val``, refit it on ``development`` when configured,
-    and score the selection fit on ``val``: (the model to serve, its metrics record, the validation
-    outcomes), or None on a DDP worker rank."""
-    estimator = make_estimator(model_cfg, cfg, log_dir=output_dir / "logs")
-    started = time.perf_counter()
-    estimator.fit(train, val)
-    fit_seconds = time.perf_counter() - started
-    served, refit_seconds = estimator, 0.0
-    if cfg.get("refit", False):
-        # the choices are made (epoch, temperature, C or k); what is saved learns from every
-        # ticket before the holdout, the validation weeks' new labels and merchants included.
-        # Under DDP every rank takes part in the refit's fit, so no rank leaves before it
-        started = time.perf_counter()
-        served = estimator.refit(development)
-        refit_seconds = time.perf_counter() - started
-    if not getattr(estimator, "fit_info", {}).get("is_global_zero", True):
-        return None
-    started = time.perf_counter()
-    pred = estimator.predict(val)
-    predict_seconds = time.perf_counter() - started
-    metrics, val_outcomes = evaluate(pred, val, train)
-    record = {
+def _record(fitted: Fitted, split: Split) -> dict:
+    """One model's metrics.json entry: the selection fit scored on validation, what it chose, and
+    what its refit learnt from."""
+    metrics = evaluate(fitted.val_outcomes)
+    selection = fitted.selection
+    return {
         **metrics,
-        "fit_seconds": fit_seconds,
-        "predict_seconds": predict_seconds,
+        "fit_seconds": fitted.fit_seconds,
+        "predict_seconds": fitted.predict_seconds,
         **(
-            {"fit": estimator.fit_info, "temperature": estimator.temperature}
-            if hasattr(estimator, "fit_info")
+            {"fit": selection.fit_info, "temperature": selection.temperature}
+            if hasattr(selection, "fit_info")
             else {}
         ),
-        **search_record(estimator),
-        "refit": refit_record(served, refit_seconds) if served is not estimator else None,
+        **search_record(selection),
+        "refit": refit_record(fitted.served, fitted.refit_seconds or 0.0) if fitted.refitted else None,
     }
-    return served, record, val_outcomes
 
 
-def _save(cfg: DictConfig, served, record: dict, val_outcomes, digest: str, split: dict, stamp: str) -> Path:
+def _save(cfg: DictConfig, fitted: Fitted, record: dict, digest: str, split: dict, stamp: str) -> Path:
     """The served shared model, its config, data record, metrics and thresholds under models_dir."""
     from tagger.model.artifacts import save_shared
-    from tagger.model.thresholds import Thresholds, threshold_method
 
-    thresholds = Thresholds(val_outcomes, list(cfg.precision_targets), threshold_method(cfg))
     data = {
         "file": str(resolve(cfg.data.path)),
         "sha256": digest,
@@ -159,12 +142,12 @@ def _save(cfg: DictConfig, served, record: dict, val_outcomes, digest: str, spli
         "cache_dir": str(resolve(cfg.data.cache_dir)),
     }
     return save_shared(
-        served,
+        fitted.served,
         resolve(cfg.models_dir) / f"shared-{stamp}",
         OmegaConf.to_yaml(cfg, resolve=True),
         data,
         record,
-        thresholds.to_dict(),
+        fitted.thresholds.to_dict(),
     )
 
 

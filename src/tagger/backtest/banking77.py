@@ -27,7 +27,6 @@ from tqdm import tqdm
 
 from tagger.backtest.run import (
     ENSEMBLE,
-    FoldData,
     ensemble_fit,
     fold_fit,
     model_configs,
@@ -36,6 +35,7 @@ from tagger.backtest.run import (
 )
 from tagger.backtest.scoring import MerchantBootstrap
 from tagger.data.labels import normalise_label
+from tagger.data.splits import Split
 from tagger.data.tickets import Tickets
 from tagger.embed import SentenceEmbedder
 from tagger.paths import command_config, resolve, shown
@@ -83,7 +83,7 @@ def run(cfg: DictConfig) -> dict:
     """Fit, choose, refit and score every model of ``backtest.models`` on the split."""
     started = time.perf_counter()
     train, val, window, test = split_tickets(cfg)
-    data = FoldData(0, train, val, window, test, START + DAY, START + 2 * DAY, bool(cfg.refit))
+    data = Split(train, val, window, test, START + DAY, START + 2 * DAY, bool(cfg.refit))
     configs = model_configs(cfg)
     seeds = [int(s) for s in cfg.backtest.seeds]
     frames: dict[str, list[pd.DataFrame]] = {}

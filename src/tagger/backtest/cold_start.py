@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from tagger.data.labels import normalise_label
-from tagger.data.splits import DAY, time_split
+from tagger.data.splits import DAY, Split
 from tagger.data.tickets import Tickets
 from tagger.estimators import load_model_config, make_estimator
 from tagger.metrics import chance, outcomes, summary
@@ -161,7 +161,8 @@ def learning_curve(
     lc = cfg.backtest.cold_start.learning_curve
     shots = sorted(int(s) for s in lc.shots)
     rng = np.random.default_rng(cfg.seed)
-    train, val, _ = time_split(window, cfg.data.val_days, cfg.data.get("align_days", False))
+    split = Split.of_window(window, cfg.data.val_days, bool(cfg.data.get("align_days", False)), refit=False)
+    train, val = split.train, split.val
     held = _held_out_pairs(train, test, max(shots), int(lc.min_test), int(lc.labels), rng)
     if not held:
         return pd.DataFrame()

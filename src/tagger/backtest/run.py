@@ -27,7 +27,7 @@ from tagger.backtest.folds import configured_folds
 from tagger.backtest.report import write_report
 from tagger.backtest.scoring import Intervals, MerchantBootstrap, interval_metrics
 from tagger.data.dataset import load_dataset
-from tagger.data.splits import DAY, cutoff_seconds, time_split
+from tagger.data.splits import DAY, Split
 from tagger.data.tickets import Tickets
 from tagger.estimators import load_model_config, make_estimator
 from tagger.metrics import AGE_BUCKETS, model_age, outcomes, summary
@@ -39,6 +39,7 @@ from tagger.model.stacking import ProbabilityMean
 from tagger.model.thresholds import Thresholds, threshold_method
 from tagger.model.variants import VARIANTS
 from tagger.paths import resolve, shown
+from tagger.protocol import Fitted, choose, fit_choose_refit
 
 ENSEMBLE = SeedEnsemble.name  # the mean of the shared model's seeds (backtest.ensemble)
 SLICES = ("no_embeddings", "new_label", "new_account", "merchant_size", "label_frequency", "model_age")
@@ -120,6 +121,7 @@ class Collected:
 def run_backtest(cfg: DictConfig) -> dict:
     """Run every fold, write the report; returns metrics.json's content."""
     started = time.perf_counter()
+    single_process(cfg)
     tickets = load_dataset(cfg.data)
     folds = configured_folds(tickets.meta["unix_timestamp"].to_numpy(), cfg)
     configs = model_configs(cfg)
@@ -128,8 +130,6 @@ def run_backtest(cfg: DictConfig) -> dict:
     seeded = [name for name in configs if _seeded(name)]
     taxonomy = Taxonomy(resolve(cfg.data.path), tickets.meta)
     got = _run_folds(cfg, tickets, folds, configs, seeds, seeded, taxonomy)
-    if got is None:
-        return {}
     targets = list(cfg.backtest.precision_targets)
     output_dir = resolve(cfg.output_dir)
     pooled = {name: pd.concat(parts, ignore_index=True) for name, parts in got.frames.items()}
@@ -200,9 +200,8 @@ def _run_folds(
     seeds: list[int],
     seeded: list[str],
     taxonomy: Taxonomy,
-) -> Collected | None:
-    """Fit, choose, refit and score every model on every fold (None: a worker process of a
-    multi-process fit, which leaves once its part is done)."""
+) -> Collected:
+    """Fit, choose, refit and score every model on every fold."""
     ts = tickets.meta["unix_timestamp"].to_numpy()
     align = bool(cfg.data.get("align_days", False))
     refit = bool(cfg.get("refit", False))
@@ -214,12 +213,17 @@ def _run_folds(
     for fold in folds:
         train_mask, test_mask = fold.masks(ts, last=fold.index == len(folds) - 1)
         got.window, got.test = window, test = tickets.subset(train_mask), tickets.subset(test_mask)
-        inner_train, inner_val, split = time_split(
-            window, cfg.data.val_days, align, fold.validation_end(align)
+        data = Split.of_window(
+            window,
+            cfg.data.val_days,
+            align,
+            refit,
+            test=test,
+            val_end=fold.validation_end(align),
+            window_end=fold.train_end,
+            index=fold.index,
         )
-        data = FoldData(
-            fold.index, inner_train, inner_val, window, test, cutoff_seconds(split), fold.train_end, refit
-        )
+        split = data.record
         got.fold_info.append(
             {
                 **fold.describe(),
@@ -235,8 +239,6 @@ def _run_folds(
         for name, model_cfg in configs.items():
             progress.set_postfix_str(f"fold {fold.index} {name}")
             fit = fold_fit(cfg, name, model_cfg, seeds[0] if name in seeded else None, data)
-            if fit is None:
-                return None
             got.frames[name].append(fit.test)
             if fit.before_refit is not None:
                 got.before_refit.setdefault(name, []).append(fit.before_refit)
@@ -252,8 +254,6 @@ def _run_folds(
             for seed in seeds[1:]:
                 progress.set_postfix_str(f"fold {fold.index} {name} seed {seed}")
                 fit = fold_fit(cfg, name, configs[name], seed, data)
-                if fit is None:
-                    return None
                 got.more_seeds[name][seed].append(fit.test)
                 got.fold_rows.extend(fit.rows)
                 members += [fit] if name == "shared" else []
@@ -272,7 +272,7 @@ def _run_folds(
     return got
 
 
-def _declared(fitted: dict[str, tuple], declared: dict, taxonomy: Taxonomy, data: FoldData) -> dict:
+def _declared(fitted: dict[str, tuple], declared: dict, taxonomy: Taxonomy, data: Split) -> dict:
     """Each model that can take names, given every merchant's whole declared taxonomy at the test
     window's end, scored on the test window: ``shared+names`` and the zero-shot ``names``."""
     test = data.test
@@ -371,6 +371,14 @@ def _write_outputs(
         curve.to_csv(output_dir / "learning_curve.csv", index=False)
 
 
+def single_process(cfg: DictConfig) -> None:
+    """Refuse a multi-process trainer: the backtest fits dozens of models one after another, and a
+    worker rank has no fold of its own to score (train.py is where DDP trains one model)."""
+    trainer = cfg.trainer
+    if "ddp" in str(trainer.get("strategy", "auto")) or int(trainer.get("num_nodes", 1) or 1) > 1:
+        raise ValueError("the backtest runs on one process: trainer.strategy=auto (DDP is for train.py)")
+
+
 def _runtime(estimator, runtime: str, val, export_dir: Path):
     """The predictor to score with: the estimator itself, or (``runtime=onnx``, shared models only)
     its ONNX export run by ONNX Runtime, checked against PyTorch on the validation slice."""
@@ -397,31 +405,6 @@ def _variant_names(names) -> list[str]:
 
 
 @dataclass
-class FoldData:
-    """One fold's tickets: the training window split into the selection fit's training and
-    validation slices, and the test window (times in seconds since 1970)."""
-
-    index: int
-    train: Tickets  # the window less its validation slice: what the selection fit learns from
-    val: Tickets  # the window's last data.val_days: every choice is made here
-    window: Tickets  # train and val together: what a refit learns from
-    test: Tickets
-    val_start: float  # where the selection fit's training data ends
-    window_end: float  # where the refit's training data ends (the test start, less any gap)
-    refit: bool  # whether the scored model is refit on the whole window (config ``refit``)
-
-    @property
-    def seen(self) -> Tickets:
-        """The tickets the scored model learnt from."""
-        return self.window if self.refit else self.train
-
-    @property
-    def trained_until(self) -> float:
-        """Where the scored model's training data ends."""
-        return self.window_end if self.refit else self.val_start
-
-
-@dataclass
 class FoldFit:
     """One model fit in one fold: what is scored (``served``: the refit, or with ``refit: false``
     the selection fit), its thresholds (chosen on validation by the selection fit), its test
@@ -435,9 +418,9 @@ class FoldFit:
     selection: Estimator  # the selection fit itself (the ensemble averages the seeds')
 
 
-def fold_fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: FoldData) -> FoldFit | None:
+def fold_fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: Split) -> FoldFit:
     """Fit one model on a fold's training slice, choose on its validation slice, refit on the whole
-    window (``refit: true``) and score the test window; None on a non-zero distributed rank.
+    window (``refit: true``) and score the test window (:func:`~tagger.protocol.fit_choose_refit`).
     ``seed`` overrides ``cfg.seed`` for this fit (None: a deterministic baseline, cfg as it is).
 
     The confidence thresholds come from the selection fit's validation outcomes (out of sample)
@@ -449,38 +432,20 @@ def fold_fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data
     where = f"fold{data.index}" if seed is None else f"fold{data.index}{tag}-seed{seed}"
     fit_cfg, model_cfg = _fit_config(cfg, model_cfg, seed)
     estimator = make_estimator(model_cfg, fit_cfg, log_dir=output_dir / "logs" / where)
-    t0 = time.perf_counter()
-    estimator.fit(data.train, data.val)
-    fit_seconds = time.perf_counter() - t0
-    served, refit_seconds = estimator, None
-    if data.refit:  # under DDP every rank takes part in the refit's fit: no rank leaves before it
-        t0 = time.perf_counter()
-        served = estimator.refit(data.window)
-        refit_seconds = time.perf_counter() - t0
-    if not getattr(estimator, "fit_info", {}).get("is_global_zero", True):
-        return None
-    return _scored_fit(cfg, name, estimator, served, data, where, seed, fit_seconds, refit_seconds)
+    fitted = fit_choose_refit(estimator, data, list(cfg.backtest.precision_targets), threshold_method(cfg))
+    return _scored_fit(cfg, name, fitted, data, where, seed)
 
 
 def _scored_fit(
-    cfg: DictConfig,
-    name: str,
-    estimator: Estimator,
-    served: Estimator,
-    data: FoldData,
-    where: str,
-    seed: int | None = None,
-    fit_seconds: float | None = None,
-    refit_seconds: float | None = None,
+    cfg: DictConfig, name: str, fitted: Fitted, data: Split, where: str, seed: int | None = None
 ) -> FoldFit:
-    """Thresholds from the selection fit ``estimator``'s validation outcomes, carried to ``served``,
-    which is scored on the test window (and the selection fit too when a refit replaced it); the
-    seed and fit times go into folds.csv (none for the ensemble, which is not fit)."""
+    """The served model of ``fitted`` scored on the test window with the thresholds its selection
+    fit chose on validation (the selection fit too when a refit replaced it); the seed and fit times
+    go into folds.csv (none for the ensemble, which is not fit)."""
     bt = cfg.backtest
     output_dir = resolve(cfg.output_dir)
     targets = list(bt.precision_targets)
-    val_out = outcomes(estimator.predict(data.val), data.val, data.train.meta)
-    thresholds = Thresholds(val_out, targets, threshold_method(cfg))
+    estimator, served, thresholds = fitted.selection, fitted.served, fitted.thresholds
     predictor, parity = _runtime(served, bt.runtime, data.val, output_dir / "onnx" / where)
     test_out = _fold_outcomes(predictor, data.test, data.seen, data.index, thresholds, data.trained_until)
     common = {"fold": data.index, "seed": seed}
@@ -489,8 +454,8 @@ def _scored_fit(
             "model": name,
             **common,
             "refit": data.refit,
-            "fit_seconds": fit_seconds,
-            "refit_seconds": refit_seconds,
+            "fit_seconds": fitted.fit_seconds,
+            "refit_seconds": fitted.refit_seconds,
             **_fit_record(estimator),
             **{f"refit_{k}": v for k, v in _fit_record(served).items() if k == "convergence" and data.refit},
             **parity,
@@ -501,29 +466,30 @@ def _scored_fit(
     if data.refit:
         before = _fold_outcomes(estimator, data.test, data.train, data.index, thresholds, data.val_start)
         rows.append(
-            {"model": f"{name} (no refit)", **common, "refit": False, "fit_seconds": fit_seconds}
+            {"model": f"{name} (no refit)", **common, "refit": False, "fit_seconds": fitted.fit_seconds}
             | _scored(before, targets)
         )
     return FoldFit(served, thresholds, test_out, rows, before, estimator)
 
 
-def ensemble_fit(cfg: DictConfig, members: list[FoldFit], data: FoldData) -> FoldFit:
+def ensemble_fit(cfg: DictConfig, members: list[FoldFit], data: Split) -> FoldFit:
     """The seeds' fits in a fold as one model (:class:`SeedEnsemble`), scored like every model:
     thresholds from the selection fits combined, the refits combined served."""
     return _combined_fit(cfg, ENSEMBLE, SeedEnsemble, members, data, f"fold{data.index}-ensemble")
 
 
-def stack_fit(cfg: DictConfig, name: str, members: list[FoldFit], data: FoldData) -> FoldFit:
+def stack_fit(cfg: DictConfig, name: str, members: list[FoldFit], data: Split) -> FoldFit:
     """Fitted models averaged as one (:class:`ProbabilityMean`, equal weights), scored like every
     model: thresholds from the selection fits averaged, the refits averaged served."""
     where = f"fold{data.index}-{name.replace(' ', '')}"
     return _combined_fit(cfg, name, ProbabilityMean, members, data, where)
 
 
-def _combined_fit(cfg: DictConfig, name: str, combine, members: list[FoldFit], data: FoldData, where: str):
+def _combined_fit(cfg: DictConfig, name: str, combine, members: list[FoldFit], data: Split, where: str):
     """``combine(selection fits)`` chooses the thresholds, ``combine(refits)`` is served and scored."""
-    selection = combine([m.selection for m in members])
-    return _scored_fit(cfg, name, selection, combine([m.served for m in members]), data, where)
+    selection, served = combine([m.selection for m in members]), combine([m.served for m in members])
+    fitted = choose(selection, served, data, list(cfg.backtest.precision_targets), threshold_method(cfg))
+    return _scored_fit(cfg, name, fitted, data, where)
 
 
 def _chosen(estimator: Estimator) -> Estimator:

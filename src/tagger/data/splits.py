@@ -7,6 +7,8 @@ text periods, which are whole weeks counted back from its last day, on one side 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 
@@ -65,3 +67,50 @@ def holdout_split(tickets: Tickets, holdout_days: float, align: bool = False) ->
 def cutoff_seconds(split: dict) -> float:
     """The training cutoff of a :func:`time_split` record, in seconds since 1970."""
     return pd.Timestamp(split["cutoff"]).timestamp()
+
+
+@dataclass(frozen=True)
+class Split:
+    """One fit's tickets, for train.py, every backtest fold, Banking77 and the learning curve alike:
+    the training ``window`` split into the selection fit's ``train`` and ``val`` (its last
+    ``val_days``: every choice is made there), and a ``test`` window that is only ever predicted
+    (None for train.py, which scores validation). Times in seconds since 1970."""
+
+    train: Tickets  # the window less its validation slice: what the selection fit learns from
+    val: Tickets
+    window: Tickets  # train and val together: what a refit learns from
+    test: Tickets | None
+    val_start: float  # where the selection fit's training data ends
+    window_end: float  # where the refit's training data ends (a fold's test start, less any gap)
+    refit: bool  # whether the scored model is refit on the whole window (config ``refit``)
+    index: int = 0  # the backtest fold
+    record: dict = field(default_factory=dict)  # the time_split record (cutoff, tickets on each side)
+
+    @classmethod
+    def of_window(
+        cls,
+        window: Tickets,
+        val_days: float,
+        align: bool,
+        refit: bool,
+        test: Tickets | None = None,
+        val_end: float | None = None,
+        window_end: float | None = None,
+        index: int = 0,
+    ) -> Split:
+        """``window``'s last ``val_days`` (before ``val_end``, default the end of its last day) as
+        validation; ``window_end`` defaults to the end of validation."""
+        train, val, record = time_split(window, val_days, align, val_end)
+        val_start = cutoff_seconds(record)
+        end = window_end if window_end is not None else val_start + val_days * DAY
+        return cls(train, val, window, test, val_start, end, refit, index, record)
+
+    @property
+    def seen(self) -> Tickets:
+        """The tickets the scored model learnt from."""
+        return self.window if self.refit else self.train
+
+    @property
+    def trained_until(self) -> float:
+        """Where the scored model's training data ends."""
+        return self.window_end if self.refit else self.val_start
