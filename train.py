@@ -1,9 +1,10 @@
-"""Train the shared contact-reason model and compare it with the baselines.
+"""Train the shared contact-reason model (selection fit, refit, its validation figures).
 
     python train.py                                   # built-in dataset, default config
+    python train.py compare_with=[mlp,xlogreg]        # with baselines scored on the same split
     python train.py model.encoder.pooling=mean trainer.max_epochs=3 data.path=/x.parquet
     python train.py -m model.labels.label_init=name,random     # Hydra multirun
-    python train.py model=logreg compare_with=[]      # one baseline alone
+    python train.py model=logreg                      # one baseline alone
 
 Writes results/train/metrics.json (output_dir=...) and models/shared-<time>/ (models_dir=...).
 """

@@ -6,40 +6,62 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import tiny_run, toy_parquet
+from omegaconf import OmegaConf
 
-from tagger.model.variants import VARIANTS, experiments, variant_overrides
-from tagger.paths import PROJECT_ROOT
+from tagger.model.variants import experiments, variant_overrides
+from tagger.paths import PROJECT_ROOT, compose_config
 
 
-def test_every_experiment_config_is_a_variant_the_backtest_can_name():
-    assert set(VARIANTS) == set(experiments()) and "default" in VARIANTS
-    assert variant_overrides("mean_pooling") == ["model.encoder.pooling=mean"]
-    assert variant_overrides("no_early_stopping") == [
-        "callbacks.early_stopping.patience=1000",
-        "callbacks.model_checkpoint.monitor=null",
-    ]
+def _flat(node, prefix: str = "") -> dict:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out = {}
+    for key, value in node.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+@pytest.mark.parametrize("experiment", sorted(experiments().values()))
+def test_each_variant_differs_from_the_default_exactly_where_its_experiment_says(experiment):
+    """Hydra's ``+experiment=NAME`` and the backtest's variant config agree, and each differs from
+    the default in the keys the experiment sets to another value, and nowhere else (a variant is
+    never the default under a name, nor more than it says)."""
+    from tagger.model.variants import with_experiment
+
+    def fit_keys(cfg) -> dict:
+        return _flat({k: OmegaConf.to_container(cfg[k]) for k in ("model", "trainer", "callbacks")})
+
+    default = compose_config("config")
+    says = {o.split("=", 1)[0] for o in variant_overrides(experiment)}
+    for cfg in (
+        compose_config("config", [f"+experiment={experiment}"]),
+        with_experiment(default, experiment),
+    ):
+        got, plain = fit_keys(cfg), fit_keys(default)
+        changed = {k for k in set(got) | set(plain) if got.get(k) != plain.get(k)}
+        assert changed == {k for k in says if OmegaConf.select(cfg, k) != OmegaConf.select(default, k)}
+        assert changed or experiment == "default", f"+experiment={experiment} composes the default"
 
 
 def test_a_backtest_variant_fits_with_its_own_callbacks_not_the_defaults():
     """A variant that changes early stopping (not the model) must not run the default under its name."""
-    from tagger.backtest.run import _fit_config, model_configs, stack_members
-    from tagger.paths import compose_config
+    from tagger.backtest.run import model_configs, stack_members
 
     cfg = compose_config("backtest")
     cfg.backtest.ablations = ["early stopping on validation NLL", "no early stopping (30 epochs)"]
     configs = model_configs(cfg)
-    nll, _ = _fit_config(cfg, configs["shared[early stopping on validation NLL]"], seed=1)
+    nll = configs["shared[early stopping on validation NLL]"]
     assert nll.callbacks.early_stopping.monitor == "val_loss" and nll.callbacks.model_checkpoint.mode == "min"
-    assert nll.seed == 1
-    longest, model = _fit_config(cfg, configs["shared[no early stopping (30 epochs)]"], seed=None)
+    longest = configs["shared[no early stopping (30 epochs)]"]
     assert (
         longest.callbacks.early_stopping.patience == 1000
         and longest.callbacks.model_checkpoint.monitor is None
     )
-    assert "run_overrides" not in model
-    default, _ = _fit_config(cfg, configs["shared"], seed=None)
-    assert default.callbacks.early_stopping.monitor == "val_account_macro_f1"
+    assert configs["shared"].callbacks.early_stopping.monitor == "val_account_macro_f1"
+    assert configs["shared"].model.members == 1 and configs["mlp"].model.name == "mlp"
+    assert cfg.model.name == "shared" and "members" in cfg.model  # the run config itself untouched
     # a stack may name a variant the run fits (and only one it fits)
     cfg.backtest.stacks = [["shared", "shared[early stopping on validation NLL]"], ["shared", "shared[nope]"]]
     assert list(stack_members(cfg)) == ["shared + shared[early stopping on validation NLL]"]

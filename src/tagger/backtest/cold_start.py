@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from tagger.data.labels import normalise_label
@@ -153,8 +153,15 @@ def zero_shot_summary(named: pd.DataFrame, plain: pd.DataFrame, names: pd.DataFr
     return out
 
 
+def _model(configs: dict[str, DictConfig], name: str) -> dict:
+    """The model config of ``name``: from its run config where the backtest runs it, else conf/model."""
+    if name not in configs:
+        return load_model_config(name)
+    return OmegaConf.to_container(configs[name].model, resolve=True)
+
+
 def learning_curve(
-    cfg: DictConfig, window: Tickets, test: Tickets, configs: dict[str, dict], log_dir
+    cfg: DictConfig, window: Tickets, test: Tickets, configs: dict[str, DictConfig], log_dir
 ) -> pd.DataFrame:
     """One row per (model, shots): accuracy and top-3 on held-out labels' test tickets, and accuracy
     on the other test tickets of the same merchants (does the new label steal from the old ones?)."""
@@ -196,7 +203,7 @@ def learning_curve(
         }
 
     progress = tqdm(total=1 + len(lc.models), desc="learning curve", unit="model")
-    shared = make_estimator(configs["shared"], cfg, log_dir=log_dir).fit(train_wo, val_wo)
+    shared = make_estimator(_model(configs, "shared"), cfg, log_dir=log_dir).fit(train_wo, val_wo)
     rows = [{**row, **score(model)} for row, model in _named_with_examples(shared, shots, held, pool, train)]
     progress.update()
     # per-account baselines only need the affected merchants' tickets
@@ -207,7 +214,7 @@ def learning_curve(
             rows_n = affected.copy()
             for pair in held:
                 rows_n[pool[pair][:n]] = True
-            estimator = make_estimator(configs.get(name) or load_model_config(name), cfg, log_dir=log_dir)
+            estimator = make_estimator(_model(configs, name), cfg, log_dir=log_dir)
             rows.append(
                 {"model": name, "shots": n, **score(estimator.fit(train.subset(rows_n), affected_val))}
             )

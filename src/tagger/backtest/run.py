@@ -7,6 +7,7 @@ every model. The test window is only ever predicted.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from tagger.model.ensemble import SeedEnsemble
 from tagger.model.selection import Tuned
 from tagger.model.stacking import ProbabilityMean
 from tagger.model.thresholds import Thresholds, threshold_method
-from tagger.model.variants import VARIANTS
+from tagger.model.variants import VARIANTS, with_experiment
 from tagger.paths import resolve, shown
 from tagger.protocol import Fitted, choose, fit_choose_refit
 
@@ -66,39 +67,27 @@ def stack_members(cfg: DictConfig) -> dict[str, list[str]]:
     return stacks
 
 
-def model_configs(cfg: DictConfig) -> dict[str, dict]:
-    """``{name: model config}`` of every compared model, ablations of the shared model included."""
-    out: dict[str, dict] = {}
+def model_configs(cfg: DictConfig) -> dict[str, DictConfig]:
+    """``{name: run config}`` of every compared model: the run config with that model's ``model``
+    (a baseline's from conf/model/NAME.yaml), and for each ablation of the shared model the run
+    config as ``+experiment=NAME`` composes it (its callbacks and trainer included)."""
+    out: dict[str, DictConfig] = {}
+    shared = copy.deepcopy(cfg)
+    # one fit per seed of backtest.seeds: their ensemble is scored beside them (backtest.ensemble)
+    shared.model.members = 1
     for name in cfg.backtest.models:
         if name == "shared":
-            out[name] = OmegaConf.to_container(cfg.model, resolve=True)
-            if out[name]["name"] != "shared":
+            if cfg.model.name != "shared":
                 raise ValueError("backtest.models names 'shared' but model= selects another model")
-            # one fit per seed of backtest.seeds: their ensemble is scored beside them (backtest.ensemble)
-            out[name]["members"] = 1
+            out[name] = shared
         else:
-            out[name] = load_model_config(name)
+            out[name] = copy.deepcopy(cfg)
+            out[name].model = OmegaConf.create(load_model_config(name))
     for variant in cfg.backtest.get("ablations") or []:
         if variant not in VARIANTS:
             raise ValueError(f"unknown ablation {variant!r}: {', '.join(VARIANTS)}")
-        model = OmegaConf.create({**OmegaConf.to_container(cfg.model, resolve=True), "members": 1})
-        model_overrides = [o.removeprefix("model.") for o in VARIANTS[variant] if o.startswith("model.")]
-        model = OmegaConf.merge(model, OmegaConf.from_dotlist(model_overrides))
-        # what the variant changes outside the model (its callbacks, its trainer) applies to its fits
-        run = [o for o in VARIANTS[variant] if not o.startswith("model.")]
-        out[f"shared[{variant}]"] = {**OmegaConf.to_container(model), RUN_OVERRIDES: run}
+        out[f"shared[{variant}]"] = with_experiment(shared, VARIANTS[variant])
     return out
-
-
-RUN_OVERRIDES = "run_overrides"  # a variant's overrides of the run config, in its model config
-
-
-def _fit_config(cfg: DictConfig, model_cfg: dict, seed: int | None) -> tuple[DictConfig, dict]:
-    """The run config one fit sees (its seed, a variant's own callbacks or trainer) and the model
-    config without the variant's run overrides."""
-    model_cfg = dict(model_cfg)
-    overrides = OmegaConf.from_dotlist(list(model_cfg.pop(RUN_OVERRIDES, [])))
-    return OmegaConf.merge(cfg, overrides, {} if seed is None else {"seed": seed}), model_cfg
 
 
 @dataclass
@@ -196,7 +185,7 @@ def _run_folds(
     cfg: DictConfig,
     tickets: Tickets,
     folds: list,
-    configs: dict[str, dict],
+    configs: dict[str, DictConfig],
     seeds: list[int],
     seeded: list[str],
     taxonomy: Taxonomy,
@@ -236,9 +225,9 @@ def _run_folds(
         fitted: dict[str, tuple] = {}
         fold_fits: dict[str, FoldFit] = {}  # each model's fit (the first seed's), for the stacks
         members: list[FoldFit] = []  # the shared model's fits, one per seed, for the ensemble
-        for name, model_cfg in configs.items():
+        for name, run_cfg in configs.items():
             progress.set_postfix_str(f"fold {fold.index} {name}")
-            fit = fold_fit(cfg, name, model_cfg, seeds[0] if name in seeded else None, data)
+            fit = fold_fit(cfg, name, run_cfg, seeds[0] if name in seeded else None, data)
             got.frames[name].append(fit.test)
             if fit.before_refit is not None:
                 got.before_refit.setdefault(name, []).append(fit.before_refit)
@@ -418,10 +407,11 @@ class FoldFit:
     selection: Estimator  # the selection fit itself (the ensemble averages the seeds')
 
 
-def fold_fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data: Split) -> FoldFit:
+def fold_fit(cfg: DictConfig, name: str, run_cfg: DictConfig, seed: int | None, data: Split) -> FoldFit:
     """Fit one model on a fold's training slice, choose on its validation slice, refit on the whole
     window (``refit: true``) and score the test window (:func:`~tagger.protocol.fit_choose_refit`).
-    ``seed`` overrides ``cfg.seed`` for this fit (None: a deterministic baseline, cfg as it is).
+    ``run_cfg`` is the model's run config (:func:`model_configs`); ``seed`` overrides its ``seed``
+    for this fit (None: a deterministic baseline, as it is).
 
     The confidence thresholds come from the selection fit's validation outcomes (out of sample)
     and are carried over to the refit, as its temperature is; the report checks the precision they
@@ -430,7 +420,8 @@ def fold_fit(cfg: DictConfig, name: str, model_cfg: dict, seed: int | None, data
     # a variant's logs and checkpoints apart from the shared model's of the same fold and seed
     tag = "" if name == "shared" else "-" + "".join(c if c.isalnum() else "_" for c in name).strip("_")
     where = f"fold{data.index}" if seed is None else f"fold{data.index}{tag}-seed{seed}"
-    fit_cfg, model_cfg = _fit_config(cfg, model_cfg, seed)
+    fit_cfg = run_cfg if seed is None else OmegaConf.merge(run_cfg, {"seed": seed})
+    model_cfg = OmegaConf.to_container(fit_cfg.model, resolve=True)
     estimator = make_estimator(model_cfg, fit_cfg, log_dir=output_dir / "logs" / where)
     fitted = fit_choose_refit(estimator, data, list(cfg.backtest.precision_targets), threshold_method(cfg))
     return _scored_fit(cfg, name, fitted, data, where, seed)

@@ -1,11 +1,12 @@
 """Variants of the shared model: the Hydra experiment configs in conf/experiment/ (each design
-choice switched off, or one part added, in turn), as lists of overrides by ablation name. Run on
-train.py's split by ``python -m tagger.ablations`` (a Hydra multirun over the experiments) and
-beside the baselines by ``python backtest.py "backtest.ablations=[NAME, ...]"``."""
+choice switched off, or one part added, in turn), by ablation name. Run on train.py's split by
+``python -m tagger.ablations`` (a Hydra multirun of ``train.py +experiment=NAME``) and beside the
+baselines by ``python backtest.py "backtest.ablations=[NAME, ...]"``, whose fits see the run config
+as ``+experiment=NAME`` composes it (:func:`with_experiment`)."""
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from tagger.paths import PROJECT_ROOT
 
@@ -32,10 +33,21 @@ def experiments() -> dict[str, str]:
     return out
 
 
-def variant_overrides(experiment: str) -> list[str]:
-    """The overrides an experiment config applies to the model and training (its meta keys left out)."""
+def _body(experiment: str) -> dict:
+    """What an experiment config sets (its meta keys left out)."""
     cfg = OmegaConf.to_container(OmegaConf.load(EXPERIMENTS / f"{experiment}.yaml"))
-    return _overrides({k: v for k, v in cfg.items() if k not in _META})
+    return {k: v for k, v in cfg.items() if k not in _META}
 
 
-VARIANTS = {name: variant_overrides(stem) for name, stem in experiments().items()}
+def variant_overrides(experiment: str) -> list[str]:
+    """What an experiment config changes, as ``key=value`` overrides (for the reports)."""
+    return _overrides(_body(experiment))
+
+
+def with_experiment(cfg: DictConfig, experiment: str) -> DictConfig:
+    """The run config ``cfg`` as ``+experiment=NAME`` composes it: the experiment's keys (a
+    ``@package _global_`` config appended to the defaults) over the run's."""
+    return OmegaConf.merge(cfg, _body(experiment))
+
+
+VARIANTS = experiments()  # {ablation name: experiment config name}
