@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tagger.metrics import selection_score
-from tagger.paths import PROJECT_ROOT
+from tagger.paths import PROJECT_ROOT, compose_config
 
 DIM = 384
 
@@ -141,34 +141,28 @@ def toy_problem(n_per_label: int = 40, seed: int = 0, accounts: dict | None = No
     return make_tickets([rows[i] for i in order])
 
 
-TEST_TRAINER = {
-    "accelerator": "cpu",
-    "devices": 1,
-    "max_epochs": 12,
-    "deterministic": True,
-    "enable_progress_bar": False,
-    "num_sanity_val_steps": 0,
-    "log_every_n_steps": 5,
-}
-# the callbacks and the logger exactly as conf/ gives them to train.py
-TEST_CALLBACKS = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "callbacks" / "default.yaml"))
-TEST_LOGGER = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "logger" / "csv.yaml"))
+# the model, trainer, callbacks and logger as conf/ composes them for train.py, made small and quick
+# for toy data by overrides (the same keys a user would override)
+TEST_OVERRIDES = [
+    "model.members=1",
+    "model.encoder.heads=2",
+    "model.encoder.key_dim=16",
+    "model.encoder.sentence_dropout=0.0",
+    "model.projection.hidden=64",
+    "model.projection.out_dim=32",
+    "model.projection.dropout=0.0",
+    "model.optim.lr=0.01",
+    "model.optim.batch_size=32",
+    "trainer.max_epochs=12",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=5",
+]
+_TEST_CONFIG = OmegaConf.to_container(compose_config("config", TEST_OVERRIDES), resolve=True)
+TEST_MODEL = _TEST_CONFIG["model"]
+TEST_TRAINER = _TEST_CONFIG["trainer"]
+TEST_CALLBACKS = _TEST_CONFIG["callbacks"]
+TEST_LOGGER = _TEST_CONFIG["logger"]
 SETUP = {"callbacks": TEST_CALLBACKS, "logger": TEST_LOGGER, "score": selection_score}
-TEST_MODEL = {
-    "name": "shared",
-    "encoder": {
-        "pooling": "attention",
-        "heads": 2,
-        "key_dim": 16,
-        "max_sentences": 64,
-        "sentence_dropout": 0.0,
-    },
-    "projection": {"hidden": 64, "out_dim": 32, "dropout": 0.0},
-    "labels": {"label_init": "name", "tie_label_tower": True},
-    "imbalance": {"method": "none"},
-    "optim": {"lr": 0.01, "batch_size": 32},
-    "confidence": {"fit_temperature": True, "null_fallback": "prior"},
-}
 
 
 def toy_parquet(
@@ -236,7 +230,7 @@ def tiny_backtest(tmp: Path, data: Path, n_folds: int, *extra: str):
 
 
 def exported(trained: tuple, name: str) -> Path:
-    """The ONNX export of a test module's ``trained`` model (model_dir, data, tmp), made once as
+    """The ONNX export of the session's ``trained`` model (model_dir, data, tmp), made once as
     ``tmp / name``."""
     from tagger.serving.onnx_export import export_model
 
@@ -294,3 +288,27 @@ def in_background(work, threads: int = 3):
         stop.set()
         for t in pool:
             t.join()
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """One shared model trained by train.py on the toy file, for every test that exports, serves or
+    predicts with it: (model_dir, data, tmp). A test that changes what it serves works on a copy
+    (:func:`served_copy`) or an export of its own name (:func:`exported`)."""
+    from hydra import compose, initialize_config_dir
+
+    from tagger.training import run
+
+    tmp = tmp_path_factory.mktemp("trained")
+    data = toy_parquet(tmp / "tickets.parquet")
+    overrides = [
+        *tiny_run(tmp, data),
+        "data.val_days=0.05",
+        f"output_dir={tmp / 'out'}",
+        f"models_dir={tmp / 'models'}",
+        "trainer.max_epochs=2",
+        "model.members=2",  # what train.py serves by default: an ensemble of seeds, as one model
+    ]
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        out = run(compose("config", overrides=overrides))
+    return out["model_dir"], data, tmp

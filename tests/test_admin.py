@@ -20,7 +20,6 @@ from conftest import (
     wait_for,
 )
 from fastapi.testclient import TestClient
-from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
 from tagger.model.label_update import LabelUpdate, UpdateError
 from tagger.serving import admin
@@ -29,7 +28,7 @@ from tagger.serving.registry import Registry
 
 
 @pytest.fixture()
-def export_dir(trained, tmp_path):  # noqa: F811  (a registry serving a copy of the export)
+def export_dir(trained, tmp_path):
     return served_copy(exported(trained, "admin-onnx"), tmp_path)
 
 

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from conftest import embeddings_json, exported, registry_for, unit_vectors
 from fastapi.testclient import TestClient
-from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
 from tagger.serving.api import Limits, create_app
 
 
 @pytest.fixture(scope="module")
-def client(trained):  # noqa: F811
+def client(trained):
     app = create_app(
         registry_for(exported(trained, "api-onnx")),
         Limits(max_sentences=10, max_batch=3, max_body_bytes=200_000),
@@ -123,7 +122,7 @@ def test_health_labels_and_openapi(client):
     assert {"/predict", "/predict/batch", "/health", "/accounts/{account_id}/labels"} <= set(schema["paths"])
 
 
-def test_a_read_token_guards_every_route_but_liveness(trained):  # noqa: F811
+def test_a_read_token_guards_every_route_but_liveness(trained):
     read, admin = "r" * 32, "a" * 32
     app = create_app(registry_for(exported(trained, "api-onnx")), admin_token=admin, read_token=read)
     client = TestClient(app, raise_server_exceptions=False)
@@ -143,7 +142,7 @@ def test_a_read_token_guards_every_route_but_liveness(trained):  # noqa: F811
     assert client.get("/openapi.json", headers=headers).status_code == 404
 
 
-def test_short_tokens_refuse_to_start(trained, monkeypatch):  # noqa: F811
+def test_short_tokens_refuse_to_start(trained, monkeypatch):
     from tagger.serving.api import app_from_config, serve_config
 
     registry = registry_for(exported(trained, "api-onnx"))

@@ -18,6 +18,8 @@ from tagger.model.baselines import LogReg
 from tagger.model.thresholds import ThresholdMethod, Thresholds
 from tagger.paths import PROJECT_ROOT
 
+pytestmark = pytest.mark.slow  # runs the backtest end to end on toy data
+
 
 def test_fold_boundaries_expanding_and_sliding():
     ts = np.arange(0, 100 * DAY, 3600.0)

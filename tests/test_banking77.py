@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from tagger.backtest.banking77 import main
+
+pytestmark = pytest.mark.slow  # fits every model on the Banking77 split
 
 PHRASES = {
     "card_arrival": ["where is my new card", "my card has not arrived", "when will the card come"],

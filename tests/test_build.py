@@ -16,6 +16,8 @@ from tagger.embed import SentenceEmbedder
 from tagger.synth.build import build_dataset, load_corpus, sentence_hash
 from tagger.synth.config import BuildConfig
 
+pytestmark = pytest.mark.slow  # builds a small dataset with the real all-MiniLM-L6-v2
+
 SMALL = {"n_accounts": 10, "n_tickets": 1500, "n_single_label": 1, "n_few_label": 1, "max_labels": 40}
 
 

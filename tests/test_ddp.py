@@ -10,11 +10,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import tiny_run, toy_parquet
 
 from tagger.data.cache import load_tickets
 from tagger.data.splits import holdout_split, time_split
 from tagger.paths import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow  # trains by train.py in subprocesses, two of them on two processes
 
 
 def test_a_time_split_of_the_memory_mapped_store_is_a_view_not_a_copy(tmp_path):

@@ -6,35 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_tickets, tiny_run, toy_parquet, unit_vectors
-from hydra import compose, initialize_config_dir
+from conftest import make_tickets, unit_vectors
 
 from tagger.data import load_tickets
 from tagger.manifest import ArtifactError
 from tagger.model.artifacts import load_shared
-from tagger.paths import PROJECT_ROOT
 from tagger.serving import onnx_export
 from tagger.serving.onnx_export import ExportError, export_model
 from tagger.serving.onnx_predictor import OnnxPredictor
-from tagger.training import run
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("export")
-    data = toy_parquet(tmp / "tickets.parquet")
-    overrides = [
-        *tiny_run(tmp, data),
-        "data.val_days=0.05",
-        f"output_dir={tmp / 'out'}",
-        f"models_dir={tmp / 'models'}",
-        "trainer.max_epochs=2",
-        "compare_with=[]",
-        "model.members=2",  # what train.py serves by default: an ensemble of seeds, as one model
-    ]
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        out = run(compose("config", overrides=overrides))
-    return out["model_dir"], data, tmp
 
 
 def test_export_parity_and_one_predictor(trained):

@@ -16,7 +16,6 @@ import pytest
 from conftest import FakeEmbedder, exported, served_copy
 from fastapi.testclient import TestClient
 from hydra import compose, initialize_config_dir
-from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
 from tagger.batch.run import outputs, predict_file
 from tagger.batch.score import PieceScorer
@@ -28,12 +27,12 @@ from tagger.serving.registry import Registry
 
 
 @pytest.fixture(scope="module")
-def export_dir(trained):  # noqa: F811
+def export_dir(trained):
     return exported(trained, "predict-onnx")
 
 
 @pytest.fixture(scope="module")
-def bad_file(trained, tmp_path_factory):  # noqa: F811
+def bad_file(trained, tmp_path_factory):
     """The toy tickets, several row groups, with one row of each kind of problem the ingest names,
     an account the export does not know, and no label column (a file to score has none)."""
     _, data, _ = trained
@@ -83,7 +82,7 @@ def test_rows_are_quarantined_exactly_as_the_ingest_does_and_the_rest_scored(bad
     assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
 
 
-def test_each_row_is_what_the_api_answers_for_the_same_ticket(trained, export_dir, tmp_path):  # noqa: F811
+def test_each_row_is_what_the_api_answers_for_the_same_ticket(trained, export_dir, tmp_path):
     """By default predict.py scores with the registry's promoted model and every label change, as
     the API serves them."""
     _, data, _ = trained
@@ -112,7 +111,7 @@ def test_each_row_is_what_the_api_answers_for_the_same_ticket(trained, export_di
         assert got["model_version"] == api["model_version"]
 
 
-def test_a_damaged_row_is_said_and_a_scorer_refuses_labels_that_moved(trained, export_dir, tmp_path):  # noqa: F811
+def test_a_damaged_row_is_said_and_a_scorer_refuses_labels_that_moved(trained, export_dir, tmp_path):
     """A merchant whose latest label row is damaged is scored with its last good labels and named in
     the summary; a scorer (a Ray actor) refuses to score on labels other than the run started on."""
     _, data, _ = trained
@@ -147,7 +146,7 @@ def test_the_ray_engine_gives_the_local_engine_s_rows(bad_file, export_dir, tmp_
     assert ray["validation"] == local["validation"] and ray["workers"] == 2
 
 
-def test_the_command_line_scores_a_file_and_refuses_a_missing_one(trained, export_dir, tmp_path):  # noqa: F811
+def test_the_command_line_scores_a_file_and_refuses_a_missing_one(trained, export_dir, tmp_path):
     _, data, _ = trained
     args = [sys.executable, "predict.py", f"export_dir={export_dir}", "progress=false"]
     done = subprocess.run(
@@ -182,7 +181,7 @@ def test_the_defaults_answer_as_the_api_does():
     assert predict.top_k == serve.limits.top_k and predict.precision_target == serve.limits.precision_target
 
 
-def test_an_empty_file_gives_empty_outputs_and_hostile_rows_are_quarantined(trained, export_dir, tmp_path):  # noqa: F811
+def test_an_empty_file_gives_empty_outputs_and_hostile_rows_are_quarantined(trained, export_dir, tmp_path):
     _, data, _ = trained
     table = pq.read_table(data)
     empty = tmp_path / "empty.parquet"

@@ -17,7 +17,6 @@ from conftest import embeddings_json, ticket, unit_vectors, write_tickets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_api import client  # noqa: F401  (the API on the toy export)
-from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
 from tagger.data.cache import load_tickets
 from tagger.data.embeddings_json import EMBEDDING_DIM, EmbeddingError, is_empty, parse_embeddings

@@ -33,6 +33,8 @@ from tagger.model.shared_estimator import SharedEstimator
 from tagger.paths import PROJECT_ROOT
 from tagger.training import run
 
+pytestmark = pytest.mark.slow  # runs train.py and the backtest end to end
+
 
 def _split(tickets: Tickets, share: float = 0.75) -> tuple[Tickets, Tickets]:
     n = int(len(tickets) * share)
