@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tagger.bench.config import bench_config
+from bench.config import bench_config
 
 
 @pytest.mark.parametrize("name", ["serving", "ingest", "scale", "label_update", "batch", "ddp", "row_groups"])

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "tagger"
 TOOLS = ("bench", "reliability")  # top-level packages beside src/: they use the product, it never uses them
@@ -159,3 +161,13 @@ def test_the_tools_use_the_product_only_through_its_public_names():
                 elif top[0] in TOOLS and top[0] != tool and private:
                     found.append(f"{path.relative_to(ROOT)} imports private {module}.{', '.join(private)}")
     assert found == []
+
+
+def test_the_tools_check_sees_the_package_importing_a_tool(tmp_path, monkeypatch):
+    fake = tmp_path / "src" / "tagger"
+    (fake / "serving").mkdir(parents=True)
+    (fake / "serving" / "bad.py").write_text("from bench.load import run_load\n")
+    monkeypatch.setattr(__import__(__name__), "SRC", fake)
+    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    with pytest.raises(AssertionError, match=r"bench\.load"):
+        test_the_package_never_imports_the_benchmarks_or_reliability_tools()

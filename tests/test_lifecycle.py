@@ -23,7 +23,6 @@ from conftest import (
 )
 from fastapi.testclient import TestClient
 from hydra import compose, initialize_config_dir
-from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
 from tagger.manifest import ArtifactError
 from tagger.model.label_update import LabelUpdate, UpdateError
@@ -36,7 +35,7 @@ from tagger.training import run
 
 
 @pytest.fixture(scope="module")
-def retrained(trained):  # noqa: F811
+def retrained(trained):
     """The next model: trained on the same tickets after merchant a's agents began tagging half of
     its "Refund" tickets "Refunds" (so it knows both names), exported."""
     _, data, tmp = trained
@@ -61,7 +60,7 @@ def retrained(trained):  # noqa: F811
 
 
 @pytest.fixture()
-def registry_dir(trained, tmp_path):  # noqa: F811
+def registry_dir(trained, tmp_path):
     return served_copy(exported(trained, "lifecycle-onnx"), tmp_path)
 
 
@@ -192,7 +191,7 @@ def test_a_second_writer_waits_then_gives_up_writing_nothing(registry_dir):
         holder.execute("ROLLBACK")
 
 
-def test_exports_are_immutable_and_registering_again_adds_nothing(trained, registry_dir, tmp_path):  # noqa: F811
+def test_exports_are_immutable_and_registering_again_adds_nothing(trained, registry_dir, tmp_path):
     registry = Registry(registry_dir)
     version = registry.served()[1]
     model_dir = registry.model_dir(version)
@@ -230,8 +229,8 @@ def test_promote_and_rollback_through_the_api_and_the_command(registry_dir, retr
 
 
 def test_a_writer_killed_at_random_instants_always_leaves_a_committed_state(registry_dir, retrained):
-    """kill -9 during label updates and promotions (python -m tagger.reliability crash runs 100 points)."""
-    from tagger.reliability.crash import run_crash
+    """kill -9 during label updates and promotions (python -m reliability crash runs 100 points)."""
+    from reliability.crash import run_crash
 
     registry = Registry(registry_dir)
     versions = [registry.served()[1], registry.register(retrained, by="test")[0]]

@@ -11,11 +11,13 @@ import sys
 import time
 
 import httpx
+import pytest
 from conftest import embeddings_json, in_background, tiny_run, unit_vectors, wait_for
-from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
-from tagger.bench.servers import free_port, server_process
+from bench.servers import free_port, server_process
 from tagger.paths import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow  # trains, exports and serves over real sockets
 
 TOKEN = "e2e-token-of-at-least-32-characters"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "X-Changed-By": "e2e"}
@@ -47,7 +49,7 @@ def _labels(url: str, account: str) -> set[str]:
     return {x["label"] for x in httpx.get(f"{url}/accounts/{account}/labels").json()["labels"]}
 
 
-def test_label_changes_outlive_their_model(trained, tmp_path):  # noqa: F811
+def test_label_changes_outlive_their_model(trained, tmp_path):
     model_dir, data, _ = trained
     registry = tmp_path / "registry"
     out = _run("export.py", f"model_dir={model_dir}", f"registry_dir={registry}", "parity.tickets=50")

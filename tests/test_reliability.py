@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 from conftest import FakeEmbedder, embeddings_json, exported, served_copy, unit_vectors
 from fastapi.testclient import TestClient
-from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
 import tagger.serving.__main__ as launcher
-from tagger.reliability.faults import broken_exports, run_faults
-from tagger.reliability.fuzz import fuzz_app
+from reliability.faults import broken_exports, run_faults
+from reliability.fuzz import fuzz_app
 from tagger.serving.api import Limits, create_app
 from tagger.serving.registry import Registry
 
@@ -19,7 +18,7 @@ TOKEN = "t0ken"
 
 
 @pytest.fixture(scope="module")
-def export_dir(trained):  # noqa: F811
+def export_dir(trained):
     return exported(trained, "rel-onnx")
 
 
@@ -40,8 +39,8 @@ def test_schemathesis_finds_no_server_error(fresh):
 
 
 @pytest.fixture(scope="module")
-def faults(trained, export_dir):  # noqa: F811
-    """Every fault case, run once (src/tagger/reliability/faults.py), by name."""
+def faults(trained, export_dir):
+    """Every fault case, run once (reliability/faults.py), by name."""
     model_dir, data, _ = trained
     return {c["case"]: c for c in run_faults(export_dir, model_dir, data)["cases"]}
 
@@ -159,7 +158,7 @@ def test_the_launcher_binds_to_loopback_and_refuses_a_broken_export(fresh, monke
 
 
 def test_the_reliability_command_reads_its_settings_from_conf(capsys):
-    from tagger.reliability.__main__ import main as reliability
+    from reliability.__main__ import main as reliability
 
     assert reliability(["soak", "minuts=1"]) == 2  # a misspelt key of conf/reliability.yaml
     assert reliability(["soak", "--minutes", "1"]) == 2  # flags are gone: key=value
@@ -170,8 +169,8 @@ def test_schemathesis_over_real_sockets_finds_no_server_error(fresh):
     """The same fuzzing against a running server (uvicorn, httptools), the admin routes with a token."""
     import sys
 
-    from tagger.bench.servers import free_port, server_process
-    from tagger.reliability.fuzz import fuzz_url
+    from bench.servers import free_port, server_process
+    from reliability.fuzz import fuzz_url
 
     token = "fuzz-token-of-at-least-32-characters"
     port = free_port()

@@ -17,10 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import TOKEN, exported, registry_for, served_copy
 from fastapi.testclient import TestClient
-from test_export import trained  # noqa: F401  (the module-scoped trained model)
 
-from tagger.bench.load import http_request, run_load
-from tagger.bench.servers import free_port, server_process
+from bench.load import http_request, run_load
+from bench.servers import free_port, server_process
 from tagger.data.embeddings_json import parse_embeddings
 from tagger.data.tickets import Tickets
 from tagger.serving.api import create_app
@@ -29,7 +28,7 @@ from tagger.serving.onnx_predictor import OnnxPredictor
 
 
 @pytest.fixture(scope="module")
-def base_export(trained):  # noqa: F811
+def base_export(trained):
     return exported(trained, "serving-onnx")
 
 
@@ -39,7 +38,7 @@ def export_dir(base_export, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def bodies(trained):  # noqa: F811
+def bodies(trained):
     """Every ticket of the toy file as a request body (the embeddings field as in the parquet)."""
     _, data, _ = trained
     table = pq.read_table(data, columns=["account_id", "email_sentence_embeddings"]).to_pylist()

@@ -3,7 +3,7 @@
 All in one run on the same file, median of several runs, written to
 ``results/benchmarks/ingest.md`` (and ``.json``)::
 
-    python -m tagger.bench.ingest [path=data/tickets.parquet] [repeats=5]   (conf/bench/ingest.yaml)
+    python -m bench.ingest [path=data/tickets.parquet] [repeats=5]   (conf/bench/ingest.yaml)
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from tagger.bench.config import bench_config
-from tagger.bench.machine import machine_description
+from bench.config import bench_config
+from bench.machine import machine_description
 from tagger.data.cache import load_tickets
 from tagger.data.embeddings_json import is_empty
 from tagger.data.ingest import EMBEDDINGS
@@ -130,7 +130,7 @@ def _markdown(f: dict) -> str:
         f"Machine: {f['machine']}.",
         f"Median of {f['repeats']} runs (ast.literal_eval: fewer runs on a slice of the file, "
         "as it is too slow for the whole file).",
-        "Command: `python -m tagger.bench.ingest`",
+        "Command: `python -m bench.ingest`",
         "",
         "| method | median s | tickets/s | MB/s of JSON |",
         "|---|---:|---:|---:|",

@@ -1,6 +1,6 @@
-"""Server processes the serving benchmark drives, each on a free loopback port: this code
-(``python -m tagger.serving``), the code of an earlier commit (a git worktree, served as it was
-deployed), and a reference FastAPI app that answers a constant."""
+"""Server processes the serving benchmark drives, each on a free loopback port: the API as it is
+(``python -m tagger.serving`` over a scratch registry serving an export) and a reference FastAPI app
+that answers a constant (:mod:`bench.constant_app`, the floor of an HTTP round trip)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import psutil
 
-from tagger.bench.processes import tree_processes
-from tagger.paths import PROJECT_ROOT, resolve
+from bench.processes import tree_processes
+from tagger.paths import resolve
+
+TOOLS_ROOT = Path(__file__).resolve().parents[1]  # the folder holding the top-level bench package
 
 
 def free_port() -> int:
@@ -92,55 +93,20 @@ def registry_of(export_dir: Path, root: Path | None = None) -> Path:
     return root
 
 
-def this_code(export_dir: Path, port: int, overrides: tuple[str, ...] = ()) -> dict:
-    """The command serving ``export_dir`` (an export, or a registry) with this checkout's code."""
+def api_command(export_dir: Path, port: int, overrides: tuple[str, ...] = ()) -> dict:
+    """The command serving ``export_dir`` (an export, or a registry) with the installed API."""
     registry = registry_of(export_dir)
     command = [sys.executable, "-m", "tagger.serving", f"registry_dir={registry}", f"port={port}", *overrides]
     return {"command": command}
 
 
-def before_code(
-    worktree: Path, export_dir: Path, port: int, http: str = "h11", loop: str = "asyncio"
-) -> dict:
-    """The command serving ``export_dir`` with an earlier commit's code checked out in ``worktree``,
-    as that commit deployed it: a commit with the model registry (issue 26 on) runs
-    ``python -m tagger.serving`` over a registry serving the export; an older one
-    ``uvicorn tagger.serving.api:app`` with ``TAGGER_EXPORT_DIR`` (before issue 15 uvicorn ran with the
-    pure-Python h11 parser and asyncio, httptools and uvloop not being installed)."""
-    env = {"PYTHONPATH": str(worktree / "src"), "MALLOC_ARENA_MAX": "2"}
-    if (worktree / "src" / "tagger" / "serving" / "registry.py").exists():
-        registry = registry_of(export_dir)
-        command = [sys.executable, "-m", "tagger.serving", f"registry_dir={registry}", f"port={port}"]
-        return {"command": command, "env": env, "cwd": worktree}
-    command = [sys.executable, "-m", "uvicorn", "tagger.serving.api:app", "--port", str(port)]
-    command += ["--http", http, "--loop", loop, "--log-level", "warning", "--no-access-log"]
-    return {"command": command, "env": {**env, "TAGGER_EXPORT_DIR": str(export_dir)}, "cwd": worktree}
-
-
 def constant_app(port: int) -> dict:
-    """The command serving :mod:`tagger.bench.constant_app` (FastAPI, the same server settings)."""
-    command = [sys.executable, "-m", "uvicorn", "tagger.bench.constant_app:app", "--port", str(port)]
+    """The command serving :mod:`bench.constant_app` (FastAPI, the same server settings), run from
+    the project root with it on the path, so that the top-level ``bench`` package imports."""
+    command = [sys.executable, "-m", "uvicorn", "bench.constant_app:app", "--port", str(port)]
     command += ["--http", "httptools", "--loop", "uvloop", "--log-level", "warning", "--no-access-log"]
-    return {"command": command}
-
-
-@contextmanager
-def worktree(ref: str) -> Iterator[Path]:
-    """A detached git worktree of commit ``ref`` of this project, removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="tagger-before-") as tmp:
-        path = Path(tmp) / "src-tree"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", "--force", str(path), ref],
-            cwd=PROJECT_ROOT,
-            check=True,
-            capture_output=True,
-        )
-        try:
-            yield path
-        finally:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(path)], cwd=PROJECT_ROOT, capture_output=True
-            )
+    path = os.pathsep.join(p for p in (str(TOOLS_ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {"command": command, "env": {"PYTHONPATH": path}, "cwd": TOOLS_ROOT}
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -157,7 +123,7 @@ def api_server(export_dir: Path, **env):
     """The API (``python -m tagger.serving``) on a free loopback port, as a separate process;
     yields (process, url)."""
     port = free_port()
-    with server_process(this_code(export_dir, port)["command"], port, env) as server:
+    with server_process(api_command(export_dir, port)["command"], port, env) as server:
         yield server, f"http://127.0.0.1:{port}"
 
 

@@ -3,7 +3,7 @@
 runs of conf/bench/ddp.yaml): validation metrics, epochs, time, and the peak memory of each run's
 whole process tree.
 
-    python -m tagger.bench.ddp [key=value ...]          (conf/bench/ddp.yaml)
+    python -m bench.ddp [key=value ...]          (conf/bench/ddp.yaml)
 
 Writes ``results/benchmarks/ddp.md`` (and ``.json``); each run's metrics.json under ``runs_dir``.
 """
@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import sys
 
-from tagger.bench.config import bench_config
-from tagger.bench.machine import machine_description
-from tagger.bench.processes import sampled_run
+from bench.config import bench_config
+from bench.machine import machine_description
+from bench.processes import sampled_run
 from tagger.paths import resolve, shown
 
 
@@ -54,7 +54,7 @@ def markdown(result: dict) -> list[str]:
     lines = [
         "# Training on several processes (DDP on CPU)",
         "",
-        f"Machine: {result['machine']}. Command: `python -m tagger.bench.ddp` (conf/bench/ddp.yaml). Both",
+        f"Machine: {result['machine']}. Command: `python -m bench.ddp` (conf/bench/ddp.yaml). Both",
         "runs train the shared model on the built-in data with the same config and seed, choose the epoch",
         "and temperature on the same validation slice and refit on the whole window; scores are on that",
         "validation slice. Memory: peak of the whole process tree (both ranks), sampled every "

@@ -1,7 +1,7 @@
 """Promotions and label changes against a running API under load: does any request fail, how long
 does a promote or a label change take, how soon does the server serve it?
 
-    python -m tagger.bench.lifecycle [model_dir=DIR] [rate=100] [promotions=6] [updates=10]
+    python -m bench.lifecycle [model_dir=DIR] [rate=100] [promotions=6] [updates=10]
 
 A scratch registry gets two model versions (the trained model of ``model_dir``, newest by default,
 exported twice: at opset 17 and at opset 18, so two versions with their own ``model.onnx``; the
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import httpx
 
-from tagger.bench.config import bench_config, write_figures
-from tagger.bench.load import seconds_until, start_load, summarise_load
-from tagger.bench.machine import machine_description
-from tagger.bench.servers import free_port, server_process
-from tagger.bench.serving import request_bodies
+from bench.config import bench_config, write_figures
+from bench.load import seconds_until, start_load, summarise_load
+from bench.machine import machine_description
+from bench.servers import free_port, server_process
+from bench.serving import request_bodies
 from tagger.paths import resolve, shown
 
 TOKEN = secrets.token_hex(16)  # 32 characters: shorter ones refuse to start
@@ -150,7 +150,7 @@ def run(
         "promote_live_s": promote_live_s,
         "update_s": update_s,
         "update_live_s": update_live_s,
-        "command": f"python -m tagger.bench.lifecycle rate={rate:g} promotions={promotions} "
+        "command": f"python -m bench.lifecycle rate={rate:g} promotions={promotions} "
         f"updates={updates} workers={workers}",
     }
 

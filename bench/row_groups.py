@@ -2,7 +2,7 @@
 written with small row groups and as a single one, each scored by ``python predict.py``
 (engine=local) with its peak memory sampled.
 
-    python -m tagger.bench.row_groups [key=value ...]        (conf/bench/row_groups.yaml)
+    python -m bench.row_groups [key=value ...]        (conf/bench/row_groups.yaml)
 
 predict.py reads a row group in slices of ``batch_rows`` rows (pyarrow, no pre-buffering), so its
 memory should not follow the row group's size. Writes ``results/benchmarks/row_groups.md`` and ``.json``.
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from tagger.bench.batch import make_big_file, run_predict
-from tagger.bench.config import bench_config, write_figures
-from tagger.bench.machine import machine_description
-from tagger.bench.servers import promoted_export
+from bench.batch import make_big_file, run_predict
+from bench.config import bench_config, write_figures
+from bench.machine import machine_description
+from bench.servers import promoted_export
 from tagger.paths import resolve, shown
 
 
@@ -61,8 +61,7 @@ def markdown(result: dict) -> str:
     lines = [
         "# predict.py memory against row-group size",
         "",
-        f"Machine: {result['machine']}. Command: `python -m tagger.bench.row_groups` "
-        "(conf/bench/row_groups.yaml).",
+        f"Machine: {result['machine']}. Command: `python -m bench.row_groups` (conf/bench/row_groups.yaml).",
         f"The built-in data (`{result['data']}`, {rows[0]['tickets']:,} tickets) written with each row-group "
         f"size, scored by `python predict.py engine=local` on export `{result['export_dir']}`; peak "
         f"proportional set size of the process sampled every {result['sample_every']} s, median of "

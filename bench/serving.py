@@ -1,12 +1,14 @@
-"""Serving benchmark: the HTTP API on real held-out tickets, side by side in one run with the code
-before a change (a git worktree of ``before``: conf/bench/serving.yaml), a FastAPI app answering a constant
-(the floor of an HTTP round trip here) and the bare ONNX call (the floor of the model).
+"""Serving benchmark: the HTTP API on real held-out tickets, side by side in one run with the floors
+it is measured against: a FastAPI app under the same server settings answering a constant (the floor
+of an HTTP round trip on this machine) and the bare ONNX session call (the floor of the model).
 
-    python -m tagger.bench.serving [export_dir=DIR] [before=COMMIT] [seconds=8] [repeats=3]
+    python -m bench.serving [export_dir=DIR] [compare_export_dir=DIR] [seconds=8] [repeats=3]
 
 Measures the single-ticket round trip by sentence count for string and object embeddings, p50/p99
 at fixed offered rates (open loop), the saturation throughput of 1 and 2 workers (closed loop), and
-admission control at twice saturation; checks that both codes give the same answers. Writes
+admission control at twice saturation, each beside the constant app; reports the API's ratios to
+both floors and checks that 1 and 2 workers give the same answers. ``compare_export_dir``: another
+export served by the same code beside it (e.g. one member of an ensemble). Writes
 results/benchmarks/serving.md (and .json).
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -23,18 +26,16 @@ import numpy as np
 import orjson
 import pyarrow.parquet as pq
 
-from tagger.bench.config import bench_config
-from tagger.bench.load import http_request, percentiles, run_load, sequential
-from tagger.bench.machine import machine_description
-from tagger.bench.servers import (
-    before_code,
+from bench.config import bench_config
+from bench.load import http_request, percentiles, run_load, sequential
+from bench.machine import machine_description
+from bench.servers import (
+    api_command,
     constant_app,
     free_port,
     promoted_export,
     server_process,
-    this_code,
     tree_rss_mb,
-    worktree,
 )
 from tagger.data.splits import cutoff_seconds
 from tagger.serving.label_store import read_base
@@ -170,7 +171,7 @@ def round_trips(port: int, groups: dict[str, list[bytes]], repeats: int, n: int 
 def answers_agree(port_a: int, port_b: int, requests: list[bytes]) -> dict:
     """Both servers' answers to every request: how many are the same JSON (``identical``), and how
     many give the same ranked labels and scores (``same_top_k``: the model's output, whatever the
-    answer policy on top of it, e.g. answers one level up, which an older commit does not give)."""
+    answer policy on top of it)."""
     _, _, a = sequential(port_a, requests, len(requests))
     _, _, b = sequential(port_b, requests, len(requests))
     pairs = [(orjson.loads(x), orjson.loads(y)) for x, y in zip(a, b, strict=True)]
@@ -221,7 +222,8 @@ def overload(server, port: int, requests: list[bytes], rate: float, seconds: flo
     }
 
 
-NEW, TWO, CONSTANT = "this code, 1 worker", "this code, 2 workers", "constant FastAPI app"
+NEW, TWO = "API, 1 worker", "API, 2 workers"
+CONSTANT, OTHER = "constant FastAPI app", "compared export, 1 worker"
 
 
 def by_bucket(export_dir: Path, per_bucket: int = 200) -> dict[str, list[dict]]:
@@ -253,39 +255,38 @@ def bare_onnx_ms(export_dir: Path, buckets: dict[str, list[dict]], repeats: int 
 
 
 def http_figures(
-    export_dir: Path, args, mix: list[bytes], groups: dict[str, list[bytes]], before_export: Path
+    export_dir: Path, args, mix: list[bytes], groups: dict[str, list[bytes]], compare_export: Path | None
 ) -> dict:
-    """Every HTTP measurement, with the four servers running side by side ("before" serving
-    ``before_export``)."""
-    old = f"before ({args.before})"
+    """Every HTTP measurement, with the servers running side by side: the API with 1 and 2 workers,
+    the constant app, and the API serving ``compare_export`` when there is one."""
+    specs = {
+        NEW: lambda p: api_command(export_dir, p, ("workers=1",)),
+        TWO: lambda p: api_command(export_dir, p, ("workers=2",)),
+        CONSTANT: constant_app,
+    }
+    if compare_export is not None:
+        specs[OTHER] = lambda p: api_command(compare_export, p, ("workers=1",))
     with ExitStack() as stack:
-        tree = stack.enter_context(worktree(args.before))
-        specs = {
-            NEW: lambda p: this_code(export_dir, p, ("workers=1",)),
-            TWO: lambda p: this_code(export_dir, p, ("workers=2",)),
-            old: lambda p: before_code(tree, before_export, p),
-            CONSTANT: constant_app,
-        }
         servers = {}
         for name, spec in specs.items():
             port = free_port()
             servers[name] = (stack.enter_context(server_process(port=port, **spec(port))), port)
         port = {name: p for name, (_, p) in servers.items()}
-        f = {"answers": answers_agree(port[NEW], port[old], mix)}
-        print("answers", f["answers"], flush=True)
+        f = {"answers": answers_agree(port[NEW], port[TWO], mix)}
+        print("answers, 1 worker against 2 workers", f["answers"], flush=True)
         f["round_trip"] = {
-            name: round_trips(port[name], groups, args.repeats) for name in (NEW, old, CONSTANT)
+            name: round_trips(port[name], groups, args.repeats) for name in specs if name != TWO
         }
         f["open_loop"] = {
             name: {
                 f"{rate:g}": run_load(port[name], mix, rate, args.seconds, 64).summary()
                 for rate in args.rates
             }
-            for name in (NEW, TWO, old)
+            for name in specs
         }
         # 32 connections a worker: enough to keep both busy when the kernel spreads connections
         # unevenly over the workers, never more than one worker's max_in_flight on average
-        connections = {NEW: 32, TWO: 64, old: 32, CONSTANT: 32}
+        connections = {name: 64 if name == TWO else 32 for name in specs}
         seconds = max(3.0, args.seconds / 2)
         f["saturation"] = {
             name: saturation(port[name], mix, seconds, args.repeats, n) for name, n in connections.items()
@@ -301,10 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     from tagger.paths import resolve, shown
 
+    argv = sys.argv[1:] if argv is None else argv
     args = bench_config("serving", argv, __doc__)
     export_dir = resolve(args.export_dir) if args.export_dir else promoted_export(args.get("registry_dir"))
     export_dir = export_dir.resolve()
-    before_export = resolve(args.before_export_dir).resolve() if args.get("before_export_dir") else export_dir
+    compare = resolve(args.compare_export_dir).resolve() if args.get("compare_export_dir") else None
     bodies = request_bodies(export_dir, args.tickets)
     buckets = by_bucket(export_dir)
     groups = {}
@@ -314,91 +316,82 @@ def main(argv: list[str] | None = None) -> int:
     counts = {bucket: len(chosen) for bucket, chosen in buckets.items()}
     print(f"{len(bodies):,} tickets; by sentences {counts}", flush=True)
     figures = {
+        "command": " ".join(["python -m bench.serving", *argv]),
         "export_dir": shown(export_dir),
-        "before_export_dir": shown(before_export),
-        "before": args.before,
-        "before_is": args.before_is,
-        "max_slowdown": args.max_slowdown,
+        "compare_export_dir": shown(compare) if compare else None,
+        "compare_is": args.get("compare_is") if compare else None,
+        "floor_goals": {
+            "max_round_trip_vs_constant": args.max_round_trip_vs_constant,
+            "min_throughput_vs_constant": args.min_throughput_vs_constant,
+        },
         "machine": machine_description(),
+        "settings": {"seconds": args.seconds, "repeats": args.repeats, "rates": list(args.rates)},
         "tickets": len(bodies),
         "mean_sentences": float(np.mean([n_sentences(b) for b in bodies])),
         "bucket_tickets": counts,
         "in_process": in_process(export_dir, bodies),
         "bare_onnx_by_bucket": bare_onnx_ms(export_dir, buckets),
     }
-    if before_export != export_dir:
-        figures["before_bare_onnx_by_bucket"] = bare_onnx_ms(before_export, buckets)
-    figures |= http_figures(export_dir, args, encoded(bodies), groups, before_export)
-    figures["goals"] = goals(figures, f"before ({args.before})", args.max_slowdown)
+    if compare is not None:
+        figures["compare_bare_onnx_by_bucket"] = bare_onnx_ms(compare, buckets)
+    figures |= http_figures(export_dir, args, encoded(bodies), groups, compare)
+    figures["goals"] = goals(figures)
     out_dir = resolve(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "serving.json").write_text(json.dumps(figures, indent=2))
-    text = markdown(figures, args)
+    text = markdown(figures)
     (out_dir / "serving.md").write_text(text)
     print(text)
     return 0
 
 
-ROUND_TRIPS = ("1 string", "1 object", "50+ string")  # the round trips no change may slow down
-
-
-def goals(f: dict, old: str, max_slowdown: float | None = None) -> list[dict]:
-    """The goals, each with the measured figure and whether it is met: against ``before``, no figure
-    worse by more than ``max_slowdown`` when it is set (a change that must not cost speed), else the
-    fast request path's speed-ups (issue 15)."""
-    new, rt = NEW, f["round_trip"]
-    sat = f["saturation"]
-    best = max(sat[NEW]["throughput"], sat[TWO]["throughput"])
+def goals(f: dict) -> list[dict]:
+    """The goals, each with the measured figure and whether it is met: absolute ones (latency, the
+    answers of 1 and 2 workers, admission control) and ratios to the floors measured in the same run
+    (``floor_goals``; a null bound: that goal is not checked)."""
+    rt, sat, bounds = f["round_trip"], f["saturation"], f["floor_goals"]
+    answers = f["answers"]
     rows = [
         (
             "server time, one-sentence ticket (string; object) < 0.7 ms",
-            f"{rt[new]['1 string']['server_p50']:.2f}; {rt[new]['1 object']['server_p50']:.2f} ms",
-            max(rt[new]["1 string"]["server_p50"], rt[new]["1 object"]["server_p50"]) < 0.7,
+            f"{rt[NEW]['1 string']['server_p50']:.2f}; {rt[NEW]['1 object']['server_p50']:.2f} ms",
+            max(rt[NEW]["1 string"]["server_p50"], rt[NEW]["1 object"]["server_p50"]) < 0.7,
         ),
         (
             "50+-sentence ticket round trip p50 < 5 ms (string; object)",
-            f"{rt[new]['50+ string']['p50']:.2f}; {rt[new]['50+ object']['p50']:.2f} ms",
-            max(rt[new]["50+ string"]["p50"], rt[new]["50+ object"]["p50"]) < 5,
+            f"{rt[NEW]['50+ string']['p50']:.2f}; {rt[NEW]['50+ object']['p50']:.2f} ms",
+            max(rt[NEW]["50+ string"]["p50"], rt[NEW]["50+ object"]["p50"]) < 5,
         ),
     ]
     for name in (NEW, TWO):
         p99 = f["open_loop"][name]["100"]["p99"]
         rows.append((f"100 req/s p99 < 10 ms ({name})", f"{p99:.2f} ms", p99 < 10))
-    if max_slowdown is not None:
-        worst = 1 + float(max_slowdown)
-        slower = [(f"round trip p50, {key}", rt[old][key]["p50"], rt[new][key]["p50"]) for key in ROUND_TRIPS]
-        slower.append(("100 req/s p99", f["open_loop"][old]["100"]["p99"], f["open_loop"][new]["100"]["p99"]))
-        for goal, a, b in slower:
-            rows.append(
-                (
-                    f"{goal}, at most {worst:.2f}x before",
-                    f"{b / a:.2f}x ({a:.2f} -> {b:.2f} ms)",
-                    b <= worst * a,
-                )
-            )
-        a, b = sat[old]["throughput"], sat[new]["throughput"]
+    rows.append(
+        (
+            "1 and 2 workers give the same answer (the same JSON) to every ticket",
+            f"{answers['identical']:,} of {answers['requests']:,}",
+            answers["identical"] == answers["requests"],
+        )
+    )
+    bound = bounds.get("max_round_trip_vs_constant")
+    if bound is not None:
+        ratios = [rt[NEW][key]["p50"] / rt[CONSTANT][key]["p50"] for key in ("1 string", "1 object")]
         rows.append(
             (
-                f"saturation throughput (1 worker), at least before / {worst:.2f}",
-                f"{b / a:.2f}x ({a:.0f} -> {b:.0f} req/s)",
-                b * worst >= a,
+                f"one-sentence round trip p50 at most {bound:g}x the constant app's (string; object)",
+                f"{ratios[0]:.2f}x; {ratios[1]:.2f}x ({rt[NEW]['1 string']['p50']:.2f} ms against "
+                f"{rt[CONSTANT]['1 string']['p50']:.2f} ms)",
+                max(ratios) <= bound,
             )
         )
-    else:
+    bound = bounds.get("min_throughput_vs_constant")
+    if bound is not None:
+        a, c = sat[NEW]["throughput"], sat[CONSTANT]["throughput"]
         rows.append(
             (
-                "round trip p50, one-sentence ticket, >= 3x lower than before",
-                f"{rt[old]['1 string']['p50'] / rt[new]['1 string']['p50']:.2f}x "
-                f"({rt[old]['1 string']['p50']:.2f} -> {rt[new]['1 string']['p50']:.2f} ms)",
-                rt[old]["1 string"]["p50"] / rt[new]["1 string"]["p50"] >= 3,
-            )
-        )
-        ratio = best / sat[old]["throughput"]
-        rows.append(
-            (
-                "saturation throughput >= 2x before",
-                f"{ratio:.1f}x ({sat[old]['throughput']:.0f} -> {best:.0f} req/s)",
-                ratio >= 2,
+                f"saturation throughput (1 worker) at least {bound:g} of the constant app's",
+                f"{a / c:.2f} ({a:.0f} of {c:.0f} req/s)",
+                a >= bound * c,
             )
         )
     for name, o in f["overload"].items():
@@ -444,31 +437,42 @@ def _table(head: str, align: str, rows: list[str]) -> list[str]:
     return [head, align, *rows]
 
 
-def markdown(f: dict, args) -> str:
-    """The report: what ran, the goals, then each table."""
-    old = f"before ({f['before']})"
+def _compared(f: dict) -> str:
+    """What the run compared, in words."""
+    text = (
+        "Compared side by side in this run, on the same machine, export and tickets: the API "
+        "(`python -m tagger.serving` over a scratch registry serving the export) with 1 and 2 workers; "
+        "a FastAPI app under the same uvicorn settings that reads the body and answers a constant "
+        "(bench/constant_app.py: the floor of an HTTP round trip here, no parsing, no model); and the "
+        "bare ONNX session call in process with its inputs built beforehand (the floor of the model). "
+    )
+    if f.get("compare_export_dir"):
+        what = f" ({f['compare_is']})" if f.get("compare_is") else ""
+        text += (
+            f"Beside them, the same code serving another export, `{f['compare_export_dir']}`{what}, "
+            "with 1 worker. "
+        )
+    return text + (
+        "Every ratio below is to a floor measured in the same run, not to another run or to older code."
+    )
+
+
+def markdown(f: dict) -> str:
+    """The report: what ran, what is compared, the goals, then each table."""
+    s = f["settings"]
+    answers = f["answers"]
     lines = [
         "# Serving benchmark",
         "",
         f"Machine: {f['machine']}; the load generator runs on the same machine.",
         f"Export: `{f['export_dir']}`; {f['tickets']:,} real held-out tickets "
         f"(mean {f['mean_sentences']:.1f} sentences; the embeddings JSON as in the parquet, nulls included).",
-        f"Command: `python -m tagger.bench.serving` (seconds {args.seconds:g} per load run, "
-        f"{args.repeats} runs of each round-trip and saturation figure, the median shown).",
-        f'"Before" is commit {f["before"]} ({f.get("before_is") or "an earlier commit"}) checked out in '
-        "a git worktree and served as that commit deployed it, beside this code in the same run, "
-        + (
-            "on the same export. "
-            if f.get("before_export_dir", f["export_dir"]) == f["export_dir"]
-            else f"serving its own export `{f['before_export_dir']}`. "
-        )
-        + "Floors: the bare ONNX session call (in process) and "
-        "a FastAPI app that reads the body and answers a constant (src/tagger/bench/constant_app.py).",
+        f"Command: `{f['command'].strip()}` (seconds {s['seconds']:g} per load run, "
+        f"{s['repeats']} runs of each round-trip and saturation figure, the median shown).",
+        _compared(f),
         "",
-        f"Same answers: {f['answers']['identical']:,} of {f['answers']['requests']:,} tickets give the same "
-        f"JSON from this code and from before; {f['answers'].get('same_top_k', f['answers']['identical']):,} "
-        "the same ranked labels and scores (the model's output; the answer on top of it may differ by "
-        "design, e.g. an answer one level up).",
+        f"Same answers: {answers['identical']:,} of {answers['requests']:,} tickets give the same JSON from "
+        f"1 worker and from 2 workers; {answers['same_top_k']:,} the same ranked labels and scores.",
         "",
         "## Goals",
         "",
@@ -477,9 +481,9 @@ def markdown(f: dict, args) -> str:
             "|---|---|---|",
             [f"| {g['goal']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |" for g in f["goals"]],
         ),
-        *_round_trip_section(f, old),
+        *_round_trip_section(f),
         *_open_loop_section(f),
-        *_saturation_section(f, old),
+        *_saturation_section(f),
         *_overload_section(f),
         "",
         "## In process (one thread)",
@@ -496,70 +500,88 @@ def markdown(f: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _round_trip_section(f: dict, old: str) -> list[str]:
-    own = "before_bare_onnx_by_bucket" in f  # "before" serves another export: its floor too
+def _round_trip_section(f: dict) -> list[str]:
+    other = OTHER in f["round_trip"]
     rows = []
     for bucket in BUCKETS:
+        onnx = f["bare_onnx_by_bucket"][bucket]
         for kind in ("string", "object"):
             key = f"{bucket} {kind}"
-            a, b, c = (f["round_trip"][name][key] for name in (old, NEW, CONSTANT))
-            rows.append(
-                f"| {bucket} | {kind} | {f['bucket_tickets'][bucket]} | {_ms(a['p50'])} | {_ms(b['p50'])} | "
-                f"{b['p50'] / a['p50']:.2f}x | {_ms(b['p99'])} | {_ms(b['server_p50'])} | {_ms(c['p50'])} | "
-                f"{f['bare_onnx_by_bucket'][bucket]:.3f} |"
-                + (f" {f['before_bare_onnx_by_bucket'][bucket]:.3f} |" if own else "")
+            b, c = f["round_trip"][NEW][key], f["round_trip"][CONSTANT][key]
+            server = b["server_p50"]
+            row = (
+                f"| {bucket} | {kind} | {f['bucket_tickets'][bucket]} | {_ms(b['p50'])} | {_ms(b['p99'])} "
+                f"| {_ms(server)} | {_ms(c['p50'])} | {b['p50'] / c['p50']:.1f}x | {onnx:.3f} "
+                f"| {'-' if server is None else f'{server / onnx:.1f}x'} |"
             )
+            if other:
+                o = f["round_trip"][OTHER][key]
+                row += (
+                    f" {_ms(o['p50'])} | {b['p50'] / o['p50']:.2f}x "
+                    f"| {f['compare_bare_onnx_by_bucket'][bucket]:.3f} |"
+                )
+            rows.append(row)
     return [
         "",
         "## One ticket at a time (one keep-alive connection, sequential)",
         "",
-        "Round trip p50 / p99 in ms; server: the Server-Timing the API reports "
-        "(gate entry to response start).",
+        "Round trip p50 / p99 in ms of the API with 1 worker; server: the Server-Timing the API reports "
+        "(gate entry to response start); the round trip against the constant app's (the HTTP floor) and "
+        "the server's own time against the bare ONNX call (the model's floor).",
         "",
         *_table(
-            "| sentences | embeddings | tickets | before p50 | this p50 | this / before | this p99 "
-            "| server p50 | constant app p50 | bare ONNX p50 |"
-            + (" before's bare ONNX p50 |" if own else ""),
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if own else ""),
+            "| sentences | embeddings | tickets | p50 | p99 | server p50 | constant app p50 "
+            "| p50 / constant app | bare ONNX p50 | server / bare ONNX |"
+            + (" compared export p50 | this / compared | compared bare ONNX p50 |" if other else ""),
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if other else ""),
             rows,
         ),
     ]
 
 
 def _open_loop_section(f: dict) -> list[str]:
-    rows = [
-        f"| {name} | {rate} | {r['throughput']:.0f} | {_ms(r['p50'])} | {_ms(r['p99'])} | "
-        f"{_ms(r['max'])} | {r['statuses']} | {r['connection_errors']} |"
-        for name, by_rate in f["open_loop"].items()
-        for rate, r in by_rate.items()
-    ]
+    floor = f["open_loop"][CONSTANT]
+    rows = []
+    for name, by_rate in f["open_loop"].items():
+        for rate, r in by_rate.items():
+            base = floor[rate]["p99"]
+            ratio = f"{r['p99'] / base:.1f}x" if r["p99"] is not None and base else "-"
+            rows.append(
+                f"| {name} | {rate} | {r['throughput']:.0f} | {_ms(r['p50'])} | {_ms(r['p99'])} | "
+                f"{_ms(r['max'])} | {r['statuses']} | {r['connection_errors']} | {ratio} |"
+            )
     return [
         "",
         "## Fixed offered rates (open loop, 64 connections, real ticket mix)",
         "",
-        "Latency counts from when a request was due, so queueing counts.",
+        "Latency counts from when a request was due, so queueing counts; the last column: p99 against the "
+        "constant app's at the same rate.",
         "",
         *_table(
             "| server | offered req/s | answered 200/s | p50 ms | p99 ms | max ms | statuses "
-            "| connection errors |",
-            "|---|---:|---:|---:|---:|---:|---|---:|",
+            "| connection errors | p99 / constant app |",
+            "|---|---:|---:|---:|---:|---:|---|---:|---:|",
             rows,
         ),
     ]
 
 
-def _saturation_section(f: dict, old: str) -> list[str]:
-    base = f["saturation"][old]["throughput"]
+def _saturation_section(f: dict) -> list[str]:
+    base = f["saturation"][CONSTANT]["throughput"]
     rows = [
         f"| {name} | {r['throughput']:.0f} | {', '.join(f'{x:.0f}' for x in r['runs'])} | "
-        f"{r['throughput'] / base:.1f}x |"
+        f"{r['throughput'] / base:.2f} |"
         for name, r in f["saturation"].items()
     ]
     return [
         "",
         "## Saturation (closed loop, 32 connections a worker)",
         "",
-        *_table("| server | answers 200/s (median) | runs | ratio to before |", "|---|---:|---|---:|", rows),
+        *_table(
+            "| server | answers 200/s (median) | runs | share of the constant app's |",
+            "|---|---:|---|---:|",
+            rows,
+        ),
     ]
 
 

@@ -2,8 +2,8 @@
 on the built-in data and on a 1,000,000-ticket file made by replicating it; tickets/s, peak memory
 of the whole process tree, where the time goes, and whether Ray gives the local engine's rows.
 
-    python -m tagger.bench.batch [key=value ...]          (conf/bench/batch.yaml)
-    python -m tagger.bench.batch make_only=true           # only make the 1M-ticket file
+    python -m bench.batch [key=value ...]          (conf/bench/batch.yaml)
+    python -m bench.batch make_only=true           # only make the 1M-ticket file
 
 Each run is a separate ``python predict.py`` process, its memory sampled (proportional set size,
 so pages shared between Ray's processes count once) while it runs. Writes
@@ -23,11 +23,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from bench.config import bench_config
+from bench.machine import machine_description
+from bench.processes import sampled_run
+from bench.servers import promoted_export
 from tagger.batch.run import outputs
-from tagger.bench.config import bench_config
-from tagger.bench.machine import machine_description
-from tagger.bench.processes import sampled_run
-from tagger.bench.servers import promoted_export
 from tagger.paths import resolve, shown
 
 # (name, predict.py overrides)
@@ -122,7 +122,7 @@ def markdown(result: dict) -> list[str]:
     lines = [
         "# Batch scoring benchmark",
         "",
-        f"Machine: {result['machine']}. Command: `python -m tagger.bench.batch` (conf/bench/batch.yaml);",
+        f"Machine: {result['machine']}. Command: `python -m bench.batch` (conf/bench/batch.yaml);",
         f"each figure is one `python predict.py` process on export `{result['export_dir']}`.",
         f"Built-in data: `{result['data']}`, median of {result['repeats']} runs; the "
         f"{result['big_tickets']:,}-ticket file `{result['big_path']}` (the built-in data replicated, "

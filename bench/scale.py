@@ -1,7 +1,6 @@
 """Scale benchmark: what a training step, a ticket and a label update cost as merchants are added.
 
-    python -m tagger.bench.scale [merchants=[60,1000,5000,20000]] [labels=30] [seconds=10]
-                                 [before=[60,1000,5000]] [export_dir=DIR]
+    python -m bench.scale [merchants=[60,1000,5000,20000]] [labels=30] [seconds=10] [export_dir=DIR]
 
 Synthetic merchants (``labels`` random unit label vectors each; cost does not depend on what the
 vectors mean) around the real model graphs of the registry's promoted model (or ``export_dir``).
@@ -9,8 +8,6 @@ For each merchant count:
 
 - training step (forward, loss, backward, both optimisers; batch 128 x 4 sentences, one thread,
   default architecture) and the peak resident memory of a fresh process building the model;
-- the same for the model before the per-merchant layout (git commit ``BEFORE``: an
-  ``[accounts, labels]`` mask, logits over every label, a dense AdamW step), side by side;
 - one ticket in process: OnnxPredictor.predict (and the bare ``session.run`` beside it);
 - HTTP p50/p99 at 100 req/s (``python -m tagger.serving``, load from another process), and the
   server's resident memory;
@@ -19,17 +16,16 @@ For each merchant count:
   a server's view that catches up with it; startup time of a predictor;
 - the export's label storage on disk.
 
-Writes results/benchmarks/scale.md, scale.json and scale.png (log-log, each cost against merchants).
+Growth is each cost against the same cost at the smallest merchant count of the same run. Writes
+results/benchmarks/scale.md, scale.json and scale.png (log-log, each cost against merchants).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import multiprocessing as mp
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,12 +34,11 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from tagger.bench.config import bench_config
-from tagger.bench.machine import machine_description
-from tagger.bench.servers import promoted_export, registry_of
-from tagger.paths import PROJECT_ROOT, resolve
+from bench.config import bench_config
+from bench.machine import machine_description
+from bench.servers import promoted_export, registry_of
+from tagger.paths import resolve
 
-BEFORE = "c3b6ff6"  # the last commit with the [accounts, labels] layout
 BATCH, SENTENCES, DIM = 128, 4, 384
 
 
@@ -56,11 +51,15 @@ def _random_batch(n_accounts: int, labels: int, seed: int = 0) -> dict:
     return {"x": x, "account": account, "target": rng.integers(0, labels, BATCH)}
 
 
-def _train_step(variant: str, n_accounts: int, labels: int, steps: int, queue) -> None:
+def _train_step(n_accounts: int, labels: int, steps: int, queue) -> None:
     """Runs in a fresh process: the median step time and the process's peak memory."""
     import resource
 
     import torch
+
+    from tagger.model.label_table import gather_rows
+    from tagger.model.lit import LitShared
+    from tagger.model.shared import SharedConfig, SharedModel
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -69,39 +68,15 @@ def _train_step(variant: str, n_accounts: int, labels: int, steps: int, queue) -
     b = _random_batch(n_accounts, labels)
     x, mask = torch.from_numpy(b["x"]), torch.ones(BATCH, SENTENCES, dtype=torch.bool)
     account = torch.from_numpy(b["account"])
-    if variant == "new":
-        from tagger.model.label_table import gather_rows
-        from tagger.model.lit import LitShared
-        from tagger.model.shared import SharedConfig, SharedModel
-
-        model = SharedModel(SharedConfig(), names, n_accounts)
-        lit = LitShared(model, torch.zeros(n_labels), imbalance="none")
-        starts = np.arange(n_accounts + 1, dtype=np.int64) * labels
-        counts = np.r_[np.full(n_accounts, labels), 0].astype(np.int64)
-        rows = torch.from_numpy(gather_rows(starts, counts, b["account"]))
-        target = torch.from_numpy(b["target"])
-        batch = {"x": x, "mask": mask, "account": account, "rows": rows, "target": target}
-        optimisers = lit.configure_optimizers()
-        batch_labels = int(torch.unique(rows[rows >= 0]).numel())  # what the label tower runs on
-
-        def loss() -> torch.Tensor:
-            return lit.loss(batch)
-
-        def forward_one() -> None:
-            model(x[:1], mask[:1], account[:1], rows[:1])
-    else:
-        old = _before_module()
-        owner = torch.arange(n_labels) // labels
-        model = old.SharedModel(old.SharedConfig(), names, owner, n_accounts)
-        target = account * labels + torch.from_numpy(b["target"])
-        optimisers = [torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)]
-        batch_labels = n_labels
-
-        def loss() -> torch.Tensor:
-            return torch.nn.functional.cross_entropy(model(x, mask, account), target)
-
-        def forward_one() -> None:
-            model(x[:1], mask[:1], account[:1])
+    model = SharedModel(SharedConfig(), names, n_accounts)
+    lit = LitShared(model, torch.zeros(n_labels), imbalance="none")
+    starts = np.arange(n_accounts + 1, dtype=np.int64) * labels
+    counts = np.r_[np.full(n_accounts, labels), 0].astype(np.int64)
+    rows = torch.from_numpy(gather_rows(starts, counts, b["account"]))
+    target = torch.from_numpy(b["target"])
+    batch = {"x": x, "mask": mask, "account": account, "rows": rows, "target": target}
+    optimisers = lit.configure_optimizers()
+    batch_labels = int(torch.unique(rows[rows >= 0]).numel())  # what the label tower runs on
 
     model.train()
     times = []
@@ -109,7 +84,7 @@ def _train_step(variant: str, n_accounts: int, labels: int, steps: int, queue) -
         t0 = time.perf_counter()
         for opt in optimisers:
             opt.zero_grad()
-        loss().backward()
+        lit.loss(batch).backward()
         for opt in optimisers:
             opt.step()
         if i:
@@ -125,9 +100,9 @@ def _train_step(variant: str, n_accounts: int, labels: int, steps: int, queue) -
     model.eval()
     one = []
     with torch.no_grad():
-        for _ in range(20 if variant == "new" else 5):
+        for _ in range(20):
             t0 = time.perf_counter()
-            forward_one()
+            model(x[:1], mask[:1], account[:1], rows[:1])
             one.append((time.perf_counter() - t0) * 1000)
     state_mb = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
     queue.put(
@@ -141,29 +116,11 @@ def _train_step(variant: str, n_accounts: int, labels: int, steps: int, queue) -
     )
 
 
-def _before_module():
-    """The model file of commit BEFORE, loaded as a module (needs git and the repository's history)."""
-    source = subprocess.run(
-        ["git", "show", f"{BEFORE}:src/tagger/model/shared.py"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    path = Path(tempfile.mkdtemp(prefix="tagger-before-")) / "shared_before.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("shared_before", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["shared_before"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-def train_step(variant: str, n_accounts: int, labels: int, steps: int) -> dict:
-    """One fresh process measuring ``variant`` (new | before) at ``n_accounts`` merchants."""
+def train_step(n_accounts: int, labels: int, steps: int) -> dict:
+    """One fresh process measuring a training step at ``n_accounts`` merchants."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_train_step, args=(variant, n_accounts, labels, steps, queue))
+    proc = ctx.Process(target=_train_step, args=(n_accounts, labels, steps, queue))
     proc.start()
     while True:  # a child that dies (out of memory, an import error) must not hang the benchmark
         try:
@@ -171,7 +128,7 @@ def train_step(variant: str, n_accounts: int, labels: int, steps: int) -> dict:
             break
         except Exception:
             if not proc.is_alive():
-                died = f"the {variant} training-step process died (exit {proc.exitcode})"
+                died = f"the training-step process died (exit {proc.exitcode})"
                 raise RuntimeError(died) from None
     proc.join()
     return out
@@ -303,9 +260,9 @@ def label_updates(export_dir: Path, n_accounts: int, n_updates: int, registry: P
 def http(export_dir: Path, n_accounts: int, seconds: float) -> dict:
     """HTTP latency at 100 req/s against ``python -m tagger.serving`` on the export (or a registry
     serving it); its memory."""
-    from tagger.bench.load import start_load, summarise_load
-    from tagger.bench.servers import api_server
-    from tagger.bench.servers import tree_rss_mb as rss_mb
+    from bench.load import start_load, summarise_load
+    from bench.servers import api_server
+    from bench.servers import tree_rss_mb as rss_mb
 
     t0 = time.perf_counter()
     with api_server(export_dir) as (server, url):
@@ -329,20 +286,18 @@ def http(export_dir: Path, n_accounts: int, seconds: float) -> dict:
 
 
 # ---- the run ----------------------------------------------------------------------------------------
-def run(args: DictConfig) -> dict:
-    """Every measurement at every merchant count of conf/bench/scale.yaml (``args``)."""
+def run(args: DictConfig, command: str = "python -m bench.scale") -> dict:
+    """Every measurement at every merchant count of conf/bench/scale.yaml (``args``), the smallest
+    count first (the one each cost's growth is measured from)."""
     source = resolve(args.export_dir) if args.export_dir else promoted_export(args.get("registry_dir"))
     version = json.loads((source / "serving.json").read_text())["model_version"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="tagger-scale-") as work:
-        for n in args.merchants:
+        for n in sorted(set(args.merchants)):
             print(f"== {n:,} merchants x {args.labels} labels", flush=True)
             row = {"merchants": n, "labels": n * args.labels}
-            row["train"] = train_step("new", n, args.labels, args.steps)
+            row["train"] = train_step(n, args.labels, args.steps)
             print(f"   training step {row['train']['step_ms']:.1f} ms", flush=True)
-            if n in args.before:
-                row["train_before"] = train_step("before", n, args.labels, args.before_steps)
-                print(f"   before: training step {row['train_before']['step_ms']:.1f} ms", flush=True)
             export = Path(work) / f"export-{n}"
             row.update(synthetic_export(source, export, n, args.labels))
             served = registry_of(export, Path(work) / f"registry-{n}")  # served, then updated
@@ -359,14 +314,16 @@ def run(args: DictConfig) -> dict:
             shutil.rmtree(export)
             shutil.rmtree(served)
             rows.append(row)
-    return {
+    figures = {
         "machine": machine_description(),
-        "command": "python -m tagger.bench.scale " + " ".join(sys.argv[1:]),
+        "command": command,
         "model": f"the graphs of model {version}; synthetic merchants of {args.labels} labels",
         "settings": {k: v for k, v in OmegaConf.to_container(args).items() if k != "export_dir"},
-        "before": BEFORE,
         "rows": rows,
+        "growth": growth(rows),
     }
+    figures["goals"] = goals(figures)
+    return figures
 
 
 COSTS = [  # (key, label, unit)
@@ -386,6 +343,45 @@ def _value(row: dict, key: str) -> float:
     return row["train"][key] if key == "step_ms" else row[key]
 
 
+def growth(rows: list[dict]) -> dict[str, list[float | None]]:
+    """Each cost at each merchant count divided by the same cost at the smallest count of the run
+    (None where that cost is 0)."""
+    base = rows[0]
+    return {
+        key: [_value(r, key) / _value(base, key) if _value(base, key) else None for r in rows]
+        for key, _, _ in COSTS
+    }
+
+
+# (goal, cost key, bound, kind): "ratio" bounds the growth from the smallest to the largest count of
+# the run, "under" bounds the cost at the largest count
+GOALS = [
+    ("training step", "step_ms", 1.5, "ratio"),
+    ("one ticket, in process, p99", "ticket_p99_ms", 1.5, "ratio"),
+    ("HTTP p99 at 100 req/s", "http_p99_ms", 20.0, "under"),
+    ("label update p50", "update_p50_ms", 100.0, "under"),
+]
+
+
+def goals(f: dict) -> list[dict]:
+    """The goals, each with the measured figure and whether it is met."""
+    rows = f["rows"]
+    first, last = rows[0], rows[-1]
+    out = []
+    for label, key, bound, kind in GOALS:
+        value = _value(last, key)
+        if kind == "ratio":
+            ratio = f["growth"][key][-1]
+            goal = f"{label}, {last['merchants']:,} merchants within {bound:g}x of {first['merchants']:,}"
+            measured = f"x{ratio:.2f} ({_value(first, key):.2f} -> {value:.2f} ms)"
+            met = ratio is not None and ratio <= bound
+        else:
+            goal = f"{label} under {bound:g} ms at {last['merchants']:,} merchants"
+            measured, met = f"{value:.2f} ms", value < bound
+        out.append({"goal": goal, "measured": measured, "met": bool(met)})
+    return out
+
+
 def _plot(f: dict, path: Path) -> None:
     import matplotlib
 
@@ -397,24 +393,26 @@ def _plot(f: dict, path: Path) -> None:
     fig, axes = plt.subplots(3, 3, figsize=(13, 10))
     for ax, (key, label, unit) in zip(axes.flat, COSTS, strict=True):
         values = [_value(r, key) for r in rows]
-        # a grey line for what grows in proportion to the merchants, from the first point
+        # a grey line for what grows in proportion to the merchants, from the smallest count
         grows = [values[0] * m / merchants[0] for m in merchants]
         ax.loglog(merchants, grows, ":", color="grey", label="in proportion to merchants")
-        ax.loglog(merchants, values, "o-", label="per-merchant layout")
-        shown = values
+        ax.loglog(merchants, values, "o-", label="measured")
+        for m, v, ratio in zip(merchants[1:], values[1:], f["growth"][key][1:], strict=True):
+            if ratio is not None:  # the growth from the smallest count, beside each point
+                ax.annotate(f"x{ratio:.2g}", (m, v), textcoords="offset points", xytext=(4, 4), fontsize=7)
         if key == "step_ms":
-            before = [(r["merchants"], r["train_before"]["step_ms"]) for r in rows if "train_before" in r]
-            if before:
-                ax.loglog(*zip(*before, strict=True), "s--", color="tab:red", label=f"before ({f['before']})")
-                shown = values + [b for _, b in before]
             ax.legend(fontsize=7)
         # at least a decade either way: a flat cost must look flat, not zoomed into its noise
-        ax.set_ylim(min(min(shown), max(shown) / 10) / 2, max(max(shown), min(shown) * 10) * 2)
+        ax.set_ylim(min(min(values), max(values) / 10) / 2, max(max(values), min(values) * 10) * 2)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("merchants")
         ax.set_ylabel(unit)
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle(f"Cost against merchants ({rows[0]['labels'] // rows[0]['merchants']} labels each)")
+        ax.margins(x=0.12)  # room for the growth beside the last point
+    fig.suptitle(
+        f"Cost against merchants ({rows[0]['labels'] // rows[0]['merchants']} labels each; "
+        f"x: the growth from {merchants[0]:,} merchants, same run)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -425,30 +423,32 @@ def _scale_table(f: dict) -> list[str]:
     lines = [
         "# Scale: cost against the number of merchants",
         "",
-        f"`{f['command']}` on {f['machine']}. {f['model']}. Training: batch {BATCH} x {SENTENCES} sentences, "
-        "one thread, default architecture, median of the timed steps; peak memory of a fresh process. "
-        "HTTP: `python -m tagger.serving`, open loop at 100 req/s from another process on the same machine. "
-        f"Before: the model of commit {f['before']} (an [accounts, labels] mask, logits over every label, "
-        "dense AdamW), measured in the same run.",
+        f"`{f['command'].strip()}` on {f['machine']}. {f['model']}. Training: batch {BATCH} x {SENTENCES} "
+        "sentences, one thread, default architecture, median of the timed steps; peak memory of a fresh "
+        "process. HTTP: `python -m tagger.serving`, open loop at 100 req/s from another process on the same "
+        f"machine. Growth: each cost against the same cost at {f['rows'][0]['merchants']:,} merchants, "
+        "the smallest count, measured in the same run.",
         "",
         "![costs](scale.png)",
         "",
-        "| merchants | labels | labels in a batch | training step | before | peak memory | before "
-        "| one ticket p50 / p99 "
+        "## Goals",
+        "",
+        "| goal | measured | met |",
+        "|---|---|---|",
+        *[f"| {g['goal']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |" for g in f["goals"]],
+        "",
+        "## Costs",
+        "",
+        "| merchants | labels | labels in a batch | training step | peak memory | one ticket p50 / p99 "
         "| session.run p50 | HTTP p50 / p99 | label update | bytes written | reload | startup "
         "| server memory | label storage |",
-        "|" + "---:|" * 16,
+        "|" + "---:|" * 14,
     ]
     for r in f["rows"]:
-        before = r.get("train_before")
-        step_before = f"{before['step_ms']:.0f} ms" if before else "not run"
-        peak_before = f"{before['peak_rss_mb']:,.0f} MB" if before else "not run"
         lines.append(
             f"| {r['merchants']:,} | {r['labels']:,} | {r['train']['batch_labels']:,} "
             f"| {r['train']['step_ms']:.1f} ms "
-            f"| {step_before} "
             f"| {r['train']['peak_rss_mb']:,.0f} MB "
-            f"| {peak_before} "
             f"| {r['ticket_p50_ms']:.2f} / {r['ticket_p99_ms']:.2f} ms | {r['session_run_p50_ms']:.2f} ms "
             f"| {r['http_p50_ms']:.2f} / {r['http_p99_ms']:.2f} ms | {r['update_p50_ms']:.0f} ms "
             f"| {r['update_bytes'] / 1024:,.0f} KiB | {r['reload_p50_ms']:.1f} ms | {r['startup_s']:.2f} s "
@@ -457,20 +457,27 @@ def _scale_table(f: dict) -> list[str]:
     return lines
 
 
-def _markdown(f: dict) -> str:
+def _growth_table(f: dict) -> list[str]:
+    """Each cost as a multiple of itself at the smallest merchant count, one row per count."""
     rows = f["rows"]
-    first = rows[0]
-    lines = _scale_table(f)
-    last = rows[-1]
-    ratio = last["train"]["step_ms"] / first["train"]["step_ms"]
-    ticket = last["ticket_p99_ms"] / first["ticket_p99_ms"]
-    lines += [
+    cell = {key: [("-" if x is None else f"x{x:.2f}") for x in f["growth"][key]] for key, _, _ in COSTS}
+    return [
         "",
-        f"From {first['merchants']:,} to {last['merchants']:,} merchants: training step x{ratio:.2f} "
-        f"(goal: within 1.5x), one ticket p99 x{ticket:.2f} (goal: within 1.5x), HTTP p99 "
-        f"{last['http_p99_ms']:.1f} ms (goal: under 20 ms), label update {last['update_p50_ms']:.0f} ms "
-        f"(goal: under 100 ms), reload {last['reload_p50_ms']:.1f} ms.",
+        f"## Growth from {rows[0]['merchants']:,} merchants (same run)",
+        "",
+        "| merchants | merchants x | " + " | ".join(label for _, label, _ in COSTS) + " |",
+        "|" + "---:|" * (len(COSTS) + 2),
+        *[
+            f"| {r['merchants']:,} | x{r['merchants'] / rows[0]['merchants']:,.0f} | "
+            + " | ".join(cell[key][i] for key, _, _ in COSTS)
+            + " |"
+            for i, r in enumerate(rows)
+        ],
     ]
+
+
+def _markdown(f: dict) -> str:
+    lines = [*_scale_table(f), *_growth_table(f)]
     lines += [
         "",
         "A training step runs the label tower on the labels its batch needs: the label sets of the "
@@ -478,24 +485,6 @@ def _markdown(f: dict) -> str:
         f"{BATCH} tickets still meets new merchants and stops at {BATCH} x labels per merchant once "
         "every ticket of a batch comes from a different merchant (about a thousand merchants): the "
         "step is bounded by the batch, not by the platform.",
-    ]
-    befores = [r for r in rows if "train_before" in r]
-    if befores:
-        lines += [
-            "",
-            "Training step, before / now in the same run: "
-            + ", ".join(
-                f"{r['merchants']:,} merchants {r['train_before']['step_ms'] / r['train']['step_ms']:.1f}x"
-                for r in befores
-            )
-            + "; one-ticket PyTorch forward before / now: "
-            + ", ".join(
-                f"{r['train_before']['forward_one_ms']:.1f} / {r['train']['forward_one_ms']:.1f} ms"
-                for r in befores
-            )
-            + ".",
-        ]
-    lines += [
         "",
         "What still grows with merchants, and why: the server's memory and the label storage grow with "
         "the number of labels (about labels x (d + 384) x 4 bytes on disk, labels x d x 4 in memory: the "
@@ -509,8 +498,9 @@ def _markdown(f: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
+    argv = sys.argv[1:] if argv is None else argv
     args = bench_config("scale", argv, __doc__)
-    figures = run(args)
+    figures = run(args, " ".join(["python -m bench.scale", *argv]))
     out = resolve(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scale.json").write_text(json.dumps(figures, indent=2))

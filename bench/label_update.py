@@ -1,6 +1,6 @@
 """Label updates against a running API under load: how soon is each one live, does any request fail?
 
-    python -m tagger.bench.label_update [export_dir=DIR] [updates=10] [rate=100]
+    python -m bench.label_update [export_dir=DIR] [updates=10] [rate=100]
 
 A scratch registry with a copy of the export (by default the model promoted in ``registry/``) is
 served by ``python -m tagger.serving`` (admin token set) while another process sends
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tagger.bench.config import bench_config, write_figures
-from tagger.bench.load import seconds_until, start_load, summarise_load
-from tagger.bench.machine import machine_description
-from tagger.bench.servers import admin_server, promoted_export
-from tagger.bench.serving import request_bodies
+from bench.config import bench_config, write_figures
+from bench.load import seconds_until, start_load, summarise_load
+from bench.machine import machine_description
+from bench.servers import admin_server, promoted_export
+from bench.serving import request_bodies
 from tagger.model.label_update import LabelUpdate
 from tagger.paths import resolve, shown
 from tagger.serving.name_encoder import NameEncoder
@@ -144,7 +144,7 @@ def _markdown(f: dict) -> str:
             f"Load during the updates: {load['requests']:,} requests, {load['errors']} failed "
             f"(statuses {load['statuses']}), p50 {load['p50']:.2f} ms, p99 {load['p99']:.2f} ms.",
             "",
-            "Reproduce: `python -m tagger.bench.label_update`.",
+            "Reproduce: `python -m bench.label_update`.",
             "",
         ]
     )

@@ -1,6 +1,6 @@
-"""python -m tagger.reliability {fuzz,soak,faults,crash,report,all} [key=value ...]: run the checks,
+"""python -m reliability {fuzz,soak,faults,crash,report,all} [key=value ...]: run the checks,
 write results/reliability.md. Settings: conf/reliability.yaml (registry_dir, export_dir, examples,
-minutes, rate, update_every, crash_points), e.g. ``python -m tagger.reliability soak minutes=5``.
+minutes, rate, update_every, crash_points), e.g. ``python -m reliability soak minutes=5``.
 
     fuzz    schemathesis against the API's OpenAPI schema (in process, admin token set)
     soak    the API under load with label updates (default 10 min at 100 req/s)
@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
+from reliability import crash, faults, fuzz, soak
 from tagger.paths import PROJECT_ROOT, resolve, shown, subcommand_config
-from tagger.reliability import crash, faults, fuzz, soak
 
 OUT = PROJECT_ROOT / "results" / "reliability"
 
@@ -31,7 +31,7 @@ def _fuzz(args) -> None:
     import secrets
     import sys
 
-    from tagger.bench.servers import free_port, registry_of, server_process
+    from bench.servers import free_port, registry_of, server_process
     from tagger.serving.onnx_predictor import OnnxPredictor
 
     work = Path(tempfile.mkdtemp(prefix="tagger-fuzz-")) / "registry"
@@ -63,8 +63,8 @@ def _soak(args) -> None:
 
 
 def _crash(args) -> None:
-    from tagger.bench.machine import machine_description
-    from tagger.reliability.crash import run_crash
+    from bench.machine import machine_description
+    from reliability.crash import run_crash
     from tagger.serving.onnx_export import export_model
     from tagger.serving.registry import Registry
 
@@ -98,12 +98,12 @@ def _faults(args) -> None:
 
 def write_report() -> Path:
     """results/reliability.md from the JSON files present."""
-    from tagger.bench.machine import machine_description
+    from bench.machine import machine_description
 
     lines = [
         "# Reliability and security",
         "",
-        f"Machine: {machine_description()}. Reproduce: `python -m tagger.reliability all` "
+        f"Machine: {machine_description()}. Reproduce: `python -m reliability all` "
         "(or one of fuzz, soak, faults, crash).",
     ]
     sections = [
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = SimpleNamespace(command=command, **{k: cfg[k] for k in cfg})
     args.export_dir = resolve(args.export_dir) if args.export_dir else None
     if args.command != "report" and args.export_dir is None:
-        from tagger.bench.servers import promoted_export
+        from bench.servers import promoted_export
 
         args.export_dir = promoted_export(args.registry_dir)
     steps = {

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tagger.bench.load import percentiles, start_load, summarise_load
-from tagger.bench.machine import machine_description
-from tagger.bench.servers import admin_server
-from tagger.bench.servers import tree_rss_mb as rss_mb
-from tagger.bench.serving import request_bodies
+from bench.load import percentiles, start_load, summarise_load
+from bench.machine import machine_description
+from bench.servers import admin_server
+from bench.servers import tree_rss_mb as rss_mb
+from bench.serving import request_bodies
 from tagger.paths import shown
 
 

@@ -186,7 +186,7 @@ def run_crash(
 def markdown(result: dict) -> list[str]:
     """The crash test's figures for results/reliability.md."""
     lines = [
-        f"`python -m tagger.reliability crash crash_points={result['points']}` (export "
+        f"`python -m reliability crash crash_points={result['points']}` (export "
         f"`{result.get('export_dir', '-')}`, two versions of it in a scratch registry), "
         f"{result['seconds']:.0f} s: **{result['recovered']} of {result['points']} kill points recovered "
         f"to a committed state; {result['acknowledged_lost']} acknowledged changes lost**.",
