@@ -14,7 +14,11 @@ import warnings
 import hydra
 from omegaconf import DictConfig
 
+from tagger.schema import register
+
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # a deprecation inside Lightning itself
+
+register()  # the schema of conf/, before Hydra composes it
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="backtest")

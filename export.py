@@ -20,7 +20,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from tagger.schema import register
+
 warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+register()  # the schema of conf/, before Hydra composes it
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")

@@ -14,6 +14,10 @@ model_version), <out stem>.quarantine.parquet (the rows refused, as the ingest n
 import hydra
 from omegaconf import DictConfig
 
+from tagger.schema import register
+
+register()
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:

@@ -82,12 +82,12 @@ def in_process(export_dir: Path, bodies: list[dict], repeats: int = 500) -> dict
     """In-process latency of each layer on the same tickets: the bare ONNX session call, the ONNX
     predictor, the whole request path (parse, score, serialise), PyTorch eager; single and batched."""
     from tagger.data.tickets import Tickets
-    from tagger.serving.limits import Limits
+    from tagger.serving.limits import configured_limits
     from tagger.serving.onnx_predictor import OnnxPredictor
     from tagger.serving.request_path import RequestScorer, ticket_vectors
 
     predictor = OnnxPredictor(export_dir)
-    no_cap = Limits(max_sentences=10_000)
+    no_cap = configured_limits(max_sentences=10_000)
     scorer = RequestScorer(predictor, no_cap)
     accounts = [b["account_id"] for b in bodies]
     vectors = [ticket_vectors(b["email_sentence_embeddings"], "", no_cap) for b in bodies]
@@ -140,10 +140,10 @@ def in_process(export_dir: Path, bodies: list[dict], repeats: int = 500) -> dict
 
 def bare_feeds(predictor, bodies: list[dict]) -> list[dict]:
     """The ONNX inputs of each ticket, built beforehand: what ``session.run`` alone costs."""
-    from tagger.serving.limits import Limits
+    from tagger.serving.limits import configured_limits
     from tagger.serving.request_path import ticket_vectors
 
-    no_cap = Limits(max_sentences=10_000)
+    no_cap = configured_limits(max_sentences=10_000)
     feeds = []
     for b in bodies:
         vectors = ticket_vectors(b["email_sentence_embeddings"], "", no_cap)

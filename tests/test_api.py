@@ -9,14 +9,15 @@ import pytest
 from conftest import embeddings_json, exported, registry_for, unit_vectors
 from fastapi.testclient import TestClient
 
-from tagger.serving.api import Limits, create_app
+from tagger.serving.api import create_app
+from tagger.serving.limits import configured_limits
 
 
 @pytest.fixture(scope="module")
 def client(trained):
     app = create_app(
         registry_for(exported(trained, "api-onnx")),
-        Limits(max_sentences=10, max_batch=3, max_body_bytes=200_000),
+        configured_limits(max_sentences=10, max_batch=3, max_body_bytes=200_000),
         docs=True,
     )
     return TestClient(app, raise_server_exceptions=False)

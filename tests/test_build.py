@@ -14,7 +14,7 @@ from tagger.data import load_tickets
 from tagger.data.describe import describe
 from tagger.embed import SentenceEmbedder
 from tagger.synth.build import build_dataset, load_corpus, sentence_hash
-from tagger.synth.config import BuildConfig
+from tagger.synth.config import build_config
 
 pytestmark = pytest.mark.slow  # builds a small dataset with the real all-MiniLM-L6-v2
 
@@ -25,7 +25,7 @@ SMALL = {"n_accounts": 10, "n_tickets": 1500, "n_single_label": 1, "n_few_label"
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("build")
     embedder = SentenceEmbedder(root / "sentences")
-    path = build_dataset(BuildConfig.from_config(**SMALL), root / "tickets.parquet", embedder=embedder)
+    path = build_dataset(build_config(**SMALL), root / "tickets.parquet", embedder=embedder)
     return path, embedder, root
 
 
@@ -104,9 +104,9 @@ def test_vectors_are_the_real_minilm_embeddings(built):
 
 def test_same_seed_same_file_other_seed_other_file(built):
     path, embedder, root = built
-    again = build_dataset(BuildConfig.from_config(**SMALL), root / "again.parquet", embedder=embedder)
+    again = build_dataset(build_config(**SMALL), root / "again.parquet", embedder=embedder)
     assert pq.read_table(path).equals(pq.read_table(again))
-    other = build_dataset(BuildConfig.from_config(**SMALL, seed=1), root / "other.parquet", embedder=embedder)
+    other = build_dataset(build_config(**SMALL, seed=1), root / "other.parquet", embedder=embedder)
     assert not pq.read_table(path).equals(pq.read_table(other))
 
 
@@ -118,7 +118,7 @@ def test_corpus_is_bundled_with_every_intent():
 
 def test_unknown_build_setting_is_refused():
     with pytest.raises(ValueError, match="n_merchants"):
-        BuildConfig.from_config(n_merchants=3)
+        build_config(n_merchants=3)
 
 
 def test_no_intent_sentence_crosses_a_period_boundary(built):
@@ -197,7 +197,7 @@ def _simulate(rng_seed: int | None = None, **overrides) -> tuple[pd.DataFrame, l
     from tagger.synth.catalogue import intents
     from tagger.synth.merchants import late_intents, make_merchants
 
-    cfg = BuildConfig.from_config(**{**SMALL, **overrides})
+    cfg = build_config(**{**SMALL, **overrides})
     rng = np.random.default_rng(cfg.seed if rng_seed is None else rng_seed)
     corpus = load_corpus()
     catalogue = [i for i in intents() if i.name in corpus]

@@ -182,9 +182,9 @@ def test_meaning_transfers_from_real_label_names(tmp_path_factory):
     train, val = data.subset(np.arange(n) < 0.8 * n), data.subset(np.arange(n) >= 0.8 * n)
     from omegaconf import OmegaConf
 
-    from tagger.paths import PROJECT_ROOT
+    from tagger.paths import compose_config
 
-    model = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "model" / "shared.yaml"))
+    model = OmegaConf.to_container(compose_config("config").model)  # the model of conf/, as composed
     est = SharedEstimator(model, TEST_TRAINER, seed=0, embedder=embedder, **SETUP).fit(train, val)
     extended = with_labels(est, {"shop": list(UNSEEN)})
     asked = [(label, sentence) for label, sentences in UNSEEN.items() for sentence in sentences]

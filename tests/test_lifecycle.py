@@ -28,7 +28,7 @@ from tagger.manifest import ArtifactError
 from tagger.model.label_update import LabelUpdate, UpdateError
 from tagger.paths import PROJECT_ROOT
 from tagger.serving.api import create_app
-from tagger.serving.limits import Limits
+from tagger.serving.limits import configured_limits
 from tagger.serving.onnx_export import export_model
 from tagger.serving.registry import LockTimeout, Registry
 from tagger.training import run
@@ -154,7 +154,7 @@ def test_the_same_idempotency_key_applies_a_change_once(registry_dir):
 
 
 def test_an_update_waits_for_the_lock_less_than_its_deadline_and_never_commits_after(registry_dir):
-    limits = Limits(request_timeout_s=2.0)
+    limits = configured_limits(request_timeout_s=2.0)
     app = create_app(
         registry_dir, limits, admin_token=TOKEN, embed=fake_embed, reload_interval=0.0, lock_wait=5.0
     )

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import pytest
 import torch
-from conftest import SETUP, TEST_MODEL, TEST_TRAINER, FakeEmbedder, make_tickets, toy_problem, unit_vectors
+from conftest import (
+    DIM,
+    SETUP,
+    TEST_MODEL,
+    TEST_TRAINER,
+    FakeEmbedder,
+    make_tickets,
+    toy_problem,
+    unit_vectors,
+)
 
 from tagger.manifest import ArtifactError
 from tagger.metrics import outcomes, summary
@@ -20,7 +31,11 @@ def _model(pooling: str = "attention", n_accounts: int = 3, seed: int = 0) -> tu
     torch.manual_seed(seed)
     table = LabelTable.from_meta(toy_problem(n_per_label=1).meta)
     names = torch.from_numpy(FakeEmbedder().embed(table.frame["text"].tolist()))
-    cfg = SharedConfig(pooling=pooling, heads=2, key_dim=8, hidden=32, out_dim=16, dropout=0.0, prototypes=2)
+    small = {"heads": 2, "key_dim": 8, "hidden": 32, "out_dim": 16, "dropout": 0.0, "prototypes": 2}
+    sections = {k: v for s in ("encoder", "projection", "labels", "score") for k, v in TEST_MODEL[s].items()}
+    known = {f.name for f in fields(SharedConfig)}
+    values = {**sections, **small, "pooling": pooling, "dim": DIM}
+    cfg = SharedConfig(**{k: v for k, v in values.items() if k in known})
     return SharedModel(cfg, names, table.n_accounts).eval(), table
 
 

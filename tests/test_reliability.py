@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 import tagger.serving.__main__ as launcher
 from reliability.faults import broken_exports, run_faults
 from reliability.fuzz import fuzz_app
-from tagger.serving.api import Limits, create_app
+from tagger.serving.api import create_app
+from tagger.serving.limits import configured_limits
 from tagger.serving.registry import Registry
 
 TOKEN = "t0ken"
@@ -29,7 +30,11 @@ def fresh(export_dir, tmp_path):
 
 def test_schemathesis_finds_no_server_error(fresh):
     app = create_app(
-        fresh, Limits(max_sentences=10, max_batch=3), admin_token=TOKEN, embed=FakeEmbedder().embed, docs=True
+        fresh,
+        configured_limits(max_sentences=10, max_batch=3),
+        admin_token=TOKEN,
+        embed=FakeEmbedder().embed,
+        docs=True,
     )
     result = fuzz_app(app, max_examples=25, token=TOKEN, accounts=["a", "b", "c"])
     assert result["requests"] > 200
@@ -73,7 +78,7 @@ def test_every_fault_case_behaves(faults):
 def client(fresh):
     app = create_app(
         fresh,
-        Limits(max_body_bytes=5_000, request_timeout_s=0.2),
+        configured_limits(max_body_bytes=5_000, request_timeout_s=0.2),
         admin_token=TOKEN,
         embed=FakeEmbedder().embed,
     )

@@ -23,7 +23,7 @@ from bench.servers import free_port, server_process
 from tagger.data.embeddings_json import parse_embeddings
 from tagger.data.tickets import Tickets
 from tagger.serving.api import create_app
-from tagger.serving.limits import Limits
+from tagger.serving.limits import configured_limits
 from tagger.serving.onnx_predictor import OnnxPredictor
 
 
@@ -111,7 +111,7 @@ def test_past_max_in_flight_a_request_is_refused_at_once_with_retry_after(base_e
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(op.OnnxPredictor, "predict_arrays", slow)
-    app = create_app(registry_for(base_export), Limits(max_in_flight=1, retry_after_s=2))
+    app = create_app(registry_for(base_export), configured_limits(max_in_flight=1, retry_after_s=2))
     body = {"account_id": "a", "email_sentence_embeddings": None}
 
     async def burst():

@@ -184,12 +184,12 @@ def test_the_parent_sums_its_labels():
 def test_the_configured_target_names_the_exports_thresholds_however_it_is_written():
     from types import SimpleNamespace
 
-    from tagger.serving.limits import Limits
+    from tagger.serving.limits import configured_limits
     from tagger.serving.request_path import ApiError, RequestScorer
 
     thresholds = {"global": {"0.9": 0.5, "0.95": 0.7}, "per_account": {"0.9": {"a": 0.4}, "0.95": {}}}
     scorer = RequestScorer(
-        SimpleNamespace(serving={"thresholds": thresholds}), Limits(precision_target="0.90")
+        SimpleNamespace(serving={"thresholds": thresholds}), configured_limits(precision_target="0.90")
     )
     assert scorer.threshold("a") == 0.4 and scorer.threshold("b") == 0.5  # "0.90" is the export's "0.9"
     assert scorer.target(b"precision_target=0.950") == "0.95"

@@ -43,7 +43,7 @@ def make_estimator(model_cfg: dict, cfg: DictConfig, log_dir: Path | None = None
 
         trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
         embedder = SentenceEmbedder(resolve(cfg.data.sentence_cache_dir))
-        members = int(model_cfg.get("members", 1))
+        members = int(model_cfg["members"])
         fits = [
             SharedEstimator(
                 model_cfg,

@@ -30,6 +30,9 @@ def compose_config(name: str, overrides: list[str] | None = None):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from tagger.schema import register
+
+    register()
     if GlobalHydra.instance().is_initialized():
         return compose(name, overrides=list(overrides or []))
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):

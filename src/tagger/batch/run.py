@@ -25,7 +25,7 @@ from tagger.batch.score import PREDICTION_COLUMNS, PROBLEM_COLUMNS, RESULT_SCHEM
 from tagger.data.ingest import duplicate_rows, read_schema
 from tagger.data.validation import RowProblem, ValidationReport
 from tagger.paths import resolve, shown
-from tagger.serving.limits import Limits
+from tagger.serving.limits import configured_limits
 from tagger.serving.onnx_predictor import BASE_GENERATION
 from tagger.serving.registry import Registry
 from tagger.serving.request_path import target_key
@@ -94,7 +94,7 @@ def predict_file(cfg: DictConfig) -> dict:
         "threads": int(cfg.threads),
         "batch_rows": int(cfg.batch_rows),
         "onnx_batch": int(cfg.onnx_batch),
-        "limits": Limits(top_k=int(cfg.top_k), precision_target=str(cfg.precision_target)),
+        "limits": configured_limits(top_k=int(cfg.top_k), precision_target=str(cfg.precision_target)),
         "duplicates": duplicate_rows(path),
     }
     if cfg.engine == "local":

@@ -31,7 +31,7 @@ from tagger.data.ingest import (
     scalar_frame,
 )
 from tagger.data.validation import RowProblem
-from tagger.serving.limits import Limits
+from tagger.serving.limits import Limits, configured_limits
 from tagger.serving.onnx_predictor import OnnxPredictor
 from tagger.serving.registry import Registry
 from tagger.serving.request_path import ANSWER_COLUMNS, RequestScorer
@@ -127,7 +127,7 @@ class PieceScorer:
                 f"the labels moved to {self.predictor.view.generation} while the run started on "
                 f"{generation}: run it again"
             )
-        self.answers = RequestScorer(self.predictor, limits or Limits())
+        self.answers = RequestScorer(self.predictor, limits or configured_limits())
         self.batch_rows, self.onnx_batch = batch_rows, onnx_batch
         self.duplicates = duplicate_rows(self.path) if duplicates is None else duplicates
         view = self.predictor.view

@@ -46,9 +46,9 @@ def _describe(cfg: DictConfig) -> int:
 
 def _build(cfg: DictConfig) -> int:
     from tagger.synth.build import build_dataset
-    from tagger.synth.config import BuildConfig
+    from tagger.synth.config import build_config
 
-    path = build_dataset(BuildConfig.from_config(OmegaConf.to_container(cfg.data.build)), Path(cfg.out))
+    path = build_dataset(build_config(OmegaConf.to_container(cfg.data.build)), Path(cfg.out))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path}.build.json")
     return 0
 

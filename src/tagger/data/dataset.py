@@ -42,10 +42,10 @@ def ensure_dataset(cfg: DictConfig) -> None:
         print(f"{path} is absent: building the built-in dataset (about 3 minutes the first time)")
     from tagger.embed import SentenceEmbedder
     from tagger.synth.build import build_dataset
-    from tagger.synth.config import BuildConfig
+    from tagger.synth.config import build_config
 
     embedder = SentenceEmbedder(resolve(cfg.sentence_cache_dir))
-    build_dataset(BuildConfig.from_config(build), path, embedder=embedder)
+    build_dataset(build_config(build), path, embedder=embedder)
 
 
 def load_dataset(cfg: DictConfig, progress: bool = True) -> Tickets:

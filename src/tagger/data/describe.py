@@ -58,7 +58,11 @@ def _time_span(ts: pd.Series) -> dict:
     if ts.empty:
         return {}
     first, last = pd.to_datetime(ts.min(), unit="s", utc=True), pd.to_datetime(ts.max(), unit="s", utc=True)
-    return {"first": first.isoformat(), "last": last.isoformat(), "days": round((last - first).total_seconds() / 86400, 1)}
+    return {
+        "first": first.isoformat(),
+        "last": last.isoformat(),
+        "days": round((last - first).total_seconds() / 86400, 1),
+    }
 
 
 def _label_stats(meta: pd.DataFrame) -> dict:
@@ -76,10 +80,16 @@ def _label_stats(meta: pd.DataFrame) -> dict:
             (raw_pairs["contact_reason"].map(normalise_label) != raw_pairs["contact_reason"]).sum()
         ),
         "max_depth": int(depth.max()),
-        "tickets_per_label": {"median": float(per_label.median()), "mean": float(per_label.mean()),
-                              "max": int(per_label.max())},
-        "labels_per_account": {"min": int(per_account.min()), "median": float(per_account.median()),
-                               "max": int(per_account.max())},
+        "tickets_per_label": {
+            "median": float(per_label.median()),
+            "mean": float(per_label.mean()),
+            "max": int(per_label.max()),
+        },
+        "labels_per_account": {
+            "min": int(per_account.min()),
+            "median": float(per_account.median()),
+            "max": int(per_account.max()),
+        },
         "accounts_with_label_of_10_or_fewer": int((per_label <= 10).groupby(level=0).any().sum()),
         "single_label_accounts": int((per_account == 1).sum()),
         "labels_at_several_accounts": int((shared > 1).sum()),
@@ -95,30 +105,45 @@ def format_description(stats: dict, title: str = "") -> str:
     add(f"accounts                {stats['accounts']:,}")
     if "labels" in stats:
         lab = stats["labels"]
-        add(f"labels (account, name)  raw {lab['raw']:,} -> normalised {lab['normalised']:,} "
-            f"({lab['changed_by_normalisation']:,} raw strings cleaned); max depth {lab['max_depth']}")
-        add(f"distinct label strings  raw {lab['raw_strings']:,} -> normalised {lab['normalised_strings']:,}; "
+        add(
+            f"labels (account, name)  raw {lab['raw']:,} -> normalised {lab['normalised']:,} "
+            f"({lab['changed_by_normalisation']:,} raw strings cleaned); max depth {lab['max_depth']}"
+        )
+        add(
+            f"distinct label strings  raw {lab['raw_strings']:,} -> "
+            f"normalised {lab['normalised_strings']:,}; "
             f"{lab['labels_at_several_accounts']:,} at several accounts (top: "
-            + ", ".join(f"{k} x{v}" for k, v in lab["most_shared"].items()) + ")")
+            + ", ".join(f"{k} x{v}" for k, v in lab["most_shared"].items())
+            + ")"
+        )
         t = lab["tickets_per_label"]
         add(f"tickets per label       median {t['median']:g}, mean {t['mean']:.1f}, max {t['max']:,}")
         a = lab["labels_per_account"]
-        add(f"labels per account      min {a['min']}, median {a['median']:g}, max {a['max']}; "
+        add(
+            f"labels per account      min {a['min']}, median {a['median']:g}, max {a['max']}; "
             f"{lab['single_label_accounts']} single-label accounts; "
-            f"{lab['accounts_with_label_of_10_or_fewer']} accounts with a label of <=10 tickets")
+            f"{lab['accounts_with_label_of_10_or_fewer']} accounts with a label of <=10 tickets"
+        )
     n = stats["null_embeddings"]
     worst = ", ".join(f"{w['account_id']} {w['share']:.0%} of {w['tickets']:,}" for w in n["worst_accounts"])
-    add(f"null embeddings         {n['share']:.1%} overall; {n['accounts_over_40pct']} accounts over 40%; "
-        f"worst: {worst}")
+    add(
+        f"null embeddings         {n['share']:.1%} overall; {n['accounts_over_40pct']} accounts over 40%; "
+        f"worst: {worst}"
+    )
     s = stats["sentences_per_email"]
-    add(f"sentences per email     mean {s['mean']:.2f}, median {s['median']:g}, p75 {s['p75']:g}, "
-        f"p99 {s['p99']:g}, max {s['max']}; {s['unique_sentences']:,} unique sentences")
+    add(
+        f"sentences per email     mean {s['mean']:.2f}, median {s['median']:g}, p75 {s['p75']:g}, "
+        f"p99 {s['p99']:g}, max {s['max']}; {s['unique_sentences']:,} unique sentences"
+    )
     span = stats["time_span"]
     if span:
         add(f"time span               {span['first'][:19]} .. {span['last'][:19]} ({span['days']} days)")
     v = stats["validation"]
-    add(f"validation              {v['rows']:,} rows, {v['kept']:,} kept ({v['no_embeddings']:,} no embeddings), "
-        f"{v['quarantined']:,} quarantined")
+    add(
+        f"validation              {v['rows']:,} rows, {v['kept']:,} kept "
+        f"({v['no_embeddings']:,} no embeddings), "
+        f"{v['quarantined']:,} quarantined"
+    )
     for key, info in v["problems"].items():
         ids = ", ".join(info["ticket_ids"][:5]) + (" ..." if info["count"] > 5 else "")
         add(f"  {key}: {info['count']:,} (ticket_ids {ids})")

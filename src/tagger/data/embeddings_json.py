@@ -85,9 +85,7 @@ def parse_embeddings(
     (``too many sentences`` or ``too large`` past the caps, checked before parsing)."""
     obj = _load_object(text, max_bytes, max_sentences)
     if not isinstance(obj, dict):
-        raise EmbeddingError(
-            "not a JSON object", f"expected sentence id -> vector, got {type(obj).__name__}"
-        )
+        raise EmbeddingError("not a JSON object", f"expected sentence id -> vector, got {type(obj).__name__}")
     if not obj:
         return [], np.empty((0, EMBEDDING_DIM), np.float32)
     if max_sentences is not None and len(obj) > max_sentences:

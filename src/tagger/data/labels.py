@@ -58,9 +58,7 @@ def canonical_labels(accounts: pd.Series, raw: pd.Series) -> pd.Series:
     unique_raw = pd.unique(raw)
     normalised_of = {r: normalise_label(r) for r in unique_raw}
     normalised = raw.map(normalised_of)
-    frame = pd.DataFrame(
-        {"account": accounts.to_numpy(), "norm": normalised.to_numpy()}
-    )
+    frame = pd.DataFrame({"account": accounts.to_numpy(), "norm": normalised.to_numpy()})
     frame["key"] = frame["norm"].str.casefold()
     counts = frame.groupby(["account", "key", "norm"], sort=True).size().reset_index(name="n")
     # highest count first, then alphabetical: a deterministic choice

@@ -55,9 +55,7 @@ class ValidationReport:
             "kept": self.n_kept,
             "no_embeddings": self.n_no_embeddings,
             "quarantined": self.n_quarantined,
-            "problems": {
-                key: {"count": n, "ticket_ids": examples[key]} for key, n in self.counts().items()
-            },
+            "problems": {key: {"count": n, "ticket_ids": examples[key]} for key, n in self.counts().items()},
         }
 
     def rows(self) -> list[dict]:
@@ -74,4 +72,3 @@ class ValidationReport:
             more = " ..." if info["count"] > len(info["ticket_ids"]) else ""
             lines.append(f"  {key}: {info['count']:,} (ticket_ids {', '.join(info['ticket_ids'])}{more})")
         return "\n".join(lines)
-

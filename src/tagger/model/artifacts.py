@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tagger.manifest import atomic_directory, verify, write_manifest
+from tagger.manifest import ArtifactError, atomic_directory, verify, write_manifest
 from tagger.model.base import AccountPrior
 from tagger.model.label_table import LabelTable
 from tagger.model.shared import SharedConfig, SharedModel
@@ -62,8 +62,9 @@ def save_shared(
         info = {
             "architecture": asdict(model.cfg),
             "temperature": estimator.temperature,
-            "null_fallback": estimator.cfg.get("confidence", {}).get("null_fallback", "prior"),
+            "null_fallback": estimator.cfg["confidence"]["null_fallback"],
             "max_sentences": estimator.max_sentences,
+            "model_config": estimator.cfg,  # conf/'s model section as it was trained
             "n_accounts": estimator.table.n_accounts,
             "n_labels": len(estimator.table),
             "fit": estimator.fit_info,
@@ -87,13 +88,9 @@ def load_shared(model_dir: str | os.PathLike) -> SharedEstimator:
     labels = pd.read_parquet(model_dir / "labels.parquet")
     table = LabelTable(labels[["account_id", "label", "text", "n_train"]])
     name_vectors = np.load(model_dir / "name_vectors.npy")
-    estimator = SharedEstimator(
-        {
-            "confidence": {"null_fallback": info["null_fallback"]},
-            "encoder": {"max_sentences": info["max_sentences"]},
-        },
-        trainer={},
-    )
+    if "model_config" not in info:
+        raise ArtifactError(f"{model_dir}: saved before model.json kept the model's config; train it again")
+    estimator = SharedEstimator(info["model_config"], trainer={})
     estimator.table = table
     estimator.name_vectors = name_vectors
     estimator.prior = AccountPrior.from_probs(table, labels["prior"].to_numpy())

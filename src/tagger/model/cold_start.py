@@ -23,7 +23,7 @@ from tagger.model.shared_estimator import SharedEstimator
 
 def name_weight(estimator: SharedEstimator) -> float:
     """Pseudo-examples a label's name (or its training tickets) count for when examples fold in."""
-    return float(estimator.cfg.get("cold_start", {}).get("name_weight", 2.0))
+    return float(estimator.cfg["cold_start"]["name_weight"])
 
 
 def label_state(estimator: SharedEstimator) -> LabelState:

@@ -29,22 +29,23 @@ from tagger.model.base import MASKED
 
 @dataclass
 class SharedConfig:
-    """Architecture settings (conf/model/shared.yaml: ``encoder``, ``projection``, ``labels``, ``score``)."""
+    """Architecture settings: conf/model/shared.yaml's ``encoder``, ``projection``, ``labels`` and
+    ``score`` sections, flattened (their values live there only), and the sentence vectors' size."""
 
-    dim: int = 384
-    pooling: str = "attention"  # attention | mean | max
-    heads: int = 4
-    key_dim: int = 64
-    account_query: bool = True
-    hidden: int = 512
-    out_dim: int = 256
-    dropout: float = 0.1
-    label_init: str = "name"  # name | random
-    tie_label_tower: bool = True
-    init_scale: float = 20.0
-    learn_scale: bool = True
-    label_bias: bool = False
-    prototypes: int = 1  # vectors per label: a catch-all label ("Other") covers many kinds of email
+    dim: int  # the sentence vectors' size (384 for all-MiniLM-L6-v2): the data's, not a setting
+    pooling: str  # attention | mean | max
+    heads: int
+    key_dim: int
+    account_query: bool
+    hidden: int
+    out_dim: int
+    dropout: float
+    label_init: str  # name | random
+    tie_label_tower: bool
+    init_scale: float
+    learn_scale: bool
+    label_bias: bool
+    prototypes: int  # vectors per label: a catch-all label ("Other") covers many kinds of email
 
 
 class AttentionPool(nn.Module):

@@ -16,33 +16,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from tagger.data.tickets import Tickets
 from tagger.model.base import AccountPrior, Estimator, Predictions, calibrated_probs, predictions_from_probs
-from tagger.model.batches import MAX_SENTENCES, TicketBatches
+from tagger.model.batches import TicketBatches
 from tagger.model.datamodule import TicketDataModule
 from tagger.model.label_table import LabelTable
 from tagger.model.lit import LitShared
 from tagger.model.shared import MASKED, SharedConfig, SharedModel
+from tagger.schema import SharedModelConf, TrainerConf, checked
 
-# the sections of conf/model/shared.yaml; those that build the network, and the encoder keys that
-# shape batches instead (read by TicketBatches)
-SECTIONS = {
-    "name",
-    "members",
-    "encoder",
-    "projection",
-    "labels",
-    "score",
-    "imbalance",
-    "optim",
-    "cold_start",
-    "confidence",
-}
-ARCHITECTURE = ("encoder", "projection", "labels", "score")
+ARCHITECTURE = ("encoder", "projection", "labels", "score")  # the sections that build the network
 ARCHITECTURE_KEYS = frozenset(f.name for f in fields(SharedConfig))
-BATCHING = {"max_sentences", "sentence_dropout"}
 
 
 class SharedEstimator(Estimator):
@@ -67,9 +54,12 @@ class SharedEstimator(Estimator):
         logger: dict | None = None,
         score: Callable[[Predictions, Tickets, Tickets], float] | None = None,
     ):
-        check_config(cfg)
-        check_trainer(trainer)
-        self.cfg, self.trainer_cfg, self.seed = cfg, trainer, seed
+        # the schema of conf/ checks every key and type of a mapping handed in directly (a test, a
+        # refit); a saved model keeps only what prediction reads, so a partial one is accepted here
+        # and fit checks that nothing is missing
+        self.cfg = OmegaConf.to_container(checked(SharedModelConf, cfg, "model", partial=True))
+        self.trainer_cfg = OmegaConf.to_container(checked(TrainerConf, trainer, "trainer", partial=True))
+        self.seed = seed
         self.callbacks_cfg, self.logger_cfg, self.score = callbacks, logger, score
         self.log_dir = log_dir
         self.embedder = embedder
@@ -79,19 +69,18 @@ class SharedEstimator(Estimator):
     @property
     def max_sentences(self) -> int:
         """The first sentences of an email the model reads (``encoder.max_sentences``)."""
-        return int(self.cfg.get("encoder", {}).get("max_sentences", MAX_SENTENCES))
+        return int(self.cfg["encoder"]["max_sentences"])
 
     # ---- construction -------------------------------------------------------------------------
-    def _architecture(self) -> SharedConfig:
-        flat = {}
+    def _architecture(self, dim: int) -> SharedConfig:
+        flat = {"dim": dim}
         for section in ARCHITECTURE:
-            flat.update(self.cfg.get(section, {}))
+            flat.update(self.cfg[section])
         return SharedConfig(**{k: v for k, v in flat.items() if k in ARCHITECTURE_KEYS})
 
     def _build(self, table: LabelTable, name_vectors: np.ndarray) -> SharedModel:
-        return SharedModel(
-            self._architecture(), torch.from_numpy(np.asarray(name_vectors, np.float32)), table.n_accounts
-        )
+        vectors = np.asarray(name_vectors, np.float32)
+        return SharedModel(self._architecture(vectors.shape[1]), torch.from_numpy(vectors), table.n_accounts)
 
     def _name_vectors(self, table: LabelTable) -> np.ndarray:
         if self.embedder is None:
@@ -101,7 +90,7 @@ class SharedEstimator(Estimator):
         return self.embedder.embed(table.frame["text"].tolist(), progress=False)
 
     def _batches(self, tickets: Tickets, train: bool = False) -> TicketBatches:
-        enc = self.cfg.get("encoder", {})
+        enc = self.cfg["encoder"]
         account = self.table.account_ids(tickets.meta["account_id"])
         account = np.where(account < 0, self.table.n_accounts, account)
         target = (
@@ -115,34 +104,35 @@ class SharedEstimator(Estimator):
             self.table,
             target,
             max_sentences=self.max_sentences,
-            sentence_dropout=enc.get("sentence_dropout", 0.0) if train else 0.0,
+            sentence_dropout=enc["sentence_dropout"] if train else 0.0,
         )
 
     # ---- fit ----------------------------------------------------------------------------------
     def fit(self, train: Tickets, val: Tickets | None = None) -> SharedEstimator:
+        checked(SharedModelConf, self.cfg, "model")  # a fit reads every key
+        checked(TrainerConf, self.trainer_cfg, "trainer")
         L.seed_everything(self.seed, workers=True, verbose=False)
         self.table = LabelTable.from_meta(train.meta)
         self.prior = AccountPrior(self.table, train.meta)
         self.name_vectors = self._name_vectors(self.table)
         self.model = self._build(self.table, self.name_vectors)
-        opt = self.cfg.get("optim", {})
-        imb = self.cfg.get("imbalance", {})
+        opt, imb = self.cfg["optim"], self.cfg["imbalance"]
         lit = LitShared(
             self.model,
             torch.from_numpy(self.table.log_prior()),
-            imbalance=imb.get("method", "none"),
-            tau=imb.get("tau", 1.0),
-            lr=opt.get("lr", 1e-3),
-            weight_decay=opt.get("weight_decay", 1e-4),
-            sparse_lr=opt.get("sparse_lr"),
-            sparse_weight_decay=opt.get("sparse_weight_decay", 0.0),
+            imbalance=imb["method"],
+            tau=imb["tau"],
+            lr=opt["lr"],
+            weight_decay=opt["weight_decay"],
+            sparse_lr=opt["sparse_lr"],
+            sparse_weight_decay=opt["sparse_weight_decay"],
         )
         has = train.meta["has_embeddings"].to_numpy()
         train_data = self._batches(train.subset(has), train=True)
         val_data = None
         if val is not None and val.meta["has_embeddings"].any():
             val_data = self._batches(val.subset(val.meta["has_embeddings"].to_numpy()))
-        data = TicketDataModule(train_data, val_data, opt.get("batch_size", 128), seed=self.seed)
+        data = TicketDataModule(train_data, val_data, opt["batch_size"], seed=self.seed)
         log_dir = Path(self.log_dir or tempfile.mkdtemp(prefix="tagger-logs-"))
         callbacks, checkpoint = self._callbacks(train, val, log_dir) if val_data is not None else ([], None)
         tcfg = dict(self.trainer_cfg)
@@ -176,7 +166,7 @@ class SharedEstimator(Estimator):
             "world_size": trainer.world_size,  # processes that shared the training tickets (DDP)
             "batches_per_epoch": int(trainer.num_training_batches),  # of one process: its shard
         }
-        if self.cfg.get("confidence", {}).get("fit_temperature", True) and val_data is not None:
+        if self.cfg["confidence"]["fit_temperature"] and val_data is not None:
             self.temperature = self._fit_temperature(data.val_dataloader())
         return self
 
@@ -301,7 +291,7 @@ class SharedEstimator(Estimator):
             self.prior.probs,
             self.table.names,
             k,
-            self.cfg.get("confidence", {}).get("null_fallback", "prior") == "abstain",
+            self.cfg["confidence"]["null_fallback"] == "abstain",
         )
 
 
@@ -321,26 +311,6 @@ class SelectionScore(Callback):
             return
         score = self.estimator.score(self.estimator.predict(self.val), self.val, self.train)
         pl_module.log(self.key, score, prog_bar=True)
-
-
-def check_config(cfg: dict) -> None:
-    """Refuse a model config with a key nothing reads (a misspelt override would otherwise train
-    the default silently)."""
-    known = ARCHITECTURE_KEYS | BATCHING
-    unknown = {str(k) for k in cfg if k not in SECTIONS}
-    unknown |= {f"{s}.{k}" for s in ARCHITECTURE for k in cfg.get(s) or {} if k not in known}
-    if unknown:
-        raise ValueError(f"unknown keys in the shared model's config: {', '.join(sorted(unknown))}")
-
-
-def check_trainer(trainer: dict) -> None:
-    """Refuse a trainer config key that is not an argument of ``lightning.Trainer``."""
-    import inspect
-
-    accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
-    unknown = sorted(str(k) for k in trainer if k not in accepted)
-    if unknown:
-        raise ValueError(f"not Lightning Trainer arguments (conf/trainer): {', '.join(unknown)}")
 
 
 def _instantiate(where: str, spec: dict, **extra):

@@ -40,7 +40,7 @@ from fastapi.responses import JSONResponse, Response
 from tagger.serving import routes
 from tagger.serving.gate import Admission, Gate, send_json
 from tagger.serving.header_deadline import HeaderDeadline
-from tagger.serving.limits import Limits
+from tagger.serving.limits import Limits, configured_limits, limits_from
 from tagger.serving.live import Live
 from tagger.serving.name_encoder import NameEncoder
 from tagger.serving.registry import Registry, TextEmbedder
@@ -156,7 +156,7 @@ def create_app(
     longest an admin change waits for another writer. ``read_token``: every route but ``/health``
     needs it (or the admin token) as a bearer token, and ``/health`` shows details only with one.
     ``docs``: serve ``/docs`` and ``/openapi.json``."""
-    limits = limits or Limits()
+    limits = limits or configured_limits()
     live = Live(Registry(registry_dir, create=False, lock_wait=lock_wait), lambda p: RequestScorer(p, limits))
     if admin_token and embed is None:
         embed = NameEncoder(live.predictor.export_dir).embed
@@ -245,7 +245,7 @@ def app_from_config(cfg, registry_dir: str | os.PathLike) -> FastAPI:
     try:
         return create_app(
             Path(registry_dir),
-            Limits.from_config(cfg.limits),
+            limits_from(cfg.limits),
             admin_token=token,
             reload_interval=float(cfg.reload_interval),
             scoring_nice=int(cfg.scoring_nice),

@@ -207,7 +207,7 @@ def _serving_record(estimator, info: dict, tmp: Path, opset: int) -> dict:
         "model_version": f"{info.get('model_version', 'shared')}+{sha256(tmp / 'model.onnx')[:12]}",
         "temperature": estimator.temperature,
         "max_sentences": estimator.max_sentences,
-        "null_fallback": estimator.cfg.get("confidence", {}).get("null_fallback", "prior"),
+        "null_fallback": estimator.cfg["confidence"]["null_fallback"],
         "embedding_dim": 384,
         "opset": opset,
         "cold_start": {"name_weight": name_weight(estimator)},

@@ -351,7 +351,7 @@ class Registry:
                     raise UpdateError("model_version", f"no registered model {version!r}", 404)
                 export_dir = self.root / row[0]
                 predictor = OnnxPredictor(export_dir, threads=self.threads)
-                weight = float(predictor.serving.get("cold_start", {}).get("name_weight", 2.0))
+                weight = float(predictor.serving["cold_start"]["name_weight"])
                 self._models[version] = Model(version, export_dir, predictor, predictor.view.state, weight)
             return self._models[version]
 
