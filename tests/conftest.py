@@ -312,3 +312,13 @@ def trained(tmp_path_factory):
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
         out = run(compose("config", overrides=overrides))
     return out["model_dir"], data, tmp
+
+
+def baseline(name: str, **overrides):
+    """The baseline ``name`` built with conf/model/NAME.yaml's settings (its grid aside), then
+    ``overrides``: the settings a test changes, never a second copy of the defaults."""
+    from tagger.estimators import BASELINES, load_model_config
+    from tagger.model.selection import split_grid
+
+    params, _ = split_grid(load_model_config(name))  # the values used without a validation search
+    return BASELINES[name](**(params | overrides))

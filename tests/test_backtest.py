@@ -8,13 +8,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_tickets, tiny_backtest, tiny_run, toy_parquet, toy_problem, unit_vectors
+from conftest import baseline, make_tickets, tiny_backtest, tiny_run, toy_parquet, toy_problem, unit_vectors
 from hydra import compose, initialize_config_dir
 
 from tagger.backtest.folds import DAY, rolling_folds
 from tagger.backtest.run import run_backtest
 from tagger.metrics import outcomes, summary
-from tagger.model.baselines import LogReg
 from tagger.model.thresholds import ThresholdMethod, Thresholds
 from tagger.paths import PROJECT_ROOT
 
@@ -46,7 +45,7 @@ def test_a_label_absent_from_training_cannot_be_predicted():
     train = toy_problem(n_per_label=20, accounts={"a": ["Refund", "Other"]})
     v = unit_vectors(1)
     test = make_tickets([("a", "Brand New Label", v), ("a", "Refund", v), ("b", "Other", v)])
-    model = LogReg().fit(train)
+    model = baseline("logreg").fit(train)
     out = outcomes(model.predict(test), test, train.meta)
     assert out["new_label"].tolist() == [True, False, True]
     assert out["new_account"].tolist() == [False, False, True]

@@ -7,16 +7,12 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import DIM, FakeEmbedder, make_tickets, toy_problem, unit_vectors
+from conftest import DIM, FakeEmbedder, baseline, make_tickets, toy_problem, unit_vectors
 
 from tagger.data.tickets import Tickets
 from tagger.model.base import Estimator, Predictions
 from tagger.model.baselines import (
-    KNN,
-    CrossMerchantLogReg,
     LogReg,
-    NameSimilarity,
-    NearestCentroid,
     fit_softmax_regression,
 )
 from tagger.model.label_table import LabelTable
@@ -62,9 +58,9 @@ def _refund_problem(seed: int = 0) -> tuple[Tickets, Tickets]:
 def test_xlogreg_shares_knowledge_across_merchants():
     train, test = _refund_problem()
     truth = test.meta["label"].to_numpy()
-    shared = CrossMerchantLogReg(C=10.0).fit(train)
+    shared = baseline("xlogreg", C=10.0).fit(train)
     assert "refund" in shared.classes and "other" in shared.classes and len(shared.classes) == 2
-    per_account = LogReg(C=10.0).fit(train)
+    per_account = baseline("logreg", C=10.0).fit(train)
     shared_acc = (shared.predict(test).labels(0) == truth).mean()
     per_account_acc = (per_account.predict(test).labels(0) == truth).mean()
     assert shared_acc >= 0.9, shared_acc  # it learned "refund" from the other merchant's 40 tickets
@@ -93,7 +89,7 @@ def test_xlogreg_minimises_sklearns_objective_with_sklearns_C():
 
 def test_xlogreg_only_predicts_the_tickets_own_account_labels():
     data = toy_problem(n_per_label=15)  # "Other" is a label of two accounts: one class
-    est = CrossMerchantLogReg(C=10.0).fit(data)
+    est = baseline("xlogreg", C=10.0).fit(data)
     assert len(est.classes) == len(set(data.meta["label"].str.casefold()))
     pred = est.predict(data, k=5)
     _own_account_only(est, pred, data)
@@ -106,7 +102,7 @@ def test_xlogreg_gives_zero_to_a_label_whose_name_has_no_ticket_with_embeddings(
     rows = [("a", "Billing", v) for v in _noisy(_direction("billing"), 10, rng)]
     rows += [("a", "Other", v) for v in _noisy(_direction("other"), 10, rng)]
     rows += [("a", "Ghost", None)] * 3  # the name "ghost" never comes with embeddings
-    est = CrossMerchantLogReg().fit(make_tickets(rows))
+    est = baseline("xlogreg").fit(make_tickets(rows))
     assert "ghost" not in est.classes
     ghost = est.table.row("a", "Ghost")
     pred = est.predict(make_tickets([("a", "Billing", v) for v in _noisy(_direction("billing"), 5, rng)]))
@@ -115,11 +111,11 @@ def test_xlogreg_gives_zero_to_a_label_whose_name_has_no_ticket_with_embeddings(
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: CrossMerchantLogReg(C=10.0), lambda: NameSimilarity(embedder=FakeEmbedder())]
+    "make", [lambda: baseline("xlogreg", C=10.0), lambda: baseline("names", embedder=FakeEmbedder())]
 )
 def test_no_embeddings_fallback_and_unknown_accounts_as_per_account_baselines(make):
     data = toy_problem(n_per_label=10)
-    est, reference = make().fit(data), LogReg().fit(data)
+    est, reference = make().fit(data), baseline("logreg").fit(data)
     tickets = make_tickets(
         [
             ("a", "Refund", None),
@@ -157,7 +153,7 @@ def test_names_picks_the_label_whose_name_vector_is_nearest():
     train = make_tickets(
         [("a", "Shipping::Tracking", None), ("a", "Billing::Invoice", None), ("a", "Other", None)]
     )  # fit learns nothing from ticket text: tickets without embeddings are enough
-    est = NameSimilarity(temperature=0.05, embedder=embedder).fit(train)
+    est = baseline("names", temperature=0.05, embedder=embedder).fit(train)
     rng = np.random.default_rng(0)
     rows = [
         ("a", lab, v)
@@ -183,7 +179,7 @@ def test_names_scores_declared_labels_never_seen_in_training():
     train = make_tickets(
         [("a", "Billing", v) for v in _noisy(_direction("bill"), 3, rng)] + [("a", "Other", None)] * 2
     )
-    est = NameSimilarity(embedder=embedder).fit(train)
+    est = baseline("names", embedder=embedder).fit(train)
     extended = est.with_candidates(
         {"a": ["Refund Request", " billing "], "new": ['"Shipping:: Tracking"', "Other"]}
     )
@@ -238,7 +234,7 @@ def test_names_with_the_real_model_transfers_meaning(real_embedder):
         ],
     }
     train = make_tickets([("shop", lab, None) for lab in labels])
-    est = NameSimilarity(embedder=real_embedder).fit(train)
+    est = baseline("names", embedder=real_embedder).fit(train)
     rows = [
         ("shop", lab, real_embedder.embed(sentences, progress=False))
         for lab, mails in emails.items()
@@ -352,9 +348,9 @@ def test_tuned_fits_once_for_parameters_only_predict_reads():
 @pytest.mark.parametrize(
     ("factory", "grid"),
     [
-        (NearestCentroid, {"temperature": [0.02, 0.2]}),
-        (KNN, {"n_neighbors": [1, 40]}),
-        (lambda **p: NameSimilarity(embedder=FakeEmbedder(), **p), {"temperature": [0.02, 0.5]}),
+        (lambda **p: baseline("centroid", **p), {"temperature": [0.02, 0.2]}),
+        (lambda **p: baseline("knn", **p), {"n_neighbors": [1, 40]}),
+        (lambda **p: baseline("names", embedder=FakeEmbedder(), **p), {"temperature": [0.02, 0.5]}),
     ],
 )
 def test_a_shared_fit_predicts_as_a_fresh_fit(factory, grid):
@@ -379,13 +375,15 @@ def test_tuned_logreg_end_to_end_and_grid_helpers():
     def accuracy(pred, val, train):
         return summary(outcomes(pred, val, train.meta))["accuracy"]
 
-    tuned = Tuned(LogReg, {"C": [0.3, 10.0]}, accuracy).fit(train, val)
+    tuned = Tuned(lambda **p: baseline("logreg", **p), {"C": [0.3, 10.0]}, accuracy).fit(train, val)
     assert tuned.budget == 2 and tuned.chosen["C"] in (0.3, 10.0)
     assert accuracy(tuned.predict(val), val, train) == max(s["score"] for s in tuned.search) > 0.9
     assert grid_points({"C": [1, 2], "k": [3]}) == [{"C": 1, "k": 3}, {"C": 2, "k": 3}]
     assert grid_points(None) == [{}] == grid_points({})
     params, grid = split_grid({"name": "logreg", "C": 10.0, "max_iter": 5, "grid": {"C": [1, 3]}})
     assert params == {"C": 10.0, "max_iter": 5} and grid == {"C": [1, 3]}
-    LogReg(**params)  # what is left constructs the estimator
+    baseline("logreg", **params)  # what is left constructs the estimator
     with pytest.raises(TypeError):
-        LogReg(grid=grid)  # an unknown keyword is an error, not ignored
+        LogReg(C=1.0)  # every setting comes from conf/: none has a default in code
+    with pytest.raises(TypeError):
+        baseline("logreg", grid=grid)  # an unknown keyword is an error, not ignored

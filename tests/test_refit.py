@@ -11,6 +11,7 @@ from conftest import (
     TEST_MODEL,
     TEST_TRAINER,
     FakeEmbedder,
+    baseline,
     embeddings_json,
     make_tickets,
     tiny_backtest,
@@ -92,7 +93,7 @@ def test_shared_refit_carries_its_choices_and_learns_the_validation_labels(tmp_p
 def test_a_tuned_baseline_refits_its_chosen_point_only():
     tickets = _with_new_label()
     train, val = _split(tickets, share=1 - 12 / len(tickets))
-    tuned = Tuned(LogReg, {"C": [0.01, 100.0]}, selection_score).fit(train, val)
+    tuned = Tuned(lambda **p: baseline("logreg", **p), {"C": [0.01, 100.0]}, selection_score).fit(train, val)
     models_before = dict(tuned.best.models)
     refit = tuned.refit(tickets)
     assert isinstance(refit, LogReg) and tuned.chosen == {"C": refit.C}

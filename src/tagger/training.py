@@ -63,9 +63,9 @@ def run(cfg: DictConfig) -> dict:
     """Train and compare every configured model; returns (and writes) the metrics. On a worker rank
     of a multi-process fit: ``{"worker_rank": True}`` once its part (the main model's fits) is done."""
     tickets = load_dataset(cfg.data)
-    align = bool(cfg.data.get("align_days", False))
-    development, holdout = holdout_split(tickets, cfg.data.get("holdout_days", 0), align)
-    split = Split.of_window(development, cfg.data.val_days, align, bool(cfg.get("refit", False)))
+    align = bool(cfg.data.align_days)
+    development, holdout = holdout_split(tickets, cfg.data.holdout_days, align)
+    split = Split.of_window(development, cfg.data.val_days, align, bool(cfg.refit))
     record = {**split.record, **holdout}
     print(_split_words(record, holdout))
     output_dir = resolve(cfg.output_dir)

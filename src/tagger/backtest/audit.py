@@ -34,8 +34,8 @@ COLUMNS = {
 def splits(ts: np.ndarray, cfg: DictConfig, folds: list[Fold]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{name: (training mask, test mask)}`` of every split train.py and the backtest use."""
     # the same cutoffs as holdout_split, time_split and the backtest's folds compute
-    align = bool(cfg.data.get("align_days", False))
-    holdout_days = float(cfg.data.get("holdout_days", 0) or 0)
+    align = bool(cfg.data.align_days)
+    holdout_days = float(cfg.data.holdout_days)
     holdout = cutoff(ts, holdout_days, align) if holdout_days else np.inf
     development = ts < holdout
     val_start = cutoff(ts[development], cfg.data.val_days, align)

@@ -25,8 +25,8 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from tagger.backtest.report import markdown_table, render
 from tagger.backtest.run import (
-    ENSEMBLE,
     ensemble_fit,
     fold_fit,
     model_configs,
@@ -34,6 +34,7 @@ from tagger.backtest.run import (
     stack_members,
 )
 from tagger.backtest.scoring import MerchantBootstrap
+from tagger.backtest.summaries import ENSEMBLE
 from tagger.data.labels import normalise_label
 from tagger.data.splits import Split
 from tagger.data.tickets import Tickets
@@ -135,50 +136,41 @@ def run(cfg: DictConfig) -> dict:
 
 
 def report(out: dict) -> str:
-    """The figures as one markdown page."""
-    s = out["split"]
+    """The figures as one markdown page (templates/banking77.md.j2)."""
     pub = out["published"]
-    lines = [
-        "# Banking77, official split, as one merchant",
-        "",
-        f"`python -m tagger.backtest.banking77` ({out['minutes']:.1f} min). {s['train']:,} training and "
-        f"{s['val']:,} validation utterances (a stratified share of train.csv; every choice is made "
-        f"there, then every model is refit on all of train.csv), {s['test']:,} test utterances "
-        f"(test.csv, scored once), {s['labels']} labels. Sentence encoder: all-MiniLM-L6-v2, frozen. "
-        f"The shared model: mean over seeds {out['seeds']}; `shared ensemble`: those seeds as one model "
-        f"(what train.py serves); `A + B`: a stack, the two models' probabilities averaged (an "
-        f"experiment). Intervals: {out['intervals']}.",
-        "",
-        "| model | accuracy | macro-F1 | top-3 | coverage @95% (realised precision) |",
-        "|---|---|---|---|---|",
-    ]
+    models = []
     for name, m in out["models"].items():
-        e, ci = m["estimate"], m["ci95"]
-        lines.append(
-            f"| {name} | {_with_ci(e['accuracy'], ci['accuracy'])} | {e['macro_f1']:.3f} | "
-            f"{e['top3_accuracy']:.3f} | {e['coverage_at_95_precision']:.3f} "
-            f"({e['precision_at_95_target']:.3f}) |"
-        )
-    lines.append(f"| published: {pub['source']} | {pub['accuracy']:.3f} | | | |")
-    lines += ["", "Paired differences against the strongest baseline (accuracy):", ""]
-    lines += [
-        "| difference | accuracy | 95% interval | coverage @95% | 95% interval |",
-        "|---|---:|---|---:|---|",
+        e = m["estimate"]
+        coverage = f"{e['coverage_at_95_precision']:.3f} ({e['precision_at_95_target']:.3f})"
+        accuracy = _with_ci(e["accuracy"], m["ci95"]["accuracy"])
+        models.append([name, accuracy, f"{e['macro_f1']:.3f}", f"{e['top3_accuracy']:.3f}", coverage])
+    models.append([f"published: {pub['source']}", f"{pub['accuracy']:.3f}", "", "", ""])
+    differences = [
+        [name, *(f for k in ("accuracy", "coverage_at_95_precision") for f in _difference(d[k]))]
+        for name, d in out["differences"].items()
     ]
-    for name, d in out["differences"].items():
-        acc, cov = d["accuracy"], d["coverage_at_95_precision"]
-        lines.append(
-            f"| {name} | {acc['difference']:+.3f} | {_ci(acc['ci95'])} | {cov['difference']:+.3f} | "
-            f"{_ci(cov['ci95'])} |"
-        )
-    return "\n".join(lines) + "\n"
+    columns = ["model", "accuracy", "macro-F1", "top-3", "coverage @95% (realised precision)"]
+    tables = {
+        "models_table": markdown_table(models, columns),
+        "differences_table": markdown_table(
+            differences, ["difference", "accuracy", "95% interval", "coverage @95%", "95% interval"]
+        ),
+    }
+    return render("banking77.md.j2", {**out, **tables})
+
+
+def _difference(paired: dict) -> tuple[str, str]:
+    """A paired difference and its interval, signed."""
+    return f"{paired['difference']:+.3f}", _ci(paired["ci95"])
 
 
 def _ci(ci: list[float]) -> str:
+    """A difference's interval, signed."""
     return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
 def _with_ci(value: float, ci: list[float]) -> str:
+    """A figure and its interval."""
     return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 

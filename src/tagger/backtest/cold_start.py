@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +169,7 @@ def learning_curve(
     lc = cfg.backtest.cold_start.learning_curve
     shots = sorted(int(s) for s in lc.shots)
     rng = np.random.default_rng(cfg.seed)
-    split = Split.of_window(window, cfg.data.val_days, bool(cfg.data.get("align_days", False)), refit=False)
+    split = Split.of_window(window, cfg.data.val_days, bool(cfg.data.align_days), refit=False)
     train, val = split.train, split.val
     held = _held_out_pairs(train, test, max(shots), int(lc.min_test), int(lc.labels), rng)
     if not held:
@@ -190,18 +191,7 @@ def learning_curve(
         for pair in held
     }
 
-    def score(estimator) -> dict:
-        frame = outcomes(estimator.predict(eval_tickets), eval_tickets, train_wo.meta)
-        mine, rest = frame[target], frame[~target]
-        return {
-            "held_out_tickets": len(mine),
-            "accuracy": float(mine["correct"].mean()),
-            "top3_accuracy": float(mine["top3_hit"].mean()),
-            "macro_f1_held_out": summary(mine)["macro_f1"],
-            "other_tickets": len(rest),
-            "other_accuracy": float(rest["correct"].mean()) if len(rest) else float("nan"),
-        }
-
+    score = partial(_held_out_scores, tickets=eval_tickets, target=target, known=train_wo.meta)
     progress = tqdm(total=1 + len(lc.models), desc="learning curve", unit="model")
     shared = make_estimator(_model(configs, "shared"), cfg, log_dir=log_dir).fit(train_wo, val_wo)
     rows = [{**row, **score(model)} for row, model in _named_with_examples(shared, shots, held, pool, train)]
@@ -222,6 +212,21 @@ def learning_curve(
     progress.close()
     seen = name_seen_elsewhere(pd.DataFrame(held, columns=["account_id", "label"]), train_wo.meta)
     return pd.DataFrame(rows).assign(held_out_labels=len(held), held_out_names_seen_elsewhere=int(seen.sum()))
+
+
+def _held_out_scores(estimator, tickets: Tickets, target: np.ndarray, known: pd.DataFrame) -> dict:
+    """One learning-curve row's figures: accuracy, top-3 and macro-F1 on the ``target`` (held-out
+    labels') tickets, accuracy on the same merchants' other ones; ``known``: the training tickets."""
+    frame = outcomes(estimator.predict(tickets), tickets, known)
+    mine, rest = frame[target], frame[~target]
+    return {
+        "held_out_tickets": len(mine),
+        "accuracy": float(mine["correct"].mean()),
+        "top3_accuracy": float(mine["top3_hit"].mean()),
+        "macro_f1_held_out": summary(mine)["macro_f1"],
+        "other_tickets": len(rest),
+        "other_accuracy": float(rest["correct"].mean()) if len(rest) else float("nan"),
+    }
 
 
 def _named_with_examples(shared, shots: list[int], held: list, pool: dict, train: Tickets):

@@ -84,5 +84,5 @@ def rolling_folds(
 def configured_folds(ts: np.ndarray, cfg) -> list[Fold]:
     """The folds the ``backtest`` and ``data`` config groups of ``cfg`` describe."""
     bt = cfg.backtest
-    align = bool(cfg.data.get("align_days", False))
+    align = bool(cfg.data.align_days)
     return rolling_folds(ts, bt.n_folds, bt.test_days, bt.window, bt.get("train_days"), bt.gap_days, align)

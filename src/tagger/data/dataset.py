@@ -27,7 +27,7 @@ def ensure_dataset(cfg: DictConfig) -> None:
     """Build the built-in dataset when ``cfg.path`` is it and it is absent or was built with other
     ``build`` settings (its ``.build.json`` record says which); any other file must exist."""
     path = resolve(cfg.path)
-    built_in = cfg.get("build_if_missing", True) and path == resolve(BUILT_IN)
+    built_in = cfg.build_if_missing and path == resolve(BUILT_IN)
     if path.exists() and not built_in:
         return
     if not built_in:

@@ -36,7 +36,7 @@ class PerAccountEstimator(Estimator):
     #: ``logit_adjust`` (tau) only reweighs the fitted probabilities: tuning it costs no fit
     predict_only: tuple[str, ...] = ("logit_adjust",)
 
-    def __init__(self, abstain_without_embeddings: bool = False, logit_adjust: float = 0.0, n_jobs: int = 1):
+    def __init__(self, *, logit_adjust: float, n_jobs: int, abstain_without_embeddings: bool = False):
         self.abstain_without_embeddings = abstain_without_embeddings
         self.logit_adjust = logit_adjust
         self.n_jobs = n_jobs  # accounts fit in parallel processes (joblib): the fits are independent
@@ -168,7 +168,7 @@ class LogReg(_SklearnPerAccount):
 
     name = "logreg"
 
-    def __init__(self, C: float = 1.0, max_iter: int = 1000, class_weight: str | None = None, **kwargs):
+    def __init__(self, *, C: float, max_iter: int, class_weight: str | None, **kwargs):
         super().__init__(**kwargs)
         self.C, self.max_iter, self.class_weight = C, max_iter, class_weight
 
@@ -186,7 +186,7 @@ class _FittedTemperature(PerAccountEstimator):
 
     predict_only = (*PerAccountEstimator.predict_only, "temperature")
 
-    def __init__(self, temperature: float | None = None, temperature_without_val: float = 0.05, **kwargs):
+    def __init__(self, *, temperature: float | None, temperature_without_val: float, **kwargs):
         super().__init__(**kwargs)
         self.temperature, self.temperature_without_val = temperature, temperature_without_val
         self.fitted_temperature: float | None = None
@@ -274,7 +274,7 @@ class KNN(_SklearnPerAccount):
 
     name = "knn"
 
-    def __init__(self, n_neighbors: int = 10, **kwargs):
+    def __init__(self, *, n_neighbors: int, **kwargs):
         super().__init__(**kwargs)
         self.n_neighbors = n_neighbors
 
@@ -448,14 +448,7 @@ class CrossMerchantLogReg(PerAccountEstimator):
 
     name = "xlogreg"
 
-    def __init__(
-        self,
-        C: float = 10.0,
-        max_iter: int = 100,
-        tol: float = 1e-4,
-        class_weight: str | None = None,
-        **kwargs,
-    ):
+    def __init__(self, *, C: float, max_iter: int, tol: float, class_weight: str | None, **kwargs):
         super().__init__(**kwargs)
         self.C, self.max_iter, self.tol, self.class_weight = C, max_iter, tol, class_weight
 
@@ -522,8 +515,8 @@ class NameSimilarity(_FittedTemperature):
 
     name = "names"
 
-    def __init__(self, temperature: float | None = None, embedder: Embedder | None = None, **kwargs):
-        super().__init__(temperature, **kwargs)
+    def __init__(self, *, embedder: Embedder | None = None, **kwargs):
+        super().__init__(**kwargs)
         self.embedder = embedder  # None: the real all-MiniLM-L6-v2, loaded at fit
 
     def fit(self, train: Tickets, val: Tickets | None = None) -> NameSimilarity:
@@ -596,14 +589,15 @@ class MaskedMLP(PerAccountEstimator):
 
     def __init__(
         self,
-        hidden: int = 512,
-        dropout: float = 0.1,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        batch_size: int = 256,
-        max_epochs: int = 30,
-        epochs: int | None = None,
-        seed: int = 0,
+        *,
+        hidden: int,
+        dropout: float,
+        lr: float,
+        weight_decay: float,
+        batch_size: int,
+        max_epochs: int,
+        epochs: int | None,
+        seed: int,
         **kwargs,
     ):
         super().__init__(**kwargs)
