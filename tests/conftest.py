@@ -317,8 +317,6 @@ def trained(tmp_path_factory):
 def baseline(name: str, **overrides):
     """The baseline ``name`` built with conf/model/NAME.yaml's settings (its grid aside), then
     ``overrides``: the settings a test changes, never a second copy of the defaults."""
-    from tagger.estimators import BASELINES, load_model_config
-    from tagger.model.selection import split_grid
+    from tagger.estimators import load_model_config, make_baseline
 
-    params, _ = split_grid(load_model_config(name))  # the values used without a validation search
-    return BASELINES[name](**(params | overrides))
+    return make_baseline(load_model_config(name), tuned=False, **overrides)

@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 import pytest
 from conftest import DIM, FakeEmbedder, baseline, make_tickets, toy_problem, unit_vectors
+from hydra.errors import InstantiationException
 
 from tagger.data.tickets import Tickets
 from tagger.model.base import Estimator, Predictions
@@ -385,5 +386,5 @@ def test_tuned_logreg_end_to_end_and_grid_helpers():
     baseline("logreg", **params)  # what is left constructs the estimator
     with pytest.raises(TypeError):
         LogReg(C=1.0)  # every setting comes from conf/: none has a default in code
-    with pytest.raises(TypeError):
+    with pytest.raises(InstantiationException, match="grid"):
         baseline("logreg", grid=grid)  # an unknown keyword is an error, not ignored

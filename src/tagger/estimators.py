@@ -3,34 +3,14 @@ when its config has a ``grid``."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from tagger.metrics import selection_score
 from tagger.model.base import Estimator
-from tagger.model.baselines import (
-    KNN,
-    CrossMerchantLogReg,
-    LogReg,
-    Majority,
-    MaskedMLP,
-    NameSimilarity,
-    NearestCentroid,
-)
 from tagger.model.selection import Tuned, split_grid
 from tagger.paths import compose_config, resolve
-
-BASELINES = {
-    "majority": Majority,
-    "logreg": LogReg,
-    "xlogreg": CrossMerchantLogReg,
-    "centroid": NearestCentroid,
-    "knn": KNN,
-    "names": NameSimilarity,
-    "mlp": MaskedMLP,
-}
 
 
 def make_estimator(model_cfg: dict, cfg: DictConfig, log_dir: Path | None = None) -> Estimator:
@@ -62,17 +42,32 @@ def make_estimator(model_cfg: dict, cfg: DictConfig, log_dir: Path | None = None
         from tagger.model.ensemble import SeedEnsemble
 
         return SeedEnsemble(fits)
-    if name not in BASELINES:
-        raise ValueError(f"unknown model {name!r}: shared, {', '.join(BASELINES)}")
+    return make_baseline(model_cfg, cfg.data.sentence_cache_dir)
+
+
+def make_baseline(
+    model_cfg: dict, sentence_cache_dir: str | None = None, tuned: bool = True, **overrides
+) -> Estimator:
+    """A baseline from its ``conf/model/NAME.yaml`` config (``_target_`` and its settings, through
+    ``hydra.utils.instantiate``), with ``overrides``; with a ``grid`` (and ``tuned``), tuned on the
+    validation slice it is fit with (:class:`~tagger.model.selection.Tuned`, by
+    :func:`selection_score`)."""
+    from hydra.utils import instantiate
+
+    if "_target_" not in model_cfg:
+        raise ValueError(f"model {model_cfg.get('name')!r} names no _target_ (conf/model/NAME.yaml)")
     params, grid = split_grid(model_cfg)
-    if name == "names":
+    params |= overrides
+    if model_cfg["name"] == "names":  # the label names' embedder: the real model, its cache from conf/data
         from tagger.embed import SentenceEmbedder
 
-        params["embedder"] = SentenceEmbedder(resolve(cfg.data.sentence_cache_dir))
-    if not grid:
-        return BASELINES[name](**params)
+        if "embedder" not in params:
+            params["embedder"] = SentenceEmbedder(resolve(sentence_cache_dir)) if sentence_cache_dir else None
+    spec = {"_target_": model_cfg["_target_"], "_convert_": "all"}
+    if not grid or not tuned:
+        return instantiate(spec, **params)
     fixed = {k: v for k, v in params.items() if k not in grid}
-    return Tuned(functools.partial(BASELINES[name], **fixed), grid, selection_score)
+    return Tuned(instantiate(spec, _partial_=True, **fixed), grid, selection_score)
 
 
 def search_record(estimator: Estimator) -> dict:

@@ -31,9 +31,9 @@ def grid_points(grid: Mapping[str, Sequence[Any]] | None) -> list[dict[str, Any]
 
 
 def split_grid(model_cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-    """``(constructor parameters, grid)`` of a ``conf/model/NAME.yaml`` config (``name`` and ``grid``
-    are not constructor parameters)."""
-    params = {k: v for k, v in model_cfg.items() if k not in ("name", "grid")}
+    """``(constructor parameters, grid)`` of a ``conf/model/NAME.yaml`` config (``name``, ``grid`` and
+    the ``_target_`` class are not constructor parameters)."""
+    params = {k: v for k, v in model_cfg.items() if k not in ("name", "grid", "_target_")}
     return params, {k: list(v) for k, v in (model_cfg.get("grid") or {}).items()}
 
 
