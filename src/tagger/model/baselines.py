@@ -361,49 +361,86 @@ def fit_softmax_regression(
     summed cross-entropy (each ticket weighted ``n / (n_classes_present * count of its class)``
     under ``class_weight="balanced"``) plus ``||W||^2 / (2C)``, the intercept not penalised. It is
     minimised by full-batch L-BFGS (strong Wolfe line search) in float32 torch, over an exact change
-    of variables that makes the problem well conditioned (see below), and divided by ``len(x)``:
-    neither changes the minimum. Stops after ``max_iter`` iterations or when no entry of the
-    (preconditioned) gradient exceeds ``tol``.
+    of variables that makes the problem well conditioned (see :func:`_whitening`), and divided by
+    ``len(x)``: neither changes the minimum. Stops after ``max_iter`` iterations or when no entry of
+    the (preconditioned) gradient exceeds ``tol``.
     """
     if class_weight not in (None, "balanced"):
         raise ValueError(f"class_weight must be null or 'balanced', got {class_weight!r}")
     n, d = x.shape
     y = np.asarray(y, np.int64)
     max_eval = 2 * max_iter  # the strong Wolfe search rarely needs a second evaluation per iteration
-    counts = np.bincount(y, minlength=n_classes)
-    # start from the class frequencies: the same minimum, fewer iterations to reach it
-    log_freq = np.log(np.maximum(counts, 0.5) / max(n, 1))
+    log_freq, weights = _start_and_weights(y, n_classes, class_weight)
     if n == 0:
         return (
             np.zeros((n_classes, d), np.float32),
             log_freq.astype(np.float32),
             Convergence(0, max_iter, 0, max_eval, 0.0, 0.0, tol),
         )
-    if class_weight == "balanced":
-        weights = n / (np.count_nonzero(counts) * counts[y])  # scikit-learn's "balanced"
-        log_freq = np.full(n_classes, -np.log(max(np.count_nonzero(counts), 1)))  # weighted: uniform
-    else:
-        weights = np.ones(n)
-    # Preconditioning. Sentence embeddings share a large common direction (mean norm about 0.5)
-    # and spread unevenly over the others, which makes plain L-BFGS crawl (on the built-in data,
-    # 983 classes: cross-entropy 1.89 after 69 evaluations on x, 1.61 on z). So V is fitted on
-    # z = (x - mu) P, P = U diag(1 / sqrt(var + tau)) (U, var: eigenvectors and eigenvalues of
-    # the covariance of x): x W^T + b = z V^T + (b + W mu) with W = V P^T, and, U orthogonal,
-    # ||W||^2 = sum_j ||V[:, j]||^2 / (var_j + tau): the same model under the same penalty. tau,
-    # the penalty's curvature per ticket, keeps directions the data does not span finite.
+    mu, precondition, scale = _whitening(x, C)
+    z = (np.asarray(x, np.float64) - mu) @ precondition
+    v, b, convergence = _minimise_lbfgs(
+        z, y, weights / n, scale**2 / (2.0 * C * n), log_freq, max_iter, max_eval, tol
+    )
+    coef = v @ precondition.T
+    intercept = b - coef @ mu
+    return coef.astype(np.float32), intercept.astype(np.float32), convergence
+
+
+def _start_and_weights(
+    y: np.ndarray, n_classes: int, class_weight: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(starting intercept, each ticket's weight)``: the log class frequencies and weight 1, or
+    under ``class_weight="balanced"`` (and any ticket) a uniform start and scikit-learn's weights."""
+    n = len(y)
+    counts = np.bincount(y, minlength=n_classes)
+    if class_weight == "balanced" and n:
+        present = np.count_nonzero(counts)
+        # the weighted fit's prior over classes is uniform: start there
+        return np.full(n_classes, -np.log(max(present, 1))), n / (present * counts[y])
+    # start from the class frequencies: the same minimum, fewer iterations to reach it
+    return np.log(np.maximum(counts, 0.5) / max(n, 1)), np.ones(n)
+
+
+def _whitening(x: np.ndarray, C: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(mu, P, scale)`` of the change of variables the regression is fitted under.
+
+    Sentence embeddings share a large common direction (mean norm about 0.5) and spread unevenly
+    over the others, which makes plain L-BFGS crawl (on the built-in data, 983 classes:
+    cross-entropy 1.89 after 69 evaluations on x, 1.61 on z). So V is fitted on z = (x - mu) P,
+    P = U diag(scale), scale = 1 / sqrt(var + tau) (U, var: eigenvectors and eigenvalues of the
+    covariance of x): x W^T + b = z V^T + (b + W mu) with W = V P^T, and, U orthogonal,
+    ||W||^2 = sum_j ||V[:, j]||^2 / (var_j + tau): the same model under the same penalty. tau, the
+    penalty's curvature per ticket, keeps directions the data does not span finite.
+    """
     x64 = np.asarray(x, np.float64)
+    n = len(x64)
     mu = x64.mean(axis=0)
     centred = x64 - mu
     tau = 1.0 / (C * n)
     var, basis = np.linalg.eigh(centred.T @ centred / n)
     scale = 1.0 / np.sqrt(np.maximum(var, 0.0) + tau)
-    precondition = basis * scale  # P, [d, d]
-    z = torch.from_numpy((centred @ precondition).astype(np.float32))
-    penalty_weight = torch.from_numpy((scale**2 / (2.0 * C * n)).astype(np.float32))
+    return mu, basis * scale, scale
+
+
+def _minimise_lbfgs(
+    z: np.ndarray,
+    y: np.ndarray,
+    weights: np.ndarray,
+    penalty: np.ndarray,
+    start: np.ndarray,
+    max_iter: int,
+    max_eval: int,
+    tol: float,
+) -> tuple[np.ndarray, np.ndarray, Convergence]:
+    """``(V, b, convergence)`` minimising ``sum(weights * cross-entropy(z V^T + b, y)) + sum(penalty
+    * V^2)`` (``penalty`` per column of V) by full-batch L-BFGS in float32, ``b`` from ``start``."""
+    zt = torch.from_numpy(z.astype(np.float32))
+    penalty_weight = torch.from_numpy(penalty.astype(np.float32))
     yt = torch.from_numpy(y)
-    wt = torch.from_numpy((weights / n).astype(np.float32))
-    v = torch.zeros(n_classes, d, requires_grad=True)
-    b = torch.from_numpy(log_freq.astype(np.float32)).requires_grad_(True)
+    wt = torch.from_numpy(weights.astype(np.float32))
+    v = torch.zeros(len(start), z.shape[1], requires_grad=True)
+    b = torch.from_numpy(start.astype(np.float32)).requires_grad_(True)
     opt = torch.optim.LBFGS(
         [v, b],
         lr=1.0,
@@ -417,7 +454,7 @@ def fit_softmax_regression(
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        losses = F.cross_entropy(F.linear(z, v, b), yt, reduction="none")
+        losses = F.cross_entropy(F.linear(zt, v, b), yt, reduction="none")
         loss = (losses * wt).sum() + (v * v * penalty_weight).sum()
         loss.backward()
         return loss
@@ -428,10 +465,8 @@ def fit_softmax_regression(
     max_gradient = max(float(v.grad.abs().max()), float(b.grad.abs().max()))
     state = opt.state[opt._params[0]]
     iterations, evaluations = int(state.get("n_iter", 0)), int(state.get("func_evals", 0))
-    coef = v.detach().double().numpy() @ precondition.T
-    intercept = b.detach().double().numpy() - coef @ mu
     convergence = Convergence(iterations, max_iter, evaluations, max_eval, objective, max_gradient, tol)
-    return coef.astype(np.float32), intercept.astype(np.float32), convergence
+    return v.detach().double().numpy(), b.detach().double().numpy(), convergence
 
 
 class CrossMerchantLogReg(PerAccountEstimator):

@@ -108,9 +108,13 @@ class SharedEstimator(Estimator):
         )
 
     # ---- fit ----------------------------------------------------------------------------------
-    def fit(self, train: Tickets, val: Tickets | None = None) -> SharedEstimator:
-        checked(SharedModelConf, self.cfg, "model")  # a fit reads every key
+    def _check_complete(self) -> None:
+        """A fit reads every key of the model and trainer configs: none may be missing."""
+        checked(SharedModelConf, self.cfg, "model")
         checked(TrainerConf, self.trainer_cfg, "trainer")
+
+    def fit(self, train: Tickets, val: Tickets | None = None) -> SharedEstimator:
+        self._check_complete()
         L.seed_everything(self.seed, workers=True, verbose=False)
         self.table = LabelTable.from_meta(train.meta)
         self.prior = AccountPrior(self.table, train.meta)

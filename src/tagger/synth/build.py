@@ -13,7 +13,8 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -239,78 +240,120 @@ def _ticket_rows(
 ) -> tuple[pd.DataFrame, _Writer]:
     """One row per ticket; ``groups``: each intent's parent group (what makes two labels confusable)."""
     writer = _Writer(corpus, rng, cfg)
-    every_intent = sorted(corpus)
-    rows = []
+    simulation = _Simulation(writer, late, rng, cfg, groups or {}, sorted(corpus))
     for merchant in tqdm(merchants, desc="simulate merchants", unit="merchant"):
-        labels = merchant.labels
-        weights = np.array([label.weight for label in labels])
-        catch = merchant.main_catch_all
-        _draw_drift_and_agents(merchant, rng, cfg)
-        drift = np.array([label.drift for label in labels])
-        for day in np.sort(_days(merchant, merchant.volume, rng, cfg)):
-            # a label of an intent that does not exist yet has no tickets at all
-            w = np.where([lab.new_intent and lab.start_day > day for lab in labels], 0.0, weights)
-            if cfg.label_drift:  # each label's share moves along its own trend over the span
-                w = w * np.exp(drift * (day / cfg.days - 0.5))
-            all_intents = [i for i in every_intent if late.get(i, 0.0) <= day]
-            drawn: Label = labels[rng.choice(len(labels), p=w / w.sum())]
-            writer.ticket = len(rows)
-            tagged = catch if (drawn.start_day > day and catch is not None) else drawn
-            if drawn.catch_all and not drawn.intents:
-                r = rng.random()
-                if r < 0.55:
-                    uncovered = [i for i in merchant.uncovered if late.get(i, 0.0) <= day]
-                    intent = str(rng.choice(uncovered or all_intents))
-                elif r < 0.75:
-                    own = [i for lab in labels for i in lab.intents if late.get(i, 0.0) <= day]
-                    intent = str(rng.choice(own or all_intents))
-                else:
-                    intent = None
-            else:
-                intent = str(rng.choice(drawn.intents))
-            # an agent can only pick a label that exists that day
-            others = [i for i, lab in enumerate(labels) if lab is not tagged and lab.start_day <= day]
-            agent = int(rng.integers(len(merchant.agent_mistag))) if merchant.agent_mistag else -1
-            rate = merchant.agent_mistag[agent] if merchant.agent_mistag else cfg.mistag_rate
-            mistag = bool(others) and rng.random() < rate
-            if mistag:
-                tagged = labels[_mistagged_as(tagged, others, labels, groups or {}, rng, cfg)]
-            raw = tagged.name_at(day)
-            if tagged.variants and rng.random() < tagged.variant_share:
-                raw = str(rng.choice(tagged.variants))
-            if merchant.quoted_export:
-                raw = f'"{raw}"'
-            rows.append(
-                {
-                    "account_id": merchant.account_id,
-                    "day": float(day),
-                    "contact_reason": raw,
-                    "intent": intent or "",
-                    "catch_all": tagged.catch_all,
-                    "mistag": mistag,
-                    "agent": agent,
-                    "null_p": merchant.null_rate * (cfg.catch_all_null_boost if tagged.catch_all else 1.0),
-                    "sentences": _email(merchant, intent, day, writer, rng, cfg, all_intents),
-                }
-            )
-    frame = pd.DataFrame(rows)
+        simulation.add_merchant(merchant)
+    frame = pd.DataFrame(simulation.rows)
     p = frame["null_p"].to_numpy()
     p = np.clip(p * cfg.null_share / p.mean(), 0, 0.75)
     frame["null"] = rng.random(len(frame)) < p
-    # one very long thread, as the longest real email (225 sentences)
-    longest = int(rng.choice(np.flatnonzero(~frame["null"].to_numpy() & (frame["intent"] != "").to_numpy())))
-    day = frame.at[longest, "day"]
-    existing = [i for i in every_intent if late.get(i, 0.0) <= day]
-    writer.ticket = longest
-    quoted = [  # quotes of many correspondents, not the merchant's own few sentences
-        writer.utterance(f"{frame.at[longest, 'account_id']}#{k}", str(rng.choice(existing)), day)
-        for k in range(3 * cfg.max_sentences)
-    ]
+    longest, quoted = simulation.longest_thread(frame)
     frame.at[longest, "sentences"] = frame.at[longest, "sentences"] + quoted
     written = writer.resolve()
     frame["sentences"] = [list(dict.fromkeys(written.get(s, s) for s in ss)) for ss in frame["sentences"]]
     frame.at[longest, "sentences"] = frame.at[longest, "sentences"][: cfg.max_sentences]
     return frame, writer
+
+
+@dataclass
+class _Simulation:
+    """The tickets of one build, merchant after merchant, every draw from the one ``rng``: the order
+    of the draws is part of the dataset (another order gives other tickets from the same seed).
+    ``rows``: one dict per ticket so far; ``every_intent``: the corpus's intents, sorted."""
+
+    writer: _Writer
+    late: dict[str, float]
+    rng: np.random.Generator
+    cfg: BuildConfig
+    groups: dict[str, str]
+    every_intent: list[str]
+    rows: list[dict] = field(default_factory=list)
+
+    def existing(self, intents: Iterable[str], day: float) -> list[str]:
+        """Those of ``intents`` that exist on ``day`` (a late intent only from its first day)."""
+        return [i for i in intents if self.late.get(i, 0.0) <= day]
+
+    def add_merchant(self, merchant: Merchant) -> None:
+        """Draw the merchant's drift, agents, ticket days and then each ticket, in that order."""
+        labels = merchant.labels
+        weights = np.array([label.weight for label in labels])
+        catch = merchant.main_catch_all
+        _draw_drift_and_agents(merchant, self.rng, self.cfg)
+        drift = np.array([label.drift for label in labels])
+        for day in np.sort(_days(merchant, merchant.volume, self.rng, self.cfg)):
+            # a label of an intent that does not exist yet has no tickets at all
+            w = np.where([lab.new_intent and lab.start_day > day for lab in labels], 0.0, weights)
+            if self.cfg.label_drift:  # each label's share moves along its own trend over the span
+                w = w * np.exp(drift * (day / self.cfg.days - 0.5))
+            drawn: Label = labels[self.rng.choice(len(labels), p=w / w.sum())]
+            self.writer.ticket = len(self.rows)
+            self.rows.append(self._ticket(merchant, drawn, catch, day))
+
+    def _ticket(self, merchant: Merchant, drawn: Label, catch: Label | None, day: float) -> dict:
+        """The row of one ticket of ``drawn``'s reason on ``day``, as its agent tagged it."""
+        rng, cfg = self.rng, self.cfg
+        all_intents = self.existing(self.every_intent, day)
+        tagged = catch if (drawn.start_day > day and catch is not None) else drawn
+        intent = self._intent(merchant, drawn, day, all_intents)
+        tagged, mistag, agent = self._agent_tag(merchant, tagged, day)
+        raw = tagged.name_at(day)
+        if tagged.variants and rng.random() < tagged.variant_share:
+            raw = str(rng.choice(tagged.variants))
+        if merchant.quoted_export:
+            raw = f'"{raw}"'
+        return {
+            "account_id": merchant.account_id,
+            "day": float(day),
+            "contact_reason": raw,
+            "intent": intent or "",
+            "catch_all": tagged.catch_all,
+            "mistag": mistag,
+            "agent": agent,
+            "null_p": merchant.null_rate * (cfg.catch_all_null_boost if tagged.catch_all else 1.0),
+            "sentences": _email(merchant, intent, day, self.writer, rng, cfg, all_intents),
+        }
+
+    def _intent(self, merchant: Merchant, drawn: Label, day: float, all_intents: list[str]) -> str | None:
+        """What the ticket is about: one of ``drawn``'s intents; under a catch-all without intents an
+        uncovered intent, one of the merchant's own, or None (a boilerplate-only message)."""
+        rng = self.rng
+        if not (drawn.catch_all and not drawn.intents):
+            return str(rng.choice(drawn.intents))
+        r = rng.random()
+        if r < 0.55:
+            uncovered = self.existing(merchant.uncovered, day)
+            return str(rng.choice(uncovered or all_intents))
+        if r < 0.75:
+            own = self.existing((i for lab in merchant.labels for i in lab.intents), day)
+            return str(rng.choice(own or all_intents))
+        return None
+
+    def _agent_tag(self, merchant: Merchant, tagged: Label, day: float) -> tuple[Label, bool, int]:
+        """``(the label the agent picked, whether it is a mis-tag, the agent: -1 without agents)``."""
+        labels, rng = merchant.labels, self.rng
+        # an agent can only pick a label that exists that day
+        others = [i for i, lab in enumerate(labels) if lab is not tagged and lab.start_day <= day]
+        agent = int(rng.integers(len(merchant.agent_mistag))) if merchant.agent_mistag else -1
+        rate = merchant.agent_mistag[agent] if merchant.agent_mistag else self.cfg.mistag_rate
+        mistag = bool(others) and rng.random() < rate
+        if mistag:
+            tagged = labels[_mistagged_as(tagged, others, labels, self.groups, rng, self.cfg)]
+        return tagged, mistag, agent
+
+    def longest_thread(self, frame: pd.DataFrame) -> tuple[int, list[str]]:
+        """One very long thread, as the longest real email (225 sentences): the row of a ticket with
+        embeddings and an intent, and the placeholders of the sentences it quotes."""
+        rng = self.rng
+        candidates = np.flatnonzero(~frame["null"].to_numpy() & (frame["intent"] != "").to_numpy())
+        longest = int(rng.choice(candidates))
+        day = frame.at[longest, "day"]
+        existing = self.existing(self.every_intent, day)
+        self.writer.ticket = longest
+        quoted = [  # quotes of many correspondents, not the merchant's own few sentences
+            self.writer.utterance(f"{frame.at[longest, 'account_id']}#{k}", str(rng.choice(existing)), day)
+            for k in range(3 * self.cfg.max_sentences)
+        ]
+        return longest, quoted
 
 
 def _draw_drift_and_agents(merchant: Merchant, rng: np.random.Generator, cfg: BuildConfig) -> None:
@@ -367,7 +410,21 @@ def build_dataset(
     merchants = make_merchants(cfg, rng, catalogue, late)
     groups = {i.name: i.group for i in catalogue}
     frame, _ = _ticket_rows(merchants, corpus, late, rng, cfg, groups)
+    embeddings = _embedding_column(frame, embedder or SentenceEmbedder(), rng)
+    table = _ticket_table(frame, embeddings, rng, cfg)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".parquet.tmp")
+    os.close(fd)
+    pq.write_table(table, tmp, compression="zstd", row_group_size=8192)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out_path)
+    _write_build_notes(out_path, cfg, merchants, frame, late)
+    return out_path
 
+
+def _embedding_column(frame: pd.DataFrame, embedder: SentenceEmbedder, rng: np.random.Generator) -> list:
+    """Each ticket's ``email_sentence_embeddings`` JSON: ``{sentence id: vector}``; a null ticket's
+    None, or now and then ``"{}"``."""
     texts = sorted(
         {
             s
@@ -376,7 +433,7 @@ def build_dataset(
             for s in sentences
         }
     )
-    vectors = (embedder or SentenceEmbedder()).embed(texts)
+    vectors = embedder.embed(texts)
     vector_json = dict(zip(texts, _vector_json(vectors), strict=True))
     hashes = {t: sentence_hash(t) for t in texts}
 
@@ -391,7 +448,13 @@ def build_dataset(
             embeddings.append(None if rng.random() < 0.9 else "{}")
         else:
             embeddings.append("{" + ", ".join(f'"{hashes[s]}": {vector_json[s]}' for s in sentences) + "}")
+    return embeddings
 
+
+def _ticket_table(
+    frame: pd.DataFrame, embeddings: list, rng: np.random.Generator, cfg: BuildConfig
+) -> pa.Table:
+    """The tickets in the real schema, ordered by time (ids and body hashes drawn here)."""
     start = pd.Timestamp(cfg.start, tz="UTC").timestamp()
     ticket_ids = rng.choice(16**12, len(frame), replace=False)
     table = pa.table(
@@ -408,15 +471,7 @@ def build_dataset(
             "email_sentence_embeddings": pa.array(embeddings, pa.string()),
         }
     )
-    table = table.take(pa.array(np.argsort(table.column("unix_timestamp").to_numpy(), kind="stable")))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".parquet.tmp")
-    os.close(fd)
-    pq.write_table(table, tmp, compression="zstd", row_group_size=8192)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out_path)
-    _write_build_notes(out_path, cfg, merchants, frame, late)
-    return out_path
+    return table.take(pa.array(np.argsort(table.column("unix_timestamp").to_numpy(), kind="stable")))
 
 
 def _write_build_notes(

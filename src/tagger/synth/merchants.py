@@ -113,7 +113,6 @@ def _taxonomy(
     prefix = str(rng.choice(PREFIXES))
     parent_choice = {i.group: int(rng.integers(0, 3)) for i in pool}
     taken: set[str] = set()
-    labels: list[Label] = []
 
     if n_labels == 1:
         name = str(rng.choice(SINGLE_LABELS))
@@ -126,49 +125,13 @@ def _taxonomy(
     n_intent_labels = n_labels - n_catch
 
     if n_labels <= 5:
-        # a tiny taxonomy: one label per parent group
-        groups: dict[str, list[Intent]] = {}
-        for intent in pool:
-            groups.setdefault(intent.group, []).append(intent)
-        chosen_groups = rng.choice(list(groups), size=min(n_intent_labels, len(groups)), replace=False)
-        for g in chosen_groups:
-            members = groups[g]
-            name = _unique(members[0].parents[parent_choice[g] % len(members[0].parents)], taken, rng)
-            labels.append(Label(name, [m.name for m in members], 0.0))
+        labels = _group_labels(pool, n_intent_labels, parent_choice, taken, rng)
     else:
-        n_cover = min(len(pool), round(n_intent_labels * rng.uniform(1.0, cfg.max_merge_ratio)))
-        covered = [pool[i] for i in rng.choice(len(pool), n_cover, replace=False)]
-        groups_of = [[i] for i in covered]
-        while len(groups_of) > n_intent_labels:  # merge labels, preferring the same parent group
-            a = int(rng.integers(len(groups_of)))
-            same = [
-                b for b in range(len(groups_of)) if b != a and groups_of[b][0].group == groups_of[a][0].group
-            ]
-            b = (
-                int(rng.choice(same))
-                if same
-                else int(rng.choice([b for b in range(len(groups_of)) if b != a]))
-            )
-            groups_of[a] = groups_of[a] + groups_of[b]
-            groups_of.pop(b)
-        for members in groups_of:
-            first = members[0]
-            if len(members) > 1 and all(m.group == first.group for m in members):
-                parent = first.parents[min(parent_choice[first.group], len(first.parents) - 1)]
-                name = (
-                    parent
-                    if style == "flat"
-                    else f"{parent}::{rng.choice(['General', 'Other', 'Questions'])}"
-                )
-            else:
-                name = _render(first, style, parent_choice, prefix, str(rng.choice(first.leaves)))
-            if style == "deep" and rng.random() < 0.3:
-                name = f"{name}::{rng.choice(DETAIL_WORDS)}"
+        labels = []
+        for members in _merged_intents(pool, n_intent_labels, rng, cfg):
+            name = _merged_name(members, style, prefix, parent_choice, rng)
             labels.append(Label(_unique(name, taken, rng), [m.name for m in members], 0.0))
-        while len(labels) < n_intent_labels:  # a taxonomy finer than the intents: overlapping labels
-            base = labels[int(rng.integers(len(labels)))]
-            name = _unique(f"{base.name}::{rng.choice(DETAIL_WORDS)}", taken, rng)
-            labels.append(Label(name, list(base.intents), 0.0))
+        _add_overlapping(labels, n_intent_labels, taken, rng)
 
     by_name = {i.name: i for i in pool}
     for label in labels:
@@ -177,7 +140,86 @@ def _taxonomy(
             label.name = _unique(_opaque_name(by_name[label.intents[0]], rng), taken, rng)
             label.opaque = True
 
-    # long-tailed label frequencies (Zipf over a random order)
+    labels += _weigh(labels, catch_names[:n_catch], n_catch, taken, rng, cfg)
+    covered_names = {n for label in labels for n in label.intents}
+    uncovered = [i.name for i in pool if i.name not in covered_names]
+    return labels, uncovered
+
+
+def _group_labels(
+    pool: list[Intent],
+    n_intent_labels: int,
+    parent_choice: dict[str, int],
+    taken: set[str],
+    rng: np.random.Generator,
+) -> list[Label]:
+    """A tiny taxonomy: one label per parent group, named after the group."""
+    groups: dict[str, list[Intent]] = {}
+    for intent in pool:
+        groups.setdefault(intent.group, []).append(intent)
+    chosen_groups = rng.choice(list(groups), size=min(n_intent_labels, len(groups)), replace=False)
+    labels = []
+    for g in chosen_groups:
+        members = groups[g]
+        name = _unique(members[0].parents[parent_choice[g] % len(members[0].parents)], taken, rng)
+        labels.append(Label(name, [m.name for m in members], 0.0))
+    return labels
+
+
+def _merged_intents(
+    pool: list[Intent], n_intent_labels: int, rng: np.random.Generator, cfg: BuildConfig
+) -> list[list[Intent]]:
+    """The intents each label covers: a random part of the pool (up to ``max_merge_ratio`` intents
+    per label on average) merged into ``n_intent_labels`` groups, preferring the same parent group."""
+    n_cover = min(len(pool), round(n_intent_labels * rng.uniform(1.0, cfg.max_merge_ratio)))
+    covered = [pool[i] for i in rng.choice(len(pool), n_cover, replace=False)]
+    groups_of = [[i] for i in covered]
+    while len(groups_of) > n_intent_labels:
+        a = int(rng.integers(len(groups_of)))
+        same = [b for b in range(len(groups_of)) if b != a and groups_of[b][0].group == groups_of[a][0].group]
+        b = int(rng.choice(same)) if same else int(rng.choice([b for b in range(len(groups_of)) if b != a]))
+        groups_of[a] = groups_of[a] + groups_of[b]
+        groups_of.pop(b)
+    return groups_of
+
+
+def _merged_name(
+    members: list[Intent], style: str, prefix: str, parent_choice: dict[str, int], rng: np.random.Generator
+) -> str:
+    """A name for a label over ``members`` in the taxonomy's ``style`` (before making it unique):
+    their parent when they share a group, else the first intent's; now and then a detail deeper."""
+    first = members[0]
+    if len(members) > 1 and all(m.group == first.group for m in members):
+        parent = first.parents[min(parent_choice[first.group], len(first.parents) - 1)]
+        name = parent if style == "flat" else f"{parent}::{rng.choice(['General', 'Other', 'Questions'])}"
+    else:
+        name = _render(first, style, parent_choice, prefix, str(rng.choice(first.leaves)))
+    if style == "deep" and rng.random() < 0.3:
+        name = f"{name}::{rng.choice(DETAIL_WORDS)}"
+    return name
+
+
+def _add_overlapping(
+    labels: list[Label], n_intent_labels: int, taken: set[str], rng: np.random.Generator
+) -> None:
+    """Up to ``n_intent_labels`` labels: a taxonomy finer than the intents gets overlapping labels,
+    each a detail under an existing one (which may itself be such a label) with the same intents."""
+    while len(labels) < n_intent_labels:
+        base = labels[int(rng.integers(len(labels)))]
+        name = _unique(f"{base.name}::{rng.choice(DETAIL_WORDS)}", taken, rng)
+        labels.append(Label(name, list(base.intents), 0.0))
+
+
+def _weigh(
+    labels: list[Label],
+    catch_names: list[str],
+    n_catch: int,
+    taken: set[str],
+    rng: np.random.Generator,
+    cfg: BuildConfig,
+) -> list[Label]:
+    """Long-tailed shares for ``labels`` (Zipf over a random order), and the catch-all labels that
+    take the rest (one main one, the others smaller): those are returned."""
     ranks = rng.permutation(len(labels)) + 1
     weights = 1.0 / ranks ** rng.uniform(cfg.zipf_low, cfg.zipf_high)
     weights = weights / weights.sum()
@@ -185,11 +227,10 @@ def _taxonomy(
     for label, w in zip(labels, weights, strict=True):
         label.weight = float(w) * (1 - catch_share)
     catch_weights = rng.dirichlet(np.r_[4.0, np.ones(n_catch - 1)]) * catch_share
-    for name, w in zip(catch_names[:n_catch], catch_weights, strict=False):
-        labels.append(Label(_unique(str(name), taken, rng), [], float(w), catch_all=True))
-    covered_names = {n for label in labels for n in label.intents}
-    uncovered = [i.name for i in pool if i.name not in covered_names]
-    return labels, uncovered
+    return [
+        Label(_unique(str(name), taken, rng), [], float(w), catch_all=True)
+        for name, w in zip(catch_names, catch_weights, strict=False)
+    ]
 
 
 def _opaque_name(intent: Intent, rng: np.random.Generator) -> str:
