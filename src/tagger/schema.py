@@ -225,8 +225,3 @@ def checked(schema: type, values, where: str, partial: bool = False) -> DictConf
     if missing and not partial:
         raise ValueError(f"{where}: missing {', '.join(missing)}")
     return cfg
-
-
-def limits(values) -> Limits:
-    """:class:`Limits` from a mapping such as conf/serve.yaml's ``limits``: every key, checked."""
-    return OmegaConf.to_object(checked(Limits, values, "limits"))
