@@ -39,4 +39,11 @@ class TicketDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         if self.val is None:
             return []
-        return DataLoader(self.val, batch_size=self.val_batch_size, collate_fn=self.val.collate)
+        # by length: the metrics do not depend on the order, and padding a batch to its longest
+        # email costs most of the time when lengths are mixed
+        return DataLoader(
+            self.val,
+            batch_size=self.val_batch_size,
+            sampler=self.val.by_length().tolist(),
+            collate_fn=self.val.collate,
+        )

@@ -274,8 +274,9 @@ class SharedEstimator(Estimator):
         self.model.eval()
         rows = self.table.gather(data.account)
         out = np.full(rows.shape, MASKED, np.float32)
+        order = data.by_length()  # batches of like lengths: little padding
         for start in range(0, len(data), batch_size):
-            idx = np.arange(start, min(start + batch_size, len(data)))
+            idx = order[start : start + batch_size]
             batch = data.collate(idx)  # the tower runs on this batch's merchants' labels only
             scores = self.model(batch["x"], batch["mask"], batch["account"], batch["rows"]).numpy()
             out[idx, : scores.shape[1]] = scores

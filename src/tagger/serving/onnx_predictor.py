@@ -25,7 +25,7 @@ import onnxruntime as ort
 from tagger.data.tickets import Tickets
 from tagger.manifest import verify
 from tagger.model.base import MASKED, Predictions, predictions_from_logits
-from tagger.model.batches import pad_sentences
+from tagger.model.batches import by_length, pad_sentences
 from tagger.model.label_table import gather_rows
 from tagger.model.label_update import AccountLabels, LabelState
 from tagger.serving.label_store import read_base
@@ -193,10 +193,12 @@ class OnnxPredictor:
         """Tickets ``i`` = ``embeddings[offsets[i]:offsets[i + 1]]`` of ``accounts[i]``; every batch is
         fed its own merchants' labels only; the result indexes them one batch after the other."""
         n = len(accounts)
+        # one batch: in order; several: by length, each padded to little more than its own tickets
+        order = np.arange(n) if n <= batch_size else by_length(offsets, self.max_sentences)
         batches = []
         for start in range(0, n, batch_size):
-            idx = np.arange(start, min(start + batch_size, n))
-            cand = view.candidates(accounts[start : idx[-1] + 1])
+            idx = order[start : start + batch_size]
+            cand = view.candidates([accounts[i] for i in idx])
             started = time.perf_counter()
             feed = self.feed(cand, embeddings, offsets, idx)
             padded = time.perf_counter()
