@@ -16,32 +16,23 @@ from tagger.paths import compose_config, resolve
 def make_estimator(model_cfg: dict, cfg: DictConfig, log_dir: Path | None = None) -> Estimator:
     """The estimator a ``model`` config names; a baseline with a ``grid`` is tuned on the validation
     slice it is fit with (:class:`~tagger.model.selection.Tuned`, by :func:`selection_score`)."""
-    name = model_cfg["name"]
-    if name == "shared":
+    if model_cfg["name"] == "shared":  # its _target_ builds the seed ensemble (tagger.model.ensemble)
+        from hydra.utils import instantiate
+
         from tagger.embed import SentenceEmbedder
-        from tagger.model.shared_estimator import SharedEstimator
 
-        trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
-        embedder = SentenceEmbedder(resolve(cfg.data.sentence_cache_dir))
-        members = int(model_cfg["members"])
-        fits = [
-            SharedEstimator(
-                model_cfg,
-                trainer,
-                seed=cfg.seed + i,
-                log_dir=log_dir / f"member{i}" if log_dir is not None and members > 1 else log_dir,
-                embedder=embedder,
-                callbacks=OmegaConf.to_container(cfg.callbacks, resolve=True),
-                logger=OmegaConf.to_container(cfg.logger, resolve=True),
-                score=selection_score,
-            )
-            for i in range(members)
-        ]
-        if members == 1:
-            return fits[0]
-        from tagger.model.ensemble import SeedEnsemble
-
-        return SeedEnsemble(fits)
+        return instantiate(
+            {"_target_": model_cfg["_target_"], "_convert_": "all", "_recursive_": False},
+            model_config=model_cfg,
+            members=int(model_cfg["members"]),
+            seed=cfg.seed,
+            log_dir=log_dir,
+            trainer=OmegaConf.to_container(cfg.trainer, resolve=True),
+            embedder=SentenceEmbedder(resolve(cfg.data.sentence_cache_dir)),
+            callbacks=OmegaConf.to_container(cfg.callbacks, resolve=True),
+            logger=OmegaConf.to_container(cfg.logger, resolve=True),
+            score=selection_score,
+        )
     return make_baseline(model_cfg, cfg.data.sentence_cache_dir)
 
 

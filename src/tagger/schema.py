@@ -135,6 +135,7 @@ class SharedModelConf:
     """conf/model/shared.yaml: the shared model (architecture, imbalance, optimiser, confidence)."""
 
     name: str = MISSING
+    _target_: str = MISSING  # what builds it: tagger.model.ensemble.seed_ensemble
     members: int = MISSING
     encoder: EncoderConf = field(default_factory=EncoderConf)
     projection: ProjectionConf = field(default_factory=ProjectionConf)

@@ -18,8 +18,9 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from tagger.backtest.folds import Fold, configured_folds
+from tagger.backtest.run import fold_split
 from tagger.data.audit import boilerplate_ids, cross_merchant_reuse, encoder_classes, overlap
-from tagger.data.splits import cutoff
+from tagger.data.splits import Split, holdout_split
 from tagger.data.tickets import Tickets
 from tagger.paths import resolve, shown
 
@@ -31,21 +32,23 @@ COLUMNS = {
 }
 
 
-def splits(ts: np.ndarray, cfg: DictConfig, folds: list[Fold]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{name: (training mask, test mask)}`` of every split train.py and the backtest use."""
-    # the same cutoffs as holdout_split, time_split and the backtest's folds compute
+def splits(tickets: Tickets, cfg: DictConfig, folds: list[Fold]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{name: (training mask, test mask)}`` of every split train.py and the backtest use, from
+    the splits they build themselves (:class:`~tagger.data.splits.Split`)."""
+    ts = tickets.meta["unix_timestamp"].to_numpy()
     align = bool(cfg.data.align_days)
-    holdout_days = float(cfg.data.holdout_days)
-    holdout = cutoff(ts, holdout_days, align) if holdout_days else np.inf
-    development = ts < holdout
-    val_start = cutoff(ts[development], cfg.data.val_days, align)
+    development, holdout = holdout_split(tickets, cfg.data.holdout_days, align)
+    split = Split.of_window(development, cfg.data.val_days, align, refit=True)
+    start = holdout["holdout_start"]
+    dev = ts < (pd.Timestamp(start).timestamp() if start else np.inf)
     out = {
-        "train.py: training vs validation": (ts < val_start, (ts >= val_start) & development),
-        "train.py: development vs final holdout": (development, ~development),
+        "train.py: training vs validation": (ts < split.val_start, (ts >= split.val_start) & dev),
+        "train.py: development vs final holdout": (dev, ~dev),
     }
     for fold in folds:
-        train, test = fold.masks(ts, last=fold is folds[-1])
-        val_start = cutoff(ts[train], cfg.data.val_days, align, fold.validation_end(align))
+        last = fold is folds[-1]
+        val_start = fold_split(cfg, tickets, fold, last).val_start
+        train, test = fold.masks(ts, last=last)
         out[f"fold {fold.index}: training window vs test"] = (train, test)
         inner = (train & (ts < val_start), train & (ts >= val_start))
         out[f"fold {fold.index}: inner training vs validation"] = inner
@@ -55,9 +58,8 @@ def splits(ts: np.ndarray, cfg: DictConfig, folds: list[Fold]) -> dict[str, tupl
 def audit(tickets: Tickets, cfg: DictConfig, folds: list[Fold]) -> dict:
     """The overlap of every split, and how much text merchants share."""
     boilerplate, source = boilerplate_ids(tickets, resolve(cfg.data.path))
-    ts = tickets.meta["unix_timestamp"].to_numpy()
     classes = encoder_classes(tickets)
-    split_masks = splits(ts, cfg, folds)
+    split_masks = splits(tickets, cfg, folds)
     return {
         "boilerplate_from": source,
         "cross_merchant_reuse": cross_merchant_reuse(tickets, boilerplate),

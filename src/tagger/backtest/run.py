@@ -214,24 +214,30 @@ def _run_folds(
     return got
 
 
-def _fold_data(cfg: DictConfig, tickets: Tickets, fold: Fold, last: bool, got: Collected) -> Split:
-    """The fold's training window split into train and validation (and the whole window, to refit),
-    and its test window; its description goes into ``got.fold_info``, the two windows into
-    ``got.window`` and ``got.test`` (the last fold's are the learning curve's)."""
+def fold_split(cfg: DictConfig, tickets: Tickets, fold: Fold, last: bool) -> Split:
+    """The fold's training window (split into train and validation) and its test window: the one
+    split of a fold, for the backtest and the text-overlap audit alike."""
     align = bool(cfg.data.align_days)
-    refit = bool(cfg.refit)
     train_mask, test_mask = fold.masks(tickets.meta["unix_timestamp"].to_numpy(), last=last)
-    got.window, got.test = window, test = tickets.subset(train_mask), tickets.subset(test_mask)
-    data = Split.of_window(
-        window,
+    return Split.of_window(
+        tickets.subset(train_mask),
         cfg.data.val_days,
         align,
-        refit,
-        test=test,
+        bool(cfg.refit),
+        test=tickets.subset(test_mask),
         val_end=fold.validation_end(align),
         window_end=fold.train_end,
         index=fold.index,
     )
+
+
+def _fold_data(cfg: DictConfig, tickets: Tickets, fold: Fold, last: bool, got: Collected) -> Split:
+    """The fold's training window split into train and validation (and the whole window, to refit),
+    and its test window; its description goes into ``got.fold_info``, the two windows into
+    ``got.window`` and ``got.test`` (the last fold's are the learning curve's)."""
+    data = fold_split(cfg, tickets, fold, last)
+    got.window, got.test = window, test = data.window, data.test
+    refit = data.refit
     split = data.record
     got.fold_info.append(
         {

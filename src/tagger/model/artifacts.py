@@ -62,8 +62,6 @@ def save_shared(
         info = {
             "architecture": asdict(model.cfg),
             "temperature": estimator.temperature,
-            "null_fallback": estimator.cfg["confidence"]["null_fallback"],
-            "max_sentences": estimator.max_sentences,
             "model_config": estimator.cfg,  # conf/'s model section as it was trained
             "n_accounts": estimator.table.n_accounts,
             "n_labels": len(estimator.table),

@@ -36,17 +36,15 @@ def by_length(offsets: np.ndarray, max_sentences: int) -> np.ndarray:
     return np.argsort(np.minimum(np.diff(np.asarray(offsets)), max_sentences), kind="stable")
 
 
-# the first sentences of a longer email that are kept (conf/model/shared.yaml: encoder.max_sentences)
-MAX_SENTENCES = 64
-
-
 class TicketBatches:
     """Training and scoring batches of a set of tickets for the PyTorch model (a map-style dataset:
     item ``i`` is index ``i``; :meth:`collate` builds the batch).
 
     ``table`` (a :class:`tagger.model.label_table.LabelTable`) gives each ticket its own account's
-    label rows (``rows [B, W]``); ``target`` holds label rows (-1: unseen), turned into positions in
-    ``rows``. ``sentence_dropout`` hides random sentences while training (never all of a ticket's).
+    label rows (``rows [B, W]``); the first ``max_sentences`` sentences of an email are kept
+    (conf/model/shared.yaml: ``encoder.max_sentences``). ``target`` holds label rows (-1: unseen),
+    turned into positions in ``rows``. ``sentence_dropout`` hides random sentences while training
+    (never all of a ticket's).
     """
 
     def __init__(
@@ -54,8 +52,8 @@ class TicketBatches:
         tickets,
         account: np.ndarray,
         table,
+        max_sentences: int,
         target: np.ndarray | None = None,
-        max_sentences: int = MAX_SENTENCES,
         sentence_dropout: float = 0.0,
     ):
         self.embeddings = np.ascontiguousarray(tickets.embeddings, dtype=np.float32)

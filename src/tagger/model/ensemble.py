@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -167,3 +168,22 @@ def member_of(estimator: SharedEstimator, index: int) -> SharedEstimator:
     out = copy.copy(estimator)
     out.model, out.temperature = model.members[index], model.temperatures[index]
     return out
+
+
+def seed_ensemble(
+    model_config: dict, members: int, seed: int, log_dir: Path | None = None, **shared
+) -> SharedEstimator:
+    """The shared model of ``model_config`` (conf/model/shared.yaml's ``_target_``): fits with seeds
+    ``seed``, ``seed + 1``, ... (``members`` of them), one estimator when ``members`` is 1 and their
+    :class:`SeedEnsemble` otherwise; ``shared`` goes to each :class:`SharedEstimator` (trainer,
+    embedder, callbacks, logger, score). With several members each logs under ``log_dir/memberI``."""
+    fits = [
+        SharedEstimator(
+            model_config,
+            seed=seed + i,
+            log_dir=log_dir / f"member{i}" if log_dir is not None and members > 1 else log_dir,
+            **shared,
+        )
+        for i in range(members)
+    ]
+    return fits[0] if members == 1 else SeedEnsemble(fits)

@@ -102,8 +102,8 @@ class SharedEstimator(Estimator):
             tickets,
             account,
             self.table,
+            self.max_sentences,
             target,
-            max_sentences=self.max_sentences,
             sentence_dropout=enc["sentence_dropout"] if train else 0.0,
         )
 
@@ -151,15 +151,15 @@ class SharedEstimator(Estimator):
                 warnings.filterwarnings("ignore", message="You defined a `validation_step`")
             trainer.fit(lit, datamodule=data)
         seconds = time.perf_counter() - t0
+        best_epoch = None
         if checkpoint is not None and checkpoint.best_model_path:
-            state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)[
-                "state_dict"
-            ]
-            lit.load_state_dict(state)
+            best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+            lit.load_state_dict(best["state_dict"])
+            best_epoch = int(best["epoch"])  # the checkpoint's own record, whatever its file is named
         self.model = lit.model.eval()
         self.fit_info = {
             "epochs": trainer.current_epoch,
-            "best_epoch": _epoch_of(checkpoint.best_model_path) if checkpoint else None,
+            "best_epoch": best_epoch,
             "best_score": float(checkpoint.best_model_score)
             if checkpoint and checkpoint.best_model_score is not None
             else None,
@@ -327,10 +327,3 @@ def _instantiate(where: str, spec: dict, **extra):
         return instantiate(spec, **extra)
     except InstantiationException as err:
         raise ValueError(f"{where}: {err}") from None
-
-
-def _epoch_of(path: str) -> int | None:
-    try:
-        return int(Path(path).stem.split("epoch=")[1].split("-")[0])
-    except (IndexError, ValueError):
-        return None
