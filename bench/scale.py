@@ -58,8 +58,9 @@ def _train_step(n_accounts: int, labels: int, steps: int, queue) -> None:
     import torch
 
     from tagger.model.label_table import gather_rows
-    from tagger.model.lit import LitShared
-    from tagger.model.shared import SharedConfig, SharedModel
+    from tagger.model.shared import SharedModel
+    from tagger.model.shared_estimator import architecture, lit_module
+    from tagger.paths import compose_config
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -68,8 +69,9 @@ def _train_step(n_accounts: int, labels: int, steps: int, queue) -> None:
     b = _random_batch(n_accounts, labels)
     x, mask = torch.from_numpy(b["x"]), torch.ones(BATCH, SENTENCES, dtype=torch.bool)
     account = torch.from_numpy(b["account"])
-    model = SharedModel(SharedConfig(), names, n_accounts)
-    lit = LitShared(model, torch.zeros(n_labels), imbalance="none")
+    cfg = OmegaConf.to_container(compose_config("config").model, resolve=True)  # the model as trained
+    model = SharedModel(architecture(cfg, DIM), names, n_accounts)
+    lit = lit_module(model, torch.zeros(n_labels), cfg)
     starts = np.arange(n_accounts + 1, dtype=np.int64) * labels
     counts = np.r_[np.full(n_accounts, labels), 0].astype(np.int64)
     rows = torch.from_numpy(gather_rows(starts, counts, b["account"]))

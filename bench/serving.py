@@ -15,8 +15,10 @@ results/benchmarks/serving.md (and .json).
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from contextlib import ExitStack
@@ -223,7 +225,9 @@ def overload(server, port: int, requests: list[bytes], rate: float, seconds: flo
 
 
 NEW, TWO = "API, 1 worker", "API, 2 workers"
+BARE = "API, 1 worker, no metrics or logs"
 CONSTANT, OTHER = "constant FastAPI app", "compared export, 1 worker"
+NO_LOGS = ("logs.requests=null", "logs.predictions=null")
 
 
 def by_bucket(export_dir: Path, per_bucket: int = 200) -> dict[str, list[dict]]:
@@ -259,14 +263,21 @@ def http_figures(
 ) -> dict:
     """Every HTTP measurement, with the servers running side by side: the API with 1 and 2 workers,
     the constant app, and the API serving ``compare_export`` when there is one."""
+    scratch = Path(tempfile.mkdtemp(prefix="tagger-bench-logs-"))
+
+    def logged(name: str) -> tuple[str, ...]:  # the logs as served, to a scratch folder
+        return (f"logs.requests={scratch / name}.jsonl", f"logs.predictions={scratch / name}")
+
     specs = {
-        NEW: lambda p: api_command(export_dir, p, ("workers=1",)),
-        TWO: lambda p: api_command(export_dir, p, ("workers=2",)),
+        NEW: lambda p: api_command(export_dir, p, ("workers=1", *logged("one"))),
+        TWO: lambda p: api_command(export_dir, p, ("workers=2", *logged("two"))),
+        BARE: lambda p: api_command(export_dir, p, ("workers=1", "metrics=false", *NO_LOGS)),
         CONSTANT: constant_app,
     }
     if compare_export is not None:
-        specs[OTHER] = lambda p: api_command(compare_export, p, ("workers=1",))
+        specs[OTHER] = lambda p: api_command(compare_export, p, ("workers=1", *logged("other")))
     with ExitStack() as stack:
+        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
         servers = {}
         for name, spec in specs.items():
             port = free_port()
@@ -394,9 +405,30 @@ def goals(f: dict) -> list[dict]:
                 a >= bound * c,
             )
         )
+    rows += _telemetry_goals(f)
     for name, o in f["overload"].items():
         rows += _overload_goals(name, o)
     return [{"goal": g, "measured": m, "met": bool(ok)} for g, m, ok in rows]
+
+
+def _telemetry_goals(f: dict) -> list[tuple]:
+    """What the metrics, the request log and the prediction log cost a request: the API as served
+    against the same API with all three off, in the same run."""
+    rt, bare = f["round_trip"][NEW]["1 string"], f["round_trip"][BARE]["1 string"]
+    p99, bare_p99 = f["open_loop"][NEW]["100"]["p99"], f["open_loop"][BARE]["100"]["p99"]
+    return [
+        (
+            "metrics and logs add < 0.05 ms to the one-sentence round trip p50",
+            f"{rt['p50'] - bare['p50']:+.3f} ms ({bare['p50']:.3f} -> {rt['p50']:.3f}; server time "
+            f"{bare['server_p50']:.3f} -> {rt['server_p50']:.3f})",
+            rt["p50"] - bare["p50"] < 0.05,
+        ),
+        (
+            "metrics and logs add < 10% to the p99 at 100 req/s",
+            f"{p99 / bare_p99 - 1:+.0%} ({bare_p99:.2f} -> {p99:.2f} ms)",
+            p99 < 1.1 * bare_p99,
+        ),
+    ]
 
 
 def _overload_goals(name: str, o: dict) -> list[tuple]:

@@ -142,7 +142,8 @@ def test_the_ray_engine_gives_the_local_engine_s_rows(bad_file, export_dir, tmp_
     for kind in ("predictions", "quarantine"):
         a = pd.read_parquet(outputs(tmp_path / "local.parquet")[kind])
         b = pd.read_parquet(outputs(tmp_path / "ray.parquet")[kind])
-        pd.testing.assert_frame_equal(a, b)
+        when = ["predicted_at"] if kind == "predictions" else []  # when each run scored its rows
+        pd.testing.assert_frame_equal(a.drop(columns=when), b.drop(columns=when))
     assert ray["validation"] == local["validation"] and ray["workers"] == 2
 
 

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -33,22 +34,14 @@ from tagger.data.ingest import (
 from tagger.data.validation import RowProblem
 from tagger.serving.limits import Limits, configured_limits
 from tagger.serving.onnx_predictor import OnnxPredictor
+from tagger.serving.prediction_log import PREDICTION_SCHEMA
 from tagger.serving.registry import Registry
 from tagger.serving.request_path import ANSWER_COLUMNS, RequestScorer
 
 RESULT_SCHEMA = pa.schema(
     [
         ("row", pa.int64()),
-        ("ticket_id", pa.string()),
-        ("account_id", pa.string()),
-        ("label", pa.string()),
-        ("confidence", pa.float32()),
-        ("answer_level", pa.int8()),
-        ("top_labels", pa.list_(pa.string())),
-        ("top_scores", pa.list_(pa.float32())),
-        ("abstained", pa.bool_()),
-        ("fallback", pa.bool_()),
-        ("model_version", pa.string()),
+        *PREDICTION_SCHEMA,  # the API's prediction log has the same columns
         ("field", pa.string()),
         ("problem", pa.string()),
         ("detail", pa.string()),
@@ -56,7 +49,7 @@ RESULT_SCHEMA = pa.schema(
 )
 READ_BUFFER_BYTES = 1 << 20
 PROBLEM_COLUMNS = ("row", "ticket_id", "field", "problem", "detail")
-PREDICTION_COLUMNS = ("ticket_id", "account_id", *ANSWER_COLUMNS, "model_version")
+PREDICTION_COLUMNS = tuple(PREDICTION_SCHEMA.names)
 # read: parquet decoding; parse: row checks and the embeddings JSON; pad: padded batches; onnx: the
 # model; top_k: candidate labels, calibration and ranking; answer: answers as the API gives them
 STEPS = ("read", "parse", "pad", "onnx", "top_k", "answer")
@@ -216,6 +209,8 @@ class PieceScorer:
             "account_id": [*account[keep].tolist(), *account[[p.row - first_row for p in problems]].tolist()],
             **{c: [*answers[c], *([None] * n_bad)] for c in ANSWER_COLUMNS},
             "model_version": [self.version] * n_ok + [None] * n_bad,
+            "predicted_at": [datetime.now(UTC)] * n_ok + [None] * n_bad,
+            "request_id": [None] * (n_ok + n_bad),
             "field": [None] * n_ok + [p.field for p in problems],
             "problem": [None] * n_ok + [p.problem for p in problems],
             "detail": [None] * n_ok + [p.detail for p in problems],

@@ -32,6 +32,30 @@ ARCHITECTURE = ("encoder", "projection", "labels", "score")  # the sections that
 ARCHITECTURE_KEYS = frozenset(f.name for f in fields(SharedConfig))
 
 
+def architecture(cfg: dict, dim: int) -> SharedConfig:
+    """The network a ``model`` config (conf/model/shared.yaml, as a dict) builds over ``dim``-wide
+    sentence embeddings."""
+    flat = {"dim": dim}
+    for section in ARCHITECTURE:
+        flat.update(cfg[section])
+    return SharedConfig(**{k: v for k, v in flat.items() if k in ARCHITECTURE_KEYS})
+
+
+def lit_module(model: SharedModel, log_prior: torch.Tensor, cfg: dict) -> LitShared:
+    """The Lightning module training ``model`` as a ``model`` config's optimiser and imbalance say."""
+    opt, imb = cfg["optim"], cfg["imbalance"]
+    return LitShared(
+        model,
+        log_prior,
+        imbalance=imb["method"],
+        tau=imb["tau"],
+        lr=opt["lr"],
+        weight_decay=opt["weight_decay"],
+        sparse_lr=opt["sparse_lr"],
+        sparse_weight_decay=opt["sparse_weight_decay"],
+    )
+
+
 class SharedEstimator(Estimator):
     """One model for every account. ``cfg`` is the ``model`` config (conf/model/shared.yaml),
     ``trainer`` the ``trainer`` config (conf/trainer/default.yaml: Lightning Trainer arguments),
@@ -72,15 +96,10 @@ class SharedEstimator(Estimator):
         return int(self.cfg["encoder"]["max_sentences"])
 
     # ---- construction -------------------------------------------------------------------------
-    def _architecture(self, dim: int) -> SharedConfig:
-        flat = {"dim": dim}
-        for section in ARCHITECTURE:
-            flat.update(self.cfg[section])
-        return SharedConfig(**{k: v for k, v in flat.items() if k in ARCHITECTURE_KEYS})
-
     def _build(self, table: LabelTable, name_vectors: np.ndarray) -> SharedModel:
         vectors = np.asarray(name_vectors, np.float32)
-        return SharedModel(self._architecture(vectors.shape[1]), torch.from_numpy(vectors), table.n_accounts)
+        network = architecture(self.cfg, vectors.shape[1])
+        return SharedModel(network, torch.from_numpy(vectors), table.n_accounts)
 
     def _name_vectors(self, table: LabelTable) -> np.ndarray:
         if self.embedder is None:
@@ -120,17 +139,8 @@ class SharedEstimator(Estimator):
         self.prior = AccountPrior(self.table, train.meta)
         self.name_vectors = self._name_vectors(self.table)
         self.model = self._build(self.table, self.name_vectors)
-        opt, imb = self.cfg["optim"], self.cfg["imbalance"]
-        lit = LitShared(
-            self.model,
-            torch.from_numpy(self.table.log_prior()),
-            imbalance=imb["method"],
-            tau=imb["tau"],
-            lr=opt["lr"],
-            weight_decay=opt["weight_decay"],
-            sparse_lr=opt["sparse_lr"],
-            sparse_weight_decay=opt["sparse_weight_decay"],
-        )
+        opt = self.cfg["optim"]
+        lit = lit_module(self.model, torch.from_numpy(self.table.log_prior()), self.cfg)
         has = train.meta["has_embeddings"].to_numpy()
         train_data = self._batches(train.subset(has), train=True)
         val_data = None

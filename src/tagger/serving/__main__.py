@@ -5,10 +5,11 @@
     python -m tagger.serving workers=2                        # two server processes on one port
     TAGGER_ADMIN_TOKEN=... python -m tagger.serving           # enables the /admin/ routes
 
-Binds to loopback unless ``host=`` says otherwise; runs with ``MALLOC_ARENA_MAX`` set (conf/serve.yaml
-``malloc_arena_max``) unless the environment already sets it. A missing registry, a registry with no
-promoted model, or a missing, truncated or altered export refuses to start with one line saying what
-is wrong (exit status 1).
+On SIGTERM or SIGINT it stops accepting, lets the requests in flight finish (``graceful_shutdown_s``)
+and writes what its logs hold before it exits. Binds to loopback unless ``host=`` says otherwise;
+runs with ``MALLOC_ARENA_MAX`` set (conf/serve.yaml ``malloc_arena_max``) unless the environment
+already sets it. A missing registry, a registry with no promoted model, or a missing, truncated or
+altered export refuses to start with one line saying what is wrong (exit status 1).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None, reexec: bool = False) -> int:
         # each worker process builds its own app (its own predictor and scoring thread) from the
         # same registry; check it here so a bad one refuses to start once, with one line
         _check_registry(registry_dir)
+        _metrics_dir()
         os.environ[REGISTRY_ENV] = registry_dir
         os.environ[OVERRIDES_ENV] = json.dumps(argv)
         app = "tagger.serving.api:app_from_env"
@@ -62,10 +64,27 @@ def main(argv: list[str] | None = None, reexec: bool = False) -> int:
         loop=cfg.loop,
         timeout_keep_alive=int(cfg.timeout_keep_alive),
         limit_concurrency=int(cfg.max_connections) or None,
+        timeout_graceful_shutdown=int(cfg.graceful_shutdown_s) or None,
         access_log=False,
         log_level="warning",
     )
     return 0
+
+
+def _metrics_dir() -> None:
+    """Point the workers' prometheus-client at a fresh directory (its multiprocess mode: any worker's
+    /metrics reports them all), removed when the server exits; one the environment names is kept."""
+    from tagger.serving.telemetry import MULTIPROC_ENV
+
+    if os.environ.get(MULTIPROC_ENV):
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="tagger-metrics-")
+    os.environ[MULTIPROC_ENV] = directory
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
 
 
 def _check_registry(registry_dir: str) -> None:

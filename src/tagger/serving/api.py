@@ -36,15 +36,19 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from omegaconf import OmegaConf
 
+from tagger.paths import resolve
 from tagger.serving import routes
 from tagger.serving.gate import Admission, Gate, send_json
 from tagger.serving.header_deadline import HeaderDeadline
 from tagger.serving.limits import Limits, configured_limits, limits_from
 from tagger.serving.live import Live
 from tagger.serving.name_encoder import NameEncoder
+from tagger.serving.prediction_log import PredictionLog
 from tagger.serving.registry import Registry, TextEmbedder
 from tagger.serving.request_path import ApiError, RequestScorer, error_body
+from tagger.serving.telemetry import DROPPED, Telemetry, request_log
 
 __all__ = ["ApiError", "Limits", "app_from_config", "app_from_env", "create_app", "serve_config"]
 log = logging.getLogger(__name__)
@@ -55,25 +59,28 @@ class PredictRoutes:
     """ASGI layer answering ``POST`` to ``routes`` (path -> (body bytes, query string) -> response
     bytes, run in the one-thread ``pool``) and passing everything else on to ``app``."""
 
-    def __init__(self, app, routes: dict, pool: ThreadPoolExecutor):
-        self.app, self.routes, self.pool = app, routes, pool
+    def __init__(self, app, routes: dict, pool: ThreadPoolExecutor, telemetry: Telemetry | None = None):
+        self.app, self.routes, self.pool, self.telemetry = app, routes, pool, telemetry
 
     async def __call__(self, scope, receive, send):
         fn = self.routes.get(scope["path"]) if scope["type"] == "http" else None
         if fn is None or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         message = await receive()  # the gate has read the whole body: one message
+        answer = None
         try:
-            content = await asyncio.get_running_loop().run_in_executor(
+            answer = await asyncio.get_running_loop().run_in_executor(
                 self.pool, fn, message["body"], scope.get("query_string", b"")
             )
-            status = 200
+            content, status = answer.body, 200
         except ApiError as err:
             content, status = err.body(), err.status
         except Exception:  # never a stack trace in a response
             log.exception("scoring failed")
             content, status = INTERNAL_ERROR, 500
         await send_json(send, status, content)
+        if answer is not None and self.telemetry is not None:  # after the answer went out
+            self.telemetry.answered(scope, answer.tickets, answer.answers)
 
 
 def _release_free_memory() -> None:
@@ -91,8 +98,8 @@ class LabelWork:
     """Label changes and reloads, all in one thread: they allocate megabytes, and one thread keeps
     that memory in one malloc arena (spread over request threads, memory grew with every update)."""
 
-    def __init__(self, live: Live):
-        self.live = live
+    def __init__(self, live: Live, telemetry: Telemetry | None = None):
+        self.live, self.telemetry = live, telemetry
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labels")
 
     def _then_release(self, fn, *args):
@@ -102,6 +109,8 @@ class LabelWork:
         finally:
             if self.live.current is not before:  # the old model's or labels' memory is free now
                 _release_free_memory()
+            if self.telemetry is not None:
+                self.telemetry.served(self.live)
 
     def call(self, fn, *args):
         """``fn(*args)`` in the label thread, waiting for it."""
@@ -148,6 +157,8 @@ def create_app(
     lock_wait: float = 5.0,
     read_token: str | None = None,
     docs: bool = False,
+    logs: dict | None = None,
+    metrics: bool = True,
 ) -> FastAPI:
     """The API serving the model promoted in the registry at ``registry_dir``. ``admin_token``
     enables the admin routes; ``embed`` embeds label names (default: the export's all-MiniLM-L6-v2
@@ -155,12 +166,17 @@ def create_app(
     the registry before every request instead of in the background (tests). ``lock_wait``: the
     longest an admin change waits for another writer. ``read_token``: every route but ``/health``
     needs it (or the admin token) as a bearer token, and ``/health`` shows details only with one.
-    ``docs``: serve ``/docs`` and ``/openapi.json``."""
+    ``docs``: serve ``/docs`` and ``/openapi.json``. ``logs``: conf/serve.yaml's ``logs`` (the
+    request log and the prediction log; None: neither). ``metrics``: count every request and answer
+    for ``/metrics`` (False with no logs: the request path does none of it, for measuring its cost)."""
     limits = limits or configured_limits()
     live = Live(Registry(registry_dir, create=False, lock_wait=lock_wait), lambda p: RequestScorer(p, limits))
     if admin_token and embed is None:
         embed = NameEncoder(live.predictor.export_dir).embed
-    labels = LabelWork(live)
+    telemetry = telemetry_from(logs, lambda: live.current.version, metrics)
+    telemetry.served(live)
+    observed = telemetry if metrics or telemetry.request_log or telemetry.prediction_log else None
+    labels = LabelWork(live, telemetry)
     if reload_interval > 0:
         poller = threading.Thread(
             target=_poll_labels, args=(weakref.ref(labels), reload_interval), name="label-reload", daemon=True
@@ -171,6 +187,7 @@ def create_app(
     )
     service = routes.Service(live, labels, Admission(), limits, admin_token, embed, read_token)
     app = FastAPI(
+        lifespan=_closing(telemetry),
         title="tagger",
         version=live.current.version,
         description="Contact-reason tagging: each merchant gets a label from its own label set.",
@@ -181,10 +198,11 @@ def create_app(
     app.add_middleware(
         PredictRoutes,
         routes={
-            "/predict": lambda body, query: live.current.scorer.one(body, query),
-            "/predict/batch": lambda body, query: live.current.scorer.batch(body, query),
+            "/predict": lambda body, query: live.current.scorer.respond(body, query, batch=False),
+            "/predict/batch": lambda body, query: live.current.scorer.respond(body, query, batch=True),
         },
         pool=scoring,
+        telemetry=observed,
     )
     app.add_middleware(  # added last: the outer layer
         Gate,
@@ -193,11 +211,43 @@ def create_app(
         admin_token=admin_token,
         before=labels.refresh if reload_interval <= 0 else None,
         read_token=read_token,
+        telemetry=observed,
     )
     _error_handlers(app)
     for router in (routes.predictions, routes.labels, routes.admin):
         app.include_router(router)
     return app
+
+
+def telemetry_from(logs: dict | None, version, metrics: bool = True) -> Telemetry:
+    """The logs conf/serve.yaml's ``logs`` asks for (None: none), and the metrics unless ``metrics``
+    is False."""
+    if logs is None:
+        return Telemetry(version, count=metrics)
+    requests = None
+    if logs["requests"] is not None:
+        path = None if logs["requests"] == "stderr" else str(resolve(logs["requests"]))
+        requests = request_log(path, logs["buffer"], logs["flush_s"])
+    predictions = None
+    if logs["predictions"] is not None:
+        predictions = PredictionLog(
+            resolve(logs["predictions"]),
+            logs["rotate_rows"],
+            logs["rotate_s"],
+            logs["buffer"],
+            logs["flush_s"],
+            on_drop=DROPPED.labels("prediction").inc,
+        )
+    return Telemetry(version, request_log=requests, prediction_log=predictions, count=metrics)
+
+
+def _closing(telemetry: Telemetry):
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        telemetry.close()  # the server has drained its requests: write what the logs hold
+
+    return lifespan
 
 
 def _error_handlers(app: FastAPI) -> None:
@@ -252,6 +302,8 @@ def app_from_config(cfg, registry_dir: str | os.PathLike) -> FastAPI:
             lock_wait=float(cfg.lock_wait),
             read_token=read_token,
             docs=bool(cfg.docs),
+            logs=OmegaConf.to_container(cfg.logs),
+            metrics=bool(cfg.metrics),
         )
     except (ArtifactError, OSError, ValueError, KeyError, sqlite3.Error) as err:
         raise SystemExit(
@@ -268,7 +320,5 @@ def app_from_env() -> FastAPI:
     """The app factory each server worker calls: $TAGGER_REGISTRY_DIR (else the config's
     ``registry_dir``) and conf/serve.yaml with the overrides in $TAGGER_SERVE_OVERRIDES (a JSON list
     of ``key=value``, as ``python -m tagger.serving`` sets it)."""
-    from tagger.paths import resolve
-
     cfg = serve_config(json.loads(os.environ.get(OVERRIDES_ENV) or "[]"))
     return app_from_config(cfg, os.environ.get(REGISTRY_ENV) or resolve(cfg.registry_dir))

@@ -12,7 +12,8 @@ framework objects), in this order:
 5. The request gets ``request_timeout_s`` (503 past it).
 
 Every response carries ``Server-Timing: app;dur=MS``, the time from entering the gate to the
-response start (the server's own share of a round trip).
+response start (the server's own share of a round trip), and ``X-Request-ID`` (the caller's, else a
+new one). Once the response is out, the request is counted and logged (:mod:`tagger.serving.telemetry`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 from tagger.serving.limits import Limits
 from tagger.serving.request_path import error_body
+from tagger.serving.telemetry import Telemetry, request_id
 
 
 @dataclass
@@ -82,7 +84,8 @@ async def send_json(send, status: int, body: bytes, headers: list | None = None)
 
 class Gate:
     """The ASGI middleware described in the module docstring; ``before`` (if given) runs before
-    every admitted request (the label reload check when it is not done in the background)."""
+    every admitted request (the label reload check when it is not done in the background);
+    ``telemetry`` counts and logs every request."""
 
     def __init__(
         self,
@@ -92,8 +95,9 @@ class Gate:
         admin_token: str | None = None,
         before=None,
         read_token: str | None = None,
+        telemetry: Telemetry | None = None,
     ):
-        self.app, self.limits, self.admission = app, limits, admission
+        self.app, self.limits, self.admission, self.telemetry = app, limits, admission, telemetry
         self.admin_token, self.before, self.read_token = admin_token, before, read_token
         self.refusal = error_body(None, f"over capacity: more than {limits.max_in_flight} requests in flight")
         self.retry_after = [(b"retry-after", str(limits.retry_after_s).encode())]
@@ -102,14 +106,23 @@ class Gate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
+        rid = scope["request_id"] = request_id(scope)
+        answered = [500, 0.0]  # status, seconds to the response start
 
         async def timed_send(message):
             if message["type"] == "http.response.start":
-                ms = (time.perf_counter() - start) * 1000
-                timing = (b"server-timing", f"app;dur={ms:.3f}".encode())
-                message["headers"] = [*message.get("headers", ()), timing]
+                answered[:] = message["status"], time.perf_counter() - start
+                timing = (b"server-timing", f"app;dur={answered[1] * 1000:.3f}".encode())
+                message["headers"] = [*message.get("headers", ()), timing, (b"x-request-id", rid.encode())]
             await send(message)
 
+        try:
+            await self._gated(scope, receive, timed_send)
+        finally:  # after the response went out: what the metrics and the logs add is not in its time
+            if self.telemetry is not None:
+                self.telemetry.request(scope, rid, answered[0], answered[1])
+
+    async def _gated(self, scope, receive, timed_send):
         if self.before is not None:
             self.before()
         if scope["path"] == "/health":
@@ -120,6 +133,7 @@ class Gate:
         elif self.read_token is not None:
             refused = refuse_reader(_authorization(scope), self.read_token, self.admin_token)
         if refused:
+            self._refused("unauthorized")
             return await send_json(timed_send, refused[0], error_body("authorization", refused[1]))
         # the body before admission, under its own deadline: a client that sends it slowly holds a
         # connection until then, never one of the admitted requests' places
@@ -128,14 +142,17 @@ class Gate:
                 body = await _read_body(scope, receive, self.limits.max_body_bytes)
         except TimeoutError:
             self.admission.slow += 1
+            self._refused("slow_body")
             message = f"the body was not received within {self.limits.body_timeout_s:g} s"
             return await send_json(timed_send, 408, error_body("body", message), [(b"connection", b"close")])
         if body is None:
+            self._refused("too_large")
             detail = error_body("body", f"over {self.limits.max_body_bytes} bytes")
             return await send_json(timed_send, 413, detail, [(b"connection", b"close")])
         admission = self.admission
         if admission.in_flight >= self.limits.max_in_flight:
             admission.refused += 1
+            self._refused("over_capacity")
             return await send_json(timed_send, 503, self.refusal, self.retry_after)
         admission.in_flight += 1
         admission.admitted += 1
@@ -143,6 +160,10 @@ class Gate:
             await self._admitted(scope, receive, body, timed_send)
         finally:
             admission.in_flight -= 1
+
+    def _refused(self, reason: str) -> None:
+        if self.telemetry is not None:
+            self.telemetry.refused(reason)
 
     async def _admitted(self, scope, receive, body: bytes, send):
         started = []
@@ -156,6 +177,7 @@ class Gate:
                 await self.app(scope, _replay(body, receive), tracked_send)
         except TimeoutError:
             if not started:
+                self._refused("timeout")
                 message = f"no answer within {self.limits.request_timeout_s:g} s"
                 await send_json(send, 503, error_body(None, message))
 

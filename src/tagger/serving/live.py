@@ -46,6 +46,7 @@ class Live:
         self.quarantined: dict[str, str] = {}
         self.last_reload_error: str | None = None
         self.failures = 0
+        self.reload_failures = 0  # every failed look since start (failures: the ones in a row)
         self._retry_at = 0.0
         self._lock = threading.Lock()
         self.current: Served = self._load(registry.serving())
@@ -74,6 +75,7 @@ class Live:
                 changed = self._catch_up()
             except Exception as err:  # a failed look must never take the service down
                 self.failures += 1
+                self.reload_failures += 1
                 pause = min(MAX_BACKOFF_S, 0.25 * 2**self.failures)
                 self._retry_at = time.monotonic() + pause
                 self.last_reload_error = f"{type(err).__name__}: {err} (retry in {pause:.2f} s)"

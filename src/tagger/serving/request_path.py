@@ -10,7 +10,7 @@ with orjson. Errors name the field, as the pydantic models of :mod:`tagger.servi
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -23,6 +23,7 @@ from tagger.serving.limits import Limits
 from tagger.serving.onnx_predictor import OnnxPredictor
 
 _NO_SENTENCES = np.zeros((0, EMBEDDING_DIM), np.float32)
+MAX_TICKET_ID = 200  # characters of a request's optional ticket_id (recorded in the prediction log)
 # what a ticket's answer holds besides its model version (API: PredictionOut; predict.py: its columns)
 # answer_level: 0 the leaf label, 1 its parent (the first ``::`` level), when only the parent is sure enough
 ANSWER_COLUMNS = ("label", "confidence", "answer_level", "top_labels", "top_scores", "abstained", "fallback")
@@ -58,8 +59,24 @@ def read_json(body: bytes) -> Any:
         raise ApiError(422, "body", "not valid JSON", [("body", f"JSON decode error: {err}")]) from None
 
 
-def ticket_fields(obj: Any, where: str) -> tuple[str, Any]:
-    """(account_id, embeddings value) of one ticket object, checked as ``TicketIn`` would."""
+class Ticket(NamedTuple):
+    """One ticket of a request: its account, its embeddings value as sent and its optional id."""
+
+    account_id: str
+    embeddings: Any
+    ticket_id: str | None
+
+
+class Response(NamedTuple):
+    """A prediction request's answer: the response body, and the tickets and answers it holds."""
+
+    body: bytes
+    tickets: list[Ticket]
+    answers: list[dict]
+
+
+def ticket_fields(obj: Any, where: str) -> Ticket:
+    """One ticket object's fields, checked as ``TicketIn`` would."""
     place = where.rstrip(".") or "body"
     if not isinstance(obj, dict):
         raise ApiError(422, place, "not an object", [(place, "Input should be a valid dictionary")])
@@ -75,9 +92,14 @@ def ticket_fields(obj: Any, where: str) -> tuple[str, Any]:
     if not (text is None or isinstance(text, str | dict)):
         message = "Input should be a JSON object of sentence id -> 384 floats, its text, or null"
         errors.append((f"{where}email_sentence_embeddings", message))
+    ticket_id = obj.get("ticket_id")
+    if not (ticket_id is None or (isinstance(ticket_id, str) and len(ticket_id) <= MAX_TICKET_ID)):
+        errors.append(
+            (f"{where}ticket_id", f"Input should be a string of at most {MAX_TICKET_ID} characters")
+        )
     if errors:
         raise ApiError(422, errors[0][0], errors[0][1], errors)
-    return account, text
+    return Ticket(account, text, ticket_id)
 
 
 def ticket_vectors(text: str | dict | None, where: str, limits: Limits) -> np.ndarray:
@@ -147,28 +169,37 @@ class RequestScorer:
 
     def one(self, body: bytes, query: bytes = b"") -> bytes:
         """``/predict``: one ticket object."""
-        target = self.target(query)
-        return orjson.dumps(self.score([ticket_fields(read_json(body), "")], False, target)[0])
+        return self.respond(body, query, batch=False).body
 
     def batch(self, body: bytes, query: bytes = b"") -> bytes:
         """``/predict/batch``: ``{"tickets": [...]}`` of at most ``max_batch`` tickets."""
-        target = self.target(query)
-        obj = read_json(body)
-        tickets = obj.get("tickets") if isinstance(obj, dict) else None
-        if not isinstance(tickets, list):
-            raise ApiError(422, "tickets", "a list of tickets is required", [("tickets", "Field required")])
-        if len(tickets) > self.limits.max_batch:
-            message = f"{len(tickets)} tickets; at most {self.limits.max_batch} per batch"
-            raise ApiError(413, "tickets", message)
-        fields = [ticket_fields(t, f"tickets[{i}].") for i, t in enumerate(tickets)]
-        return orjson.dumps(self.score(fields, True, target) if fields else [])
+        return self.respond(body, query, batch=True).body
 
-    def score(self, tickets: list[tuple[str, Any]], prefix: bool, target: str | None = None) -> list[dict]:
-        """The answers (``PredictionOut`` as dicts) of (account, embeddings value) pairs."""
+    def respond(self, body: bytes, query: bytes = b"", batch: bool = False) -> Response:
+        """The response to a ``/predict`` (``batch`` False) or ``/predict/batch`` body, with the
+        tickets and answers it holds (for the metrics and the prediction log)."""
+        target = self.target(query)
+        if not batch:
+            tickets = [ticket_fields(read_json(body), "")]
+            answers = self.score(tickets, False, target)
+            return Response(orjson.dumps(answers[0]), tickets, answers)
+        obj = read_json(body)
+        listed = obj.get("tickets") if isinstance(obj, dict) else None
+        if not isinstance(listed, list):
+            raise ApiError(422, "tickets", "a list of tickets is required", [("tickets", "Field required")])
+        if len(listed) > self.limits.max_batch:
+            message = f"{len(listed)} tickets; at most {self.limits.max_batch} per batch"
+            raise ApiError(413, "tickets", message)
+        tickets = [ticket_fields(t, f"tickets[{i}].") for i, t in enumerate(listed)]
+        answers = self.score(tickets, True, target) if tickets else []
+        return Response(orjson.dumps(answers), tickets, answers)
+
+    def score(self, tickets: list[Ticket], prefix: bool, target: str | None = None) -> list[dict]:
+        """The answers (``PredictionOut`` as dicts) of the request's tickets."""
         predictor = self.predictor
         view = predictor.view  # one label generation for the whole request
         accounts, vectors = [], []
-        for i, (account, text) in enumerate(tickets):
+        for i, (account, text, _) in enumerate(tickets):
             where = f"tickets[{i}]." if prefix else ""
             if account not in view.state.accounts:
                 raise ApiError(404, f"{where}account_id", f"unknown account {account!r}")

@@ -31,6 +31,7 @@ from tagger.serving.schemas import (
     TicketIn,
     request_body,
 )
+from tagger.serving.telemetry import CONTENT_TYPE, exposition
 
 
 @dataclass
@@ -131,6 +132,18 @@ def health(
         "slow_bodies": s.admission.slow,
         "slow_headers": HeaderDeadline.timed_out,
     }
+
+
+@labels.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE: {}}, "description": "the Prometheus text format"}},
+)
+def metrics() -> Response:
+    """Prometheus metrics in the text format (every worker's): requests and latency per route and
+    status, refusals, answer outcomes and confidence, the model and label generation served, reload
+    failures, dropped log records (docs/operating.md)."""
+    return Response(exposition(), media_type=CONTENT_TYPE)
 
 
 @labels.get("/ready", responses={503: {"description": "the last look at the registry failed"}})

@@ -16,6 +16,9 @@ class TicketIn(BaseModel):
     email_sentence_embeddings: str | dict[str, Any] | None = Field(
         None, description="JSON object (or its text) of hashed sentence id -> 384 floats; null or {} if empty"
     )
+    ticket_id: str | None = Field(
+        None, max_length=200, description="the caller's id of the ticket (kept in the prediction log)"
+    )
 
 
 class BatchIn(BaseModel):
