@@ -6,9 +6,10 @@
     python predict.py engine=ray ray.workers=2              # Ray Data, a local cluster
     python predict.py engine=ray ray.address=auto           # join a running Ray cluster
 
-Writes out (ticket_id, account_id, label, confidence, top_labels, top_scores, abstained, fallback,
-model_version), <out stem>.quarantine.parquet (the rows refused, as the ingest names them) and
-<out stem>.json (the summary). Settings: conf/predict.yaml.
+Writes out (ticket_id, account_id, label, confidence, answer_level, top_labels, top_scores, abstained,
+fallback, model_version, predicted_at, request_id: the API's prediction log's columns),
+<out stem>.quarantine.parquet (the rows refused, as the ingest names them) and <out stem>.json (the
+summary). Settings: conf/predict.yaml.
 """
 
 import hydra

@@ -31,6 +31,7 @@ LAYERS = {
     "serving": 4,
     "backtest": 5,
     "batch": 5,
+    "monitor": 6,  # drift reports: scores with batch, reads the serving registry
     "ablations": 6,
 }
 

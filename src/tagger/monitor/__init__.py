@@ -1,0 +1,1 @@
+"""Watching the deployed model: per-merchant drift of its answers (``python -m tagger.monitor drift``)."""
