@@ -262,6 +262,18 @@ def registry_for(export_dir: Path) -> Path:
     return registry
 
 
+def serve(registry: Path, *overrides: str, env: dict | None = None):
+    """A real API process (``python -m tagger.serving``) over ``registry`` with ``overrides``: (the
+    context manager that runs it until /health answers and stops it after, its URL)."""
+    import sys
+
+    from bench.servers import free_port, server_process
+
+    port = free_port()
+    command = [sys.executable, "-m", "tagger.serving", f"registry_dir={registry}", f"port={port}", *overrides]
+    return server_process(command, port, env), f"http://127.0.0.1:{port}"
+
+
 def wait_for(check, seconds: float, what: str) -> None:
     """Poll ``check()`` until it is true; fail the test with ``what`` after ``seconds``."""
     import time

@@ -12,9 +12,8 @@ import time
 
 import httpx
 import pytest
-from conftest import embeddings_json, in_background, tiny_run, unit_vectors, wait_for
+from conftest import embeddings_json, in_background, serve, tiny_run, unit_vectors, wait_for
 
-from bench.servers import free_port, server_process
 from tagger.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow  # trains, exports and serves over real sockets
@@ -33,16 +32,7 @@ def _run(*args: str) -> str:
 
 
 def _serve(registry):
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "tagger.serving",
-        f"registry_dir={registry}",
-        f"port={port}",
-        "reload_interval=0.1",
-    ]
-    return server_process(command, port, {**ENV, "TAGGER_ADMIN_TOKEN": TOKEN}), f"http://127.0.0.1:{port}"
+    return serve(registry, "reload_interval=0.1", env={**ENV, "TAGGER_ADMIN_TOKEN": TOKEN})
 
 
 def _labels(url: str, account: str) -> set[str]:

@@ -135,7 +135,7 @@ def test_sparse_weight_decay_shrinks_the_touched_rows_only():
     with torch.no_grad():
         model.label_residual.weight.normal_()
     before = model.label_residual.weight.detach().clone()
-    lit = LitShared(model, torch.zeros(model.n_labels), lr=0.01, sparse_weight_decay=0.5)
+    lit = LitShared(model, torch.zeros(model.n_labels), "none", 1.0, 0.01, 0.0, None, sparse_weight_decay=0.5)
     account = torch.tensor([0])
     rows = _rows(table, account)
     x = torch.from_numpy(unit_vectors(2)).view(1, 2, 384)

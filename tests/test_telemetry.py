@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import re
 import signal
-import sys
 import threading
 import time
 
 import httpx
 import pyarrow.parquet as pq
 import pytest
-from conftest import exported, served_copy
+from conftest import exported, serve, served_copy
 
-from bench.servers import free_port, server_process
 from tagger.serving.prediction_log import PREDICTION_SCHEMA, read_prediction_log
 from tagger.serving.sinks import BoundedSink
 
@@ -28,19 +26,8 @@ def bodies(trained):
 
 
 def _serve(registry, tmp_path, *overrides):
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "tagger.serving",
-        f"registry_dir={registry}",
-        f"port={port}",
-        f"logs.requests={tmp_path / 'requests.jsonl'}",
-        f"logs.predictions={tmp_path / 'predictions'}",
-        "logs.flush_s=0.05",
-        *overrides,
-    ]
-    return server_process(command, port), f"http://127.0.0.1:{port}"
+    logs = [f"logs.requests={tmp_path / 'requests.jsonl'}", f"logs.predictions={tmp_path / 'predictions'}"]
+    return serve(registry, *logs, "logs.flush_s=0.05", *overrides)
 
 
 def _samples(text: str, name: str) -> dict[str, float]:

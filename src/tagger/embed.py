@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tagger.paths import PROJECT_ROOT
+from tagger.paths import data_path
 
 EMBEDDING_DIM = 384
-DEFAULT_CACHE = PROJECT_ROOT / "data" / "cache" / "sentences"
+CONFIGURED = "configured"  # SentenceEmbedder's cache: conf/data's sentence_cache_dir
 
 
 @lru_cache(maxsize=1)
@@ -48,9 +48,12 @@ def text_key(text: str) -> str:
 
 
 class SentenceEmbedder:
-    """Embeds sentences to unit-length float32 vectors, remembering every vector on disk."""
+    """Embeds sentences to unit-length float32 vectors, remembering every vector on disk in
+    ``cache_dir`` (the default: conf/data's ``sentence_cache_dir``; None: no cache)."""
 
-    def __init__(self, cache_dir: str | os.PathLike | None = DEFAULT_CACHE, batch_size: int = 128):
+    def __init__(self, cache_dir: str | os.PathLike | None = CONFIGURED, batch_size: int = 128):
+        if cache_dir == CONFIGURED:
+            cache_dir = data_path("sentence_cache_dir")
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.batch_size = batch_size
         self._keys: dict[str, int] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -72,3 +73,10 @@ def subcommand_config(name: str, argv: list[str], doc: str, commands: tuple[str,
         print(doc)
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     return argv[0], command_config(name, argv[1:], doc)
+
+
+@cache
+def data_path(key: str) -> Path:
+    """A path conf/data sets by default (``key``: ``cache_dir``, ``sentence_cache_dir``), resolved:
+    what code falls back to when no config is handed to it."""
+    return resolve(compose_config("config").data[key])

@@ -21,10 +21,9 @@ from tagger.data.ingest import parse_file
 from tagger.data.tickets import Tickets
 from tagger.data.validation import RowProblem, ValidationReport
 from tagger.manifest import atomic_directory, sha256
-from tagger.paths import PROJECT_ROOT
+from tagger.paths import data_path
 
 PARSER_VERSION = 2  # 2: JSON only (a Python dict repr is quarantined, issue 27)
-DEFAULT_CACHE_DIR = PROJECT_ROOT / "data" / "cache" / "tickets"
 
 
 def load_tickets(
@@ -36,7 +35,7 @@ def load_tickets(
 ) -> Tickets:
     """Load a ticket parquet file, parsing it only if no cache entry for its content exists.
 
-    ``cache_dir`` defaults to ``$TAGGER_CACHE_DIR`` or the project's ``data/cache/tickets``.
+    ``cache_dir`` defaults to ``$TAGGER_CACHE_DIR``, else conf/data's ``cache_dir``.
     With ``use_cache=False`` the file is parsed into a temporary directory and read into RAM.
     """
     path = Path(path)
@@ -47,7 +46,7 @@ def load_tickets(
         with tempfile.TemporaryDirectory() as tmp:
             parse_file(path, Path(tmp), require_labels, progress)
             return _open(Path(tmp), digest, in_memory=True)
-    root = Path(cache_dir or os.environ.get("TAGGER_CACHE_DIR") or DEFAULT_CACHE_DIR)
+    root = Path(cache_dir or os.environ.get("TAGGER_CACHE_DIR") or data_path("cache_dir"))
     entry = root / f"{digest}-v{PARSER_VERSION}{'' if require_labels else '-unlabelled'}"
     if not (entry / "manifest.json").exists():
         with atomic_directory(entry, keep_existing=True) as tmp:

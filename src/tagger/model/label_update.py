@@ -158,7 +158,7 @@ def apply_update(
     update: LabelUpdate,
     encode_names: NameEncoder,
     encode_tickets: TicketEncoder,
-    name_weight: float = 2.0,
+    name_weight: float,
 ) -> LabelState:
     """The state after ``update``; raises :class:`UpdateError` (and changes nothing) if it is invalid.
     Only the account's own labels are read and written."""

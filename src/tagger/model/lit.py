@@ -59,12 +59,12 @@ class LitShared(L.LightningModule):
         self,
         model: SharedModel,
         log_prior: torch.Tensor,
-        imbalance: str = "none",
-        tau: float = 1.0,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        sparse_lr: float | None = None,
-        sparse_weight_decay: float = 0.0,
+        imbalance: str,
+        tau: float,
+        lr: float,
+        weight_decay: float,
+        sparse_lr: float | None,
+        sparse_weight_decay: float,
     ):
         super().__init__()
         if imbalance not in ("logit_adjust", "class_balanced", "none"):

@@ -44,14 +44,14 @@ PARTIAL = ".partial"
 
 
 def answer_rows(records: list[tuple]) -> pa.Table:
-    """The log's rows of ``(time, request_id, tickets, answers)`` records (the API's answers)."""
+    """The log's rows of ``(time, request_id, [(account_id, ticket_id)], answers)`` records."""
     cols: dict[str, list] = {name: [] for name in PREDICTION_SCHEMA.names}
     for at, request_id, tickets, answers in records:
         when = datetime.fromtimestamp(at, UTC)
-        for ticket, answer in zip(tickets, answers, strict=True):
+        for (account_id, ticket_id), answer in zip(tickets, answers, strict=True):
             top = answer["top_k"]
-            cols["ticket_id"].append(ticket.ticket_id)
-            cols["account_id"].append(ticket.account_id)
+            cols["ticket_id"].append(ticket_id)
+            cols["account_id"].append(account_id)
             cols["label"].append(answer["contact_reason"])
             cols["confidence"].append(answer["confidence"])
             cols["answer_level"].append(answer["answer_level"])
@@ -85,8 +85,11 @@ class PredictionLog:
         self._rows, self._opened, self._seq = 0, 0.0, itertools.count()
         self.sink = BoundedSink(self._write, capacity, flush_s, "prediction-log", on_drop)
 
-    def record(self, request_id: str | None, tickets: list, answers: list[dict]) -> bool:
-        """Log one request's answers (the request path: one append, no I/O); False when dropped."""
+    def record(
+        self, request_id: str | None, tickets: list[tuple[str, str | None]], answers: list[dict]
+    ) -> bool:
+        """Log one request's answers, ``tickets`` their (account_id, ticket_id) pairs (the request
+        path: one append, no I/O); False when dropped."""
         return self.sink.put((time.time(), request_id, tickets, answers))
 
     def _write(self, records: list[tuple]) -> None:

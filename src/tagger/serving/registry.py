@@ -188,7 +188,8 @@ def _partial(model, state, part: LabelUpdate, err: UpdateError, names, tickets) 
         knows_old, knows_new = (normalise_label(x).casefold() in known for x in (old, new))
         if knows_old and knows_new:
             try:
-                retired = apply_update(state, LabelUpdate(part.account_id, retire=[old]), names, tickets)
+                retire = LabelUpdate(part.account_id, retire=[old])
+                retired = apply_update(state, retire, names, tickets, model.name_weight)
                 return (
                     retired,
                     f"rename {old!r} -> {new!r}: this model already knows {new!r}; {old!r} retired",
@@ -198,7 +199,9 @@ def _partial(model, state, part: LabelUpdate, err: UpdateError, names, tickets) 
         if knows_new:  # and the old name is gone already
             return state, f"rename {old!r} -> {new!r}: this model already has {new!r} and no {old!r}"
         if not knows_old:
-            added = apply_update(state, LabelUpdate(part.account_id, add=[new]), names, tickets)
+            added = apply_update(
+                state, LabelUpdate(part.account_id, add=[new]), names, tickets, model.name_weight
+            )
             return (
                 added,
                 f"rename {old!r} -> {new!r}: this model does not know {old!r}; {new!r} added by name",

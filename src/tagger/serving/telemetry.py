@@ -197,7 +197,8 @@ class Telemetry:
             "model_version": answers[0]["model_version"] if answers else None,
         }
         if self.prediction_log is not None and answers:
-            self.prediction_log.record(scope.get("request_id"), tickets, answers)
+            ids = [(ticket.account_id, ticket.ticket_id) for ticket in tickets]  # not the embeddings
+            self.prediction_log.record(scope.get("request_id"), ids, answers)
 
     def served(self, live) -> None:
         """The model, label generation, quarantine and reload state ``live`` serves now (cheap: called
