@@ -79,10 +79,12 @@ def run_predict(data: Path, export_dir: Path, out: Path, overrides: tuple[str, .
 
 
 def _same_rows(a: Path, b: Path) -> bool:
-    return all(
-        pd.read_parquet(outputs(a)[k]).equals(pd.read_parquet(outputs(b)[k]))
-        for k in ("predictions", "quarantine")
-    )
+    """The same rows in both runs' outputs (but ``predicted_at``: when each run scored them)."""
+
+    def read(out: Path, kind: str) -> pd.DataFrame:
+        return pd.read_parquet(outputs(out)[kind]).drop(columns=["predicted_at"], errors="ignore")
+
+    return all(read(a, k).equals(read(b, k)) for k in ("predictions", "quarantine"))
 
 
 def bench_file(name: str, data: Path, export_dir: Path, repeats: int, cfg) -> list[dict]:

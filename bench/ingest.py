@@ -25,6 +25,7 @@ from bench.machine import machine_description
 from tagger.data.cache import load_tickets
 from tagger.data.embeddings_json import is_empty
 from tagger.data.ingest import EMBEDDINGS
+from tagger.paths import shown
 
 
 def _baseline(parse: Callable[[str], dict], texts: list) -> int:
@@ -106,7 +107,7 @@ def run(path: Path, repeats: int, ast_rows: int, out_dir: Path) -> dict:
     json_rate = rate["json.loads per row -> numpy"]
     ast_rate = next(v for k, v in rate.items() if k.startswith("ast"))
     figures = {
-        "file": str(path),
+        "file": shown(path),
         "tickets": n_tickets,
         "json_mb": json_mb,
         "machine": machine_description(),
