@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from tagger.serving.request_path import MAX_TICKET_ID
+
 
 class TicketIn(BaseModel):
     """One ticket: the account and its sentence embeddings exactly as in the parquet."""
@@ -17,7 +19,9 @@ class TicketIn(BaseModel):
         None, description="JSON object (or its text) of hashed sentence id -> 384 floats; null or {} if empty"
     )
     ticket_id: str | None = Field(
-        None, max_length=200, description="the caller's id of the ticket (kept in the prediction log)"
+        None,
+        max_length=MAX_TICKET_ID,
+        description="the caller's id of the ticket (kept in the prediction log)",
     )
 
 
