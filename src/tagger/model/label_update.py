@@ -7,9 +7,11 @@ and the ONNX serving process (:mod:`tagger.serving.label_store`) apply an update
 - a new label's vector is its name through the label tower (zero residual);
 - a renamed label keeps its learned vector (same reason, new words);
 - a retired label's row is removed;
-- ``n`` example tickets fold into a label as ``normalise(w * v + sum of example ticket vectors)``,
-  with ``w = name_weight`` for a new label and ``name_weight + n_train`` for a trained one: the
-  name (or the training tickets) act as that many pseudo-examples.
+- ``n`` example tickets fold into a label as ``normalise(w * v + e * sum of example ticket vectors)``,
+  with ``w = name_weight`` for a new label and ``name_weight + n_train`` for a trained one (the
+  name, or the training tickets, act as that many pseudo-examples) and ``e = example_weight``
+  (1 for a merchant's examples; agents' corrections count more, :mod:`tagger.model.corrections`);
+  ``max_turn_deg`` caps the angle by which an update may turn a label the merchant already had.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class LabelUpdate:
     retire: Sequence[str] = ()
     examples: dict[str, list[np.ndarray]] = field(default_factory=dict)
     create_account: bool = False
+    example_weight: float = 1.0
+    max_turn_deg: float | None = None
 
 
 @dataclass(frozen=True)
@@ -181,9 +185,15 @@ def apply_update(
         raise UpdateError("retire", f"account {account!r} would have no label left")
     if not (update.add or update.rename or update.retire or any(examples.values()) or update.create_account):
         raise UpdateError("body", "nothing to change")
+    if not (update.example_weight > 0 and np.isfinite(update.example_weight)):
+        raise UpdateError("example_weight", f"must be a positive number, not {update.example_weight!r}")
     mine = _account_labels(state, current, names.labels, encode_names)
     for name, tickets in examples.items():
-        _fold_in(mine, mine.labels.index(name), encode_tickets(mine, tickets), name_weight)
+        row = mine.labels.index(name)
+        before = mine.vectors[row].copy()
+        _fold_in(mine, row, encode_tickets(mine, tickets), name_weight, update.example_weight)
+        if update.max_turn_deg is not None and names.labels[name] >= 0:  # a new label starts from its name
+            mine.vectors[row] = turn_at_most(before, mine.vectors[row], update.max_turn_deg)
     return state.replace({account: mine})
 
 
@@ -268,13 +278,30 @@ def _account_labels(
     )
 
 
-def _fold_in(mine: AccountLabels, row: int, ticket_vectors: np.ndarray, name_weight: float) -> None:
+def _fold_in(
+    mine: AccountLabels, row: int, ticket_vectors: np.ndarray, name_weight: float, example_weight: float
+) -> None:
     """Blend a label's example tickets into its vector (in place): its name counts ``name_weight``
-    tickets, its training tickets one each."""
+    tickets, its training tickets one each, each example ``example_weight``."""
     weight = name_weight + float(mine.n_train[row])
-    blended = weight * mine.vectors[row] + ticket_vectors.sum(0)[None, :]
+    blended = weight * mine.vectors[row] + example_weight * ticket_vectors.sum(0)[None, :]
     mine.vectors[row] = blended / np.maximum(np.linalg.norm(blended, axis=-1, keepdims=True), 1e-12)
     mine.n_train[row] += len(ticket_vectors)
+
+
+def turn_at_most(before: np.ndarray, after: np.ndarray, degrees: float) -> np.ndarray:
+    """``after`` (unit rows ``[K, d]``), each row turned back toward ``before`` along the great circle
+    so that it is at most ``degrees`` from it."""
+    cap = np.deg2rad(degrees)
+    out = np.array(after, np.float32, copy=True)
+    for k in range(len(out)):
+        angle = float(np.arccos(np.clip(before[k] @ after[k], -1.0, 1.0)))
+        if angle <= cap:
+            continue
+        away = after[k] - (before[k] @ after[k]) * before[k]  # the unit direction from before toward after
+        away /= max(float(np.linalg.norm(away)), 1e-12)
+        out[k] = np.cos(cap) * before[k] + np.sin(cap) * away
+    return out
 
 
 def _shapes(some: AccountLabels | None) -> tuple[int, int, int]:

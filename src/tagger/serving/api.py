@@ -8,7 +8,8 @@ label changes. POST /predict, POST /predict/batch, GET /health, GET /ready,
 GET /accounts/{account_id}/labels (``docs=true``: /docs and /openapi.json); with
 ``Authorization: Bearer $TAGGER_ADMIN_TOKEN``:
 POST /admin/labels (add, rename or retire a merchant's labels without a restart),
-POST /admin/labels/rollback, POST /admin/promote, POST /admin/rollback, GET /admin/models. Every
+POST /admin/labels/rollback, POST /admin/promote, POST /admin/rollback, GET /admin/models, POST /feedback
+(agents' corrections, :mod:`tagger.serving.feedback`). Every
 process serving the same registry picks up a promotion or a label change within ``reload_interval``
 seconds (a background thread looks; no request waits for it, none fails during a swap).
 
@@ -40,6 +41,7 @@ from omegaconf import OmegaConf
 
 from tagger.paths import resolve
 from tagger.serving import routes
+from tagger.serving.feedback import FeedbackStore
 from tagger.serving.gate import Admission, Gate, send_json
 from tagger.serving.header_deadline import HeaderDeadline
 from tagger.serving.limits import Limits, configured_limits, limits_from
@@ -185,7 +187,8 @@ def create_app(
     scoring = ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="scoring", initializer=_lower_priority, initargs=(scoring_nice,)
     )
-    service = routes.Service(live, labels, Admission(), limits, admin_token, embed, read_token)
+    feedback = FeedbackStore(registry_dir, lock_wait) if admin_token else None  # agents' corrections
+    service = routes.Service(live, labels, Admission(), limits, admin_token, embed, read_token, feedback)
     app = FastAPI(
         lifespan=_closing(telemetry),
         title="tagger",

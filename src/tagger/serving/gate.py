@@ -2,7 +2,7 @@
 framework objects), in this order:
 
 1. ``/health`` goes straight through: it always answers, whatever the load.
-2. ``/admin/`` paths: the bearer token is checked before anything of the body is read.
+2. ``/admin/`` paths and ``/feedback``: the bearer token is checked before anything of the body is read.
 3. The body (chunked or not) is read up to ``max_body_bytes`` (413 past it, a Content-Length over
    the cap refused unread) within ``body_timeout_s`` (408 past it, the connection closed): a client
    that sends its body slowly holds a connection, never an admission place.
@@ -128,7 +128,7 @@ class Gate:
         if scope["path"] == "/health":
             return await self.app(scope, receive, timed_send)
         refused = None  # the headers are looked at only where a token is asked for
-        if scope["path"].startswith("/admin/"):
+        if scope["path"].startswith("/admin/") or scope["path"] == "/feedback":
             refused = refuse_admin(_authorization(scope), self.admin_token)
         elif self.read_token is not None:
             refused = refuse_reader(_authorization(scope), self.read_token, self.admin_token)

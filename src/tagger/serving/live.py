@@ -49,6 +49,7 @@ class Live:
         self.reload_failures = 0  # every failed look since start (failures: the ones in a row)
         self._retry_at = 0.0
         self._lock = threading.Lock()
+        self.thresholds_seen = 0  # the last threshold row applied
         self.current: Served = self._load(registry.serving())
 
     @property
@@ -63,7 +64,15 @@ class Live:
         self.quarantined = quarantined
         for account, why in quarantined.items():
             log.error("merchant %r quarantined: its last good labels keep serving: %s", account, why)
-        return Served(promotion, version, predictor, self.make_scorer(predictor), _number(view.generation))
+        scorer = self.make_scorer(predictor)
+        self._raise(scorer, version)
+        return Served(promotion, version, predictor, scorer, _number(view.generation))
+
+    def _raise(self, scorer, version: str) -> None:
+        """Give ``scorer`` the thresholds raised from reviews under model ``version``."""
+        self.thresholds_seen, raised = self.registry.raised_thresholds(version)
+        if scorer is not None:
+            scorer.raised = raised
 
     def refresh(self, now: bool = False) -> bool:
         """Catch up with the registry; True if what is served changed. ``now``: even while backing
@@ -93,6 +102,10 @@ class Live:
                 self.registry.forget(current.version)
             log.info("now serving %s (promotion %d)", served[1], served[0])
             return True
+        if self.registry.threshold_head() != self.thresholds_seen:
+            self._raise(current.scorer, current.version)
+            if last <= current.seq:
+                return True
         if last <= current.seq:
             return False
         seq, changed, damaged = self.registry.rows_since(current.version, current.seq)

@@ -9,6 +9,9 @@
                                  idempotency key and the answer given
         label_rows               a merchant's labels under one model after a change (``.npz`` bytes
                                  and their SHA-256); the last ``KEEP_ROWS`` per model and merchant
+        thresholds               a merchant's leaf threshold under one model raised from its agents'
+                                 reviews (:mod:`tagger.serving.feedback`), with the evidence; the
+                                 last row per model, merchant and target holds (NULL: the export's)
     REGISTRY/models/<version>/   export directories, moved in whole and never written again
 
 The change log is the truth; label rows are what it gives under one model, kept so that a server
@@ -69,6 +72,10 @@ CREATE TABLE IF NOT EXISTS label_rows (
     model TEXT NOT NULL, account TEXT NOT NULL, seq INTEGER NOT NULL, sha TEXT NOT NULL,
     blob BLOB NOT NULL, PRIMARY KEY (model, account, seq));
 CREATE INDEX IF NOT EXISTS label_rows_by_seq ON label_rows(model, seq);
+CREATE TABLE IF NOT EXISTS thresholds (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, account TEXT NOT NULL,
+    target TEXT NOT NULL, threshold REAL, at REAL NOT NULL, by TEXT NOT NULL, evidence TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS thresholds_by_model ON thresholds(model, seq);
 """
 
 
@@ -169,7 +176,12 @@ def replay(
     parts += [LabelUpdate(account, retire=[r]) for r in update.retire]
     parts += [LabelUpdate(account, rename={o: n}) for o, n in update.rename.items()]
     parts += [LabelUpdate(account, add=[a]) for a in update.add]
-    parts += [LabelUpdate(account, examples={k: v}) for k, v in update.examples.items()]
+    parts += [
+        LabelUpdate(
+            account, examples={k: v}, example_weight=update.example_weight, max_turn_deg=update.max_turn_deg
+        )
+        for k, v in update.examples.items()
+    ]
     for part in parts:
         try:
             state = apply_update(state, part, names, tickets, model.name_weight)
@@ -593,6 +605,45 @@ class Registry:
                 damaged[account] = str(err)
         return seq, changed, damaged
 
+    # ---- thresholds raised from reviews --------------------------------------------------------
+    def set_threshold(
+        self, version: str, account: str, target: str, threshold: float | None, by: str, evidence: dict
+    ) -> int:
+        """Record ``account``'s leaf threshold for ``target`` under model ``version`` (None: back to the
+        export's); servers of that model use it within their reload interval. Returns its number."""
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT INTO thresholds (model, account, target, threshold, at, by, evidence) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (version, account, target, threshold, time.time(), by, json.dumps(evidence)),
+            )
+            return int(cursor.lastrowid)
+
+    def raised_thresholds(self, version: str) -> tuple[int, dict[tuple[str, str], float]]:
+        """``(the last threshold row's number, {(account, target): threshold})`` of model ``version``."""
+        try:
+            rows = self._query(
+                "SELECT seq, account, target, threshold FROM thresholds WHERE model=? ORDER BY seq",
+                (version,),
+            )
+        except sqlite3.OperationalError:  # a registry made before thresholds could be raised
+            return 0, {}
+        last = self.threshold_head()
+        out: dict[tuple[str, str], float] = {}
+        for _, account, target, threshold in rows:
+            if threshold is None:
+                out.pop((account, target), None)
+            else:
+                out[(account, target)] = float(threshold)
+        return int(last), out
+
+    def threshold_head(self) -> int:
+        """The number of the last threshold row (0: none): what a server compares to see a change."""
+        try:
+            return int(self._query("SELECT coalesce(max(seq), 0) FROM thresholds")[0][0])
+        except sqlite3.OperationalError:  # no such table yet: nothing raised
+            return 0
+
     # ---- inside -----------------------------------------------------------------------------
     def _wait(self, deadline: float | None) -> float:
         if deadline is None:
@@ -764,6 +815,8 @@ def _payload(update: LabelUpdate) -> dict:
         "retire": list(update.retire),
         "create_account": bool(update.create_account),
         "examples": [[label, len(tickets)] for label, tickets in update.examples.items()],
+        "example_weight": float(update.example_weight),
+        "max_turn_deg": update.max_turn_deg,
     }
 
 
@@ -794,7 +847,14 @@ def _change(seq: int, account: str, payload: dict, arrays: bytes) -> Change:
             examples[label] = [z[f"example{i + j}"] for j in range(n)]
             i += n
     update = LabelUpdate(
-        account, payload["add"], payload["rename"], payload["retire"], examples, payload["create_account"]
+        account,
+        payload["add"],
+        payload["rename"],
+        payload["retire"],
+        examples,
+        payload["create_account"],
+        payload.get("example_weight", 1.0),  # changes recorded before corrections had weights
+        payload.get("max_turn_deg"),
     )
     return Change(seq, account, update, names)
 

@@ -143,6 +143,8 @@ class RequestScorer:
             "parent": (parent.get("global") or {}, parent.get("per_account") or {}),
         }
         self.thresholds = thresholds
+        # (account, target) -> a leaf threshold raised from agents' reviews (the registry's, via Live)
+        self.raised: dict[tuple[str, str], float] = {}
         float(limits.precision_target)  # not a number: ValueError, and the server refuses to start
         # "0.90" in conf names the thresholds the export keys "0.9"
         configured = target_key(thresholds, limits.precision_target) or limits.precision_target
@@ -165,7 +167,9 @@ class RequestScorer:
         """The confidence ``account``'s answers need at ``level`` for ``target`` (None: never there)."""
         target = target or self.limits.precision_target
         global_, per_account = self.levels[level]
-        return (per_account.get(target) or {}).get(account, global_.get(target))
+        chosen = (per_account.get(target) or {}).get(account, global_.get(target))
+        raised = self.raised.get((account, target)) if level == "leaf" and self.raised else None
+        return chosen if raised is None else max(raised, chosen if chosen is not None else raised)
 
     def one(self, body: bytes, query: bytes = b"") -> bytes:
         """``/predict``: one ticket object."""

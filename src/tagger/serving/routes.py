@@ -14,7 +14,9 @@ import numpy as np
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from tagger.model.corrections import Correction
 from tagger.model.label_update import LabelUpdate, UpdateError
+from tagger.serving.feedback import FeedbackStore
 from tagger.serving.gate import Admission, may_read
 from tagger.serving.header_deadline import HeaderDeadline
 from tagger.serving.limits import Limits
@@ -24,6 +26,8 @@ from tagger.serving.request_path import ApiError, ticket_vectors
 from tagger.serving.schemas import (
     AccountIn,
     BatchIn,
+    FeedbackIn,
+    FeedbackOut,
     LabelUpdateIn,
     LabelUpdateOut,
     PredictionOut,
@@ -47,6 +51,7 @@ class Service:
     admin_token: str | None
     embed: TextEmbedder | None
     read_token: str | None = None
+    feedback: FeedbackStore | None = None
 
     @property
     def registry(self) -> Registry:
@@ -246,6 +251,56 @@ async def promote(body: PromoteIn, s: ServiceDep, changed_by: ChangedBy = None) 
 async def rollback(s: ServiceDep, changed_by: ChangedBy = None) -> dict:
     """Serve again the model served before the current one (label changes replayed onto it)."""
     return await s.change(s.registry.rollback, _who(changed_by), s.embed, s.deadline())
+
+
+@admin.post("/feedback", response_model=FeedbackOut, responses=ADMIN_ERRORS)
+async def feedback(
+    request: Request,
+    body: FeedbackIn,
+    s: ServiceDep,
+    idempotency_key: IdempotencyKey = None,
+    changed_by: ChangedBy = None,
+) -> FeedbackOut:
+    """Agents' reviews of answers (corrections and confirmations), stored durably per merchant: they
+    count toward its live precision, and corrections with embeddings are folded into its label
+    vectors in batches (``python -m tagger.serving.feedback fold``)."""
+    if s.feedback is None:
+        raise ApiError(403, "authorization", "feedback is disabled (no TAGGER_ADMIN_TOKEN)")
+    corrections = corrections_of(body, s)
+    digest = hashlib.sha256(await request.body()).hexdigest()
+    try:
+        result = await s.labels.run(s.feedback.add, corrections, _who(changed_by), idempotency_key, digest)
+    except UpdateError as err:
+        raise ApiError(err.status, err.field, err.message) from None
+    return FeedbackOut.model_validate(result)
+
+
+def corrections_of(body: FeedbackIn, s: Service) -> list[Correction]:
+    """The corrections a request holds, checked: at most ``max_batch``, each of a known merchant,
+    embeddings as ``/predict`` takes them (413/404/422 naming the field)."""
+    limits = s.limits
+    if len(body.corrections) > limits.max_batch:
+        raise ApiError(413, "corrections", f"{len(body.corrections)} corrections; at most {limits.max_batch}")
+    view = s.live.current.predictor.view
+    out = []
+    for i, c in enumerate(body.corrections):
+        where = f"corrections[{i}]."
+        if view.labels_of(c.account_id) is None:
+            raise ApiError(404, f"{where}account_id", f"unknown account {c.account_id!r}")
+        vectors = ticket_vectors(c.email_sentence_embeddings, where, limits)
+        out.append(
+            Correction(
+                c.account_id,
+                c.agent_label,
+                c.given_label,
+                c.confidence,
+                c.abstained,
+                vectors if len(vectors) else None,
+                c.ticket_id,
+                c.model_version,
+            )
+        )
+    return out
 
 
 @admin.get("/admin/models", responses=ADMIN_ERRORS)

@@ -80,6 +80,35 @@ class LabelUpdateOut(BaseModel):
     replayed: bool = Field(False, description="the answer of an earlier request with this Idempotency-Key")
 
 
+class CorrectionIn(BaseModel):
+    """An agent's review of one answer: the label the service gave and the agent's."""
+
+    account_id: str = Field(..., min_length=1, max_length=MAX_TICKET_ID)
+    agent_label: str = Field(..., min_length=1, max_length=MAX_TICKET_ID, description="the right label")
+    given_label: str | None = Field(
+        None, max_length=MAX_TICKET_ID, description="the service's label (null: it abstained without one)"
+    )
+    confidence: float | None = Field(None, ge=0.0, le=1.0, description="the answer's confidence")
+    abstained: bool = Field(False, description="the service abstained (the answer went to an agent)")
+    model_version: str | None = Field(
+        None, max_length=MAX_TICKET_ID, description="the answer's model_version"
+    )
+    ticket_id: str | None = Field(None, max_length=MAX_TICKET_ID)
+    email_sentence_embeddings: str | dict[str, Any] | None = Field(
+        None, description="the ticket's embeddings as in /predict (without them a correction moves no vector)"
+    )
+
+
+class FeedbackIn(BaseModel):
+    corrections: list[CorrectionIn]
+
+
+class FeedbackOut(BaseModel):
+    stored: int
+    pending: dict[str, int] = Field(..., description="each merchant's corrections waiting to be folded in")
+    replayed: bool = Field(False, description="the answer of an earlier request with this Idempotency-Key")
+
+
 class AccountIn(BaseModel):
     account_id: str = Field(..., min_length=1)
 
