@@ -37,7 +37,8 @@ def fuzz_schema(schema, max_examples: int = 200, token: str | None = None, accou
     for result in schema.get_all_operations():
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            auths = [None, token] if token and operation.path.startswith("/admin") else [None]
+            guarded = operation.path.startswith("/admin") or operation.path == "/feedback"
+            auths = [None, token] if token and guarded else [None]
             for auth in auths:
                 key = f"{operation.method.upper()} {operation.path} [{mode.value}{', token' if auth else ''}]"
                 _fuzz_one(operation, mode, auth, key, max_examples, counts, failures, list(accounts))

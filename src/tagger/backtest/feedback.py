@@ -196,6 +196,8 @@ def _summary(cfg, frames, corrected_rows, corrections, moved, rule, search, fold
     on = {name: f[corrected_rows].reset_index(drop=True) for name, f in frames.items()}
     off = {name: f[~corrected_rows] for name, f in frames.items()}
     untouched = off["shared + corrections"]["correct"].to_numpy() != off["shared"]["correct"].to_numpy()
+    by_merchant = {n: f.groupby("account_id")["correct"].mean() for n, f in on.items()}
+    moved_by = np.sign(by_merchant["shared + corrections"] - by_merchant["shared"])
     return {
         "fold": fold.describe(),
         "rule": {k: getattr(rule, k) for k in ("min_agree", "example_weight", "max_turn_deg", "add_unknown")},
@@ -208,6 +210,11 @@ def _summary(cfg, frames, corrected_rows, corrections, moved, rule, search, fold
         "accuracy_corrected_merchants": {n: float(f["correct"].mean()) for n, f in on.items()},
         "accuracy_other_merchants": {n: float(f["correct"].mean()) for n, f in off.items()},
         "other_merchants_answers_changed": int(untouched.sum()),
+        "corrected_merchants_up_same_down": [
+            int((moved_by > 0).sum()),
+            int((moved_by == 0).sum()),
+            int((moved_by < 0).sum()),
+        ],
         "gain_corrections": clustered_gain(on["shared"], on["shared + corrections"], draws, seed),
         "gain_logreg_refit": clustered_gain(on["logreg"], on["logreg refit + corrections"], draws, seed),
         "corrections_vs_logreg_refit": clustered_gain(
@@ -278,6 +285,8 @@ def _markdown(r: dict, table: pd.DataFrame) -> str:
         f"- corrections folded into the shared model: {ci(r['gain_corrections'])}",
         f"- the per-merchant logreg refit with the same tickets: {ci(r['gain_logreg_refit'])}",
         f"- shared + corrections minus logreg refit + corrections: {ci(r['corrections_vs_logreg_refit'])}",
+        "- merchants with corrections, next-days accuracy up / unchanged / down: "
+        + " / ".join(map(str, r["corrected_merchants_up_same_down"])),
         f"- other merchants (no correction): {r['other_merchants_answers_changed']} answers changed "
         "(their labels are not touched)",
         "",

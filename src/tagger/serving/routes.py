@@ -35,7 +35,7 @@ from tagger.serving.schemas import (
     TicketIn,
     request_body,
 )
-from tagger.serving.telemetry import CONTENT_TYPE, exposition
+from tagger.serving.telemetry import CONTENT_TYPE, REVIEWS, exposition
 
 
 @dataclass
@@ -272,6 +272,10 @@ async def feedback(
         result = await s.labels.run(s.feedback.add, corrections, _who(changed_by), idempotency_key, digest)
     except UpdateError as err:
         raise ApiError(err.status, err.field, err.message) from None
+    if not result.get("replayed"):
+        wrong = sum(c.wrong for c in corrections)
+        REVIEWS.labels("correction").inc(wrong)
+        REVIEWS.labels("confirmation").inc(len(corrections) - wrong)
     return FeedbackOut.model_validate(result)
 
 

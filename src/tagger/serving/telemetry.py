@@ -81,6 +81,11 @@ RELOAD_FAILURES = Counter(
 RELOAD_FAILING = Gauge(
     "tagger_reload_failing", "1 while the last look at the registry failed", multiprocess_mode="livemax"
 )
+REVIEWS = Counter(
+    "tagger_feedback_reviews",
+    "Agents' reviews stored by POST /feedback: correction or confirmation",
+    ["kind"],
+)
 DROPPED = Counter("tagger_log_dropped", "Log records dropped because the log's buffer was full", ["log"])
 
 
