@@ -320,3 +320,31 @@ def test_the_backtest_refuses_a_multi_process_trainer():
     single_process(OmegaConf.create({"trainer": {"strategy": "auto"}}))
     with pytest.raises(ValueError, match="one process"):
         single_process(OmegaConf.create({"trainer": {"strategy": "ddp", "devices": 2}}))
+
+
+def test_the_feedback_measurement_end_to_end(tmp_path):
+    from tagger.backtest.feedback import run_feedback
+
+    data = toy_parquet(tmp_path / "tickets.parquet", n_per_label=40, days=8)
+    cfg = tiny_backtest(
+        tmp_path,
+        data,
+        1,
+        "backtest.bootstrap=20",
+        "trainer.max_epochs=1",  # an under-trained model: wrong answers to correct
+        "data.val_days=2",  # a day of corrections, a day to score them on
+        "backtest.feedback.days=1",
+        "backtest.feedback.example_weights=[1,3]",
+        "backtest.feedback.min_agree=[1]",
+        f"backtest.feedback.output_dir={tmp_path / 'feedback'}",
+    )
+    result = run_feedback(cfg)
+    out = tmp_path / "feedback"
+    for name in ("report.md", "metrics.json", "per_merchant.csv", "gain.png"):
+        assert (out / name).exists(), name
+    assert len(result["rule_search_on_validation"]) == 2  # the grid, searched on the validation slice
+    assert result["other_merchants_answers_changed"] == 0
+    if result["corrections"]:
+        gain = result["gain_corrections"]
+        assert gain["ci95"][0] <= gain["gain"] <= gain["ci95"][1]
+        assert sum(result["corrected_merchants_up_same_down"]) == gain["merchants"]

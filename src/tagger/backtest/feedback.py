@@ -109,7 +109,7 @@ def choose_rule(cfg: DictConfig, selection, val: Tickets, seen, fixed: FoldRule)
                 {
                     "example_weight": float(weight),
                     "min_agree": int(agree),
-                    "val_gain": (hits - base) / len(scored),
+                    "val_gain": (hits - base) / len(scored) if len(scored) else float("nan"),
                 }
             )
             if best[1] is None or hits > best[0]:
@@ -120,6 +120,8 @@ def choose_rule(cfg: DictConfig, selection, val: Tickets, seen, fixed: FoldRule)
 def clustered_gain(a: pd.DataFrame, b: pd.DataFrame, draws: int, seed: int) -> dict:
     """Accuracy of ``b`` minus ``a`` (rows aligned, one per ticket) with a merchant-clustered percentile
     bootstrap interval (95%)."""
+    if not len(a):
+        return {"gain": float("nan"), "ci95": [float("nan")] * 2, "merchants": 0, "tickets": 0}
     accounts = a["account_id"].to_numpy()
     codes, names = pd.factorize(accounts)
     n = np.bincount(codes, minlength=len(names)).astype(float)
