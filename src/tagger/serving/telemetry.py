@@ -43,6 +43,7 @@ ROUTES = {
     "/predict/batch": "predict_batch",
     "/health": "health",
     "/ready": "ready",
+    "/feedback": "feedback",
     "/metrics": "metrics",
 }
 MAX_REQUEST_ID = 128  # characters of a caller's X-Request-ID (longer or unprintable: a new one is made)
