@@ -7,7 +7,10 @@ import pytest
 from bench.config import bench_config
 
 
-@pytest.mark.parametrize("name", ["serving", "ingest", "scale", "label_update", "batch", "ddp", "row_groups"])
+@pytest.mark.parametrize(
+    "name",
+    ["serving", "ingest", "scale", "label_update", "batch", "ddp", "row_groups", "contract", "lifecycle"],
+)
 def test_every_benchmark_has_its_config(name):
     assert bench_config(name, [], "")
 

@@ -11,7 +11,8 @@ parity with PyTorch on real held-out tickets before the export directory appears
     label_tower.onnx  names [n, 384] (label-name embeddings) -> label_vectors [n, d] (a new label)
     name_encoder.onnx all-MiniLM-L6-v2 (input_ids, attention_mask -> unit embeddings [n, 384]) and
     tokenizer.json    its tokenizer: a label name is embedded without torch
-    serving.json      model version, temperature, thresholds, max_sentences, fallback, opset, parity
+    serving.json      format version, model version, temperature, thresholds, max_sentences, fallback,
+                      opset, parity (docs/export-format.md)
     manifest.json     SHA-256 of each file (written last)
     labels/base/      the labels the model was exported with (tagger.serving.label_store); merchants'
                       later changes live in the registry, never in this directory
@@ -40,7 +41,7 @@ from tagger.paths import resolve
 from tagger.serving import name_encoder
 from tagger.serving.label_store import write_base
 from tagger.serving.name_encoder import NameEncoder
-from tagger.serving.onnx_predictor import EXPORT_FILES, OnnxPredictor
+from tagger.serving.onnx_predictor import EXPORT_FILES, FORMAT_VERSION, OnnxPredictor
 
 
 class ExportError(RuntimeError):
@@ -203,6 +204,7 @@ def _export_graphs(estimator, state, tmp: Path, opset: int) -> None:
 def _serving_record(estimator, info: dict, tmp: Path, opset: int) -> dict:
     """serving.json: the model version (with model.onnx's hash), temperature, fallback, the inputs."""
     return {
+        "format_version": FORMAT_VERSION,
         **info,
         "model_version": f"{info.get('model_version', 'shared')}+{sha256(tmp / 'model.onnx')[:12]}",
         "temperature": estimator.temperature,
@@ -215,10 +217,10 @@ def _serving_record(estimator, info: dict, tmp: Path, opset: int) -> dict:
             "sentences": "float32 [batch, n_sentences, 384]",
             "mask": "bool [batch, n_sentences]",
             "label_vectors": "float32 [M, K, d]: the label vectors of the batch's merchants "
-            "(labels/base/label_vectors.npy rows, or labels/accounts/*/v*/label_vectors.npy)",
+            "(labels/base/label_vectors.npy rows, or a merchant's row of the registry's label store)",
             "label_index": "int64 [batch, W]: each ticket's own labels as rows of label_vectors, -1 pads",
             "account_query": "float32 [batch, q]: each ticket's account's query shift (labels/base/"
-            "account_queries.npy row, or query.npy of the merchant's version)",
+            "account_queries.npy row, or the query of the merchant's row in the registry's label store)",
         },
         "outputs": {
             "logits": "float32 [batch, W]: -1e9 at the pads",

@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from tagger.data.tickets import Tickets
-from tagger.manifest import verify
+from tagger.manifest import ArtifactError, verify
 from tagger.model.base import MASKED, Predictions, predictions_from_logits
 from tagger.model.batches import by_length, pad_sentences
 from tagger.model.label_table import gather_rows
@@ -31,6 +31,9 @@ from tagger.model.label_update import AccountLabels, LabelState
 from tagger.serving.label_store import read_base
 
 BASE_GENERATION = "g000000"  # the export's own labels, before any change
+FORMAT_VERSION = (
+    1  # the export format (docs/export-format.md) this reader understands; serving.json says its own
+)
 EXPORT_FILES = ("model.onnx", "label_tower.onnx", "name_encoder.onnx", "tokenizer.json", "serving.json")
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,11 @@ class OnnxPredictor:
         self.export_dir = Path(export_dir)
         self.manifest = verify(self.export_dir, EXPORT_FILES)
         self.serving = json.loads((self.export_dir / "serving.json").read_text())
+        made = int(self.serving.get("format_version", 1))  # exports made before the field are version 1
+        if made > FORMAT_VERSION:
+            raise ArtifactError(
+                f"{self.export_dir}: export format {made}; this reader knows {FORMAT_VERSION} (update tagger)"
+            )
         self.temperature = float(self.serving["temperature"])
         self.max_sentences = int(self.serving["max_sentences"])
         self.abstain_fallback = self.serving.get("null_fallback") == "abstain"
