@@ -332,3 +332,41 @@ def baseline(name: str, **overrides):
     from tagger.estimators import load_model_config, make_baseline
 
     return make_baseline(load_model_config(name), tuned=False, **overrides)
+
+
+@pytest.fixture(scope="session")
+def real_trained(tmp_path_factory):
+    """A model trained on a small dataset built by the project's builder from real text (its
+    all-MiniLM-L6-v2 sentence embeddings: intent sentences among greetings, signatures and quoted
+    history), exported: (export directory, its held-out tickets after the training window as
+    /predict bodies, the data file). Tests serve it through a copy (:func:`served_copy`)."""
+    import pyarrow.parquet as pq
+    from hydra import compose, initialize_config_dir
+
+    from tagger.data.splits import cutoff_seconds
+    from tagger.embed import SentenceEmbedder
+    from tagger.serving.onnx_export import export_model
+    from tagger.synth.build import build_dataset
+    from tagger.synth.config import build_config
+    from tagger.training import run
+
+    tmp = tmp_path_factory.mktemp("real")
+    config = build_config(n_accounts=6, n_tickets=1500, n_single_label=1, n_few_label=1, max_labels=20)
+    data = build_dataset(config, tmp / "tickets.parquet", embedder=SentenceEmbedder(tmp / "sentences"))
+    overrides = [
+        *tiny_run(tmp, data),
+        "data.holdout_days=14",  # the last two weeks are never seen: the held-out tickets
+        f"output_dir={tmp / 'out'}",
+        f"models_dir={tmp / 'models'}",
+        "trainer.max_epochs=4",
+    ]
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        out = run(compose("config", overrides=overrides))
+    export_model(out["model_dir"], tmp / "export", parity_tickets=50)
+    split = json.loads((Path(out["model_dir"]) / "data.json").read_text())["split"]
+    table = pq.read_table(data, columns=["account_id", "unix_timestamp", "email_sentence_embeddings"])
+    held = np.flatnonzero(table.column("unix_timestamp").to_numpy() >= cutoff_seconds(split))
+    accounts = table.column("account_id").to_pylist()
+    texts = table.column("email_sentence_embeddings").to_pylist()
+    bodies = [{"account_id": accounts[i], "email_sentence_embeddings": texts[i]} for i in held]
+    return tmp / "export", bodies, data

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import embeddings_json, exported, fake_embed, serve, served_copy, tiny_run, toy_problem
+from conftest import embeddings_json, exported, fake_embed, serve, served_copy, toy_problem
 
 from tagger.manifest import ArtifactError, write_manifest
 from tagger.model.label_update import LabelUpdate
@@ -79,42 +79,11 @@ def test_an_export_of_a_newer_format_is_refused_by_every_reader(trained, tmp_pat
 
 
 # ---- the Node.js consumer against the HTTP API, on real tickets --------------------------------
-@pytest.fixture(scope="module")
-def real_registry(tmp_path_factory):
-    """A model trained on a small built dataset of real all-MiniLM-L6-v2 sentence embeddings, exported
-    into a registry; and its held-out tickets (after its training window) as /predict bodies."""
-    import pyarrow.parquet as pq
-    from hydra import compose, initialize_config_dir
-
-    from tagger.embed import SentenceEmbedder
-    from tagger.serving.onnx_export import export_model
-    from tagger.synth.build import build_dataset
-    from tagger.synth.config import build_config
-    from tagger.training import run
-
-    tmp = tmp_path_factory.mktemp("contract")
-    config = build_config(n_accounts=6, n_tickets=1500, n_single_label=1, n_few_label=1, max_labels=20)
-    data = build_dataset(config, tmp / "tickets.parquet", embedder=SentenceEmbedder(tmp / "sentences"))
-    overrides = [
-        *tiny_run(tmp, data),
-        "data.holdout_days=14",  # the last two weeks are never seen: the held-out tickets
-        f"output_dir={tmp / 'out'}",
-        f"models_dir={tmp / 'models'}",
-        "trainer.max_epochs=4",
-    ]
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        out = run(compose("config", overrides=overrides))
-    export_model(out["model_dir"], tmp / "export", parity_tickets=50)
-    registry_dir = served_copy(tmp / "export", tmp)
-    split = json.loads((Path(out["model_dir"]) / "data.json").read_text())["split"]
-    from tagger.data.splits import cutoff_seconds
-
-    table = pq.read_table(data, columns=["account_id", "unix_timestamp", "email_sentence_embeddings"])
-    held = np.flatnonzero(table.column("unix_timestamp").to_numpy() >= cutoff_seconds(split))
-    accounts = table.column("account_id").to_pylist()
-    texts = table.column("email_sentence_embeddings").to_pylist()
-    bodies = [{"account_id": accounts[i], "email_sentence_embeddings": texts[i]} for i in held]
-    return registry_dir, bodies
+@pytest.fixture()
+def real_registry(real_trained, tmp_path):
+    """The real-data model's registry (a copy of its own) and its held-out tickets as /predict bodies."""
+    export, bodies, _ = real_trained
+    return served_copy(export, tmp_path), bodies
 
 
 @pytest.mark.slow

@@ -192,6 +192,7 @@ class Limits:
     retry_after_s: int = MISSING
     top_k: int = MISSING
     precision_target: str = MISSING
+    why_sentences: int = MISSING
 
 
 SCHEMAS = {

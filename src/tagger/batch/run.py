@@ -66,9 +66,13 @@ def _model(cfg: DictConfig) -> tuple[dict, dict[str, str]]:
     return model, quarantined
 
 
-def _check_target(export_dir: Path, target: str) -> None:
-    """Refuse a ``precision_target`` the model has no thresholds for, naming the ones it has."""
-    thresholds = json.loads((export_dir / "serving.json").read_text()).get("thresholds") or {}
+def _check_target(export_dir: Path, target: str, why: bool = False) -> None:
+    """Refuse a ``precision_target`` the model has no thresholds for, naming the ones it has, and
+    ``why`` from an export that gives no sentence weights."""
+    serving = json.loads((export_dir / "serving.json").read_text())
+    if why and "sentence_weights" not in (serving.get("outputs") or {}):
+        raise ValueError("why=true: this model's export has no sentence weights (export it again)")
+    thresholds = serving.get("thresholds") or {}
     if target_key(thresholds, target) is None:
         known = sorted(thresholds.get("global") or {}, key=float)
         raise ValueError(
@@ -85,7 +89,7 @@ def predict_file(cfg: DictConfig) -> dict:
     path = resolve(cfg.data.path)
     read_schema(path, require_labels=False)  # a missing file or column stops here, named
     model, quarantined = _model(cfg)
-    _check_target(Path(model["export_dir"]), str(cfg.precision_target))
+    _check_target(Path(model["export_dir"]), str(cfg.precision_target), bool(cfg.why))
     pieces = plan(path)
     n_rows = pq.ParquetFile(path).metadata.num_rows
     scorer_args = {
@@ -96,6 +100,7 @@ def predict_file(cfg: DictConfig) -> dict:
         "onnx_batch": int(cfg.onnx_batch),
         "limits": configured_limits(top_k=int(cfg.top_k), precision_target=str(cfg.precision_target)),
         "duplicates": duplicate_rows(path),
+        "why": bool(cfg.why),
     }
     if cfg.engine == "local":
         tables = local_tables(pieces, scorer_args)
@@ -103,16 +108,17 @@ def predict_file(cfg: DictConfig) -> dict:
         tables = ray_tables(pieces, scorer_args, int(cfg.ray.workers), cfg.ray.address)
     files = outputs(cfg.out)
     started = time.perf_counter()
-    written = _write(tables, files, n_rows, cfg.progress)
+    columns = (*PREDICTION_COLUMNS, "why") if cfg.why else PREDICTION_COLUMNS
+    written = _write(tables, files, n_rows, cfg.progress, columns)
     seconds = time.perf_counter() - started
     summary = _summary(cfg, path, model, files, written, seconds, quarantined)
     files["summary"].write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _write(tables, files: dict[str, Path], n_rows: int, progress: bool) -> dict:
-    """Split each result table into predictions and quarantined rows and append them to their files
-    (written under a temporary name, renamed when complete)."""
+def _write(tables, files: dict[str, Path], n_rows: int, progress: bool, columns: tuple[str, ...]) -> dict:
+    """Split each result table into predictions (``columns``) and quarantined rows and append them to
+    their files (written under a temporary name, renamed when complete)."""
     files["predictions"].parent.mkdir(parents=True, exist_ok=True)
     # unique to this run: two runs with the same output never write into each other's partial file
     run_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -128,7 +134,7 @@ def _write(tables, files: dict[str, Path], n_rows: int, progress: bool) -> dict:
                 timings.add(table)
                 started = time.perf_counter()
                 bad = pc.is_valid(table.column("problem"))
-                good = table.filter(pc.invert(bad)).select(PREDICTION_COLUMNS)
+                good = table.filter(pc.invert(bad)).select(columns)
                 quarantined = table.filter(bad).select(PROBLEM_COLUMNS)
                 for name, part in (("predictions", good), ("quarantine", quarantined)):
                     if name not in writers:
@@ -142,9 +148,9 @@ def _write(tables, files: dict[str, Path], n_rows: int, progress: bool) -> dict:
                 timings.seconds["write"] += time.perf_counter() - started
                 bar.update(good.num_rows + pc.count_distinct(quarantined.column("row")).as_py())
         empty = RESULT_SCHEMA.empty_table()  # a file without rows still gets both outputs, empty
-        for name, columns in (("predictions", PREDICTION_COLUMNS), ("quarantine", PROBLEM_COLUMNS)):
+        for name, kept in (("predictions", columns), ("quarantine", PROBLEM_COLUMNS)):
             if name not in writers:
-                part = empty.select(columns)
+                part = empty.select(kept)
                 writers[name] = pq.ParquetWriter(partial[name], part.schema.remove_metadata())
         for writer in writers.values():
             writer.close()

@@ -38,10 +38,13 @@ from tagger.serving.prediction_log import PREDICTION_SCHEMA
 from tagger.serving.registry import Registry
 from tagger.serving.request_path import ANSWER_COLUMNS, RequestScorer
 
+# with why=true: the sentences that decided each answer (the API's ?why=true), else null
+WHY_TYPE = pa.list_(pa.struct([("sentence", pa.string()), ("weight", pa.float32())]))
 RESULT_SCHEMA = pa.schema(
     [
         ("row", pa.int64()),
         *PREDICTION_SCHEMA,  # the API's prediction log has the same columns
+        ("why", WHY_TYPE),
         ("field", pa.string()),
         ("problem", pa.string()),
         ("detail", pa.string()),
@@ -104,6 +107,7 @@ class PieceScorer:
         onnx_batch: int = 64,
         limits: Limits | None = None,
         duplicates: dict[int, int] | None = None,
+        why: bool = False,
     ):
         self.path = Path(path)
         self.schema = read_schema(self.path, require_labels=False)
@@ -121,7 +125,7 @@ class PieceScorer:
                 f"{generation}: run it again"
             )
         self.answers = RequestScorer(self.predictor, limits or configured_limits())
-        self.batch_rows, self.onnx_batch = batch_rows, onnx_batch
+        self.batch_rows, self.onnx_batch, self.why = batch_rows, onnx_batch, why
         self.duplicates = duplicate_rows(self.path) if duplicates is None else duplicates
         view = self.predictor.view
         self.version = f"{self.predictor.serving['model_version']}/{view.generation}"
@@ -155,22 +159,31 @@ class PieceScorer:
         ids = frame["ticket_id"].fillna("<missing>").to_numpy()
         bad = {p.row for p in problems}
         texts = table.column(EMBEDDINGS).to_pylist()
-        keep, vectors = [], []
+        keep, vectors, sentence_ids = [], [], []
         for row, keys, v in parsed_embeddings(texts, first_row, ids, bad, problems):
             if keys is not None:
                 keep.append(row - first_row)
                 vectors.append(v)
+                sentence_ids.append(keys)
         timings.seconds["parse"] += time.perf_counter() - started
-        answers = self._answers(frame["account_id"].to_numpy()[keep].tolist(), vectors, timings)
+        accounts = frame["account_id"].to_numpy()[keep].tolist()
+        answers = self._answers(accounts, vectors, timings, sentence_ids if self.why else None)
         out = self._table(frame, keep, answers, problems, first_row)
         return out.replace_schema_metadata({"timings": timings.to_json()})
 
-    def _answers(self, accounts: list[str], vectors: list[np.ndarray], timings: Timings) -> dict[str, list]:
-        """The answers of tickets ``vectors`` of ``accounts``, in their order. They are scored grouped
-        by merchant and length: each ONNX batch carries the labels of few merchants, not of all, and
-        pads its tickets to about their own length, not to the longest email of the piece."""
+    def _answers(
+        self,
+        accounts: list[str],
+        vectors: list[np.ndarray],
+        timings: Timings,
+        sentence_ids: list[list[str]] | None = None,
+    ) -> dict[str, list]:
+        """The answers of tickets ``vectors`` of ``accounts``, in their order (with ``why`` when their
+        ``sentence_ids`` are given). They are scored grouped by merchant and length: each ONNX batch
+        carries the labels of few merchants, not of all, and pads its tickets to about their own
+        length, not to the longest email of the piece."""
         if not accounts:
-            return {c: [] for c in ANSWER_COLUMNS}
+            return {c: [] for c in ANSWER_COLUMNS} | ({"why": []} if sentence_ids is not None else {})
         predictor = self.predictor
         started = time.perf_counter()
         lengths = np.fromiter((len(v) for v in vectors), np.int64, len(vectors))
@@ -188,7 +201,8 @@ class PieceScorer:
         timings.seconds.update(inside)
         timings.seconds["top_k"] += time.perf_counter() - started - sum(inside.values())
         started = time.perf_counter()
-        cols = self.answers.answer_columns(pred, grouped)
+        ids = None if sentence_ids is None else [sentence_ids[i] for i in order]
+        cols = self.answers.answer_columns(pred, grouped, sentence_ids=ids)
         back = np.argsort(order)
         cols = {c: [v[i] for i in back] for c, v in cols.items()}
         timings.seconds["answer"] += time.perf_counter() - started
@@ -208,6 +222,7 @@ class PieceScorer:
             "ticket_id": [*frame["ticket_id"].to_numpy()[keep].tolist(), *(p.ticket_id for p in problems)],
             "account_id": [*account[keep].tolist(), *account[[p.row - first_row for p in problems]].tolist()],
             **{c: [*answers[c], *([None] * n_bad)] for c in ANSWER_COLUMNS},
+            "why": [*answers.get("why", [None] * n_ok), *([None] * n_bad)],
             "model_version": [self.version] * n_ok + [None] * n_bad,
             "predicted_at": [datetime.now(UTC)] * n_ok + [None] * n_bad,
             "request_id": [None] * (n_ok + n_bad),

@@ -40,6 +40,9 @@ class Predictions:
     fallback: np.ndarray  # bool [n]
     abstained: np.ndarray  # bool [n]
     every: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)  # probs, rows [n, W]
+    # each ticket's sentences' weights in its pooled vector [n, S] (0 past its sentences; ONNX exports
+    # with the sentence_weights output), None where the runtime gives none
+    sentence_weights: np.ndarray | None = field(default=None, repr=False)
     _parents: np.ndarray | None = field(default=None, init=False, repr=False)
     _parent_probs: np.ndarray | None = field(default=None, init=False, repr=False)
 

@@ -64,6 +64,15 @@ class EnsembleModel(nn.Module):
         vectors = [m.ticket_vectors(x, mask, s) for m, s in zip(self.members, shifts, strict=True)]
         return self._side_by_side(vectors)
 
+    def encode(
+        self, x: torch.Tensor, mask: torch.Tensor, shift: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`ticket_vectors` and each sentence's weight ``[B, S]``, the members' mean."""
+        parts = len(self.members)
+        shifts = [None] * parts if shift is None else shift.unflatten(-1, (parts, -1)).unbind(-2)
+        pairs = [m.encode(x, mask, s) for m, s in zip(self.members, shifts, strict=True)]
+        return self._side_by_side([v for v, _ in pairs]), torch.stack([w for _, w in pairs]).mean(0)
+
     def label_vectors(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``[n, K, S d]`` unit vectors of label ``rows`` (every label when None)."""
         return self._side_by_side([m.label_vectors(rows) for m in self.members])

@@ -148,6 +148,19 @@ class SharedModel(nn.Module):
         """``[B, d]`` unit vectors of the tickets; ``shift`` from :meth:`query_shift`."""
         return F.normalize(self.project(self.pool_sentences(x, mask, shift)), dim=-1)
 
+    def encode(
+        self, x: torch.Tensor, mask: torch.Tensor, shift: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`ticket_vectors` and each sentence's weight in the pooled vector ``[B, S]`` (the
+        heads' attention mixed as the pooling mixes them; sums to 1 over a ticket's sentences): which
+        sentences decided. Without attention pooling, equal weights."""
+        if self.pool is None:
+            m = mask.to(x.dtype)
+            return self.ticket_vectors(x, mask, shift), m / m.sum(1, keepdim=True).clamp(min=1.0)
+        pooled, weights = self.pool(x, mask, shift)
+        mixed = torch.einsum("h,bhs->bs", torch.softmax(self.pool.head_mix, 0), weights)
+        return F.normalize(self.project(pooled), dim=-1), mixed
+
     def score(self, tickets: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, W]`` of unit ``tickets [B, d]`` against ``labels [M, K, d]``: ticket ``b``'s
         candidates are ``labels[index[b]]``; ``index`` -1 pads get a large negative value.

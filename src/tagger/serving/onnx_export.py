@@ -6,7 +6,8 @@ parity with PyTorch on real held-out tickets before the export directory appears
                               label_index [batch, W] int64 (each ticket's own labels in label_vectors,
                               -1 pads), account_query [batch, q] float32 (each ticket's account's
                               attention-query shift; absent without per-account queries)
-                      outputs logits [batch, W] (-1e9 at the pads), ticket_vectors [batch, d]
+                      outputs logits [batch, W] (-1e9 at the pads), ticket_vectors [batch, d],
+                              sentence_weights [batch, n_sentences] (each sentence's attention share)
                       A ticket costs O(its own merchant's labels): no input grows with other merchants.
     label_tower.onnx  names [n, 384] (label-name embeddings) -> label_vectors [n, d] (a new label)
     name_encoder.onnx all-MiniLM-L6-v2 (input_ids, attention_mask -> unit embeddings [n, 384]) and
@@ -56,8 +57,8 @@ class _Scoring(nn.Module):
         self.model = model
 
     def forward(self, sentences, mask, label_vectors, label_index, account_query=None):
-        tickets = self.model.ticket_vectors(sentences, mask, account_query)
-        return self.model.score(tickets, label_vectors, label_index), tickets
+        tickets, weights = self.model.encode(sentences, mask, account_query)
+        return self.model.score(tickets, label_vectors, label_index), tickets, weights
 
 
 class _LabelTower(nn.Module):
@@ -178,7 +179,7 @@ def _export_graphs(estimator, state, tmp: Path, opset: int) -> None:
         dynamo=False,
         opset_version=opset,
         input_names=inputs,
-        output_names=["logits", "ticket_vectors"],
+        output_names=["logits", "ticket_vectors", "sentence_weights"],
         dynamic_axes={
             "sentences": {0: "batch", 1: "n_sentences"},
             "mask": {0: "batch", 1: "n_sentences"},
@@ -187,6 +188,7 @@ def _export_graphs(estimator, state, tmp: Path, opset: int) -> None:
             **({"account_query": {0: "batch"}} if state.unknown_query is not None else {}),
             "logits": {0: "batch", 1: "width"},
             "ticket_vectors": {0: "batch"},
+            "sentence_weights": {0: "batch", 1: "n_sentences"},
         },
     )
     torch.onnx.export(
@@ -225,6 +227,8 @@ def _serving_record(estimator, info: dict, tmp: Path, opset: int) -> dict:
         "outputs": {
             "logits": "float32 [batch, W]: -1e9 at the pads",
             "ticket_vectors": "float32 [batch, d]: unit ticket vectors",
+            "sentence_weights": "float32 [batch, n_sentences]: each sentence's share of the pooled "
+            "ticket (attention; 0 at the pads): which sentences decided",
         },
     }
 

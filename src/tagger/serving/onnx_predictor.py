@@ -62,6 +62,7 @@ class Scored:
     rows: np.ndarray
     prior: np.ndarray
     names: np.ndarray
+    weights: np.ndarray | None = None  # [n, S] each sentence's weight (exports with sentence_weights)
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ class OnnxPredictor:
             str(self.export_dir / "label_tower.onnx"), options, providers=["CPUExecutionProvider"]
         )
         self._inputs = {i.name for i in self.session.get_inputs()}
+        self.outputs = {o.name for o in self.session.get_outputs()}
         base = LabelView(BASE_GENERATION, read_base(self.export_dir))
         some = base.state.some()
         self._label_shape = some.vectors.shape[1:] if some is not None else None
@@ -210,27 +212,31 @@ class OnnxPredictor:
             started = time.perf_counter()
             feed = self.feed(cand, embeddings, offsets, idx)
             padded = time.perf_counter()
-            logits, vectors = self.session.run(None, feed)
+            logits, vectors, *weights = self.session.run(None, feed)
             if self.timings is not None:
                 self.timings["pad"] += padded - started
                 self.timings["onnx"] += time.perf_counter() - padded
-            batches.append((idx, logits, vectors, cand))
+            batches.append((idx, logits, vectors, cand, weights[0] if weights else None))
         if len(batches) == 1:  # one request: its candidates as they are
-            _, logits, vectors, cand = batches[0]
-            return Scored(logits, vectors, cand.index, cand.prior, cand.names)
+            _, logits, vectors, cand, weights = batches[0]
+            return Scored(logits, vectors, cand.index, cand.prior, cand.names, weights)
         width = max((b[1].shape[1] for b in batches), default=1)
+        has_weights = bool(batches) and batches[0][4] is not None
         out = Scored(
             np.full((n, width), MASKED, np.float32),
             np.zeros((n, self._label_shape[-1]), np.float32),
             np.full((n, width), -1, np.int64),
             np.concatenate([b[3].prior for b in batches]) if batches else np.zeros(1),
             np.concatenate([b[3].names for b in batches]) if batches else np.array([None], object),
+            np.zeros((n, max(b[4].shape[1] for b in batches)), np.float32) if has_weights else None,
         )
         offset = 0
-        for idx, logits, vectors, cand in batches:
+        for idx, logits, vectors, cand, weights in batches:
             out.logits[idx, : logits.shape[1]] = logits
             out.rows[idx, : logits.shape[1]] = np.where(cand.index >= 0, cand.index + offset, -1)
             out.vectors[idx] = vectors
+            if has_weights:
+                out.weights[idx, : weights.shape[1]] = weights
             offset += len(cand.prior)
         return out
 
@@ -293,7 +299,7 @@ class OnnxPredictor:
         """:meth:`predict` of ragged tickets: ``embeddings[offsets[i]:offsets[i + 1]]`` of ``accounts[i]``
         (``has_embeddings`` by default: a ticket has sentences), ``batch_size`` tickets per ONNX call."""
         scored = self._run(accounts, embeddings, offsets, view or self.view, batch_size)
-        return predictions_from_logits(
+        pred = predictions_from_logits(
             scored.logits,
             scored.rows,
             offsets[1:] > offsets[:-1] if has_embeddings is None else has_embeddings,
@@ -303,3 +309,5 @@ class OnnxPredictor:
             k,
             self.abstain_fallback,
         )
+        pred.sentence_weights = scored.weights
+        return pred

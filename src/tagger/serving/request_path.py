@@ -102,17 +102,36 @@ def ticket_fields(obj: Any, where: str) -> Ticket:
     return Ticket(account, text, ticket_id)
 
 
-def ticket_vectors(text: str | dict | None, where: str, limits: Limits) -> np.ndarray:
-    """One ticket's sentence vectors ``[n, 384]`` (float32) from its embeddings field, checked against
-    ``limits`` (``where`` names the ticket in an error)."""
+def ticket_sentences(text: str | dict | None, where: str, limits: Limits) -> tuple[list[str], np.ndarray]:
+    """One ticket's sentence ids and vectors ``[n, 384]`` (float32) from its embeddings field, checked
+    against ``limits`` (``where`` names the ticket in an error)."""
     if is_empty(text):
-        return _NO_SENTENCES
+        return [], _NO_SENTENCES
     try:
-        _, vectors = parse_embeddings(text, max_sentences=limits.max_sentences)
+        return parse_embeddings(text, max_sentences=limits.max_sentences)
     except EmbeddingError as err:
         status = 413 if err.kind == "too many sentences" else 422
         raise ApiError(status, f"{where}email_sentence_embeddings", str(err)) from None
-    return vectors
+
+
+def ticket_vectors(text: str | dict | None, where: str, limits: Limits) -> np.ndarray:
+    """:func:`ticket_sentences`' vectors only."""
+    return ticket_sentences(text, where, limits)[1]
+
+
+def why_of(weights: np.ndarray | None, ids: list[list[str]], n: int) -> list[list[dict] | None]:
+    """Each ticket's ``n`` sentences with the largest weights (``weights [tickets, S]``, its sentences'
+    shares of its pooled vector), as ``[{"sentence": id, "weight": w}]`` in decreasing weight; None
+    for a ticket without sentences. ``ids``: each ticket's sentence ids in the order it was scored."""
+    out = []
+    for i, mine in enumerate(ids):
+        if not mine or weights is None:
+            out.append(None if not mine else [])
+            continue
+        w = weights[i, : min(len(mine), weights.shape[1])]
+        top = np.argsort(-w, kind="stable")[:n]
+        out.append([{"sentence": mine[j], "weight": float(w[j])} for j in top])
+    return out
 
 
 def target_key(thresholds: dict, asked: str) -> str | None:
@@ -150,6 +169,18 @@ class RequestScorer:
         configured = target_key(thresholds, limits.precision_target) or limits.precision_target
         self.limits = limits = dataclasses.replace(limits, precision_target=configured)
 
+    def why(self, query: bytes = b"") -> bool:
+        """Whether a request asks for the sentences that decided (``?why=true``); a 422 for a value
+        other than true or false, a 409 when the model's export gives no sentence weights."""
+        asked = parse_qs(query.decode("latin-1")).get("why") if query else None
+        if not asked or asked[-1].lower() == "false":
+            return False
+        if asked[-1].lower() != "true":
+            raise ApiError(422, "why", f"{asked[-1][:40]!r}: why is true or false")
+        if "sentence_weights" not in self.predictor.outputs:
+            raise ApiError(409, "why", "this model's export has no sentence weights: export it again")
+        return True
+
     def target(self, query: bytes = b"") -> str:
         """The precision target a request asks for (``?precision_target=``), as the thresholds name it;
         the configured one when it asks for none; a 422 naming the field when the model has none for it."""
@@ -182,10 +213,10 @@ class RequestScorer:
     def respond(self, body: bytes, query: bytes = b"", batch: bool = False) -> Response:
         """The response to a ``/predict`` (``batch`` False) or ``/predict/batch`` body, with the
         tickets and answers it holds (for the metrics and the prediction log)."""
-        target = self.target(query)
+        target, why = self.target(query), self.why(query)
         if not batch:
             tickets = [ticket_fields(read_json(body), "")]
-            answers = self.score(tickets, False, target)
+            answers = self.score(tickets, False, target, why)
             return Response(orjson.dumps(answers[0]), tickets, answers)
         obj = read_json(body)
         listed = obj.get("tickets") if isinstance(obj, dict) else None
@@ -195,24 +226,32 @@ class RequestScorer:
             message = f"{len(listed)} tickets; at most {self.limits.max_batch} per batch"
             raise ApiError(413, "tickets", message)
         tickets = [ticket_fields(t, f"tickets[{i}].") for i, t in enumerate(listed)]
-        answers = self.score(tickets, True, target) if tickets else []
+        answers = self.score(tickets, True, target, why) if tickets else []
         return Response(orjson.dumps(answers), tickets, answers)
 
-    def score(self, tickets: list[Ticket], prefix: bool, target: str | None = None) -> list[dict]:
-        """The answers (``PredictionOut`` as dicts) of the request's tickets."""
+    def score(
+        self, tickets: list[Ticket], prefix: bool, target: str | None = None, why: bool = False
+    ) -> list[dict]:
+        """The answers (``PredictionOut`` as dicts) of the request's tickets; ``why``: with the
+        sentences that decided each."""
         predictor = self.predictor
         view = predictor.view  # one label generation for the whole request
-        accounts, vectors = [], []
+        accounts, vectors, ids = [], [], []
         for i, (account, text, _) in enumerate(tickets):
             where = f"tickets[{i}]." if prefix else ""
             if account not in view.state.accounts:
                 raise ApiError(404, f"{where}account_id", f"unknown account {account!r}")
             accounts.append(account)
-            vectors.append(ticket_vectors(text, where, self.limits))
+            if why:
+                sentence_ids, v = ticket_sentences(text, where, self.limits)
+                ids.append(sentence_ids)
+            else:
+                v = ticket_vectors(text, where, self.limits)
+            vectors.append(v)
         pred = predictor.predict_vectors(accounts, vectors, k=self.limits.top_k, view=view)
         version = f"{predictor.serving['model_version']}/{view.generation}"
-        cols = self.answer_columns(pred, accounts, target)
-        return [
+        cols = self.answer_columns(pred, accounts, target, ids if why else None)
+        answers = [
             {
                 "contact_reason": label,
                 "confidence": confidence,
@@ -226,15 +265,24 @@ class RequestScorer:
                 *(cols[c] for c in ANSWER_COLUMNS), strict=True
             )
         ]
+        if why:
+            for answer, sentences in zip(answers, cols["why"], strict=True):
+                answer["why"] = sentences
+        return answers
 
     def answer_columns(
-        self, pred: Predictions, accounts: list[str], target: str | None = None
+        self,
+        pred: Predictions,
+        accounts: list[str],
+        target: str | None = None,
+        sentence_ids: list[list[str]] | None = None,
     ) -> dict[str, list]:
         """The answers of ``pred`` (tickets of ``accounts``) as columns (:data:`ANSWER_COLUMNS`): the
         one place where a prediction becomes an answer, for the API and for ``predict.py``. A ticket is
         answered at the leaf when its confidence reaches its account's leaf threshold, else at the
         parent when the parent's does (``answer_level`` 1, the parent's confidence), else it abstains
-        (with its top leaf and that leaf's confidence)."""
+        (with its top leaf and that leaf's confidence). ``sentence_ids`` (each ticket's, in order):
+        also ``why``, the sentences that decided (:func:`why_of`)."""
         names = pred.names
         inf = float("inf")
         leaf = [self.threshold(a, target) for a in accounts]
@@ -271,4 +319,7 @@ class RequestScorer:
             cols["top_scores"].append([p for _, p in ranked])
             cols["abstained"].append(not (at_leaf[i] or at_parent[i]))
             cols["fallback"].append(fallback[i])
+        if sentence_ids is not None:  # the sentences that decided, the scored ones only
+            kept = [ids[: self.predictor.max_sentences] for ids in sentence_ids]
+            cols["why"] = why_of(pred.sentence_weights, kept, self.limits.why_sentences)
         return cols

@@ -95,15 +95,22 @@ labels = APIRouter(tags=["labels"])
 admin = APIRouter(tags=["admin"])
 
 
+WhyQuery = Annotated[
+    bool | None, Query(description="true: each answer names the sentences that decided it (why)")
+]
+
+
 @predictions.post("/predict", response_model=PredictionOut, openapi_extra=request_body(TicketIn))
-async def predict(request: Request, precision_target: TargetQuery = None) -> Response:  # the schema only
+async def predict(
+    request: Request, precision_target: TargetQuery = None, why: WhyQuery = None
+) -> Response:  # the schema only
     """The contact reason of one ticket (answered by :class:`tagger.serving.api.PredictRoutes`)."""
     raise NotImplementedError
 
 
 @predictions.post("/predict/batch", response_model=list[PredictionOut], openapi_extra=request_body(BatchIn))
 async def predict_batch(
-    request: Request, precision_target: TargetQuery = None
+    request: Request, precision_target: TargetQuery = None, why: WhyQuery = None
 ) -> Response:  # the schema only
     """Contact reasons of up to ``max_batch`` tickets."""
     raise NotImplementedError

@@ -34,6 +34,11 @@ class LabelScore(BaseModel):
     score: float
 
 
+class SentenceWeight(BaseModel):
+    sentence: str = Field(..., description="the sentence's hash (its key in email_sentence_embeddings)")
+    weight: float = Field(..., description="its share of the pooled ticket vector (the ticket's sum to 1)")
+
+
 class PredictionOut(BaseModel):
     contact_reason: str | None = Field(
         ..., description="the answer: a leaf label, or a parent category (answer_level 1)"
@@ -50,6 +55,11 @@ class PredictionOut(BaseModel):
     )
     fallback: bool = Field(..., description="no embeddings: scored from the account's label prior")
     model_version: str
+    why: list[SentenceWeight] | None = Field(
+        None,
+        description="with ?why=true: the sentences that decided (their hashes as sent), by their share of "
+        "the pooled ticket; null for a ticket without sentences",
+    )
 
 
 class ExampleIn(BaseModel):
