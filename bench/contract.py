@@ -6,7 +6,8 @@ One-sentence real held-out tickets of the promoted export (``registry/``) are sc
 from the request body's text to the answer's JSON: in Python by the API's request scorer
 (``RequestScorer.one``, what a request costs the server beyond HTTP), in Node.js by
 ``Tagger.predict`` (clients/node/bench.mjs); and the bare ``model.onnx`` call of each runtime, the
-floor of either. Each ticket's time is the median of ``rounds``; Python and Node alternate
+floor of either. Python also answers the same tickets with ``?why=true`` (what naming the sentences
+that decided adds). Each ticket's time is the median of ``rounds``; Python and Node alternate
 ``repeats`` times and each figure is the median over the repeats. Writes
 results/benchmarks/contract.md (and .json).
 """
@@ -41,14 +42,16 @@ def python_times(export_dir: Path, bodies: list[bytes], rounds: int) -> dict[str
     scorer = RequestScorer(predictor, configured_limits())
     for body in bodies[:20]:
         scorer.one(body)
-    whole, bare = [], []
+    whole, bare, why = [], [], []
+    asks = [b"", b"why=true"] if "sentence_weights" in predictor.outputs else [b""]
     for body in bodies:
-        times = []
-        for _ in range(rounds):
-            started = time.perf_counter()
-            scorer.one(body)
-            times.append(time.perf_counter() - started)
-        whole.append(statistics.median(times) * 1000)
+        for query, kept in zip(asks, (whole, why), strict=False):
+            times = []
+            for _ in range(rounds):
+                started = time.perf_counter()
+                scorer.one(body, query)
+                times.append(time.perf_counter() - started)
+            kept.append(statistics.median(times) * 1000)
         ticket = json.loads(body)
         emb = json.loads(ticket["email_sentence_embeddings"])
         x = np.asarray(list(emb.values()), np.float32)
@@ -60,7 +63,11 @@ def python_times(export_dir: Path, bodies: list[bytes], rounds: int) -> dict[str
             predictor.session.run(["logits"], feed)
             times.append(time.perf_counter() - started)
         bare.append(statistics.median(times) * 1000)
-    return {"predict_ms": float(np.median(whole)), "onnx_ms": float(np.median(bare))}
+    out = {"predict_ms": float(np.median(whole)), "onnx_ms": float(np.median(bare))}
+    if why:  # the same tickets asked ?why=true: what naming the sentences adds to a request
+        out["why_ms"] = float(np.median(why))
+        out["why_added_ms"] = float(np.median(np.subtract(why, whole)))
+    return out
 
 
 def node_times(export_dir: Path, bodies_file: Path, rounds: int) -> dict[str, float]:
@@ -94,7 +101,7 @@ def run(export_dir: Path, n_bodies: int, tickets: int, rounds: int, repeats: int
                 }
             )
     figures = {
-        side: {key: statistics.median(r[side][key] for r in runs) for key in ("predict_ms", "onnx_ms")}
+        side: {key: statistics.median(r[side][key] for r in runs) for key in runs[0][side]}
         for side in ("python", "node")
     }
     return {
@@ -128,6 +135,16 @@ def markdown(r: dict) -> str:
             "",
             f"Node.js / Python: **{r['node_over_python']:.2f}x** (goal: within 2x).",
             "",
+            *(
+                [
+                    f"`?why=true` (the sentences that decided, Python): {p['why_ms']:.3f} ms, "
+                    f"**{p['why_added_ms'] * 1000:+.1f} µs** a request (median of the per-ticket "
+                    "differences; goal: under 50 µs).",
+                    "",
+                ]
+                if "why_ms" in p
+                else ["The export has no sentence weights: `?why=true` not measured.", ""]
+            ),
         ]
     )
 
