@@ -161,3 +161,42 @@ def test_the_grafana_dashboard_queries_only_metrics_the_api_exports():
     }
     assert len(dashboard["panels"]) >= 8 and queried
     assert queried <= families, queried - families
+
+
+def test_a_request_left_unanswered_counts_as_the_client_leaving_and_a_failure_as_500():
+    import asyncio
+    import contextlib
+
+    from tagger.serving.gate import CLIENT_LEFT, Admission, Gate
+    from tagger.serving.limits import configured_limits
+
+    seen = []
+
+    class Recorder:
+        def request(self, scope, rid, status, seconds):
+            seen.append(status)
+
+    async def client_left(scope, receive, send):  # the client went away: nothing is sent
+        return None
+
+    async def broken(scope, receive, send):
+        raise RuntimeError("a bug")
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        pass
+
+    scope = {
+        "type": "http",
+        "path": "/accounts/a/labels",
+        "method": "GET",
+        "headers": [],
+        "query_string": b"",
+    }
+    for app in (client_left, broken):
+        gate = Gate(app, configured_limits(), Admission(), telemetry=Recorder())
+        with contextlib.suppress(RuntimeError):  # the bug reaches uvicorn, which answers 500
+            asyncio.run(gate(dict(scope), receive, send))
+    assert seen == [CLIENT_LEFT, 500]

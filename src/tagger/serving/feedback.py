@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from tagger.data.embeddings_json import EMBEDDING_DIM
+from tagger.manifest import ArtifactError
 from tagger.model.corrections import (
     Correction,
     FoldRule,
@@ -48,7 +49,7 @@ from tagger.model.corrections import (
     recalibrated_threshold,
 )
 from tagger.model.label_update import UpdateError
-from tagger.serving.registry import Registry, TextEmbedder
+from tagger.serving.registry import LockTimeout, Registry, TextEmbedder
 
 DB = "feedback.sqlite"
 PENDING, MOVES_NOTHING, REFUSED = None, -1, -2
@@ -406,12 +407,8 @@ def _replay(cfg, store: FeedbackStore, by: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: a command, then ``key=value`` overrides of conf/feedback.yaml."""
-    from omegaconf import OmegaConf
-
     from tagger.paths import resolve, subcommand_config
     from tagger.serving.admin import who
-    from tagger.serving.name_encoder import NameEncoder
-    from tagger.serving.request_path import target_key
 
     try:
         command, cfg = subcommand_config(
@@ -426,6 +423,20 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         print(f"{command} refused, nothing changed: {err}", file=sys.stderr)
         return 2
+    try:
+        return _run(command, cfg, registry, store, by)
+    except (ArtifactError, UpdateError, LockTimeout, ValueError, OSError) as err:
+        print(f"{command} refused: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(command: str, cfg, registry: Registry, store: FeedbackStore, by: str) -> int:
+    """One command of :func:`main` (its figures printed); the exit status."""
+    from omegaconf import OmegaConf
+
+    from tagger.serving.name_encoder import NameEncoder
+    from tagger.serving.request_path import target_key
+
     accounts = [str(cfg.account)] if cfg.account else store.accounts(pending_only=command == "fold")
     status = 0
     if command == "replay":

@@ -27,6 +27,8 @@ from tagger.serving.limits import Limits
 from tagger.serving.request_path import error_body
 from tagger.serving.telemetry import Telemetry, request_id
 
+CLIENT_LEFT = 499  # the status counted for a request whose client went away before its answer
+
 
 @dataclass
 class Admission:
@@ -107,7 +109,7 @@ class Gate:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         rid = scope["request_id"] = request_id(scope)
-        answered = [500, 0.0]  # status, seconds to the response start
+        answered = [None, 0.0]  # status, seconds to the response start
 
         async def timed_send(message):
             if message["type"] == "http.response.start":
@@ -116,11 +118,16 @@ class Gate:
                 message["headers"] = [*message.get("headers", ()), timing, (b"x-request-id", rid.encode())]
             await send(message)
 
+        failed = True
         try:
             await self._gated(scope, receive, timed_send)
+            failed = False
         finally:  # after the response went out: what the metrics and the logs add is not in its time
             if self.telemetry is not None:
-                self.telemetry.request(scope, rid, answered[0], answered[1])
+                # no response started: a failure (the server answers 500), or else the client left
+                # before its answer (499, as nginx counts it): not a server error
+                status = answered[0] if answered[0] is not None else 500 if failed else CLIENT_LEFT
+                self.telemetry.request(scope, rid, status, answered[1])
 
     async def _gated(self, scope, receive, timed_send):
         if self.before is not None:
