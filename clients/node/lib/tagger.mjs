@@ -154,7 +154,19 @@ export class Tagger {
   /** Catch up with the registry's label changes and raised thresholds (a no-op without a registry). */
   async refresh() {
     if (!this.registryDir) return
-    const { generation, changed, raised, quarantined } = await readRegistry(this.registryDir, this.serving.model_version)
+    // the file is read without SQLite's locks: a read that races a checkpoint and a WAL restart can
+    // see a torn image (sql.js: "malformed"); the next read sees a whole one
+    let read
+    for (let attempt = 1; ; attempt++) {
+      try {
+        read = await readRegistry(this.registryDir, this.serving.model_version)
+        break
+      } catch (err) {
+        if (attempt >= 5) throw err
+        await new Promise((done) => setTimeout(done, 20 * attempt))
+      }
+    }
+    const { generation, changed, raised, quarantined } = read
     const accounts = new Map(this.base.accounts)
     for (const [account, labels] of changed) accounts.set(account, labels)
     this.view = { generation, accounts, raised, quarantined }
