@@ -51,6 +51,11 @@ class Correction:
         given = normalise_label(self.given_label or "").casefold()
         return given != normalise_label(self.agent_label).casefold()
 
+    @property
+    def moves(self) -> bool:
+        """It can move a label vector: the answer was wrong and the ticket's embeddings came with it."""
+        return self.wrong and self.embeddings is not None and len(self.embeddings) > 0
+
 
 @dataclass(frozen=True)
 class FoldRule:
@@ -83,7 +88,7 @@ def correction_batch(
     groups: dict[str, list[int]] = {}
     spelt: dict[str, str] = {}
     for i, c in enumerate(corrections):
-        if not c.wrong or c.embeddings is None or not len(c.embeddings):
+        if not c.moves:
             continue
         name = normalise_label(c.agent_label)
         if not name:

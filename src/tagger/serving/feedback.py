@@ -141,7 +141,7 @@ class FeedbackStore:
                         None if emb is None or not len(emb) else emb.tobytes(),
                         0 if emb is None else len(emb),
                         key,
-                        MOVES_NOTHING if not c.wrong or emb is None or not len(emb) else PENDING,
+                        PENDING if c.moves else MOVES_NOTHING,
                     ),
                 )
             accounts = sorted({c.account_id for c in corrections})
@@ -239,16 +239,17 @@ def fold_account(
     """Fold the merchant's pending corrections into its labels under the served model (one registry
     change); finishes first a fold a crash interrupted. Returns what was done."""
     batch = store.unfinished(account)
+    labels = registry.labels_of(registry.serving()[1], account)
+    names = labels.labels if labels is not None else ()
     if batch is None:
         pending = store.pending(account)
-        labels = registry.labels_of(registry.serving()[1], account)
         if labels is None or not pending:
             return {
                 "account_id": account,
                 "folded": 0,
                 "why": "no labels under the served model" if pending else "nothing pending",
             }
-        plan = correction_batch(account, labels.labels, [s.correction for s in pending], rule)
+        plan = correction_batch(account, names, [s.correction for s in pending], rule)
         if plan.update is None:
             return {"account_id": account, "folded": 0, "waiting": plan.waiting}
         seqs = [pending[i].seq for i in plan.used]
@@ -256,21 +257,23 @@ def fold_account(
             f"feedback:{account}:{seqs[0]}-{seqs[-1]}:{hashlib.sha256(repr(seqs).encode()).hexdigest()[:12]}"
         )
         store.claim(account, seqs, batch)
-    claimed = store.pending(account, batch)
-    labels = registry.labels_of(registry.serving()[1], account)
-    plan = correction_batch(account, labels.labels if labels else (), [s.correction for s in claimed], rule)
-    if plan.update is None:  # its labels changed since the claim: nothing of it can fold now
-        store.mark(batch, REFUSED, "nothing to fold under the labels now served")
-        return {"account_id": account, "folded": 0, "refused": len(claimed)}
+        n_claimed = len(seqs)
+    else:  # a fold a crash interrupted: the same rows, the same key (the registry answers it once)
+        claimed = store.pending(account, batch)
+        plan = correction_batch(account, names, [s.correction for s in claimed], rule)
+        n_claimed = len(claimed)
+        if plan.update is None:  # its labels changed since the claim: nothing of it can fold now
+            store.mark(batch, REFUSED, "nothing to fold under the labels now served")
+            return {"account_id": account, "folded": 0, "refused": n_claimed}
     try:
         answer = registry.update(plan.update, by, embed, key=batch)
     except UpdateError as err:
         store.mark(batch, REFUSED, str(err))
-        return {"account_id": account, "folded": 0, "refused": len(claimed), "why": str(err)}
+        return {"account_id": account, "folded": 0, "refused": n_claimed, "why": str(err)}
     store.mark(batch, int(answer["generation"].lstrip("g")))
     return {
         "account_id": account,
-        "folded": len(claimed),
+        "folded": n_claimed,
         "labels_moved": sorted(plan.update.examples),
         "labels_added": list(plan.update.add),
         "model_version": answer["model_version"],
@@ -449,15 +452,16 @@ def _run(command: str, cfg, registry: Registry, store: FeedbackStore, by: str) -
         for account in accounts:
             print(json.dumps(fold_account(store, registry, account, rule, by, embed)))
         return status
-    thresholds = registry.model(registry.serving()[1]).predictor.serving.get("thresholds", {})
+    version = registry.serving()[1]
+    thresholds = registry.model(version).predictor.serving.get("thresholds", {})
     target = target_key(thresholds, str(cfg.calibrate.target)) or str(cfg.calibrate.target)
-    raised = registry.raised_thresholds(registry.serving()[1])[1]
+    raised = registry.raised_thresholds(version)[1]
     for account in accounts:
         if command == "calibrate":
             c = cfg.calibrate
             print(json.dumps(calibrate_account(store, registry, account, target, c.delta, c.min_support, by)))
             continue
-        p = live_precision(store.reviews(account, registry.serving()[1])[1], float(cfg.calibrate.delta))
+        p = live_precision(store.reviews(account, version)[1], float(cfg.calibrate.delta))
         print(
             f"{account}: {p.reviewed} reviewed answers, precision {p.estimate:.3f} "
             f"[{p.low:.3f}, {p.high:.3f}]; "

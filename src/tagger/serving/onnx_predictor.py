@@ -31,9 +31,8 @@ from tagger.model.label_update import AccountLabels, LabelState
 from tagger.serving.label_store import read_base
 
 BASE_GENERATION = "g000000"  # the export's own labels, before any change
-FORMAT_VERSION = (
-    1  # the export format (docs/export-format.md) this reader understands; serving.json says its own
-)
+# the export format (docs/export-format.md) this reader understands; serving.json says its own
+FORMAT_VERSION = 1
 EXPORT_FILES = ("model.onnx", "label_tower.onnx", "name_encoder.onnx", "tokenizer.json", "serving.json")
 log = logging.getLogger(__name__)
 

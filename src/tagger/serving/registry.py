@@ -622,13 +622,14 @@ class Registry:
     def raised_thresholds(self, version: str) -> tuple[int, dict[tuple[str, str], float]]:
         """``(the last threshold row's number, {(account, target): threshold})`` of model ``version``."""
         try:
-            rows = self._query(
-                "SELECT seq, account, target, threshold FROM thresholds WHERE model=? ORDER BY seq",
-                (version,),
-            )
+            with self._read() as db:  # one snapshot: a row written between two reads is never skipped
+                rows = db.execute(
+                    "SELECT seq, account, target, threshold FROM thresholds WHERE model=? ORDER BY seq",
+                    (version,),
+                ).fetchall()
+                last = db.execute("SELECT coalesce(max(seq), 0) FROM thresholds").fetchone()[0]
         except sqlite3.OperationalError:  # a registry made before thresholds could be raised
             return 0, {}
-        last = self.threshold_head()
         out: dict[tuple[str, str], float] = {}
         for _, account, target, threshold in rows:
             if threshold is None:

@@ -242,11 +242,8 @@ class RequestScorer:
             if account not in view.state.accounts:
                 raise ApiError(404, f"{where}account_id", f"unknown account {account!r}")
             accounts.append(account)
-            if why:
-                sentence_ids, v = ticket_sentences(text, where, self.limits)
-                ids.append(sentence_ids)
-            else:
-                v = ticket_vectors(text, where, self.limits)
+            sentence_ids, v = ticket_sentences(text, where, self.limits)
+            ids.append(sentence_ids)
             vectors.append(v)
         pred = predictor.predict_vectors(accounts, vectors, k=self.limits.top_k, view=view)
         version = f"{predictor.serving['model_version']}/{view.generation}"
